@@ -1,0 +1,312 @@
+//! The host's in-process API: what the CLI, the tests and an embedding application call.
+
+use crate::index::Indexes;
+use crate::models::{ModelManifest, Models};
+use crate::plugins::host_api::{CallContext, Grants, HostServices, Item, Query};
+use crate::plugins::limits::Limits;
+use crate::plugins::registry::{Registry, Route, write_atomically};
+use crate::plugins::{CallError, LoadedPlugin, PluginRuntime};
+use crate::sources::NewItem;
+use crate::store::{Store, StoredItem, WriteBatch};
+use anyhow::{Context as _, Result, bail};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Where a host keeps its data, and the limits it runs plugins under.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Collections, plugins, routes and model manifests live here.
+    pub data_dir: PathBuf,
+    /// Compiled plugins, keyed by content hash; defaults to `<data_dir>/cache`.
+    pub cache_dir: Option<PathBuf>,
+    pub limits: Limits,
+    /// Print plugin log lines at or above this level.
+    pub verbose: bool,
+}
+
+impl HostConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        HostConfig { data_dir: data_dir.into(), cache_dir: None, limits: Limits::default(), verbose: false }
+    }
+}
+
+/// A search request.
+#[derive(Debug, Clone, Default)]
+pub struct SearchRequest {
+    pub text: Option<String>,
+    pub image: Option<Vec<u8>>,
+    pub k: u32,
+    /// Per-query parameters passed to the strategy (a JSON object).
+    pub params: serde_json::Value,
+    /// Use this `name@version` instead of the collection's routed strategy (same config and grants).
+    pub strategy: Option<String>,
+}
+
+impl SearchRequest {
+    pub fn text(text: &str, k: u32) -> Self {
+        SearchRequest { text: Some(text.to_string()), k, ..Default::default() }
+    }
+}
+
+/// One result, with the stored item's text and metadata for display.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SearchHit {
+    pub id: String,
+    pub score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SearchResponse {
+    /// The `name@version` that answered.
+    pub strategy: String,
+    pub hits: Vec<SearchHit>,
+}
+
+/// The outcome of an ingest.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IngestReport {
+    pub ingested: usize,
+}
+
+/// A running Quarry host.
+pub struct Quarry {
+    data_dir: PathBuf,
+    runtime: PluginRuntime,
+    registry: Registry,
+    services: Arc<HostServices>,
+    /// Serialises check-commit-apply so indexes and store agree.
+    commit_lock: Mutex<()>,
+}
+
+impl Quarry {
+    /// Open (or create) a host over `config.data_dir`, loading its models, plugins and routes.
+    /// Plugins compiled by an earlier start come from the compile cache.
+    pub fn open(config: HostConfig) -> Result<Self> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(data_dir.join("models")).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let store = Arc::new(Store::open(&data_dir.join("collections.redb"))?);
+        let models = Arc::new(Models::default());
+        for path in json_files(&data_dir.join("models"))? {
+            let manifest = ModelManifest::load(&path).with_context(|| format!("registered model {}", path.display()))?;
+            models.register(manifest)?;
+        }
+        let level = if config.verbose { crate::plugins::host_api::quarry::retrieval::log::Level::Debug } else { crate::plugins::host_api::quarry::retrieval::log::Level::Warn };
+        let services = Arc::new(HostServices {
+            models,
+            indexes: Arc::new(Indexes::new(store.clone())),
+            store,
+            counters: Mutex::new(Default::default()),
+            log_level: level,
+        });
+        let runtime = PluginRuntime::new(config.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache")), config.limits.clone())?;
+        let registry = Registry::open(&data_dir)?;
+        for path in registry.stored_plugins()? {
+            let bytes = std::fs::read(&path)?;
+            let plugin = runtime.load(&bytes, &services).with_context(|| format!("stored plugin {} no longer loads", path.display()))?;
+            registry.add(plugin, None)?;
+        }
+        Ok(Quarry { data_dir, runtime, registry, services, commit_lock: Mutex::new(()) })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Components compiled by this process, and components taken from the compile cache.
+    pub fn compile_stats(&self) -> (u64, u64) {
+        self.runtime.compile_stats()
+    }
+
+    /// Validate a component against the contract, compile it and register it as `name@version`.
+    pub fn add_plugin(&self, bytes: &[u8]) -> Result<Arc<LoadedPlugin>> {
+        let plugin = self.runtime.load(bytes, &self.services)?;
+        self.registry.add(plugin, Some(bytes))
+    }
+
+    pub fn add_plugin_file(&self, path: &Path) -> Result<Arc<LoadedPlugin>> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+        self.add_plugin(&bytes).with_context(|| format!("cannot add plugin {}", path.display()))
+    }
+
+    pub fn plugin(&self, reference: &str) -> Result<Arc<LoadedPlugin>> {
+        self.registry.get(reference)
+    }
+
+    pub fn plugins(&self) -> Vec<Arc<LoadedPlugin>> {
+        self.registry.list()
+    }
+
+    pub fn remove_plugin(&self, reference: &str) -> Result<()> {
+        self.registry.remove(reference)
+    }
+
+    /// Register a model from its manifest file; the manifest is kept in the data directory.
+    pub fn add_model_file(&self, path: &Path) -> Result<ModelManifest> {
+        let manifest = ModelManifest::load(path)?;
+        self.services.models.register(manifest.clone())?;
+        let stored = self.data_dir.join("models").join(format!("{}.json", manifest.name));
+        write_atomically(&stored, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+        Ok(manifest)
+    }
+
+    pub fn models(&self) -> &Models {
+        &self.services.models
+    }
+
+    /// Route `collection` to a strategy version. Calls in flight finish on the version they began with.
+    pub fn set_route(&self, collection: &str, route: Route) -> Result<()> {
+        crate::store::validate_name("collection", collection)?;
+        for model in &route.grants.models {
+            if !self.services.models.contains(model) {
+                bail!("the route grants model `{model}`, which is not registered; add it with `quarry model add <manifest.json>`");
+            }
+        }
+        self.registry.set_route(collection, route)
+    }
+
+    pub fn route(&self, collection: &str) -> Result<Arc<Route>> {
+        self.registry.route(collection).with_context(|| {
+            format!("collection `{collection}` has no strategy route; set one with `quarry route set {collection} <name@version>`")
+        })
+    }
+
+    pub fn routes(&self) -> std::collections::BTreeMap<String, Arc<Route>> {
+        self.registry.routes()
+    }
+
+    /// Store items and have the routed strategy index them, in batches. Each batch lands whole
+    /// or not at all; `progress` is told how many items have landed.
+    pub fn ingest(&self, collection: &str, items: Vec<NewItem>, mut progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
+        let route = self.route(collection)?;
+        let plugin = self.registry.get(&route.strategy)?;
+        self.services.store.ensure_collection(collection)?;
+        let grants = grants_for(collection, &route);
+        let ctx = CallContext { collection: collection.to_string(), config: route.config.to_string() };
+        let mut report = IngestReport::default();
+        for batch in batches(items, &self.runtime.limits().clone()) {
+            let wit_items: Vec<Item> = batch
+                .iter()
+                .map(|i| Item { id: i.id.clone(), text: i.text.clone(), image: i.image.clone(), metadata: i.metadata.to_string() })
+                .collect();
+            let ((), mut writes) = self.runtime.call(&plugin, &self.services, grants.clone(), |store, p| {
+                p.quarry_retrieval_strategy().call_ingest(store, &ctx, &wit_items)
+            })?;
+            writes.items = batch
+                .into_iter()
+                .map(|i| (collection.to_string(), StoredItem { id: i.id, text: i.text, image_source: i.image_source, metadata: i.metadata }))
+                .collect();
+            self.commit(&writes)?;
+            report.ingested += writes.items.len();
+            progress(report.ingested);
+        }
+        Ok(report)
+    }
+
+    /// Have the routed strategy build its collection-level artifacts.
+    pub fn build(&self, collection: &str) -> Result<(), CallError> {
+        let route = self.route(collection)?;
+        let plugin = self.registry.get(&route.strategy)?;
+        let ctx = CallContext { collection: collection.to_string(), config: route.config.to_string() };
+        let ((), writes) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route), |store, p| {
+            p.quarry_retrieval_strategy().call_build(store, &ctx)
+        })?;
+        self.commit(&writes)?;
+        Ok(())
+    }
+
+    /// Answer a query with the collection's routed strategy (or `request.strategy`).
+    pub fn search(&self, collection: &str, request: &SearchRequest) -> Result<SearchResponse, CallError> {
+        // Snapshot route and plugin now: a concurrent route switch does not affect this call.
+        let route = self.route(collection)?;
+        let plugin = self.registry.get(request.strategy.as_deref().unwrap_or(&route.strategy))?;
+        if request.text.is_none() && request.image.is_none() {
+            return Err(CallError::Host(anyhow::anyhow!("a query needs text, an image, or both")));
+        }
+        let limits = self.runtime.limits();
+        let query = Query { text: request.text.clone(), image: request.image.clone(), k: request.k, params: request.params.to_string() };
+        let ctx = CallContext { collection: collection.to_string(), config: route.config.to_string() };
+        let (mut hits, writes) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route), |store, p| {
+            p.quarry_retrieval_strategy().call_search(store, &ctx, &query)
+        })?;
+        if hits.len() > limits.max_hits {
+            return Err(CallError::ResultTooLarge { strategy: plugin.reference.clone(), what: "hits", count: hits.len(), limit: limits.max_hits });
+        }
+        self.commit(&writes)?;
+        hits.truncate(request.k as usize);
+        let hits = hits
+            .into_iter()
+            .map(|h| {
+                let item = self.services.store.item(collection, &h.id).ok().flatten();
+                SearchHit {
+                    id: h.id,
+                    score: h.score,
+                    text: item.as_ref().and_then(|i| i.text.clone()),
+                    metadata: item.map_or(serde_json::json!({}), |i| i.metadata),
+                }
+            })
+            .collect();
+        Ok(SearchResponse { strategy: plugin.reference.clone(), hits })
+    }
+
+    /// Exact nearest neighbours on a vector field, straight from the host (no plugin).
+    pub fn nearest(&self, collection: &str, field: &str, query: &[f32], k: usize) -> Result<Vec<crate::index::Scored>> {
+        self.services.indexes.nearest(collection, field, query, k)
+    }
+
+    /// Number of items stored in a collection.
+    pub fn item_count(&self, collection: &str) -> Result<usize> {
+        self.services.store.item_count(collection)
+    }
+
+    /// Counters plugins reported, keyed by `strategy/name`.
+    pub fn counters(&self) -> std::collections::HashMap<String, f64> {
+        self.services.counters.lock().unwrap().clone()
+    }
+
+    fn commit(&self, writes: &WriteBatch) -> Result<()> {
+        let _guard = self.commit_lock.lock().unwrap();
+        self.services.indexes.check(writes)?;
+        self.services.store.commit(writes)?;
+        self.services.indexes.apply(writes)
+    }
+}
+
+fn grants_for(collection: &str, route: &Route) -> Arc<Grants> {
+    let mut grants = route.grants.clone();
+    grants.collections.insert(collection.to_string());
+    Arc::new(grants)
+}
+
+/// Split items so that each call stays within the batch and payload limits.
+fn batches(items: Vec<NewItem>, limits: &Limits) -> Vec<Vec<NewItem>> {
+    let max_items = limits.max_batch.clamp(1, 64);
+    let max_bytes = limits.max_payload_bytes / 2;
+    let mut out: Vec<Vec<NewItem>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let size = item.image.as_ref().map_or(0, Vec::len) + item.text.as_ref().map_or(0, String::len);
+        match out.last_mut() {
+            Some(batch) if batch.len() < max_items && bytes + size <= max_bytes => {
+                bytes += size;
+                batch.push(item);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
+
+fn json_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,384 @@
+//! The `quarry` command line: a thin layer over [`crate::api::Quarry`].
+
+use crate::api::{HostConfig, Quarry, SearchRequest, SearchResponse};
+use crate::plugins::host_api::Grants;
+use crate::plugins::limits::Limits;
+use crate::plugins::registry::Route;
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "quarry", version, about = "Quarry: sandboxed WebAssembly retrieval strategies over host-owned models and collections")]
+struct Cli {
+    /// Where collections, plugins, routes and model manifests live [env: QUARRY_HOME] [default: ./.quarry]
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Print plugin log lines at debug level.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add, list, describe or remove strategy plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Register or list models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Point a collection at a strategy version.
+    #[command(subcommand)]
+    Route(RouteCommand),
+    /// Ingest a folder (text and image files) or a JSONL file into a collection.
+    Ingest {
+        collection: String,
+        /// A folder, or a .jsonl file of {"id", "text", "image", "metadata"} lines.
+        source: PathBuf,
+        /// Set the collection's route first (same options as `route set`).
+        #[command(flatten)]
+        route: Option<RouteArgs>,
+    },
+    /// Search a collection.
+    Search {
+        collection: String,
+        query: String,
+        /// Answer with this `name@version` instead of the routed one.
+        #[arg(long)]
+        strategy: Option<String>,
+        #[arg(short, default_value_t = 10)]
+        k: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set up a small collection on the real MiniLM model and run queries against it.
+    Demo {
+        /// The dense plugin component [default: target/wasm32-wasip2/release/quarry_plugin_dense.wasm]
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// The model manifest [default: examples/models/minilm-l6.json]
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Print a JSON Schema.
+    Schema {
+        #[arg(value_parser = ["model"])]
+        what: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a component against the contract, compile it and register it.
+    Add { file: PathBuf },
+    /// List registered strategy versions.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a strategy version declares.
+    Describe { strategy: String },
+    /// Remove a strategy version that no route uses.
+    Remove { strategy: String },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Register a model from its manifest (see `quarry schema model`).
+    Add { manifest: PathBuf },
+    /// List registered models.
+    List,
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Route a collection to a strategy version, atomically.
+    Set {
+        collection: String,
+        #[command(flatten)]
+        route: RouteArgs,
+    },
+    /// List routes.
+    List,
+}
+
+#[derive(Args, Clone)]
+#[group(requires = "strategy")]
+struct RouteArgs {
+    /// `name@version` of a registered strategy.
+    #[arg(long, required = false)]
+    strategy: String,
+    /// The strategy's config, a JSON object.
+    #[arg(long)]
+    config: Option<String>,
+    /// A model the strategy may call (repeatable).
+    #[arg(long = "grant-model")]
+    grant_models: Vec<String>,
+    /// Another collection the strategy may access (repeatable).
+    #[arg(long = "grant-collection")]
+    grant_collections: Vec<String>,
+}
+
+impl RouteArgs {
+    fn route(&self) -> Result<Route> {
+        let config = match &self.config {
+            Some(text) => serde_json::from_str(text).context("--config is not valid JSON")?,
+            None => serde_json::json!({}),
+        };
+        if !config.is_object() {
+            bail!("--config must be a JSON object");
+        }
+        Ok(Route {
+            strategy: self.strategy.clone(),
+            config,
+            grants: Grants {
+                models: self.grant_models.iter().cloned().collect(),
+                collections: self.grant_collections.iter().cloned().collect(),
+            },
+        })
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn data_dir(cli: &Cli) -> PathBuf {
+    cli.data_dir
+        .clone()
+        .or_else(|| std::env::var_os("QUARRY_HOME").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(".quarry"))
+}
+
+/// Open the host, reading `limits.json` from the data directory if present.
+fn open(dir: &Path, verbose: bool) -> Result<Quarry> {
+    let mut config = HostConfig::new(dir);
+    config.verbose = verbose;
+    let limits_path = dir.join("limits.json");
+    if limits_path.is_file() {
+        config.limits = serde_json::from_str::<Limits>(&std::fs::read_to_string(&limits_path)?)
+            .with_context(|| format!("{} is not valid (keys: deadline_ms, memory_bytes, max_hits, max_batch, max_payload_bytes, max_instances)", limits_path.display()))?;
+    }
+    Quarry::open(config)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let dir = data_dir(&cli);
+    match cli.command {
+        Command::Schema { .. } => {
+            println!("{}", serde_json::to_string_pretty(&crate::models::manifest::schema())?);
+            Ok(())
+        }
+        Command::Plugin(cmd) => {
+            let host = open(&dir, cli.verbose)?;
+            match cmd {
+                PluginCommand::Add { file } => {
+                    let p = host.add_plugin_file(&file)?;
+                    println!("added {} (built against {}, sha256 {})", p.reference, p.contract, &p.sha256[..16]);
+                }
+                PluginCommand::List { json } => {
+                    let plugins = host.plugins();
+                    if json {
+                        let rows: Vec<_> = plugins
+                            .iter()
+                            .map(|p| serde_json::json!({"strategy": p.reference, "contract": p.contract, "sha256": p.sha256, "description": p.descriptor.description}))
+                            .collect();
+                        println!("{}", serde_json::to_string_pretty(&rows)?);
+                    } else if plugins.is_empty() {
+                        println!("no strategies registered; add one with `quarry plugin add <file.wasm>`");
+                    } else {
+                        for p in plugins {
+                            println!("{:<28} {:<24} {}", p.reference, p.contract, p.descriptor.description);
+                        }
+                    }
+                }
+                PluginCommand::Describe { strategy } => {
+                    let p = host.plugin(&strategy)?;
+                    let d = &p.descriptor;
+                    let schema: serde_json::Value = serde_json::from_str(&d.config_schema)?;
+                    let fields: Vec<_> = d.fields.iter().map(|f| serde_json::json!({"name": f.name, "kind": f.kind})).collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "strategy": p.reference, "contract": p.contract, "sha256": p.sha256,
+                            "description": d.description, "models": d.models, "fields": fields, "config_schema": schema,
+                        }))?
+                    );
+                }
+                PluginCommand::Remove { strategy } => {
+                    host.remove_plugin(&strategy)?;
+                    println!("removed {strategy}");
+                }
+            }
+            Ok(())
+        }
+        Command::Model(cmd) => {
+            let host = open(&dir, cli.verbose)?;
+            match cmd {
+                ModelCommand::Add { manifest } => {
+                    let m = host.add_model_file(&manifest)?;
+                    println!("added model {} ({:?}, {})", m.name, m.role, m.files.model.display());
+                }
+                ModelCommand::List => {
+                    for m in host.models().manifests() {
+                        println!("{:<24} {:<14} {}", m.name, format!("{:?}", m.role), m.files.model.display());
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Route(cmd) => {
+            let host = open(&dir, cli.verbose)?;
+            match cmd {
+                RouteCommand::Set { collection, route } => {
+                    host.set_route(&collection, route.route()?)?;
+                    println!("{collection} -> {}", route.strategy);
+                }
+                RouteCommand::List => {
+                    for (collection, route) in host.routes() {
+                        println!("{collection:<24} {:<24} config {} models [{}]", route.strategy, route.config, route.grants.models.iter().cloned().collect::<Vec<_>>().join(", "));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Ingest { collection, source, route } => {
+            let host = open(&dir, cli.verbose)?;
+            if let Some(route) = route {
+                host.set_route(&collection, route.route()?)?;
+            }
+            ingest(&host, &collection, &source)
+        }
+        Command::Search { collection, query, strategy, k, json } => {
+            let host = open(&dir, cli.verbose)?;
+            let response = host.search(&collection, &SearchRequest { strategy, ..SearchRequest::text(&query, k) })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&response)?);
+            } else {
+                print_table(&query, &response);
+            }
+            Ok(())
+        }
+        Command::Demo { plugin, model } => demo(&dir, plugin, model, cli.verbose),
+    }
+}
+
+fn ingest(host: &Quarry, collection: &str, source: &Path) -> Result<()> {
+    let read = crate::sources::read(source)?;
+    for skipped in &read.skipped {
+        eprintln!("skipped {}: {}", skipped.source, skipped.reason);
+    }
+    let total = read.items.len();
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} items ({eta})").expect("valid template").progress_chars("=> "),
+    );
+    bar.set_message(format!("ingesting into {collection}"));
+    let report = host.ingest(collection, read.items, |done| bar.set_position(done as u64));
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "ingested {} item(s) into {collection}{}",
+        report.ingested,
+        if read.skipped.is_empty() { String::new() } else { format!("; skipped {} (listed above)", read.skipped.len()) }
+    );
+    Ok(())
+}
+
+fn print_table(query: &str, response: &SearchResponse) {
+    println!("query: {query}   (strategy {})", response.strategy);
+    println!("{:>4}  {:>7}  {:<28}  text", "rank", "score", "id");
+    for (rank, hit) in response.hits.iter().enumerate() {
+        let text: String = hit.text.as_deref().unwrap_or("").chars().take(70).collect();
+        println!("{:>4}  {:>7.4}  {:<28}  {text}", rank + 1, hit.score, hit.id);
+    }
+    if response.hits.is_empty() {
+        println!("      (no hits)");
+    }
+}
+
+/// Sentences for the demo, each with a paraphrase that should find it.
+pub const DEMO_SENTENCES: &[(&str, &str)] = &[
+    ("volcano", "The volcano erupted overnight, covering nearby villages in ash."),
+    ("bread", "She bakes sourdough bread every Sunday morning."),
+    ("chess", "The chess champion defended her title in a tense final game."),
+    ("rust", "Rust's borrow checker prevents data races at compile time."),
+    ("whales", "Humpback whales migrate thousands of kilometres each year."),
+    ("train", "The night train to Vienna was delayed by a snowstorm."),
+    ("garden", "Tomatoes grow best in full sun with regular watering."),
+    ("market", "Stock markets fell sharply after the interest rate announcement."),
+    ("guitar", "He taught himself to play the guitar by watching videos."),
+    ("moon", "Astronauts collected rock samples from the lunar surface."),
+    ("coffee", "A strong espresso is how many people start their workday."),
+    ("football", "The goalkeeper saved a penalty in the last minute of the match."),
+];
+
+pub const DEMO_QUERIES: &[(&str, &str)] = &[
+    ("ash from an eruption buried the towns", "volcano"),
+    ("weekly homemade loaf baking", "bread"),
+    ("memory safety enforced by the compiler", "rust"),
+    ("moon rocks gathered by space travellers", "moon"),
+    ("a late railway journey because of heavy snow", "train"),
+];
+
+fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+fn demo(dir: &Path, plugin: Option<PathBuf>, model: Option<PathBuf>, verbose: bool) -> Result<()> {
+    let plugin = plugin.unwrap_or_else(|| repo_path("target/wasm32-wasip2/release/quarry_plugin_dense.wasm"));
+    let model = model.unwrap_or_else(|| repo_path("examples/models/minilm-l6.json"));
+    if !plugin.is_file() {
+        bail!(
+            "the dense plugin is not built ({} is missing); run `cargo build --release --target wasm32-wasip2 -p quarry-plugin-dense`, or `bash scripts/demo.sh`",
+            plugin.display()
+        );
+    }
+    let demo_dir = dir.join("demo");
+    if demo_dir.exists() {
+        std::fs::remove_dir_all(&demo_dir).with_context(|| format!("cannot reset {}", demo_dir.display()))?;
+    }
+    println!("Quarry demo: a dense retrieval strategy running as a sandboxed WebAssembly component,");
+    println!("calling the host's real MiniLM sentence encoder (ONNX Runtime) over a persisted collection.\n");
+    let host = open(&demo_dir, verbose)?;
+    let m = host.add_model_file(&model)?;
+    println!("model    {} ({})", m.name, m.files.model.display());
+    let p = host.add_plugin_file(&plugin)?;
+    println!("strategy {} (built against {})", p.reference, p.contract);
+    host.set_route(
+        "demo",
+        Route {
+            strategy: p.reference.clone(),
+            config: serde_json::json!({"text-model": m.name}),
+            grants: Grants { models: [m.name.clone()].into(), collections: Default::default() },
+        },
+    )?;
+    let folder = demo_dir.join("sentences");
+    std::fs::create_dir_all(&folder)?;
+    for (id, text) in DEMO_SENTENCES {
+        std::fs::write(folder.join(format!("{id}.txt")), text)?;
+    }
+    ingest(&host, "demo", &folder)?;
+    println!();
+    let mut correct = 0;
+    for (query, expected) in DEMO_QUERIES {
+        let response = host.search("demo", &SearchRequest::text(query, 3))?;
+        print_table(query, &response);
+        let top = response.hits.first().map(|h| h.id.as_str());
+        correct += usize::from(top == Some(*expected));
+        println!("      expected `{expected}` first: {}\n", if top == Some(*expected) { "yes" } else { "NO" });
+    }
+    println!("{correct}/{} paraphrase queries ranked their sentence first.", DEMO_QUERIES.len());
+    println!("Try it yourself: quarry --data-dir {} search demo \"your query\"", demo_dir.display());
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! Quarry's native host: runs retrieval strategies as sandboxed WebAssembly components and
+//! owns what they orchestrate: models ([`models`]), collections ([`store`], [`index`]).
+//!
+//! [`api::Quarry`] is the entry point; the `quarry` binary is a thin CLI over it ([`cli`]).
+
+pub mod api;
+pub mod cli;
+pub mod index;
+pub mod models;
+pub mod plugins;
+pub mod sources;
+pub mod store;
+
+pub use api::{HostConfig, IngestReport, Quarry, SearchHit, SearchRequest, SearchResponse};
+pub use plugins::registry::Route;
+pub use plugins::host_api::Grants;
+pub use plugins::limits::Limits;
+pub use plugins::CallError;
+pub use sources::NewItem;

@@ -1,0 +1,282 @@
+//! Model manifests: everything the host needs to run an ONNX export, with no code change.
+//! `quarry schema model` prints the JSON Schema.
+
+use anyhow::{Context as _, Result, bail};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Describes one model: its role, files, tensor names, tokenizer or image preprocessing,
+/// pooling, batch limits and execution provider. Relative paths are resolved against the
+/// manifest's own folder.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ModelManifest {
+    /// The name plugins use to call the model, granted per route.
+    pub name: String,
+    pub role: ModelRole,
+    pub files: ModelFiles,
+    /// Graph input names; leave an input out if the graph does not take it.
+    #[serde(default)]
+    pub inputs: InputNames,
+    /// The graph output to read.
+    pub output: OutputSpec,
+    /// Text models: how to tokenize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerSpec>,
+    /// Image models: how to turn a decoded image into `pixel_values`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<ImagePreprocess>,
+    /// How token states become one vector (ignored when the output is already pooled).
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// L2-normalise embeddings, so inner product is cosine similarity.
+    #[serde(default = "yes")]
+    pub normalize: bool,
+    #[serde(default)]
+    pub batch: BatchLimits,
+    #[serde(default)]
+    pub execution_provider: ExecutionProvider,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelRole {
+    /// Texts to embeddings (`embed-texts`, `text-tokens`).
+    TextEncoder,
+    /// Images to embeddings (`embed-images`, `image-tokens`).
+    ImageEncoder,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFiles {
+    /// The `.onnx` graph.
+    pub model: PathBuf,
+    /// A Hugging Face `tokenizer.json` (text models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputNames {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_ids: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_mask: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type_ids: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_values: Option<String>,
+}
+
+impl Default for InputNames {
+    /// The names HF/optimum and sentence-transformers exports use.
+    fn default() -> Self {
+        InputNames {
+            input_ids: Some("input_ids".into()),
+            attention_mask: Some("attention_mask".into()),
+            token_type_ids: None,
+            pixel_values: Some("pixel_values".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Output tensor name, e.g. `text_embeds`, `image_embeds`, `last_hidden_state`.
+    pub name: String,
+    /// `pooled` for `[batch, dim]`, `tokens` for `[batch, tokens, dim]`.
+    pub kind: OutputKind,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    Pooled,
+    Tokens,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean over non-padding tokens (sentence-transformers).
+    #[default]
+    Mean,
+    /// The first token (BERT's `[CLS]`).
+    Cls,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSpec {
+    /// Longer texts are truncated to this many tokens, special tokens included.
+    pub max_length: usize,
+    /// Pad every batch to exactly this length (CLIP exports need 77); otherwise pad to the longest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_to: Option<usize>,
+    /// Padding token id.
+    #[serde(default)]
+    pub pad_id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePreprocess {
+    /// The shorter side is resized to this many pixels (bicubic).
+    pub resize: u32,
+    /// Then a centred square of this size is cut out.
+    pub crop: u32,
+    /// Per-channel (RGB) mean and standard deviation, applied to values in [0, 1].
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLimits {
+    /// Most inputs per inference run; larger requests are split.
+    pub max_batch: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits { max_batch: 32 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum ExecutionProvider {
+    #[default]
+    Cpu,
+    Cuda {
+        #[serde(default)]
+        device_id: i32,
+    },
+    Tensorrt {
+        #[serde(default)]
+        device_id: i32,
+    },
+}
+
+impl ModelManifest {
+    /// Read a manifest and resolve its file paths against its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read model manifest {}", path.display()))?;
+        let mut manifest: ModelManifest = serde_json::from_str(&text).with_context(|| {
+            format!("model manifest {} is not valid (see `quarry schema model` for the format)", path.display())
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        manifest.files.model = absolute(base, &manifest.files.model);
+        manifest.files.tokenizer = manifest.files.tokenizer.as_ref().map(|t| absolute(base, t));
+        manifest.validate().with_context(|| format!("model manifest {}", path.display()))?;
+        Ok(manifest)
+    }
+
+    /// Check that the manifest is complete for its role and its files exist.
+    pub fn validate(&self) -> Result<()> {
+        crate::store::validate_name("model", &self.name)?;
+        let exists = |what: &str, p: &Path| -> Result<()> {
+            if !p.is_file() {
+                bail!("model `{}`: {what} file {} does not exist; fix `files` or run `bash scripts/setup.sh`", self.name, p.display());
+            }
+            Ok(())
+        };
+        exists("model", &self.files.model)?;
+        match self.role {
+            ModelRole::TextEncoder => {
+                let tokenizer = self.files.tokenizer.as_ref().with_context(|| {
+                    format!("model `{}` is a text encoder, so `files.tokenizer` must name its tokenizer.json", self.name)
+                })?;
+                exists("tokenizer", tokenizer)?;
+                if self.tokenizer.is_none() {
+                    bail!("model `{}` is a text encoder, so it needs a `tokenizer` section with `max_length`", self.name);
+                }
+                if self.inputs.input_ids.is_none() {
+                    bail!("model `{}` is a text encoder, so `inputs.input_ids` must name the token id input", self.name);
+                }
+            }
+            ModelRole::ImageEncoder => {
+                if self.preprocess.is_none() {
+                    bail!("model `{}` is an image encoder, so it needs a `preprocess` section (resize, crop, mean, std)", self.name);
+                }
+                if self.inputs.pixel_values.is_none() {
+                    bail!("model `{}` is an image encoder, so `inputs.pixel_values` must name the image input", self.name);
+                }
+            }
+        }
+        if self.batch.max_batch == 0 {
+            bail!("model `{}`: `batch.max_batch` must be at least 1", self.name);
+        }
+        Ok(())
+    }
+}
+
+fn absolute(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// The JSON Schema of [`ModelManifest`].
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(ModelManifest)).expect("schema serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentence_transformers_layout_loads_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.onnx"), b"x").unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), b"{}").unwrap();
+        let path = dir.path().join("m.json");
+        std::fs::write(
+            &path,
+            r#"{"name": "minilm", "role": "text-encoder",
+                "files": {"model": "model.onnx", "tokenizer": "tokenizer.json"},
+                "output": {"name": "last_hidden_state", "kind": "tokens"},
+                "tokenizer": {"max_length": 128}}"#,
+        )
+        .unwrap();
+        let m = ModelManifest::load(&path).unwrap();
+        assert_eq!(m.files.model, dir.path().join("model.onnx"));
+        assert_eq!(m.pooling, Pooling::Mean);
+        assert!(m.normalize);
+        assert_eq!(m.execution_provider, ExecutionProvider::Cpu);
+        assert_eq!(m.inputs.attention_mask.as_deref(), Some("attention_mask"));
+    }
+
+    #[test]
+    fn missing_files_and_unknown_keys_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        std::fs::write(
+            &path,
+            r#"{"name": "clip", "role": "image-encoder", "files": {"model": "nowhere.onnx"},
+                "output": {"name": "image_embeds", "kind": "pooled"},
+                "preprocess": {"resize": 224, "crop": 224, "mean": [0.5,0.5,0.5], "std": [0.5,0.5,0.5]}}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", ModelManifest::load(&path).unwrap_err());
+        assert!(err.contains("nowhere.onnx") && err.contains("does not exist"), "{err}");
+        std::fs::write(&path, r#"{"name": "x", "rol": "text-encoder"}"#).unwrap();
+        let err = format!("{:#}", ModelManifest::load(&path).unwrap_err());
+        assert!(err.contains("quarry schema model"), "{err}");
+    }
+
+    #[test]
+    fn schema_names_every_section() {
+        let s = schema().to_string();
+        for key in ["files", "inputs", "output", "tokenizer", "preprocess", "pooling", "execution_provider", "max_batch"] {
+            assert!(s.contains(key), "schema lacks {key}");
+        }
+    }
+}

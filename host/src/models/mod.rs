@@ -1,0 +1,321 @@
+//! The model runtime: manifests, ONNX Runtime sessions, tokenizers and image preprocessing.
+//!
+//! ONNX Runtime is loaded at run time (`ort` with `load-dynamic`) from the library that
+//! `scripts/setup.sh` unpacks from the PyPI `onnxruntime` wheel; see [`locate_onnxruntime`].
+
+pub mod manifest;
+pub mod preprocess;
+
+pub use manifest::{ModelManifest, ModelRole, OutputKind, Pooling};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+/// Why a model call failed, in terms the caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("no model named `{0}` is registered; add its manifest with `quarry model add <manifest.json>`")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0:#}")]
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for ModelError {
+    fn from(e: anyhow::Error) -> Self {
+        ModelError::Runtime(e)
+    }
+}
+
+/// The ONNX Runtime version the host is built for (`ort` rc.15 with `api-31`).
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// Find `libonnxruntime.so`: `ORT_DYLIB_PATH` if set, else next to the executable, else the
+/// repository's `vendor/onnxruntime/` that `scripts/setup.sh` fills.
+pub fn locate_onnxruntime() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "ONNX Runtime library not found: ORT_DYLIB_PATH is {}, which does not exist. \
+                 Point it at libonnxruntime.so.{ORT_VERSION} or unset it and run `bash scripts/setup.sh`",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let mut dirs = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        dirs.push(dir.to_path_buf());
+        dirs.push(dir.join("../../vendor/onnxruntime"));
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../vendor/onnxruntime"));
+    for dir in &dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+            .collect();
+        found.sort();
+        if let Some(path) = found.pop() {
+            return Ok(path);
+        }
+    }
+    bail!(
+        "ONNX Runtime library not found (looked in {}). Run `bash scripts/setup.sh` to install \
+         libonnxruntime.so.{ORT_VERSION} from the PyPI onnxruntime wheel, or set ORT_DYLIB_PATH to it",
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
+
+/// Load ONNX Runtime once per process.
+fn environment() -> Result<&'static ort::environment::Environment> {
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let path = locate_onnxruntime()?;
+    let builder = ort::init_from(&path).map_err(|e| {
+        anyhow!("cannot load ONNX Runtime from {}: {e}. It must be version {ORT_VERSION}; `bash scripts/setup.sh` installs it", path.display())
+    })?;
+    let env = builder.with_name("quarry").build().map_err(|e| anyhow!("cannot start ONNX Runtime: {e}"))?;
+    Ok(ENVIRONMENT.get_or_init(|| env))
+}
+
+/// A model whose session is open.
+struct LoadedModel {
+    manifest: ModelManifest,
+    session: Mutex<Session>,
+    tokenizer: Option<tokenizers::Tokenizer>,
+}
+
+/// The registered models, opened lazily on first use.
+#[derive(Default)]
+pub struct Models {
+    manifests: RwLock<HashMap<String, ModelManifest>>,
+    loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
+}
+
+impl Models {
+    /// Register (or replace) a model. Its files are checked now; the session opens on first use.
+    pub fn register(&self, manifest: ModelManifest) -> Result<()> {
+        manifest.validate()?;
+        let name = manifest.name.clone();
+        self.loaded.lock().unwrap().remove(&name);
+        self.manifests.write().unwrap().insert(name, manifest);
+        Ok(())
+    }
+
+    pub fn manifests(&self) -> Vec<ModelManifest> {
+        let mut all: Vec<_> = self.manifests.read().unwrap().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.manifests.read().unwrap().contains_key(name)
+    }
+
+    fn get(&self, name: &str, role: ModelRole) -> Result<Arc<LoadedModel>, ModelError> {
+        let manifest = self.manifests.read().unwrap().get(name).cloned().ok_or_else(|| ModelError::NotFound(name.to_string()))?;
+        if manifest.role != role {
+            return Err(ModelError::InvalidInput(format!("model `{name}` is a {:?}, not a {role:?}", manifest.role)));
+        }
+        let mut loaded = self.loaded.lock().unwrap();
+        if let Some(model) = loaded.get(name) {
+            return Ok(model.clone());
+        }
+        let model = Arc::new(open(manifest)?);
+        loaded.insert(name.to_string(), model.clone());
+        Ok(model)
+    }
+
+    /// Pooled (and, per manifest, normalised) embeddings of `texts`.
+    pub fn embed_texts(&self, model: &str, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let model = self.get(model, ModelRole::TextEncoder)?;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(model.manifest.batch.max_batch) {
+            out.extend(model.embed_texts(chunk)?);
+        }
+        Ok(out)
+    }
+
+    /// Embeddings of encoded images (PNG, JPEG).
+    pub fn embed_images(&self, model: &str, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let model = self.get(model, ModelRole::ImageEncoder)?;
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(model.manifest.batch.max_batch) {
+            out.extend(model.embed_images(chunk)?);
+        }
+        Ok(out)
+    }
+}
+
+fn open(manifest: ModelManifest) -> Result<LoadedModel> {
+    if manifest.execution_provider != manifest::ExecutionProvider::Cpu {
+        bail!(
+            "model `{}` asks for execution provider {:?}; this host runs models on the CPU only so far. \
+             Set `execution_provider` to {{\"kind\": \"cpu\"}}",
+            manifest.name,
+            manifest.execution_provider
+        );
+    }
+    let env = environment()?;
+    let session = Session::builder(env)
+        .and_then(|mut b| b.commit_from_file(&manifest.files.model))
+        .map_err(|e| anyhow!("cannot open model `{}` from {}: {e}", manifest.name, manifest.files.model.display()))?;
+    let declared = [&manifest.inputs.input_ids, &manifest.inputs.attention_mask, &manifest.inputs.token_type_ids];
+    let wanted: Vec<&String> = match manifest.role {
+        ModelRole::TextEncoder => declared.into_iter().flatten().collect(),
+        ModelRole::ImageEncoder => manifest.inputs.pixel_values.iter().collect(),
+    };
+    for name in wanted {
+        if !session.inputs().iter().any(|i| i.name() == name) {
+            bail!(
+                "model `{}` has no input named `{name}` (its inputs are: {}); fix `inputs` in its manifest",
+                manifest.name,
+                session.inputs().iter().map(|i| i.name().to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    if !session.outputs().iter().any(|o| o.name() == manifest.output.name) {
+        bail!(
+            "model `{}` has no output named `{}` (its outputs are: {}); fix `output.name` in its manifest",
+            manifest.name,
+            manifest.output.name,
+            session.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let tokenizer = match &manifest.files.tokenizer {
+        Some(path) if manifest.role == ModelRole::TextEncoder => {
+            let mut t = tokenizers::Tokenizer::from_file(path)
+                .map_err(|e| anyhow!("cannot read tokenizer {} for model `{}`: {e}", path.display(), manifest.name))?;
+            let max_length = manifest.tokenizer.as_ref().map_or(512, |t| t.max_length);
+            t.with_padding(None);
+            t.with_truncation(Some(tokenizers::TruncationParams { max_length, ..Default::default() }))
+                .map_err(|e| anyhow!("tokenizer for model `{}`: {e}", manifest.name))?;
+            Some(t)
+        }
+        _ => None,
+    };
+    Ok(LoadedModel { manifest, session: Mutex::new(session), tokenizer })
+}
+
+impl LoadedModel {
+    fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let spec = self.manifest.tokenizer.as_ref().expect("validated: text encoders have a tokenizer section");
+        let tokenizer = self.tokenizer.as_ref().expect("validated: text encoders have a tokenizer");
+        let encodings = tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| ModelError::InvalidInput(format!("cannot tokenize: {e}")))?;
+        let longest = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
+        // Fixed-length exports (CLIP's 77) get `pad_to`; others pad to the longest text.
+        let seq = spec.pad_to.map_or(longest, |p| p.max(longest));
+        let n = texts.len();
+        let mut ids = vec![spec.pad_id as i64; n * seq];
+        let mut mask = vec![0i64; n * seq];
+        for (row, enc) in encodings.iter().enumerate() {
+            for (col, (&id, &m)) in enc.get_ids().iter().zip(enc.get_attention_mask()).take(seq).enumerate() {
+                ids[row * seq + col] = id as i64;
+                mask[row * seq + col] = m as i64;
+            }
+        }
+        let shape = vec![n as i64, seq as i64];
+        let tensor = |data: Vec<i64>| Tensor::from_array((shape.clone(), data)).map_err(|e| anyhow!("{e}"));
+        let inputs = &self.manifest.inputs;
+        let mut feed: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::new();
+        if let Some(name) = &inputs.input_ids {
+            feed.push((name.clone().into(), tensor(ids)?.into()));
+        }
+        if let Some(name) = &inputs.attention_mask {
+            feed.push((name.clone().into(), tensor(mask.clone())?.into()));
+        }
+        if let Some(name) = &inputs.token_type_ids {
+            feed.push((name.clone().into(), tensor(vec![0; n * seq])?.into()));
+        }
+        let output = self.run(feed)?;
+        self.pool(output, n, Some((&mask, seq)))
+    }
+
+    fn embed_images(&self, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let p = self.manifest.preprocess.as_ref().expect("validated: image encoders have a preprocess section");
+        let mut pixels = Vec::with_capacity(images.len() * 3 * (p.crop * p.crop) as usize);
+        for (i, bytes) in images.iter().enumerate() {
+            let img = preprocess::decode(bytes).map_err(|e| ModelError::InvalidInput(format!("image {i}: {e:#}")))?;
+            pixels.extend(preprocess::to_pixel_values(&img, p));
+        }
+        let shape = vec![images.len() as i64, 3, p.crop as i64, p.crop as i64];
+        let tensor = Tensor::from_array((shape, pixels)).map_err(|e| anyhow!("{e}"))?;
+        let name = self.manifest.inputs.pixel_values.clone().expect("validated");
+        let output = self.run(vec![(name.into(), tensor.into())])?;
+        self.pool(output, images.len(), None)
+    }
+
+    /// Run the graph and copy out the configured output as (shape, data).
+    fn run(&self, feed: Vec<(Cow<'static, str>, SessionInputValue<'static>)>) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
+        let mut session = self.session.lock().unwrap();
+        let outputs = session.run(feed).map_err(|e| anyhow!("model `{}` failed to run: {e}", self.manifest.name))?;
+        let value = outputs
+            .get(self.manifest.output.name.as_str())
+            .with_context(|| format!("model `{}` produced no output `{}`", self.manifest.name, self.manifest.output.name))?;
+        let (shape, data) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("model `{}` output `{}` is not an f32 tensor: {e}", self.manifest.name, self.manifest.output.name))?;
+        Ok((shape.to_vec(), data.to_vec()))
+    }
+
+    /// Turn the raw output into one vector per input, pooling token states when needed.
+    fn pool(&self, (shape, data): (Vec<i64>, Vec<f32>), n: usize, mask: Option<(&[i64], usize)>) -> Result<Vec<Vec<f32>>, ModelError> {
+        let name = &self.manifest.name;
+        let mut out: Vec<Vec<f32>> = match (self.manifest.output.kind, shape.as_slice()) {
+            (OutputKind::Pooled, &[rows, dim]) if rows as usize == n => data.chunks_exact(dim as usize).map(<[f32]>::to_vec).collect(),
+            (OutputKind::Tokens, &[rows, tokens, dim]) if rows as usize == n => {
+                let (tokens, dim) = (tokens as usize, dim as usize);
+                (0..n)
+                    .map(|row| {
+                        let states = &data[row * tokens * dim..(row + 1) * tokens * dim];
+                        match self.manifest.pooling {
+                            Pooling::Cls => states[..dim].to_vec(),
+                            Pooling::Mean => {
+                                let mut sum = vec![0f32; dim];
+                                let mut count = 0f32;
+                                for (t, state) in states.chunks_exact(dim).enumerate() {
+                                    let keep = mask.is_none_or(|(m, seq)| t < seq && m[row * seq + t] != 0);
+                                    if keep {
+                                        sum.iter_mut().zip(state).for_each(|(s, x)| *s += x);
+                                        count += 1.0;
+                                    }
+                                }
+                                sum.iter_mut().for_each(|s| *s /= count.max(1.0));
+                                sum
+                            }
+                        }
+                    })
+                    .collect()
+            }
+            (kind, other) => {
+                return Err(ModelError::Runtime(anyhow!(
+                    "model `{name}` output has shape {other:?}, which does not fit `output.kind` {kind:?} for {n} inputs"
+                )));
+            }
+        };
+        if self.manifest.normalize {
+            for v in &mut out {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,361 @@
+//! The imports a strategy plugin calls: the host side of `quarry:retrieval@0.1.0`.
+//!
+//! Every call is checked against the route's [`Grants`] and the call's [`Limits`] before any
+//! work is done. Writes are buffered in the call's [`WriteBatch`] and committed when the call
+//! succeeds.
+
+use super::limits::{CallLimiter, Limits};
+use crate::index::Indexes;
+use crate::models::{ModelError, Models};
+use crate::store::{self, Store, WriteBatch};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+wasmtime::component::bindgen!({
+    path: "../wit/v0.1",
+    world: "plugin",
+    imports: { default: trappable },
+    with: { "quarry:retrieval/decoders.generation": GenerationSession },
+});
+
+pub use exports::quarry::retrieval::strategy::{Context as CallContext, Descriptor, FieldSpec, Item, Query};
+use quarry::retrieval::collections::FieldValue as WitFieldValue;
+pub use quarry::retrieval::types::{Error as WitError, Hit, TokenSet};
+
+/// Host state behind a generation resource (backed by the model-runtime issue).
+pub struct GenerationSession;
+
+/// What a route lets its strategy touch, beyond the collection it serves.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grants {
+    /// Models the strategy may call.
+    pub models: BTreeSet<String>,
+    /// Collections the strategy may read and write.
+    pub collections: BTreeSet<String>,
+}
+
+/// Everything shared by all calls: models, the store and its indexes, metrics.
+pub struct HostServices {
+    pub models: Arc<Models>,
+    pub store: Arc<Store>,
+    pub indexes: Arc<Indexes>,
+    /// Counters reported by plugins, keyed by `strategy/name`.
+    pub counters: Mutex<HashMap<String, f64>>,
+    /// Print plugin log lines at or above this level to stderr.
+    pub log_level: quarry::retrieval::log::Level,
+}
+
+/// The state of one plugin call: its sandbox, its grants and its pending writes.
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limiter: CallLimiter,
+    pub(super) stderr: MemoryOutputPipe,
+    pub(super) writes: WriteBatch,
+    services: Arc<HostServices>,
+    grants: Arc<Grants>,
+    limits: Limits,
+    strategy: String,
+}
+
+/// A wall clock stuck at the Unix epoch: plugins get no wall time unless the operator opts in.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+impl CallState {
+    pub fn new(services: Arc<HostServices>, grants: Arc<Grants>, limits: &Limits, strategy: &str) -> Self {
+        // No preopened directories, no environment, no network, no stdin; stderr is captured so
+        // that a panic message can be reported to the caller.
+        let stderr = MemoryOutputPipe::new(16 << 10);
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stderr(stderr.clone()).wall_clock(FrozenClock).build();
+        CallState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: CallLimiter { memory_bytes: limits.memory_bytes, memory_cap_hit: false },
+            stderr,
+            writes: WriteBatch::default(),
+            services,
+            grants,
+            limits: limits.clone(),
+            strategy: strategy.to_string(),
+        }
+    }
+
+    fn model(&self, model: &str) -> Result<(), WitError> {
+        if !self.grants.models.contains(model) {
+            return Err(WitError::Denied(format!(
+                "strategy {} may not call model `{model}`: the route does not grant it (granted: {})",
+                self.strategy,
+                list(&self.grants.models)
+            )));
+        }
+        Ok(())
+    }
+
+    fn collection(&self, collection: &str) -> Result<(), WitError> {
+        if !self.grants.collections.contains(collection) {
+            return Err(WitError::Denied(format!(
+                "strategy {} may not access collection `{collection}`: the route does not grant it (granted: {})",
+                self.strategy,
+                list(&self.grants.collections)
+            )));
+        }
+        Ok(())
+    }
+
+    fn batch<T>(&self, what: &str, items: &[T]) -> Result<(), WitError> {
+        if items.len() > self.limits.max_batch {
+            return Err(WitError::InvalidInput(format!(
+                "{what}: {} inputs in one call, over the limit of {}; send smaller batches",
+                items.len(),
+                self.limits.max_batch
+            )));
+        }
+        Ok(())
+    }
+
+    fn payload(&self, what: &str, bytes: usize) -> Result<(), WitError> {
+        if bytes > self.limits.max_payload_bytes {
+            return Err(WitError::InvalidInput(format!(
+                "{what}: {bytes} bytes in one call, over the limit of {} bytes",
+                self.limits.max_payload_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn list(names: &BTreeSet<String>) -> String {
+    if names.is_empty() { "none".to_string() } else { names.iter().cloned().collect::<Vec<_>>().join(", ") }
+}
+
+fn internal(e: anyhow::Error) -> WitError {
+    WitError::Internal(format!("{e:#}"))
+}
+
+impl From<ModelError> for WitError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::NotFound(_) => WitError::NotFound(e.to_string()),
+            ModelError::InvalidInput(m) => WitError::InvalidInput(m),
+            ModelError::Runtime(_) => WitError::Model(e.to_string()),
+        }
+    }
+}
+
+fn unsupported(capability: &str, issue: &str) -> WitError {
+    WitError::Unsupported(format!("{capability} is not backed by this host yet (it arrives with {issue})"))
+}
+
+const MODEL_RUNTIME_ISSUE: &str = "the model-runtime issue: token features, slots, projection, decoders";
+const COLLECTIONS_ISSUE: &str = "the collections-and-indexes issue: late interaction, code tries";
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+type Answer<T> = wasmtime::Result<Result<T, WitError>>;
+
+impl quarry::retrieval::types::Host for CallState {}
+
+impl quarry::retrieval::encoders::Host for CallState {
+    fn embed_texts(&mut self, model: String, texts: Vec<String>) -> Answer<Vec<Vec<f32>>> {
+        Ok((|| {
+            self.model(&model)?;
+            self.batch("embed-texts", &texts)?;
+            Ok(self.services.models.embed_texts(&model, &texts)?)
+        })())
+    }
+
+    fn embed_images(&mut self, model: String, images: Vec<Vec<u8>>) -> Answer<Vec<Vec<f32>>> {
+        Ok((|| {
+            self.model(&model)?;
+            self.batch("embed-images", &images)?;
+            self.payload("embed-images", images.iter().map(Vec::len).sum())?;
+            Ok(self.services.models.embed_images(&model, &images)?)
+        })())
+    }
+
+    fn text_tokens(&mut self, model: String, _texts: Vec<String>) -> Answer<Vec<TokenSet>> {
+        Ok(self.model(&model).and(Err(unsupported("encoders.text-tokens", MODEL_RUNTIME_ISSUE))))
+    }
+
+    fn image_tokens(&mut self, model: String, _images: Vec<Vec<u8>>) -> Answer<Vec<TokenSet>> {
+        Ok(self.model(&model).and(Err(unsupported("encoders.image-tokens", MODEL_RUNTIME_ISSUE))))
+    }
+
+    fn embed_texts_with_slots(
+        &mut self,
+        model: String,
+        _texts: Vec<quarry::retrieval::encoders::SlottedText>,
+    ) -> Answer<Vec<Vec<f32>>> {
+        Ok(self.model(&model).and(Err(unsupported("encoders.embed-texts-with-slots", MODEL_RUNTIME_ISSUE))))
+    }
+
+    fn project(&mut self, model: String, _vectors: Vec<Vec<f32>>) -> Answer<Vec<Vec<f32>>> {
+        Ok(self.model(&model).and(Err(unsupported("encoders.project", MODEL_RUNTIME_ISSUE))))
+    }
+}
+
+impl quarry::retrieval::decoders::Host for CallState {}
+
+impl quarry::retrieval::decoders::HostGeneration for CallState {
+    fn start(&mut self, model: String, _prompt: String) -> Answer<Resource<GenerationSession>> {
+        Ok(self.model(&model).and(Err(unsupported("decoders.generation", MODEL_RUNTIME_ISSUE))))
+    }
+
+    fn next_logprobs(&mut self, _session: Resource<GenerationSession>, _prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<f32>>> {
+        Ok(Err(unsupported("decoders.generation", MODEL_RUNTIME_ISSUE)))
+    }
+
+    fn reorder(&mut self, _session: Resource<GenerationSession>, _beams: Vec<u32>) -> Answer<()> {
+        Ok(Err(unsupported("decoders.generation", MODEL_RUNTIME_ISSUE)))
+    }
+
+    fn drop(&mut self, session: Resource<GenerationSession>) -> wasmtime::Result<()> {
+        self.table.delete(session)?;
+        Ok(())
+    }
+}
+
+impl quarry::retrieval::rankers::Host for CallState {
+    fn late_interaction(&mut self, collection: String, _field: String, _query: TokenSet, _candidates: Vec<String>) -> Answer<Vec<Hit>> {
+        Ok(self.collection(&collection).and(Err(unsupported("rankers.late-interaction", COLLECTIONS_ISSUE))))
+    }
+
+    fn cross_score(&mut self, model: String, _query: String, _texts: Vec<String>) -> Answer<Vec<f32>> {
+        Ok(self.model(&model).and(Err(unsupported("rankers.cross-score", MODEL_RUNTIME_ISSUE))))
+    }
+}
+
+fn to_store(value: WitFieldValue) -> store::FieldValue {
+    match value {
+        WitFieldValue::Vector(v) => store::FieldValue::Vector(v),
+        WitFieldValue::Tokens(t) => store::FieldValue::Tokens { dim: t.dim, data: t.data },
+        WitFieldValue::Codes(c) => store::FieldValue::Codes(c),
+        WitFieldValue::Blob(b) => store::FieldValue::Blob(b),
+    }
+}
+
+fn to_wit(value: store::FieldValue) -> WitFieldValue {
+    match value {
+        store::FieldValue::Vector(v) => WitFieldValue::Vector(v),
+        store::FieldValue::Tokens { dim, data } => WitFieldValue::Tokens(TokenSet { dim, data }),
+        store::FieldValue::Codes(c) => WitFieldValue::Codes(c),
+        store::FieldValue::Blob(b) => WitFieldValue::Blob(b),
+    }
+}
+
+fn payload_bytes(value: &WitFieldValue) -> usize {
+    match value {
+        WitFieldValue::Vector(v) => v.len() * 4,
+        WitFieldValue::Tokens(t) => t.data.len() * 4,
+        WitFieldValue::Codes(c) => c.len() * 4,
+        WitFieldValue::Blob(b) => b.len(),
+    }
+}
+
+impl quarry::retrieval::collections::Host for CallState {
+    fn put_field(&mut self, collection: String, id: String, field: String, value: WitFieldValue) -> Answer<()> {
+        Ok((|| {
+            self.collection(&collection)?;
+            self.payload("put-field", payload_bytes(&value))?;
+            if let WitFieldValue::Tokens(t) = &value
+                && (t.dim == 0 || t.data.len() % t.dim as usize != 0)
+            {
+                return Err(WitError::InvalidInput(format!(
+                    "put-field `{field}` of `{id}`: a token set of dimension {} cannot hold {} floats",
+                    t.dim,
+                    t.data.len()
+                )));
+            }
+            store::validate_name("field", &field).map_err(|e| WitError::InvalidInput(e.to_string()))?;
+            if id.is_empty() {
+                return Err(WitError::InvalidInput("put-field: item id is empty".into()));
+            }
+            self.writes.fields.push((collection, id, field, to_store(value)));
+            Ok(())
+        })())
+    }
+
+    fn get_field(&mut self, collection: String, id: String, field: String) -> Answer<Option<WitFieldValue>> {
+        Ok((|| {
+            self.collection(&collection)?;
+            if let Some(pending) = self.writes.pending_field(&collection, &id, &field) {
+                return Ok(Some(to_wit(pending.clone())));
+            }
+            let value = self.services.store.field(&collection, &id, &field).map_err(internal)?;
+            Ok(value.map(to_wit))
+        })())
+    }
+
+    fn nearest(&mut self, collection: String, field: String, query: Vec<f32>, k: u32) -> Answer<Vec<Hit>> {
+        Ok((|| {
+            self.collection(&collection)?;
+            let k = (k as usize).min(self.limits.max_hits);
+            let hits = self
+                .services
+                .indexes
+                .nearest(&collection, &field, &query, k)
+                .map_err(|e| WitError::InvalidInput(format!("nearest on `{collection}.{field}`: {e:#}")))?;
+            Ok(hits.into_iter().map(|s| Hit { id: s.id, score: s.score }).collect())
+        })())
+    }
+
+    fn next_codes(&mut self, collection: String, _field: String, _prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<u32>>> {
+        Ok(self.collection(&collection).and(Err(unsupported("collections.next-codes", COLLECTIONS_ISSUE))))
+    }
+
+    fn put_blob(&mut self, collection: String, name: String, data: Vec<u8>) -> Answer<()> {
+        Ok((|| {
+            self.collection(&collection)?;
+            self.payload("put-blob", data.len())?;
+            store::validate_name("blob", &name).map_err(|e| WitError::InvalidInput(e.to_string()))?;
+            self.writes.blobs.push((collection, name, data));
+            Ok(())
+        })())
+    }
+
+    fn get_blob(&mut self, collection: String, name: String) -> Answer<Option<Vec<u8>>> {
+        Ok((|| {
+            self.collection(&collection)?;
+            if let Some(pending) = self.writes.pending_blob(&collection, &name) {
+                return Ok(Some(pending.to_vec()));
+            }
+            self.services.store.blob(&collection, &name).map_err(internal)
+        })())
+    }
+}
+
+impl quarry::retrieval::log::Host for CallState {
+    fn log(&mut self, level: quarry::retrieval::log::Level, message: String) -> wasmtime::Result<()> {
+        if level as u8 >= self.services.log_level as u8 {
+            let message: String = message.chars().take(2000).collect();
+            eprintln!("[{} {level:?}] {message}", self.strategy);
+        }
+        Ok(())
+    }
+
+    fn counter(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
+        if value.is_finite() {
+            let key = format!("{}/{}", self.strategy, name.chars().take(200).collect::<String>());
+            *self.services.counters.lock().unwrap().entry(key).or_default() += value;
+        }
+        Ok(())
+    }
+}

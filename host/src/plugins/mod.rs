@@ -1,0 +1,330 @@
+//! The strategy plugin runtime: one wasmtime engine, a content-addressed compile cache,
+//! pre-linked components instantiated from a pooling allocator, and calls run under limits.
+//!
+//! Each call gets a fresh instance (about 10 µs from the pool), so a trap or a leak in one call
+//! cannot affect the next, and no state crosses tenants.
+
+pub mod host_api;
+pub mod limits;
+pub mod registry;
+
+use anyhow::{Context as _, Result, bail};
+use host_api::{CallState, Descriptor, Grants, HostServices, Plugin, PluginPre, WitError};
+use limits::Limits;
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+/// The contract this host implements. Plugins built against any 0.1.x load.
+pub const CONTRACT_PACKAGE: &str = "quarry:retrieval";
+pub const CONTRACT_VERSION: &str = "0.1.0";
+const STRATEGY_EXPORT: &str = "quarry:retrieval/strategy@";
+
+/// How often the epoch advances; call deadlines are measured in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Why a plugin call failed. Every variant leaves the host running.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("strategy {strategy} ran past its {deadline_ms} ms deadline and was stopped; raise `limits.deadline_ms` if it needs longer")]
+    Timeout { strategy: String, deadline_ms: u64 },
+    #[error("strategy {strategy} tried to grow its memory past the {limit_bytes}-byte cap and was stopped; raise `limits.memory_bytes` or send smaller batches")]
+    MemoryLimit { strategy: String, limit_bytes: usize },
+    #[error("strategy {strategy} panicked: {message}")]
+    Panicked { strategy: String, message: String },
+    #[error("strategy {strategy} returned {count} {what}, over the limit of {limit}; ask for fewer or raise the limit")]
+    ResultTooLarge { strategy: String, what: &'static str, count: usize, limit: usize },
+    #[error("strategy {strategy} crashed ({trap}){detail}")]
+    Trapped { strategy: String, trap: String, detail: String },
+    #[error("strategy {strategy} failed: {error}")]
+    Strategy { strategy: String, error: WitErrorDisplay },
+    #[error("{0:#}")]
+    Host(anyhow::Error),
+}
+
+/// A contract error with a readable `Display`.
+#[derive(Debug, Clone)]
+pub struct WitErrorDisplay(pub WitError);
+
+impl std::fmt::Display for WitErrorDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, message) = match &self.0 {
+            WitError::Unsupported(m) => ("unsupported", m),
+            WitError::Denied(m) => ("denied", m),
+            WitError::InvalidInput(m) => ("invalid input", m),
+            WitError::NotFound(m) => ("not found", m),
+            WitError::Model(m) => ("model error", m),
+            WitError::Internal(m) => ("internal error", m),
+        };
+        write!(f, "{kind}: {message}")
+    }
+}
+
+impl From<anyhow::Error> for CallError {
+    fn from(e: anyhow::Error) -> Self {
+        CallError::Host(e)
+    }
+}
+
+/// A validated, compiled, pre-linked strategy.
+pub struct LoadedPlugin {
+    pub descriptor: Descriptor,
+    /// `name@version`.
+    pub reference: String,
+    /// The contract version the plugin was built against (from its export name).
+    pub contract: String,
+    /// SHA-256 of the component bytes.
+    pub sha256: String,
+    pre: PluginPre<CallState>,
+}
+
+/// The wasmtime engine, linker and compile cache shared by every plugin.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    cache_dir: PathBuf,
+    limits: Limits,
+    compilations: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+impl PluginRuntime {
+    pub fn new(cache_dir: PathBuf, limits: Limits) -> Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // Component-model async is not used; leaving it on doubles call and instantiation cost.
+        config.concurrency_support(false);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(limits.max_instances)
+            .total_core_instances(limits.max_instances * 8)
+            .total_memories(limits.max_instances * 2)
+            .total_tables(limits.max_instances * 4)
+            .max_memory_size(limits.memory_bytes);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot start the WebAssembly engine")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new().name("quarry-epoch".into()).spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+
+        std::fs::create_dir_all(&cache_dir).with_context(|| format!("cannot create compile cache {}", cache_dir.display()))?;
+        Ok(PluginRuntime { engine, linker, cache_dir, limits, compilations: AtomicU64::new(0), cache_hits: AtomicU64::new(0) })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// How many components this runtime compiled, and how many it took from the cache.
+    pub fn compile_stats(&self) -> (u64, u64) {
+        (self.compilations.load(Ordering::Relaxed), self.cache_hits.load(Ordering::Relaxed))
+    }
+
+    /// Validate, compile (or fetch from cache), pre-link and describe a component.
+    pub fn load(&self, bytes: &[u8], services: &Arc<HostServices>) -> Result<LoadedPlugin> {
+        check_wasm_kind(bytes)?;
+        let sha256 = hex(&Sha256::digest(bytes));
+        let component = self.compile_cached(bytes, &sha256)?;
+        let contract = self.check_contract(&component)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(anyhow::Error::from).context(
+            "the plugin needs imports this host does not provide; build it with quarry-sdk against quarry:retrieval@0.1",
+        )?;
+        let pre = PluginPre::new(pre)?;
+        let mut plugin = LoadedPlugin { descriptor: placeholder_descriptor(), reference: "(loading)".into(), contract, sha256, pre };
+        let descriptor = self
+            .call(&plugin, services, Arc::new(Grants::default()), |store, p| p.quarry_retrieval_strategy().call_describe(store).map(Ok))
+            .map_err(|e| anyhow::anyhow!("the plugin's `describe` failed: {e}"))?
+            .0;
+        check_descriptor(&descriptor)?;
+        plugin.reference = format!("{}@{}", descriptor.name, descriptor.version);
+        plugin.descriptor = descriptor;
+        Ok(plugin)
+    }
+
+    fn compile_cached(&self, bytes: &[u8], sha256: &str) -> Result<Component> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let path = self.cache_dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()));
+        if path.is_file() {
+            // SAFETY: the file was written by `Component::serialize` of this same engine
+            // configuration (its name carries the engine's compatibility hash), in the host's
+            // own data directory, which plugins cannot reach.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => {
+                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(component);
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| anyhow::anyhow!("{e:?}")).context("cannot compile the component")?;
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        registry::write_atomically(&path, &component.serialize()?)?;
+        Ok(component)
+    }
+
+    /// Find the exported strategy interface and check its contract version.
+    fn check_contract(&self, component: &Component) -> Result<String> {
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let Some(export) = exports.iter().find(|name| name.starts_with(STRATEGY_EXPORT)) else {
+            bail!(
+                "the component does not export `{STRATEGY_EXPORT}{CONTRACT_VERSION}` (it exports: {}); \
+                 is it a Quarry strategy? Export one with `quarry_sdk::export_strategy!`",
+                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+            );
+        };
+        let version = &export[STRATEGY_EXPORT.len()..];
+        if !compatible(version) {
+            bail!(
+                "the plugin was built against {CONTRACT_PACKAGE}@{version}, but this host implements \
+                 {CONTRACT_PACKAGE}@{CONTRACT_VERSION} (any 0.1.x loads); rebuild it with a matching quarry-sdk \
+                 or run it on a host that supports {version}"
+            );
+        }
+        for (name, _) in ty.imports(&self.engine) {
+            if name.starts_with("quarry:") && !name.starts_with(&format!("{CONTRACT_PACKAGE}/")) {
+                bail!("the plugin imports `{name}`, which this host does not provide");
+            }
+            if let Some(v) = name.strip_prefix(CONTRACT_PACKAGE).and_then(|rest| rest.split('@').nth(1))
+                && !compatible(v)
+            {
+                bail!("the plugin imports `{name}`, but this host implements {CONTRACT_PACKAGE}@{CONTRACT_VERSION}");
+            }
+        }
+        Ok(format!("{CONTRACT_PACKAGE}@{version}"))
+    }
+
+    /// Run `f` on a fresh instance of `plugin` under this runtime's limits. On success, returns
+    /// the result and the writes the call made (not yet committed).
+    pub fn call<R>(
+        &self,
+        plugin: &LoadedPlugin,
+        services: &Arc<HostServices>,
+        grants: Arc<Grants>,
+        f: impl FnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<Result<R, WitError>>,
+    ) -> Result<(R, crate::store::WriteBatch), CallError> {
+        let state = CallState::new(services.clone(), grants, &self.limits, &plugin.reference);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let outcome = plugin.pre.instantiate(&mut store).and_then(|instance| f(&mut store, &instance));
+        match outcome {
+            Ok(Ok(value)) => Ok((value, std::mem::take(&mut store.data_mut().writes))),
+            Ok(Err(error)) => Err(CallError::Strategy { strategy: plugin.reference.clone(), error: WitErrorDisplay(error) }),
+            Err(e) => Err(self.classify(e, store.data(), &plugin.reference)),
+        }
+    }
+
+    fn classify(&self, error: wasmtime::Error, state: &CallState, strategy: &str) -> CallError {
+        let strategy = strategy.to_string();
+        if state.limiter.memory_cap_hit {
+            return CallError::MemoryLimit { strategy, limit_bytes: self.limits.memory_bytes };
+        }
+        let stderr = String::from_utf8_lossy(&state.stderr.contents()).trim().to_string();
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallError::Timeout { strategy, deadline_ms: self.limits.deadline_ms },
+            Some(Trap::UnreachableCodeReached) if stderr.contains("panicked") => {
+                let message = stderr.lines().skip_while(|l| !l.contains("panicked")).skip(1).next().unwrap_or(&stderr).to_string();
+                CallError::Panicked { strategy, message }
+            }
+            Some(trap) => {
+                let detail = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
+                let trap = match trap {
+                    Trap::MemoryOutOfBounds | Trap::StackOverflow => format!("{trap}; deep recursion overflows a plugin's stack"),
+                    other => other.to_string(),
+                };
+                CallError::Trapped { strategy, trap, detail }
+            }
+            None => CallError::Trapped { strategy, trap: format!("{:#}", error.root_cause()), detail: String::new() },
+        }
+    }
+}
+
+fn compatible(version: &str) -> bool {
+    let mut parts = version.split('.');
+    matches!((parts.next(), parts.next()), (Some("0"), Some("1")))
+}
+
+/// Tell a core module, a component and a non-wasm file apart before compiling.
+fn check_wasm_kind(bytes: &[u8]) -> Result<()> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        bail!("not a WebAssembly file (no `\\0asm` header); pass the `.wasm` that `cargo build --target wasm32-wasip2` produced");
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => bail!(
+            "this is a core WebAssembly module, not a component; build the plugin with \
+             `cargo build --target wasm32-wasip2` (which produces a component), not wasm32-unknown-unknown or wasm32-wasip1"
+        ),
+        [_, _, 1, 0] => Ok(()),
+        _ => bail!("unsupported WebAssembly binary version {:?}; rebuild with a current toolchain", &bytes[4..8]),
+    }
+}
+
+fn check_descriptor(d: &Descriptor) -> Result<()> {
+    crate::store::validate_name("strategy", &d.name).context("the plugin's `describe` returned a bad name")?;
+    let parts: Vec<&str> = d.version.split(['.', '-', '+']).collect();
+    if parts.len() < 3 || !parts[..3].iter().all(|p| p.parse::<u64>().is_ok()) {
+        bail!("the plugin's `describe` returned version `{}`, which is not semver (MAJOR.MINOR.PATCH)", d.version);
+    }
+    if serde_json::from_str::<serde_json::Value>(&d.config_schema).is_err() {
+        bail!("the plugin's `describe` returned a config schema that is not JSON");
+    }
+    Ok(())
+}
+
+fn placeholder_descriptor() -> Descriptor {
+    Descriptor {
+        name: String::new(),
+        version: String::new(),
+        description: String::new(),
+        models: Vec::new(),
+        fields: Vec::new(),
+        config_schema: String::new(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wasm_kinds_are_told_apart() {
+        let core = format!("{:#}", check_wasm_kind(b"\0asm\x01\0\0\0").unwrap_err());
+        assert!(core.contains("core WebAssembly module") && core.contains("wasm32-wasip2"), "{core}");
+        let junk = format!("{:#}", check_wasm_kind(b"PK\x03\x04zipfile").unwrap_err());
+        assert!(junk.contains("not a WebAssembly file"), "{junk}");
+        assert!(check_wasm_kind(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn contract_versions_within_0_1_are_compatible() {
+        assert!(compatible("0.1.0") && compatible("0.1.7"));
+        assert!(!compatible("0.2.0") && !compatible("1.0.0") && !compatible("0"));
+    }
+}

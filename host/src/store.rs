@@ -1,0 +1,330 @@
+//! The embedded, crash-safe collection store on local disk.
+//!
+//! Built on redb: pure Rust, ACID with copy-on-write B-trees, durable on commit, and no server.
+//! Items, item fields and collection-level blobs live in three tables keyed by tuples, so a
+//! collection's data is one contiguous key range. A plugin call's writes are one transaction:
+//! they all land when the call succeeds, or none do.
+
+use anyhow::{Context as _, Result, bail};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Bumped when the on-disk layout of a collection changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const COLLECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("collections");
+const ITEMS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("items");
+const FIELDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("fields");
+const BLOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("blobs");
+
+/// A collection's metadata.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CollectionMeta {
+    pub name: String,
+    pub schema_version: u32,
+}
+
+/// An item as the host stores it; strategies index it into fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredItem {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Where the item's image came from (a file path), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_source: Option<String>,
+    #[serde(default)]
+    pub metadata: serde_json::Value,
+}
+
+/// One stored field value. Mirrors the contract's `field-value`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Vector(Vec<f32>),
+    Tokens { dim: u32, data: Vec<f32> },
+    Codes(Vec<u32>),
+    Blob(Vec<u8>),
+}
+
+impl FieldValue {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FieldValue::Vector(_) => "vector",
+            FieldValue::Tokens { .. } => "tokens",
+            FieldValue::Codes(_) => "codes",
+            FieldValue::Blob(_) => "blob",
+        }
+    }
+
+    /// Tag byte, then little-endian payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            FieldValue::Vector(v) => {
+                out.push(0);
+                v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            }
+            FieldValue::Tokens { dim, data } => {
+                out.push(1);
+                out.extend_from_slice(&dim.to_le_bytes());
+                data.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            }
+            FieldValue::Codes(c) => {
+                out.push(2);
+                c.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            }
+            FieldValue::Blob(b) => {
+                out.push(3);
+                out.extend_from_slice(b);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let (&tag, rest) = bytes.split_first().context("empty field value")?;
+        let words = |b: &[u8]| -> Result<Vec<[u8; 4]>> {
+            if b.len() % 4 != 0 {
+                bail!("field value has {} payload bytes, not a multiple of 4", b.len());
+            }
+            Ok(b.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect())
+        };
+        Ok(match tag {
+            0 => FieldValue::Vector(words(rest)?.into_iter().map(f32::from_le_bytes).collect()),
+            1 => {
+                let w = words(rest)?;
+                let (dim, data) = w.split_first().context("token set without a dimension")?;
+                FieldValue::Tokens { dim: u32::from_le_bytes(*dim), data: data.iter().copied().map(f32::from_le_bytes).collect() }
+            }
+            2 => FieldValue::Codes(words(rest)?.into_iter().map(u32::from_le_bytes).collect()),
+            3 => FieldValue::Blob(rest.to_vec()),
+            other => bail!("unknown field value tag {other}; the store may be from a newer Quarry"),
+        })
+    }
+}
+
+/// Writes gathered during one plugin call and committed together.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub items: Vec<(String, StoredItem)>,
+    pub fields: Vec<(String, String, String, FieldValue)>,
+    pub blobs: Vec<(String, String, Vec<u8>)>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.fields.is_empty() && self.blobs.is_empty()
+    }
+    /// The newest pending value of a field, if this batch wrote one.
+    pub fn pending_field(&self, collection: &str, id: &str, field: &str) -> Option<&FieldValue> {
+        self.fields.iter().rev().find(|(c, i, f, _)| c == collection && i == id && f == field).map(|(.., v)| v)
+    }
+    pub fn pending_blob(&self, collection: &str, name: &str) -> Option<&[u8]> {
+        self.blobs.iter().rev().find(|(c, n, _)| c == collection && n == name).map(|(.., b)| b.as_slice())
+    }
+}
+
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Open or create the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).with_context(|| {
+            format!("cannot open the collection store at {} (is another quarry process using it?)", path.display())
+        })?;
+        let txn = db.begin_write()?;
+        txn.open_table(COLLECTIONS)?;
+        txn.open_table(ITEMS)?;
+        txn.open_table(FIELDS)?;
+        txn.open_table(BLOBS)?;
+        txn.commit()?;
+        Ok(Store { db })
+    }
+
+    /// Create `name` if it does not exist; fail if it exists with another schema version.
+    pub fn ensure_collection(&self, name: &str) -> Result<CollectionMeta> {
+        validate_name("collection", name)?;
+        if let Some(meta) = self.collection(name)? {
+            if meta.schema_version != SCHEMA_VERSION {
+                bail!(
+                    "collection `{name}` has schema version {}, this Quarry reads version {SCHEMA_VERSION}; \
+                     re-ingest it or use a matching Quarry",
+                    meta.schema_version
+                );
+            }
+            return Ok(meta);
+        }
+        let meta = CollectionMeta { name: name.to_string(), schema_version: SCHEMA_VERSION };
+        let txn = self.db.begin_write()?;
+        txn.open_table(COLLECTIONS)?.insert(name, serde_json::to_vec(&meta)?.as_slice())?;
+        txn.commit()?;
+        Ok(meta)
+    }
+
+    pub fn collection(&self, name: &str) -> Result<Option<CollectionMeta>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COLLECTIONS)?;
+        Ok(match table.get(name)? {
+            Some(v) => Some(serde_json::from_slice(v.value())?),
+            None => None,
+        })
+    }
+
+    pub fn collections(&self) -> Result<Vec<CollectionMeta>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COLLECTIONS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn item(&self, collection: &str, id: &str) -> Result<Option<StoredItem>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ITEMS)?;
+        Ok(match table.get((collection, id))? {
+            Some(v) => Some(serde_json::from_slice(v.value())?),
+            None => None,
+        })
+    }
+
+    pub fn item_count(&self, collection: &str) -> Result<usize> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ITEMS)?;
+        let mut n = 0;
+        for entry in table.range((collection, "")..)? {
+            let (k, _) = entry?;
+            if k.value().0 != collection {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Commit a plugin call's writes in one durable transaction.
+    pub fn commit(&self, batch: &WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut items = txn.open_table(ITEMS)?;
+            for (collection, item) in &batch.items {
+                items.insert((collection.as_str(), item.id.as_str()), serde_json::to_vec(item)?.as_slice())?;
+            }
+            let mut fields = txn.open_table(FIELDS)?;
+            for (collection, id, field, value) in &batch.fields {
+                fields.insert((collection.as_str(), field.as_str(), id.as_str()), value.encode().as_slice())?;
+            }
+            let mut blobs = txn.open_table(BLOBS)?;
+            for (collection, name, data) in &batch.blobs {
+                blobs.insert((collection.as_str(), name.as_str()), data.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn field(&self, collection: &str, id: &str, field: &str) -> Result<Option<FieldValue>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FIELDS)?;
+        match table.get((collection, field, id))? {
+            Some(v) => Ok(Some(FieldValue::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every (id, value) of one field of a collection, in id order.
+    pub fn scan_field(&self, collection: &str, field: &str) -> Result<Vec<(String, FieldValue)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FIELDS)?;
+        let mut out = Vec::new();
+        for entry in table.range((collection, field, "")..)? {
+            let (k, v) = entry?;
+            let (c, f, id) = k.value();
+            if c != collection || f != field {
+                break;
+            }
+            out.push((id.to_string(), FieldValue::decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn blob(&self, collection: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BLOBS)?;
+        Ok(table.get((collection, name))?.map(|v| v.value().to_vec()))
+    }
+}
+
+/// Names become keys and file names: keep them to a safe, readable alphabet.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if !ok {
+        bail!("{what} name `{name}` is invalid: use 1-128 characters from a-z, A-Z, 0-9, `-`, `_`, `.`, not starting with `.`");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_values_round_trip() {
+        for v in [
+            FieldValue::Vector(vec![1.0, -2.5, f32::MIN_POSITIVE]),
+            FieldValue::Tokens { dim: 2, data: vec![0.5, 1.5, 2.5, 3.5] },
+            FieldValue::Codes(vec![0, 7, u32::MAX]),
+            FieldValue::Blob(b"codebook".to_vec()),
+            FieldValue::Vector(vec![]),
+        ] {
+            assert_eq!(FieldValue::decode(&v.encode()).unwrap(), v);
+        }
+        assert!(FieldValue::decode(&[9, 0, 0, 0, 0]).is_err());
+        assert!(FieldValue::decode(&[0, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn committed_fields_survive_reopen_and_stay_in_their_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.ensure_collection("a").unwrap();
+            store.ensure_collection("b").unwrap();
+            let mut batch = WriteBatch::default();
+            batch.fields.push(("a".into(), "x".into(), "emb".into(), FieldValue::Vector(vec![1.0])));
+            batch.fields.push(("b".into(), "y".into(), "emb".into(), FieldValue::Vector(vec![2.0])));
+            batch.blobs.push(("a".into(), "codebook".into(), vec![1, 2, 3]));
+            let item = StoredItem { id: "x".into(), text: Some("hi".into()), image_source: None, metadata: serde_json::json!({}) };
+            batch.items.push(("a".into(), item));
+            store.commit(&batch).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.scan_field("a", "emb").unwrap(), vec![("x".to_string(), FieldValue::Vector(vec![1.0]))]);
+        assert_eq!(store.field("b", "y", "emb").unwrap(), Some(FieldValue::Vector(vec![2.0])));
+        assert_eq!(store.field("a", "y", "emb").unwrap(), None);
+        assert_eq!(store.blob("a", "codebook").unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(store.item_count("a").unwrap(), 1);
+        assert_eq!(store.item_count("b").unwrap(), 0);
+        assert_eq!(store.collection("a").unwrap().unwrap().schema_version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("collection", "docs-2024_v1.0").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            assert!(validate_name("collection", bad).is_err(), "{bad:?}");
+        }
+    }
+}

