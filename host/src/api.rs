@@ -157,12 +157,14 @@ impl Quarry {
     }
 
     /// Route `collection` to a strategy version. Calls in flight finish on the version they began with.
+    /// The granted models are opened now, so calls are not billed for loading them.
     pub fn set_route(&self, collection: &str, route: Route) -> Result<()> {
         crate::store::validate_name("collection", collection)?;
         for model in &route.grants.models {
             if !self.services.models.contains(model) {
                 bail!("the route grants model `{model}`, which is not registered; add it with `quarry model add <manifest.json>`");
             }
+            self.services.models.warm(model).with_context(|| format!("the route grants model `{model}`, which cannot be opened"))?;
         }
         self.registry.set_route(collection, route)
     }

@@ -35,6 +35,9 @@
 
 pub mod helpers;
 
+/// Re-exported so strategies need no direct dependency to build config schemas.
+pub use serde_json;
+
 /// Raw bindings generated from the WIT contract. Prefer the idiomatic items at the crate root.
 #[doc(hidden)]
 pub mod bindings {

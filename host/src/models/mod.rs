@@ -125,6 +125,12 @@ impl Models {
         self.manifests.read().unwrap().contains_key(name)
     }
 
+    /// Open a model's session now, so the first call that uses it is not billed for loading it.
+    pub fn warm(&self, name: &str) -> Result<(), ModelError> {
+        let role = self.manifests.read().unwrap().get(name).map(|m| m.role).ok_or_else(|| ModelError::NotFound(name.to_string()))?;
+        self.get(name, role).map(|_| ())
+    }
+
     fn get(&self, name: &str, role: ModelRole) -> Result<Arc<LoadedModel>, ModelError> {
         let manifest = self.manifests.read().unwrap().get(name).cloned().ok_or_else(|| ModelError::NotFound(name.to_string()))?;
         if manifest.role != role {

@@ -83,6 +83,12 @@ pub struct LoadedPlugin {
     pre: PluginPre<CallState>,
 }
 
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin").field("reference", &self.reference).field("contract", &self.contract).field("sha256", &self.sha256).finish()
+    }
+}
+
 /// The wasmtime engine, linker and compile cache shared by every plugin.
 pub struct PluginRuntime {
     engine: Engine,
