@@ -47,6 +47,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_raw",
         default_bindings_module: "quarry_sdk::bindings",
+        additional_derives: [PartialEq],
     });
 }
 
