@@ -185,14 +185,15 @@ fn run(cli: Cli) -> Result<()> {
             match cmd {
                 PluginCommand::Add { file } => {
                     let p = host.add_plugin_file(&file)?;
-                    println!("added {} (built against {}, sha256 {})", p.reference, p.contract, &p.sha256[..16]);
+                    let sdk = p.sdk.as_deref().map_or(String::new(), |s| format!(" with {s}"));
+                    println!("added {} (built against {}{sdk}, sha256 {})", p.reference, p.contract, &p.sha256[..16]);
                 }
                 PluginCommand::List { json } => {
                     let plugins = host.plugins();
                     if json {
                         let rows: Vec<_> = plugins
                             .iter()
-                            .map(|p| serde_json::json!({"strategy": p.reference, "contract": p.contract, "sha256": p.sha256, "description": p.descriptor.description}))
+                            .map(|p| serde_json::json!({"strategy": p.reference, "contract": p.contract, "sdk": p.sdk, "sha256": p.sha256, "description": p.descriptor.description}))
                             .collect();
                         println!("{}", serde_json::to_string_pretty(&rows)?);
                     } else if plugins.is_empty() {
@@ -211,7 +212,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&serde_json::json!({
-                            "strategy": p.reference, "contract": p.contract, "sha256": p.sha256,
+                            "strategy": p.reference, "contract": p.contract, "sdk": p.sdk, "sha256": p.sha256,
                             "description": d.description, "models": d.models, "fields": fields, "config_schema": schema,
                         }))?
                     );

@@ -67,7 +67,7 @@ pub const CONTRACT: &str = "quarry:retrieval@0.1.0";
 #[used]
 #[unsafe(link_section = "quarry-sdk")]
 static SDK_STAMP: [u8; SDK_STAMP_LEN] = sdk_stamp();
-const SDK_STAMP_TEXT: &str = concat!("quarry-sdk ", env!("CARGO_PKG_VERSION"), "; quarry:retrieval@0.1.0");
+const SDK_STAMP_TEXT: &str = concat!("quarry-sdk ", env!("CARGO_PKG_VERSION"));
 const SDK_STAMP_LEN: usize = SDK_STAMP_TEXT.len();
 #[allow(dead_code)]
 const fn sdk_stamp() -> [u8; SDK_STAMP_LEN] {

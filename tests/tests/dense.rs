@@ -27,6 +27,7 @@ fn paraphrases_find_their_sentences_and_survive_a_restart() {
         let dense = host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
         assert_eq!(dense.reference, "dense@0.1.0");
         assert_eq!(dense.contract, "quarry:retrieval@0.1.0");
+        assert_eq!(dense.sdk.as_deref(), Some("quarry-sdk 0.1.0"));
         host.set_route("docs", route("dense@0.1.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
         let mut progress = Vec::new();
         let report = host.ingest("docs", sentences(), |n| progress.push(n)).unwrap();

@@ -80,12 +80,19 @@ pub struct LoadedPlugin {
     pub contract: String,
     /// SHA-256 of the component bytes.
     pub sha256: String,
+    /// The SDK that built the plugin, as it stamped itself into the component (if it did).
+    pub sdk: Option<String>,
     pre: PluginPre<CallState>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin").field("reference", &self.reference).field("contract", &self.contract).field("sha256", &self.sha256).finish()
+        f.debug_struct("LoadedPlugin")
+            .field("reference", &self.reference)
+            .field("contract", &self.contract)
+            .field("sdk", &self.sdk)
+            .field("sha256", &self.sha256)
+            .finish()
     }
 }
 
@@ -150,7 +157,8 @@ impl PluginRuntime {
             "the plugin needs imports this host does not provide; build it with quarry-sdk against quarry:retrieval@0.1",
         )?;
         let pre = PluginPre::new(pre)?;
-        let mut plugin = LoadedPlugin { descriptor: placeholder_descriptor(), reference: "(loading)".into(), contract, sha256, pre };
+        let sdk = sdk_stamp(bytes);
+        let mut plugin = LoadedPlugin { descriptor: placeholder_descriptor(), reference: "(loading)".into(), contract, sha256, sdk, pre };
         let descriptor = self
             .call(&plugin, services, Arc::new(Grants::default()), |store, p| p.quarry_retrieval_strategy().call_describe(store).map(Ok))
             .map_err(|e| anyhow::anyhow!("the plugin's `describe` failed: {e}"))?
@@ -286,6 +294,16 @@ fn check_wasm_kind(bytes: &[u8]) -> Result<()> {
         [_, _, 1, 0] => Ok(()),
         _ => bail!("unsupported WebAssembly binary version {:?}; rebuild with a current toolchain", &bytes[4..8]),
     }
+}
+
+/// The `quarry-sdk` custom section the SDK writes into every plugin's core module.
+fn sdk_stamp(bytes: &[u8]) -> Option<String> {
+    wasmparser::Parser::new(0).parse_all(bytes).find_map(|payload| match payload {
+        Ok(wasmparser::Payload::CustomSection(section)) if section.name() == "quarry-sdk" => {
+            String::from_utf8(section.data().to_vec()).ok()
+        }
+        _ => None,
+    })
 }
 
 fn check_descriptor(d: &Descriptor) -> Result<()> {
