@@ -238,24 +238,38 @@ impl Quarry {
         }
         self.commit(&writes)?;
         hits.truncate(request.k as usize);
-        let hits = hits
-            .into_iter()
-            .map(|h| {
-                let item = self.services.store.item(collection, &h.id).ok().flatten();
-                SearchHit {
-                    id: h.id,
-                    score: h.score,
-                    text: item.as_ref().and_then(|i| i.text.clone()),
-                    metadata: item.map_or(serde_json::json!({}), |i| i.metadata),
-                }
-            })
-            .collect();
+        let hits = self.with_items(collection, hits.into_iter().map(|h| (h.id, h.score)).collect())?;
         Ok(SearchResponse { strategy: plugin.reference.clone(), hits })
+    }
+
+    /// A live instance of the collection's routed strategy, for many searches in a row without
+    /// re-instantiating (each [`Quarry::search`] takes a fresh one). Writes are discarded.
+    pub fn instance(&self, collection: &str) -> Result<(crate::plugins::LiveInstance<'_>, CallContext), CallError> {
+        let route = self.route(collection)?;
+        let plugin = self.registry.get(&route.strategy)?;
+        let ctx = CallContext { collection: collection.to_string(), config: route.config.to_string() };
+        Ok((self.runtime.instantiate(&plugin, &self.services, grants_for(collection, &route))?, ctx))
     }
 
     /// Exact nearest neighbours on a vector field, straight from the host (no plugin).
     pub fn nearest(&self, collection: &str, field: &str, query: &[f32], k: usize) -> Result<Vec<crate::index::Scored>> {
         self.services.indexes.nearest(collection, field, query, k)
+    }
+
+    /// Attach each hit's stored text and metadata (one read transaction).
+    pub fn with_items(&self, collection: &str, hits: Vec<(String, f32)>) -> Result<Vec<SearchHit>> {
+        let ids: Vec<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
+        let items = self.services.store.items(collection, &ids)?;
+        Ok(hits
+            .into_iter()
+            .zip(items)
+            .map(|((id, score), item)| SearchHit {
+                id,
+                score,
+                text: item.as_ref().and_then(|i| i.text.clone()),
+                metadata: item.map_or(serde_json::json!({}), |i| i.metadata),
+            })
+            .collect())
     }
 
     /// Number of items stored in a collection.

@@ -184,13 +184,16 @@ impl Store {
         Ok(out)
     }
 
-    pub fn item(&self, collection: &str, id: &str) -> Result<Option<StoredItem>> {
+    /// Several items in one read transaction, in the order asked (None where missing).
+    pub fn items(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<StoredItem>>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ITEMS)?;
-        Ok(match table.get((collection, id))? {
-            Some(v) => Some(serde_json::from_slice(v.value())?),
-            None => None,
-        })
+        ids.iter()
+            .map(|id| match table.get((collection, *id))? {
+                Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+                None => Ok(None),
+            })
+            .collect()
     }
 
     pub fn item_count(&self, collection: &str) -> Result<usize> {

@@ -176,7 +176,11 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
         );
     }
     let env = environment()?;
+    // Idle ORT workers would otherwise spin after every run, taking cores from other callers
+    // (plugins, tenants, the other models) on a shared host.
     let session = Session::builder(env)
+        .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
+        .and_then(|b| b.with_inter_op_spinning(false).map_err(Into::into))
         .and_then(|mut b| b.commit_from_file(&manifest.files.model))
         .map_err(|e| anyhow!("cannot open model `{}` from {}: {e}", manifest.name, manifest.files.model.display()))?;
     let declared = [&manifest.inputs.input_ids, &manifest.inputs.attention_mask, &manifest.inputs.token_type_ids];

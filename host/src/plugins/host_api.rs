@@ -94,6 +94,15 @@ impl CallState {
         }
     }
 
+    /// Hand a ready-made instance's state to a call with these grants.
+    pub(super) fn grant(&mut self, grants: Arc<Grants>) {
+        self.grants = grants;
+    }
+
+    pub(super) fn services(&self) -> &Arc<HostServices> {
+        &self.services
+    }
+
     fn model(&self, model: &str) -> Result<(), WitError> {
         if !self.grants.models.contains(model) {
             return Err(WitError::Denied(format!(
