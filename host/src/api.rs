@@ -7,7 +7,8 @@ use crate::plugins::limits::Limits;
 use crate::plugins::registry::{Registry, Route, write_atomically};
 use crate::plugins::{CallError, LoadedPlugin, PluginRuntime};
 use crate::sources::NewItem;
-use crate::store::{Store, StoredItem, WriteBatch};
+use crate::index::filter::Filter;
+use crate::store::{FieldSchema, Store, StoredItem, WriteBatch};
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -166,6 +167,9 @@ impl Quarry {
             }
             self.services.models.warm(model).with_context(|| format!("the route grants model `{model}`, which cannot be opened"))?;
         }
+        let plugin = self.registry.get(&route.strategy)?;
+        let fields: Vec<(String, FieldSchema)> = plugin.descriptor.fields.iter().map(|f| (f.name.clone(), f.schema())).collect();
+        self.services.store.declare_fields(collection, &fields).with_context(|| format!("cannot route `{collection}` to {}", route.strategy))?;
         self.registry.set_route(collection, route)
     }
 
@@ -228,7 +232,8 @@ impl Quarry {
             return Err(CallError::Host(anyhow::anyhow!("a query needs text, an image, or both")));
         }
         let limits = self.runtime.limits();
-        let query = Query { text: request.text.clone(), image: request.image.clone(), k: request.k, params: request.params.to_string() };
+        let params = if request.params.is_null() { "{}".to_string() } else { request.params.to_string() };
+        let query = Query { text: request.text.clone(), image: request.image.clone(), k: request.k, params };
         let ctx = CallContext { collection: collection.to_string(), config: route.config.to_string() };
         let (mut hits, writes) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route), |store, p| {
             p.quarry_retrieval_strategy().call_search(store, &ctx, &query)
@@ -251,9 +256,19 @@ impl Quarry {
         Ok((self.runtime.instantiate(&plugin, &self.services, grants_for(collection, &route))?, ctx))
     }
 
-    /// Exact nearest neighbours on a vector field, straight from the host (no plugin).
-    pub fn nearest(&self, collection: &str, field: &str, query: &[f32], k: usize) -> Result<Vec<crate::index::Scored>> {
-        self.services.indexes.nearest(collection, field, query, k)
+    /// Exact nearest neighbours on a vector field, straight from the host (no plugin),
+    /// optionally keeping only items whose metadata meets `filter`.
+    pub fn nearest(&self, collection: &str, field: &str, query: &[f32], k: usize, filter: Option<&serde_json::Value>) -> Result<Vec<crate::index::Scored>> {
+        let filter = filter.map(|f| Filter::parse(&f.to_string())).transpose()?;
+        self.services.indexes.nearest(collection, field, query, k, filter.as_ref())
+    }
+
+    /// Delete items and all their fields durably; returns how many existed.
+    pub fn delete(&self, collection: &str, ids: &[String]) -> Result<usize> {
+        let _guard = self.commit_lock.lock().unwrap();
+        let existed = self.services.store.delete_items(collection, ids)?;
+        self.services.indexes.remove(collection, ids);
+        Ok(existed)
     }
 
     /// Attach each hit's stored text and metadata (one read transaction).

@@ -51,9 +51,22 @@ enum Command {
         strategy: Option<String>,
         #[arg(short, default_value_t = 10)]
         k: u32,
+        /// Per-query parameters for the strategy, a JSON object.
+        #[arg(long)]
+        params: Option<String>,
+        /// Keep only items whose metadata meets this filter, e.g. '{"lang": "en"}'
+        /// (sets `params.filter`; the `dense` strategy honours it).
+        #[arg(long)]
+        filter: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Delete items (and all their fields) from a collection.
+    Delete {
+        collection: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
     /// Set up a small collection on the real MiniLM model and run queries against it.
     Demo {
@@ -208,7 +221,8 @@ fn run(cli: Cli) -> Result<()> {
                     let p = host.plugin(&strategy)?;
                     let d = &p.descriptor;
                     let schema: serde_json::Value = serde_json::from_str(&d.config_schema)?;
-                    let fields: Vec<_> = d.fields.iter().map(|f| serde_json::json!({"name": f.name, "kind": f.kind})).collect();
+                    let fields: serde_json::Map<String, serde_json::Value> =
+                        d.fields.iter().map(|f| Ok((f.name.clone(), serde_json::to_value(f.schema())?))).collect::<Result<_>>()?;
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&serde_json::json!({
@@ -261,14 +275,30 @@ fn run(cli: Cli) -> Result<()> {
             }
             ingest(&host, &collection, &source)
         }
-        Command::Search { collection, query, strategy, k, json } => {
+        Command::Search { collection, query, strategy, k, params, filter, json } => {
             let host = open(&dir, cli.verbose)?;
-            let response = host.search(&collection, &SearchRequest { strategy, ..SearchRequest::text(&query, k) })?;
+            let mut params: serde_json::Value = match params {
+                Some(text) => serde_json::from_str(&text).context("--params is not valid JSON")?,
+                None => serde_json::json!({}),
+            };
+            if !params.is_object() {
+                bail!("--params must be a JSON object");
+            }
+            if let Some(filter) = filter {
+                params["filter"] = serde_json::from_str(&filter).context("--filter is not valid JSON")?;
+            }
+            let response = host.search(&collection, &SearchRequest { strategy, params, ..SearchRequest::text(&query, k) })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&response)?);
             } else {
                 print_table(&query, &response);
             }
+            Ok(())
+        }
+        Command::Delete { collection, ids } => {
+            let host = open(&dir, cli.verbose)?;
+            let existed = host.delete(&collection, &ids)?;
+            println!("deleted {existed} of {} item(s) from {collection}", ids.len());
             Ok(())
         }
         Command::Demo { plugin, model } => demo(&dir, plugin, model, cli.verbose),

@@ -8,6 +8,7 @@
 use anyhow::{Context as _, Result, bail};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Bumped when the on-disk layout of a collection changes.
@@ -23,6 +24,36 @@ const BLOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("blobs"
 pub struct CollectionMeta {
     pub name: String,
     pub schema_version: u32,
+    /// Every field written or declared so far, with its kind.
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldSchema>,
+}
+
+/// The kind of value a field holds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FieldKind {
+    Vector,
+    Tokens,
+    Codes,
+    Blob,
+}
+
+/// How a vector field compares vectors; scores are "higher is nearer".
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    #[default]
+    InnerProduct,
+    Cosine,
+    L2,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FieldSchema {
+    pub kind: FieldKind,
+    #[serde(default)]
+    pub metric: Metric,
 }
 
 /// An item as the host stores it; strategies index it into fields.
@@ -48,12 +79,12 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> FieldKind {
         match self {
-            FieldValue::Vector(_) => "vector",
-            FieldValue::Tokens { .. } => "tokens",
-            FieldValue::Codes(_) => "codes",
-            FieldValue::Blob(_) => "blob",
+            FieldValue::Vector(_) => FieldKind::Vector,
+            FieldValue::Tokens { .. } => FieldKind::Tokens,
+            FieldValue::Codes(_) => FieldKind::Codes,
+            FieldValue::Blob(_) => FieldKind::Blob,
         }
     }
 
@@ -157,11 +188,37 @@ impl Store {
             }
             return Ok(meta);
         }
-        let meta = CollectionMeta { name: name.to_string(), schema_version: SCHEMA_VERSION };
+        let meta = CollectionMeta { name: name.to_string(), schema_version: SCHEMA_VERSION, fields: BTreeMap::new() };
         let txn = self.db.begin_write()?;
         txn.open_table(COLLECTIONS)?.insert(name, serde_json::to_vec(&meta)?.as_slice())?;
         txn.commit()?;
         Ok(meta)
+    }
+
+    /// Record a strategy's field declarations; a field keeps one kind and metric for life.
+    pub fn declare_fields(&self, collection: &str, fields: &[(String, FieldSchema)]) -> Result<()> {
+        self.ensure_collection(collection)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(COLLECTIONS)?;
+            let mut meta: CollectionMeta = serde_json::from_slice(table.get(collection)?.context("collection vanished")?.value())?;
+            for (name, schema) in fields {
+                validate_name("field", name)?;
+                match meta.fields.get(name) {
+                    Some(existing) if existing != schema => bail!(
+                        "field `{name}` of collection `{collection}` is {existing:?}, but the strategy declares it as {schema:?}; \
+                         use another field name or another collection"
+                    ),
+                    Some(_) => {}
+                    None => {
+                        meta.fields.insert(name.clone(), *schema);
+                    }
+                }
+            }
+            table.insert(collection, serde_json::to_vec(&meta)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     pub fn collection(&self, name: &str) -> Result<Option<CollectionMeta>> {
@@ -217,6 +274,24 @@ impl Store {
         }
         let txn = self.db.begin_write()?;
         {
+            let mut collections = txn.open_table(COLLECTIONS)?;
+            let mut metas: BTreeMap<&str, CollectionMeta> = BTreeMap::new();
+            for (collection, id, field, value) in &batch.fields {
+                let meta = match metas.entry(collection.as_str()) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let stored = collections.get(collection.as_str())?.with_context(|| format!("collection `{collection}` does not exist"))?;
+                        e.insert(serde_json::from_slice(stored.value())?)
+                    }
+                };
+                let schema = meta.fields.entry(field.clone()).or_insert(FieldSchema { kind: value.kind(), metric: Metric::default() });
+                if schema.kind != value.kind() {
+                    bail!("field `{field}` of collection `{collection}` holds {:?} values; `{id}` got a {:?}", schema.kind, value.kind());
+                }
+            }
+            for (name, meta) in &metas {
+                collections.insert(*name, serde_json::to_vec(meta)?.as_slice())?;
+            }
             let mut items = txn.open_table(ITEMS)?;
             for (collection, item) in &batch.items {
                 items.insert((collection.as_str(), item.id.as_str()), serde_json::to_vec(item)?.as_slice())?;
@@ -232,6 +307,40 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Delete items and all their fields in one transaction; returns how many items existed.
+    pub fn delete_items(&self, collection: &str, ids: &[String]) -> Result<usize> {
+        let fields: Vec<String> = self.collection(collection)?.map(|m| m.fields.into_keys().collect()).unwrap_or_default();
+        let txn = self.db.begin_write()?;
+        let mut existed = 0;
+        {
+            let mut items = txn.open_table(ITEMS)?;
+            let mut values = txn.open_table(FIELDS)?;
+            for id in ids {
+                existed += usize::from(items.remove((collection, id.as_str()))?.is_some());
+                for field in &fields {
+                    values.remove((collection, field.as_str(), id.as_str()))?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    /// Every item of a collection (for metadata filters), in id order.
+    pub fn scan_items(&self, collection: &str) -> Result<Vec<StoredItem>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ITEMS)?;
+        let mut out = Vec::new();
+        for entry in table.range((collection, "")..)? {
+            let (k, v) = entry?;
+            if k.value().0 != collection {
+                break;
+            }
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
     }
 
     pub fn field(&self, collection: &str, id: &str, field: &str) -> Result<Option<FieldValue>> {
@@ -321,6 +430,27 @@ mod tests {
         assert_eq!(store.item_count("a").unwrap(), 1);
         assert_eq!(store.item_count("b").unwrap(), 0);
         assert_eq!(store.collection("a").unwrap().unwrap().schema_version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_field_keeps_its_kind_and_metric() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let vector = |metric| FieldSchema { kind: FieldKind::Vector, metric };
+        store.declare_fields("c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
+        store.declare_fields("c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
+        let err = store.declare_fields("c", &[("emb".into(), vector(Metric::L2))]).unwrap_err().to_string();
+        assert!(err.contains("field `emb` of collection `c`"), "{err}");
+        let mut batch = WriteBatch::default();
+        batch.fields.push(("c".into(), "x".into(), "emb".into(), FieldValue::Codes(vec![1])));
+        let err = store.commit(&batch).unwrap_err().to_string();
+        assert!(err.contains("holds Vector values"), "{err}");
+        assert!(store.scan_field("c", "emb").unwrap().is_empty(), "the failed commit wrote nothing");
+        // An undeclared field is declared by its first write.
+        let mut batch = WriteBatch::default();
+        batch.fields.push(("c".into(), "x".into(), "ids".into(), FieldValue::Codes(vec![1])));
+        store.commit(&batch).unwrap();
+        assert_eq!(store.collection("c").unwrap().unwrap().fields["ids"].kind, FieldKind::Codes);
     }
 
     #[test]

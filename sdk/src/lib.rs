@@ -55,7 +55,7 @@ use bindings::exports::quarry::retrieval::strategy as exported;
 use bindings::quarry::retrieval::collections as host_collections;
 use serde::de::DeserializeOwned;
 
-pub use bindings::quarry::retrieval::types::{Error, Hit, TokenSet};
+pub use bindings::quarry::retrieval::types::{Error, FieldKind, Hit, Metric, TokenSet};
 pub use exported::{FieldSpec, Item, Query};
 pub use helpers::{beam_search, normalize_min_max, normalize_z, reciprocal_rank_fusion, top_k};
 
@@ -129,13 +129,18 @@ impl Descriptor {
         self.models.push(role.to_string());
         self
     }
-    /// Declare a dense vector field.
+    /// Declare a dense vector field compared by inner product.
     pub fn vector_field(self, name: &str) -> Self {
-        self.field(name, "vector")
+        self.vector_field_with(name, Metric::InnerProduct)
     }
-    /// Declare a field of kind `vector`, `tokens`, `codes` or `blob`.
-    pub fn field(mut self, name: &str, kind: &str) -> Self {
-        self.fields.push(FieldSpec { name: name.to_string(), kind: kind.to_string() });
+    /// Declare a dense vector field compared by `metric`.
+    pub fn vector_field_with(mut self, name: &str, metric: Metric) -> Self {
+        self.fields.push(FieldSpec { name: name.to_string(), kind: FieldKind::Vector, metric: Some(metric) });
+        self
+    }
+    /// Declare a field of any kind.
+    pub fn field(mut self, name: &str, kind: FieldKind) -> Self {
+        self.fields.push(FieldSpec { name: name.to_string(), kind, metric: None });
         self
     }
     pub fn config_schema(mut self, schema: serde_json::Value) -> Self {
@@ -193,7 +198,7 @@ impl Context {
 
 /// Parse a query's JSON `params` into a typed value (`{}` when empty).
 pub fn query_params<T: DeserializeOwned + Default>(query: &Query) -> Result<T> {
-    if query.params.trim().is_empty() {
+    if matches!(query.params.trim(), "" | "null") {
         return Ok(T::default());
     }
     serde_json::from_str(&query.params).map_err(|e| Error::invalid(format!("query params: {e}")))
@@ -226,7 +231,16 @@ impl Collection {
     }
     /// The `k` nearest items to `query` on vector field `field`, best first.
     pub fn nearest(&self, field: &str, query: &[f32], k: u32) -> Result<Vec<Hit>> {
-        host_collections::nearest(&self.name, field, query, k)
+        host_collections::nearest(&self.name, field, query, k, None)
+    }
+    /// Like [`Collection::nearest`], keeping only items whose metadata meets `filter`
+    /// (for example `{"lang": "en", "year": {"gte": 2020}}`).
+    pub fn nearest_filtered(&self, field: &str, query: &[f32], k: u32, filter: &serde_json::Value) -> Result<Vec<Hit>> {
+        host_collections::nearest(&self.name, field, query, k, Some(&filter.to_string()))
+    }
+    /// The items whose code field `field` holds exactly `codes`.
+    pub fn items_with_codes(&self, field: &str, codes: &[u32]) -> Result<Vec<String>> {
+        host_collections::items_with_codes(&self.name, field, codes)
     }
     /// For each prefix, the codes that may follow it in code field `field`.
     pub fn next_codes(&self, field: &str, prefixes: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {

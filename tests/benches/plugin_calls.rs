@@ -82,7 +82,7 @@ fn main() {
     let through_host = |q: &str| {
         let start = Instant::now();
         let vector = host.models().embed_texts("minilm-l6", &[q.to_string()]).unwrap().remove(0);
-        let hits = host.nearest("docs", "embedding", &vector, 10).unwrap();
+        let hits = host.nearest("docs", "embedding", &vector, 10, None).unwrap();
         // The same display data `search` returns.
         let hits = host.with_items("docs", hits.into_iter().map(|s| (s.id, s.score)).collect()).unwrap();
         (start.elapsed(), hits[0].id.clone())

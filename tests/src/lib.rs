@@ -14,6 +14,7 @@ pub fn root() -> PathBuf {
 const PLUGINS: &[&str] = &[
     "quarry-plugin-dense",
     "keyword-boost",
+    "quarry-test-fields",
     "quarry-test-hostile",
     "quarry-test-swap-v1",
     "quarry-test-swap-v2",

@@ -98,7 +98,7 @@ fn a_failed_batch_leaves_nothing_behind() {
     let err = host.ingest("docs", vec![NewItem::text("cat", "a cat"), picture], |_| {}).unwrap_err();
     assert!(err.to_string().contains("image-model"), "{err}");
     assert_eq!(host.item_count("docs").unwrap(), 0, "neither item of the failed batch was stored");
-    assert!(host.nearest("docs", "embedding", &[0.0; 384], 5).unwrap().is_empty(), "no vector was stored");
+    assert!(host.nearest("docs", "embedding", &[0.0; 384], 5, None).unwrap().is_empty(), "no vector was stored");
 }
 
 /// Prepare a data dir with the dense plugin routed over MiniLM, for CLI runs.

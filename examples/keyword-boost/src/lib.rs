@@ -6,7 +6,7 @@
 //! embedding blurs still count.
 
 use quarry_sdk::serde_json::json;
-use quarry_sdk::{encoders, reciprocal_rank_fusion, top_k, Context, Descriptor, FieldValue, Hit, Item, Query, Result, Strategy};
+use quarry_sdk::{encoders, reciprocal_rank_fusion, top_k, Context, Descriptor, FieldKind, FieldValue, Hit, Item, Query, Result, Strategy};
 
 const EMBEDDING: &str = "embedding";
 const TERMS: &str = "terms";
@@ -31,7 +31,7 @@ impl Strategy for KeywordBoost {
             .description("Dense candidates re-ranked by keyword overlap, fused with RRF.")
             .model("text-model")
             .vector_field(EMBEDDING)
-            .field(TERMS, "codes")
+            .field(TERMS, FieldKind::Codes)
             .config_schema(json!({
                 "type": "object",
                 "properties": {

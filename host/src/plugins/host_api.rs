@@ -6,6 +6,7 @@
 
 use super::limits::{CallLimiter, Limits};
 use crate::index::Indexes;
+use crate::index::filter::Filter;
 use crate::models::{ModelError, Models};
 use crate::store::{self, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
@@ -23,8 +24,28 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::quarry::retrieval::strategy::{Context as CallContext, Descriptor, FieldSpec, Item, Query};
+pub use quarry::retrieval::types::{FieldKind, Metric};
 use quarry::retrieval::collections::FieldValue as WitFieldValue;
 pub use quarry::retrieval::types::{Error as WitError, Hit, TokenSet};
+
+impl FieldSpec {
+    /// The store's view of a declared field.
+    pub fn schema(&self) -> store::FieldSchema {
+        store::FieldSchema {
+            kind: match self.kind {
+                FieldKind::Vector => store::FieldKind::Vector,
+                FieldKind::Tokens => store::FieldKind::Tokens,
+                FieldKind::Codes => store::FieldKind::Codes,
+                FieldKind::Blob => store::FieldKind::Blob,
+            },
+            metric: match self.metric {
+                None | Some(Metric::InnerProduct) => store::Metric::InnerProduct,
+                Some(Metric::Cosine) => store::Metric::Cosine,
+                Some(Metric::L2) => store::Metric::L2,
+            },
+        }
+    }
+}
 
 /// Host state behind a generation resource (backed by the model-runtime issue).
 pub struct GenerationSession;
@@ -170,7 +191,6 @@ fn unsupported(capability: &str, issue: &str) -> WitError {
 }
 
 const MODEL_RUNTIME_ISSUE: &str = "the model-runtime issue: token features, slots, projection, decoders";
-const COLLECTIONS_ISSUE: &str = "the collections-and-indexes issue: late interaction, code tries";
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -243,8 +263,18 @@ impl quarry::retrieval::decoders::HostGeneration for CallState {
 }
 
 impl quarry::retrieval::rankers::Host for CallState {
-    fn late_interaction(&mut self, collection: String, _field: String, _query: TokenSet, _candidates: Vec<String>) -> Answer<Vec<Hit>> {
-        Ok(self.collection(&collection).and(Err(unsupported("rankers.late-interaction", COLLECTIONS_ISSUE))))
+    fn late_interaction(&mut self, collection: String, field: String, query: TokenSet, candidates: Vec<String>) -> Answer<Vec<Hit>> {
+        Ok((|| {
+            self.collection(&collection)?;
+            self.batch("late-interaction candidates", &candidates)?;
+            self.payload("late-interaction query", query.data.len() * 4)?;
+            let hits = self
+                .services
+                .indexes
+                .late_interaction(&collection, &field, query.dim as usize, &query.data, &candidates)
+                .map_err(|e| WitError::InvalidInput(format!("late-interaction on `{collection}.{field}`: {e:#}")))?;
+            Ok(hits.into_iter().map(|s| Hit { id: s.id, score: s.score }).collect())
+        })())
     }
 
     fn cross_score(&mut self, model: String, _query: String, _texts: Vec<String>) -> Answer<Vec<f32>> {
@@ -313,21 +343,36 @@ impl quarry::retrieval::collections::Host for CallState {
         })())
     }
 
-    fn nearest(&mut self, collection: String, field: String, query: Vec<f32>, k: u32) -> Answer<Vec<Hit>> {
+    fn nearest(&mut self, collection: String, field: String, query: Vec<f32>, k: u32, filter: Option<String>) -> Answer<Vec<Hit>> {
         Ok((|| {
             self.collection(&collection)?;
             let k = (k as usize).min(self.limits.max_hits);
+            let filter = filter
+                .map(|f| Filter::parse(&f))
+                .transpose()
+                .map_err(|e| WitError::InvalidInput(format!("nearest on `{collection}.{field}`: {e:#}")))?;
             let hits = self
                 .services
                 .indexes
-                .nearest(&collection, &field, &query, k)
+                .nearest(&collection, &field, &query, k, filter.as_ref())
                 .map_err(|e| WitError::InvalidInput(format!("nearest on `{collection}.{field}`: {e:#}")))?;
             Ok(hits.into_iter().map(|s| Hit { id: s.id, score: s.score }).collect())
         })())
     }
 
-    fn next_codes(&mut self, collection: String, _field: String, _prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<u32>>> {
-        Ok(self.collection(&collection).and(Err(unsupported("collections.next-codes", COLLECTIONS_ISSUE))))
+    fn next_codes(&mut self, collection: String, field: String, prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<u32>>> {
+        Ok((|| {
+            self.collection(&collection)?;
+            self.batch("next-codes", &prefixes)?;
+            self.services.indexes.next_codes(&collection, &field, &prefixes).map_err(internal)
+        })())
+    }
+
+    fn items_with_codes(&mut self, collection: String, field: String, codes: Vec<u32>) -> Answer<Vec<String>> {
+        Ok((|| {
+            self.collection(&collection)?;
+            self.services.indexes.items_with_codes(&collection, &field, &codes).map_err(internal)
+        })())
     }
 
     fn put_blob(&mut self, collection: String, name: String, data: Vec<u8>) -> Answer<()> {

@@ -130,7 +130,19 @@ pub struct PluginRuntime {
     limits: Limits,
     compilations: AtomicU64,
     cache_hits: AtomicU64,
-    reaper: std::sync::mpsc::SyncSender<Retired>,
+    reaper: Option<std::sync::mpsc::SyncSender<Retired>>,
+    reaper_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for PluginRuntime {
+    /// Finish retiring calls before the host goes, so nothing outlives it (the store's file lock
+    /// included).
+    fn drop(&mut self) {
+        drop(self.reaper.take());
+        if let Some(thread) = self.reaper_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl PluginRuntime {
@@ -172,7 +184,7 @@ impl PluginRuntime {
         let spares = Arc::new(AtomicUsize::new(0));
         // Spares hold pool slots; leave most of the pool to calls.
         let max_spares = (limits.max_instances as usize / 4).max(1);
-        std::thread::Builder::new().name("quarry-reaper".into()).spawn(move || {
+        let reaper_thread = std::thread::Builder::new().name("quarry-reaper".into()).spawn(move || {
             for Retired { store, refill } in finished {
                 let services = store.data().services().clone();
                 drop(store);
@@ -193,7 +205,16 @@ impl PluginRuntime {
         })?;
 
         std::fs::create_dir_all(&cache_dir).with_context(|| format!("cannot create compile cache {}", cache_dir.display()))?;
-        Ok(PluginRuntime { engine, linker, cache_dir, limits, compilations: AtomicU64::new(0), cache_hits: AtomicU64::new(0), reaper })
+        Ok(PluginRuntime {
+            engine,
+            linker,
+            cache_dir,
+            limits,
+            compilations: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            reaper: Some(reaper),
+            reaper_thread: Some(reaper_thread),
+        })
     }
 
     pub fn limits(&self) -> &Limits {
@@ -340,7 +361,9 @@ impl PluginRuntime {
         let result = self.finish(outcome, &mut store, &plugin.reference);
         let retired = Retired { store, refill: refill.cloned() };
         // Inline when the reaper is behind, so retired instances never pile up.
-        if let Err(std::sync::mpsc::TrySendError::Full(r) | std::sync::mpsc::TrySendError::Disconnected(r)) = self.reaper.try_send(retired) {
+        if let Some(Err(std::sync::mpsc::TrySendError::Full(r) | std::sync::mpsc::TrySendError::Disconnected(r))) =
+            self.reaper.as_ref().map(|reaper| reaper.try_send(retired))
+        {
             drop(r);
         }
         result

@@ -9,6 +9,14 @@ const FIELD: &str = "embedding";
 
 struct Dense;
 
+/// Per-query parameters.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// Keep only items whose metadata meets this filter, e.g. `{"lang": "en"}`.
+    filter: Option<serde_json::Value>,
+}
+
 fn image_model(ctx: &Context) -> Result<String> {
     ctx.param::<Option<String>>("image-model")?.ok_or_else(|| {
         Error::invalid("this route has images but no `image-model` in its config; add one that is granted to it")
@@ -62,7 +70,11 @@ impl Strategy for Dense {
                 .ok_or_else(|| Error::internal("host returned no image embedding"))?,
             (None, None) => return Err(Error::invalid("a dense query needs text or an image")),
         };
-        ctx.collection().nearest(FIELD, &vector, query.k)
+        let params: Params = quarry_sdk::query_params(&query)?;
+        match params.filter {
+            Some(filter) => ctx.collection().nearest_filtered(FIELD, &vector, query.k, &filter),
+            None => ctx.collection().nearest(FIELD, &vector, query.k),
+        }
     }
 }
 

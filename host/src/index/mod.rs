@@ -1,0 +1,216 @@
+//! In-memory indexes over stored fields: built from the store on first use, kept current on
+//! every commit and delete.
+//!
+//! - vector fields: exact top-k under the field's metric, with metadata filters ([`flat`]);
+//! - code fields: a prefix trie ([`trie`]);
+//! - token-set fields: late interaction ([`tokens`]).
+
+pub mod filter;
+pub mod flat;
+pub mod tokens;
+pub mod trie;
+
+use crate::store::{FieldValue, Store, WriteBatch};
+use anyhow::{Result, bail};
+use filter::Filter;
+use flat::FlatIndex;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use tokens::TokenSets;
+use trie::CodeTrie;
+
+/// A scored item id, higher is better.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub id: String,
+    pub score: f32,
+}
+
+type FieldKey = (String, String);
+type Loaded<T> = RwLock<HashMap<FieldKey, Arc<RwLock<T>>>>;
+
+pub struct Indexes {
+    store: Arc<Store>,
+    vectors: Loaded<FlatIndex>,
+    codes: Loaded<CodeTrie>,
+    tokens: Loaded<TokenSets>,
+    /// Item metadata by collection, for filters.
+    metadata: RwLock<HashMap<String, Arc<RwLock<HashMap<String, serde_json::Value>>>>>,
+}
+
+/// Find or build the index of one field. Building holds the map's write lock, so a commit's
+/// `apply` waits for it and then updates the built index (updates are idempotent).
+fn load<T>(map: &Loaded<T>, collection: &str, field: &str, build: impl FnOnce() -> Result<T>) -> Result<Arc<RwLock<T>>> {
+    let key = (collection.to_string(), field.to_string());
+    if let Some(index) = map.read().unwrap().get(&key) {
+        return Ok(index.clone());
+    }
+    let mut map = map.write().unwrap();
+    if let Some(index) = map.get(&key) {
+        return Ok(index.clone());
+    }
+    let index = Arc::new(RwLock::new(build()?));
+    map.insert(key, index.clone());
+    Ok(index)
+}
+
+impl Indexes {
+    pub fn new(store: Arc<Store>) -> Self {
+        Indexes {
+            store,
+            vectors: Default::default(),
+            codes: Default::default(),
+            tokens: Default::default(),
+            metadata: Default::default(),
+        }
+    }
+
+    fn vectors(&self, collection: &str, field: &str) -> Result<Arc<RwLock<FlatIndex>>> {
+        load(&self.vectors, collection, field, || {
+            let metric = self
+                .store
+                .collection(collection)?
+                .and_then(|m| m.fields.get(field).map(|f| f.metric))
+                .unwrap_or_default();
+            let mut index = FlatIndex::new(metric);
+            for (id, value) in self.store.scan_field(collection, field)? {
+                if let FieldValue::Vector(v) = value {
+                    index.upsert(&id, &v)?;
+                }
+            }
+            Ok(index)
+        })
+    }
+
+    fn code_trie(&self, collection: &str, field: &str) -> Result<Arc<RwLock<CodeTrie>>> {
+        load(&self.codes, collection, field, || {
+            let mut trie = CodeTrie::default();
+            for (id, value) in self.store.scan_field(collection, field)? {
+                if let FieldValue::Codes(c) = value {
+                    trie.upsert(&id, &c);
+                }
+            }
+            Ok(trie)
+        })
+    }
+
+    fn token_sets(&self, collection: &str, field: &str) -> Result<Arc<RwLock<TokenSets>>> {
+        load(&self.tokens, collection, field, || {
+            let mut sets = TokenSets::default();
+            for (id, value) in self.store.scan_field(collection, field)? {
+                if let FieldValue::Tokens { dim, data } = value {
+                    sets.upsert(&id, dim as usize, &data);
+                }
+            }
+            Ok(sets)
+        })
+    }
+
+    fn metadata(&self, collection: &str) -> Result<Arc<RwLock<HashMap<String, serde_json::Value>>>> {
+        if let Some(m) = self.metadata.read().unwrap().get(collection) {
+            return Ok(m.clone());
+        }
+        let mut map = self.metadata.write().unwrap();
+        if let Some(m) = map.get(collection) {
+            return Ok(m.clone());
+        }
+        let items = self.store.scan_items(collection)?;
+        let m = Arc::new(RwLock::new(items.into_iter().map(|i| (i.id, i.metadata)).collect()));
+        map.insert(collection.to_string(), m.clone());
+        Ok(m)
+    }
+
+    /// Exact nearest neighbours on a vector field, optionally filtered on item metadata.
+    pub fn nearest(&self, collection: &str, field: &str, query: &[f32], k: usize, filter: Option<&Filter>) -> Result<Vec<Scored>> {
+        let index = self.vectors(collection, field)?;
+        let index = index.read().unwrap();
+        match filter {
+            None => index.search(query, k, None),
+            Some(filter) => {
+                let metadata = self.metadata(collection)?;
+                let metadata = metadata.read().unwrap();
+                let null = serde_json::Value::Null;
+                let accept = |id: &str| filter.matches(metadata.get(id).unwrap_or(&null));
+                index.search(query, k, Some(&accept))
+            }
+        }
+    }
+
+    /// For each prefix, the codes that follow it on a code field.
+    pub fn next_codes(&self, collection: &str, field: &str, prefixes: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
+        let trie = self.code_trie(collection, field)?;
+        let trie = trie.read().unwrap();
+        Ok(prefixes.iter().map(|p| trie.next_codes(p)).collect())
+    }
+
+    pub fn items_with_codes(&self, collection: &str, field: &str, codes: &[u32]) -> Result<Vec<String>> {
+        Ok(self.code_trie(collection, field)?.read().unwrap().items_with(codes))
+    }
+
+    /// MaxSim of a query token set against candidates' token sets.
+    pub fn late_interaction(&self, collection: &str, field: &str, dim: usize, query: &[f32], candidates: &[String]) -> Result<Vec<Scored>> {
+        self.token_sets(collection, field)?.read().unwrap().max_sim(dim, query, candidates)
+    }
+
+    /// Check a batch against the indexes before it is committed, so a bad vector fails the call
+    /// instead of leaving the store and the index out of step.
+    pub fn check(&self, batch: &WriteBatch) -> Result<()> {
+        let mut dims: HashMap<(&str, &str), usize> = HashMap::new();
+        for (collection, id, field, value) in &batch.fields {
+            if let FieldValue::Vector(v) = value {
+                let expected = match dims.get(&(collection.as_str(), field.as_str())) {
+                    Some(&d) => Some(d),
+                    None => self.vectors(collection, field)?.read().unwrap().expected_dim(),
+                };
+                match expected {
+                    Some(d) if d != v.len() => bail!(
+                        "vector for `{id}` in field `{field}` has {} dimensions but the field holds {d}-dimensional vectors",
+                        v.len()
+                    ),
+                    _ => {
+                        dims.insert((collection.as_str(), field.as_str()), v.len());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a committed batch.
+    pub fn apply(&self, batch: &WriteBatch) -> Result<()> {
+        for (collection, id, field, value) in &batch.fields {
+            match value {
+                FieldValue::Vector(v) => self.vectors(collection, field)?.write().unwrap().upsert(id, v)?,
+                FieldValue::Codes(c) => self.code_trie(collection, field)?.write().unwrap().upsert(id, c),
+                FieldValue::Tokens { dim, data } => self.token_sets(collection, field)?.write().unwrap().upsert(id, *dim as usize, data),
+                FieldValue::Blob(_) => {}
+            }
+        }
+        for (collection, item) in &batch.items {
+            if let Some(m) = self.metadata.read().unwrap().get(collection) {
+                m.write().unwrap().insert(item.id.clone(), item.metadata.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget deleted items in every loaded index of their collection.
+    pub fn remove(&self, collection: &str, ids: &[String]) {
+        fn each<T>(map: &Loaded<T>, collection: &str, mut f: impl FnMut(&mut T)) {
+            for ((c, _), index) in map.read().unwrap().iter() {
+                if c == collection {
+                    f(&mut index.write().unwrap());
+                }
+            }
+        }
+        each(&self.vectors, collection, |index| ids.iter().for_each(|id| index.remove(id)));
+        each(&self.codes, collection, |trie| ids.iter().for_each(|id| trie.remove(id)));
+        each(&self.tokens, collection, |sets| ids.iter().for_each(|id| sets.remove(id)));
+        if let Some(m) = self.metadata.read().unwrap().get(collection) {
+            let mut m = m.write().unwrap();
+            ids.iter().for_each(|id| {
+                m.remove(id);
+            });
+        }
+    }
+}

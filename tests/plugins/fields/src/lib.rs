@@ -1,0 +1,74 @@
+//! A strategy that exposes the host's field indexes through `search`, to test them end to end.
+//!
+//! Ingest reads each item's metadata: `point` (a vector, L2), `codes` (a code sequence),
+//! `tokens` (a list of token vectors). `search` runs the operation named in `params.op`.
+
+use quarry_sdk::serde_json::{self, Value};
+use quarry_sdk::{Context, Descriptor, Error, FieldKind, FieldValue, Hit, Item, Metric, Query, Result, Strategy, TokenSet};
+
+struct Fields;
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_f64).map(|x| x as f32).collect()).unwrap_or_default()
+}
+
+fn codes(v: &Value) -> Vec<u32> {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect()).unwrap_or_default()
+}
+
+fn token_set(v: &Value) -> TokenSet {
+    let rows: Vec<Vec<f32>> = v.as_array().map(|a| a.iter().map(floats).collect()).unwrap_or_default();
+    TokenSet { dim: rows.first().map_or(0, |r| r.len() as u32), data: rows.concat() }
+}
+
+impl Strategy for Fields {
+    fn describe() -> Descriptor {
+        Descriptor::new("fields", "0.1.0")
+            .description("exposes vector, code and token fields")
+            .vector_field_with("point", Metric::L2)
+            .field("codes", FieldKind::Codes)
+            .field("tokens", FieldKind::Tokens)
+    }
+
+    fn ingest(ctx: &Context, items: Vec<Item>) -> Result<()> {
+        for item in items {
+            let meta: Value = serde_json::from_str(&item.metadata).map_err(|e| Error::invalid(e.to_string()))?;
+            let c = ctx.collection();
+            if let Some(p) = meta.get("point") {
+                c.put_vector(&item.id, "point", floats(p))?;
+            }
+            if let Some(v) = meta.get("codes") {
+                c.put_field(&item.id, "codes", &FieldValue::Codes(codes(v)))?;
+            }
+            if let Some(v) = meta.get("tokens") {
+                c.put_field(&item.id, "tokens", &FieldValue::Tokens(token_set(v)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn search(ctx: &Context, query: Query) -> Result<Vec<Hit>> {
+        let p: Value = serde_json::from_str(&query.params).map_err(|e| Error::invalid(e.to_string()))?;
+        let c = ctx.collection();
+        match p["op"].as_str().unwrap_or_default() {
+            "nearest" => match p.get("filter") {
+                Some(filter) => c.nearest_filtered("point", &floats(&p["vector"]), query.k, filter),
+                None => c.nearest("point", &floats(&p["vector"]), query.k),
+            },
+            // One hit per prefix: the following codes, comma-separated.
+            "next-codes" => {
+                let prefixes: Vec<Vec<u32>> = p["prefixes"].as_array().map(|a| a.iter().map(codes).collect()).unwrap_or_default();
+                let next = c.next_codes("codes", &prefixes)?;
+                Ok(next.into_iter().enumerate().map(|(i, n)| Hit { id: n.iter().map(u32::to_string).collect::<Vec<_>>().join(","), score: i as f32 }).collect())
+            }
+            "items-with-codes" => Ok(c.items_with_codes("codes", &codes(&p["codes"]))?.into_iter().map(|id| Hit { id, score: 1.0 }).collect()),
+            "late-interaction" => {
+                let candidates: Vec<String> = p["candidates"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
+                quarry_sdk::rankers::late_interaction(c.name(), "tokens", &token_set(&p["tokens"]), &candidates)
+            }
+            other => Err(Error::invalid(format!("unknown op `{other}`"))),
+        }
+    }
+}
+
+quarry_sdk::export_strategy!(Fields);
