@@ -69,7 +69,10 @@ pub struct SearchResponse {
 /// The outcome of an ingest.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct IngestReport {
+    /// Items stored and indexed by this call.
     pub ingested: usize,
+    /// Items skipped because the same strategy version already indexed the same content.
+    pub unchanged: usize,
 }
 
 /// A running Quarry host.
@@ -184,7 +187,9 @@ impl Quarry {
     }
 
     /// Store items and have the routed strategy index them, in batches. Each batch lands whole
-    /// or not at all; `progress` is told how many items have landed.
+    /// or not at all, so an interrupted ingest can simply be run again: items the same strategy
+    /// version already indexed with the same content are skipped. `progress` is told how many
+    /// items are done (skipped or landed).
     pub fn ingest(&self, collection: &str, items: Vec<NewItem>, mut progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
         let route = self.route(collection)?;
         let plugin = self.registry.get(&route.strategy)?;
@@ -192,21 +197,42 @@ impl Quarry {
         let grants = grants_for(collection, &route);
         let ctx = CallContext { collection: collection.to_string(), config: route.config.to_string() };
         let mut report = IngestReport::default();
-        for batch in batches(items, &self.runtime.limits().clone()) {
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        let stored = self.services.store.items(collection, &ids)?;
+        let mut fresh = Vec::with_capacity(items.len());
+        for (item, stored) in items.into_iter().zip(stored) {
+            let fingerprint = item.fingerprint();
+            match stored {
+                Some(s) if s.fingerprint == fingerprint && s.indexed_by == plugin.reference => report.unchanged += 1,
+                _ => fresh.push((item, fingerprint)),
+            }
+        }
+        progress(report.unchanged);
+        for batch in batches(fresh, &self.runtime.limits().clone()) {
             let wit_items: Vec<Item> = batch
                 .iter()
-                .map(|i| Item { id: i.id.clone(), text: i.text.clone(), image: i.image.clone(), metadata: i.metadata.to_string() })
+                .map(|(i, _)| Item { id: i.id.clone(), text: i.text.clone(), image: i.image.clone(), metadata: i.metadata.to_string() })
                 .collect();
             let ((), mut writes) = self.runtime.call(&plugin, &self.services, grants.clone(), |store, p| {
                 p.quarry_retrieval_strategy().call_ingest(store, &ctx, &wit_items)
             })?;
             writes.items = batch
                 .into_iter()
-                .map(|i| (collection.to_string(), StoredItem { id: i.id, text: i.text, image_source: i.image_source, metadata: i.metadata }))
+                .map(|(i, fingerprint)| {
+                    let item = StoredItem {
+                        id: i.id,
+                        text: i.text,
+                        image_source: i.image_source,
+                        metadata: i.metadata,
+                        fingerprint,
+                        indexed_by: plugin.reference.clone(),
+                    };
+                    (collection.to_string(), item)
+                })
                 .collect();
             self.commit(&writes)?;
             report.ingested += writes.items.len();
-            progress(report.ingested);
+            progress(report.unchanged + report.ingested);
         }
         Ok(report)
     }
@@ -271,6 +297,11 @@ impl Quarry {
         Ok(existed)
     }
 
+    /// Every stored item of a collection, in id order.
+    pub fn items(&self, collection: &str) -> Result<Vec<StoredItem>> {
+        self.services.store.scan_items(collection)
+    }
+
     /// Attach each hit's stored text and metadata (one read transaction).
     pub fn with_items(&self, collection: &str, hits: Vec<(String, f32)>) -> Result<Vec<SearchHit>> {
         let ids: Vec<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
@@ -312,21 +343,21 @@ fn grants_for(collection: &str, route: &Route) -> Arc<Grants> {
 }
 
 /// Split items so that each call stays within the batch and payload limits.
-fn batches(items: Vec<NewItem>, limits: &Limits) -> Vec<Vec<NewItem>> {
+fn batches(items: Vec<(NewItem, String)>, limits: &Limits) -> Vec<Vec<(NewItem, String)>> {
     let max_items = limits.max_batch.clamp(1, 64);
     let max_bytes = limits.max_payload_bytes / 2;
-    let mut out: Vec<Vec<NewItem>> = Vec::new();
+    let mut out: Vec<Vec<(NewItem, String)>> = Vec::new();
     let mut bytes = 0;
-    for item in items {
+    for (item, fingerprint) in items {
         let size = item.image.as_ref().map_or(0, Vec::len) + item.text.as_ref().map_or(0, String::len);
         match out.last_mut() {
             Some(batch) if batch.len() < max_items && bytes + size <= max_bytes => {
                 bytes += size;
-                batch.push(item);
+                batch.push((item, fingerprint));
             }
             _ => {
                 bytes = size;
-                out.push(vec![item]);
+                out.push(vec![(item, fingerprint)]);
             }
         }
     }

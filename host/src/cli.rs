@@ -318,11 +318,9 @@ fn ingest(host: &Quarry, collection: &str, source: &Path) -> Result<()> {
     let report = host.ingest(collection, read.items, |done| bar.set_position(done as u64));
     bar.finish_and_clear();
     let report = report?;
-    println!(
-        "ingested {} item(s) into {collection}{}",
-        report.ingested,
-        if read.skipped.is_empty() { String::new() } else { format!("; skipped {} (listed above)", read.skipped.len()) }
-    );
+    let unchanged = if report.unchanged == 0 { String::new() } else { format!("; {} unchanged", report.unchanged) };
+    let skipped = if read.skipped.is_empty() { String::new() } else { format!("; skipped {} (listed above)", read.skipped.len()) };
+    println!("ingested {} item(s) into {collection}{unchanged}{skipped}", report.ingested);
     Ok(())
 }
 

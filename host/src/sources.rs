@@ -22,6 +22,22 @@ impl NewItem {
     pub fn text(id: &str, text: &str) -> Self {
         NewItem { id: id.to_string(), text: Some(text.to_string()), image: None, image_source: None, metadata: serde_json::json!({}) }
     }
+
+    /// A hash of everything a strategy sees of the item.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [self.text.as_deref().map(str::as_bytes), self.image.as_deref(), Some(self.metadata.to_string().as_bytes())] {
+            match part {
+                Some(bytes) => {
+                    h.update((bytes.len() as u64).to_le_bytes());
+                    h.update(bytes);
+                }
+                None => h.update(u64::MAX.to_le_bytes()),
+            }
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// What could not be read, and why.

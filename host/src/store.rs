@@ -67,6 +67,12 @@ pub struct StoredItem {
     pub image_source: Option<String>,
     #[serde(default)]
     pub metadata: serde_json::Value,
+    /// A hash of the item's text, image and metadata, so a re-ingest can skip unchanged items.
+    #[serde(default)]
+    pub fingerprint: String,
+    /// The `name@version` that indexed the item.
+    #[serde(default)]
+    pub indexed_by: String,
 }
 
 /// One stored field value. Mirrors the contract's `field-value`.
@@ -418,7 +424,14 @@ mod tests {
             batch.fields.push(("a".into(), "x".into(), "emb".into(), FieldValue::Vector(vec![1.0])));
             batch.fields.push(("b".into(), "y".into(), "emb".into(), FieldValue::Vector(vec![2.0])));
             batch.blobs.push(("a".into(), "codebook".into(), vec![1, 2, 3]));
-            let item = StoredItem { id: "x".into(), text: Some("hi".into()), image_source: None, metadata: serde_json::json!({}) };
+            let item = StoredItem {
+                id: "x".into(),
+                text: Some("hi".into()),
+                image_source: None,
+                metadata: serde_json::json!({}),
+                fingerprint: String::new(),
+                indexed_by: String::new(),
+            };
             batch.items.push(("a".into(), item));
             store.commit(&batch).unwrap();
         }

@@ -143,6 +143,10 @@ fn the_cli_ingests_a_folder_reports_bad_files_and_searches() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("skipped") && stderr.contains("broken.png"), "{stderr}");
     assert!(stdout.contains("ingested 2 item(s) into docs; skipped 1"), "{stdout}");
+    // Running it again re-embeds nothing: both items are unchanged.
+    let out = quarry(&data).arg("ingest").arg("docs").arg(&folder).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ingested 0 item(s) into docs; 2 unchanged; skipped 1"), "{stdout}");
 
     let out = quarry(&data).args(["search", "docs", "the ocean", "-k", "1", "--json"]).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
