@@ -2,13 +2,13 @@
 
 use crate::index::Indexes;
 use crate::models::{ModelManifest, Models};
-use crate::plugins::host_api::{CallContext, Grants, HostServices, Item, Query};
+use crate::plugins::host_api::{CallContext, CallGrants, HostServices, Item, Query};
 use crate::plugins::limits::Limits;
 use crate::plugins::registry::{Registry, Route, write_atomically};
 use crate::plugins::{CallError, LoadedPlugin, PluginRuntime};
 use crate::sources::NewItem;
 use crate::index::filter::Filter;
-use crate::store::{FieldSchema, Store, StoredItem, WriteBatch};
+use crate::store::{FieldSchema, Store, StoredItem, WriteBatch, qualify, split_qualified};
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -163,7 +163,11 @@ impl Quarry {
     /// Route `collection` to a strategy version. Calls in flight finish on the version they began with.
     /// The granted models are opened now, so calls are not billed for loading them.
     pub fn set_route(&self, collection: &str, route: Route) -> Result<()> {
-        crate::store::validate_name("collection", collection)?;
+        let collection = &qualify(collection)?;
+        for granted in &route.grants.collections {
+            crate::store::validate_name("granted collection", granted)
+                .context("granted collections are names within the route's tenant, without a `tenant/` prefix")?;
+        }
         for model in &route.grants.models {
             if !self.services.models.contains(model) {
                 bail!("the route grants model `{model}`, which is not registered; add it with `quarry model add <manifest.json>`");
@@ -177,7 +181,8 @@ impl Quarry {
     }
 
     pub fn route(&self, collection: &str) -> Result<Arc<Route>> {
-        self.registry.route(collection).with_context(|| {
+        let key = qualify(collection)?;
+        self.registry.route(&key).with_context(|| {
             format!("collection `{collection}` has no strategy route; set one with `quarry route set {collection} <name@version>`")
         })
     }
@@ -192,10 +197,11 @@ impl Quarry {
     /// items are done (skipped or landed).
     pub fn ingest(&self, collection: &str, items: Vec<NewItem>, mut progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
         let route = self.route(collection)?;
+        let collection = &qualify(collection)?;
         let plugin = self.registry.get(&route.strategy)?;
         self.services.store.ensure_collection(collection)?;
         let grants = grants_for(collection, &route);
-        let ctx = CallContext { collection: collection.to_string(), config: route.config.to_string() };
+        let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
         let mut report = IngestReport::default();
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
         let stored = self.services.store.items(collection, &ids)?;
@@ -240,8 +246,9 @@ impl Quarry {
     /// Have the routed strategy build its collection-level artifacts.
     pub fn build(&self, collection: &str) -> Result<(), CallError> {
         let route = self.route(collection)?;
+        let collection = &qualify(collection)?;
         let plugin = self.registry.get(&route.strategy)?;
-        let ctx = CallContext { collection: collection.to_string(), config: route.config.to_string() };
+        let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
         let ((), writes) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route), |store, p| {
             p.quarry_retrieval_strategy().call_build(store, &ctx)
         })?;
@@ -253,6 +260,7 @@ impl Quarry {
     pub fn search(&self, collection: &str, request: &SearchRequest) -> Result<SearchResponse, CallError> {
         // Snapshot route and plugin now: a concurrent route switch does not affect this call.
         let route = self.route(collection)?;
+        let collection = &qualify(collection)?;
         let plugin = self.registry.get(request.strategy.as_deref().unwrap_or(&route.strategy))?;
         if request.text.is_none() && request.image.is_none() {
             return Err(CallError::Host(anyhow::anyhow!("a query needs text, an image, or both")));
@@ -260,7 +268,7 @@ impl Quarry {
         let limits = self.runtime.limits();
         let params = if request.params.is_null() { "{}".to_string() } else { request.params.to_string() };
         let query = Query { text: request.text.clone(), image: request.image.clone(), k: request.k, params };
-        let ctx = CallContext { collection: collection.to_string(), config: route.config.to_string() };
+        let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
         let (mut hits, writes) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route), |store, p| {
             p.quarry_retrieval_strategy().call_search(store, &ctx, &query)
         })?;
@@ -277,8 +285,9 @@ impl Quarry {
     /// re-instantiating (each [`Quarry::search`] takes a fresh one). Writes are discarded.
     pub fn instance(&self, collection: &str) -> Result<(crate::plugins::LiveInstance<'_>, CallContext), CallError> {
         let route = self.route(collection)?;
+        let collection = &qualify(collection)?;
         let plugin = self.registry.get(&route.strategy)?;
-        let ctx = CallContext { collection: collection.to_string(), config: route.config.to_string() };
+        let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
         Ok((self.runtime.instantiate(&plugin, &self.services, grants_for(collection, &route))?, ctx))
     }
 
@@ -286,11 +295,12 @@ impl Quarry {
     /// optionally keeping only items whose metadata meets `filter`.
     pub fn nearest(&self, collection: &str, field: &str, query: &[f32], k: usize, filter: Option<&serde_json::Value>) -> Result<Vec<crate::index::Scored>> {
         let filter = filter.map(|f| Filter::parse(&f.to_string())).transpose()?;
-        self.services.indexes.nearest(collection, field, query, k, filter.as_ref())
+        self.services.indexes.nearest(&qualify(collection)?, field, query, k, filter.as_ref())
     }
 
     /// Delete items and all their fields durably; returns how many existed.
     pub fn delete(&self, collection: &str, ids: &[String]) -> Result<usize> {
+        let collection = &qualify(collection)?;
         let _guard = self.commit_lock.lock().unwrap();
         let existed = self.services.store.delete_items(collection, ids)?;
         self.services.indexes.remove(collection, ids);
@@ -299,13 +309,13 @@ impl Quarry {
 
     /// Every stored item of a collection, in id order.
     pub fn items(&self, collection: &str) -> Result<Vec<StoredItem>> {
-        self.services.store.scan_items(collection)
+        self.services.store.scan_items(&qualify(collection)?)
     }
 
     /// Attach each hit's stored text and metadata (one read transaction).
     pub fn with_items(&self, collection: &str, hits: Vec<(String, f32)>) -> Result<Vec<SearchHit>> {
         let ids: Vec<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
-        let items = self.services.store.items(collection, &ids)?;
+        let items = self.services.store.items(&qualify(collection)?, &ids)?;
         Ok(hits
             .into_iter()
             .zip(items)
@@ -320,7 +330,7 @@ impl Quarry {
 
     /// Number of items stored in a collection.
     pub fn item_count(&self, collection: &str) -> Result<usize> {
-        self.services.store.item_count(collection)
+        self.services.store.item_count(&qualify(collection)?)
     }
 
     /// Counters plugins reported, keyed by `strategy/name`.
@@ -336,10 +346,12 @@ impl Quarry {
     }
 }
 
-fn grants_for(collection: &str, route: &Route) -> Arc<Grants> {
-    let mut grants = route.grants.clone();
-    grants.collections.insert(collection.to_string());
-    Arc::new(grants)
+/// The grants of a call on qualified collection `collection`: the route's, within its tenant.
+fn grants_for(collection: &str, route: &Route) -> Arc<CallGrants> {
+    let (tenant, name) = split_qualified(collection);
+    let mut collections = route.grants.collections.clone();
+    collections.insert(name.to_string());
+    Arc::new(CallGrants { tenant: tenant.to_string(), models: route.grants.models.clone(), collections })
 }
 
 /// Split items so that each call stays within the batch and payload limits.

@@ -181,9 +181,12 @@ impl Store {
         Ok(Store { db })
     }
 
-    /// Create `name` if it does not exist; fail if it exists with another schema version.
+    /// Create collection `name` (a qualified `tenant/name` key) if it does not exist; fail if it
+    /// exists with another schema version.
     pub fn ensure_collection(&self, name: &str) -> Result<CollectionMeta> {
-        validate_name("collection", name)?;
+        if qualify(name)? != name {
+            bail!("`{name}` is not a qualified collection key (tenant/name)");
+        }
         if let Some(meta) = self.collection(name)? {
             if meta.schema_version != SCHEMA_VERSION {
                 bail!(
@@ -381,6 +384,22 @@ impl Store {
     }
 }
 
+/// The tenant a collection belongs to when its name does not say.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The store key of a collection: `tenant/name`. A bare `name` belongs to [`DEFAULT_TENANT`].
+pub fn qualify(collection: &str) -> Result<String> {
+    let (tenant, name) = collection.split_once('/').unwrap_or((DEFAULT_TENANT, collection));
+    validate_name("tenant", tenant)?;
+    validate_name("collection", name)?;
+    Ok(format!("{tenant}/{name}"))
+}
+
+/// The tenant and bare name of a qualified collection key.
+pub fn split_qualified(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or((DEFAULT_TENANT, key))
+}
+
 /// Names become keys and file names: keep them to a safe, readable alphabet.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -418,12 +437,12 @@ mod tests {
         let path = dir.path().join("store.redb");
         {
             let store = Store::open(&path).unwrap();
-            store.ensure_collection("a").unwrap();
-            store.ensure_collection("b").unwrap();
+            store.ensure_collection("t/a").unwrap();
+            store.ensure_collection("t/b").unwrap();
             let mut batch = WriteBatch::default();
-            batch.fields.push(("a".into(), "x".into(), "emb".into(), FieldValue::Vector(vec![1.0])));
-            batch.fields.push(("b".into(), "y".into(), "emb".into(), FieldValue::Vector(vec![2.0])));
-            batch.blobs.push(("a".into(), "codebook".into(), vec![1, 2, 3]));
+            batch.fields.push(("t/a".into(), "x".into(), "emb".into(), FieldValue::Vector(vec![1.0])));
+            batch.fields.push(("t/b".into(), "y".into(), "emb".into(), FieldValue::Vector(vec![2.0])));
+            batch.blobs.push(("t/a".into(), "codebook".into(), vec![1, 2, 3]));
             let item = StoredItem {
                 id: "x".into(),
                 text: Some("hi".into()),
@@ -432,17 +451,17 @@ mod tests {
                 fingerprint: String::new(),
                 indexed_by: String::new(),
             };
-            batch.items.push(("a".into(), item));
+            batch.items.push(("t/a".into(), item));
             store.commit(&batch).unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.scan_field("a", "emb").unwrap(), vec![("x".to_string(), FieldValue::Vector(vec![1.0]))]);
-        assert_eq!(store.field("b", "y", "emb").unwrap(), Some(FieldValue::Vector(vec![2.0])));
-        assert_eq!(store.field("a", "y", "emb").unwrap(), None);
-        assert_eq!(store.blob("a", "codebook").unwrap(), Some(vec![1, 2, 3]));
-        assert_eq!(store.item_count("a").unwrap(), 1);
-        assert_eq!(store.item_count("b").unwrap(), 0);
-        assert_eq!(store.collection("a").unwrap().unwrap().schema_version, SCHEMA_VERSION);
+        assert_eq!(store.scan_field("t/a", "emb").unwrap(), vec![("x".to_string(), FieldValue::Vector(vec![1.0]))]);
+        assert_eq!(store.field("t/b", "y", "emb").unwrap(), Some(FieldValue::Vector(vec![2.0])));
+        assert_eq!(store.field("t/a", "y", "emb").unwrap(), None);
+        assert_eq!(store.blob("t/a", "codebook").unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(store.item_count("t/a").unwrap(), 1);
+        assert_eq!(store.item_count("t/b").unwrap(), 0);
+        assert_eq!(store.collection("t/a").unwrap().unwrap().schema_version, SCHEMA_VERSION);
     }
 
     #[test]
@@ -450,20 +469,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let vector = |metric| FieldSchema { kind: FieldKind::Vector, metric };
-        store.declare_fields("c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
-        store.declare_fields("c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
-        let err = store.declare_fields("c", &[("emb".into(), vector(Metric::L2))]).unwrap_err().to_string();
-        assert!(err.contains("field `emb` of collection `c`"), "{err}");
+        store.declare_fields("t/c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
+        store.declare_fields("t/c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
+        let err = store.declare_fields("t/c", &[("emb".into(), vector(Metric::L2))]).unwrap_err().to_string();
+        assert!(err.contains("field `emb` of collection `t/c`"), "{err}");
         let mut batch = WriteBatch::default();
-        batch.fields.push(("c".into(), "x".into(), "emb".into(), FieldValue::Codes(vec![1])));
+        batch.fields.push(("t/c".into(), "x".into(), "emb".into(), FieldValue::Codes(vec![1])));
         let err = store.commit(&batch).unwrap_err().to_string();
         assert!(err.contains("holds Vector values"), "{err}");
-        assert!(store.scan_field("c", "emb").unwrap().is_empty(), "the failed commit wrote nothing");
+        assert!(store.scan_field("t/c", "emb").unwrap().is_empty(), "the failed commit wrote nothing");
         // An undeclared field is declared by its first write.
         let mut batch = WriteBatch::default();
-        batch.fields.push(("c".into(), "x".into(), "ids".into(), FieldValue::Codes(vec![1])));
+        batch.fields.push(("t/c".into(), "x".into(), "ids".into(), FieldValue::Codes(vec![1])));
         store.commit(&batch).unwrap();
-        assert_eq!(store.collection("c").unwrap().unwrap().fields["ids"].kind, FieldKind::Codes);
+        assert_eq!(store.collection("t/c").unwrap().unwrap().fields["ids"].kind, FieldKind::Codes);
+    }
+
+    #[test]
+    fn collections_are_qualified_by_tenant() {
+        assert_eq!(qualify("docs").unwrap(), "default/docs");
+        assert_eq!(qualify("acme/docs").unwrap(), "acme/docs");
+        assert!(qualify("a/b/c").is_err() && qualify("/docs").is_err() && qualify("acme/").is_err());
+        assert_eq!(split_qualified("acme/docs"), ("acme", "docs"));
     }
 
     #[test]

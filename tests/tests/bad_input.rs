@@ -35,7 +35,7 @@ fn versions_are_immutable() {
     assert_eq!(host.plugins().len(), 1, "re-adding identical bytes is a no-op");
     host.set_route("c", route("swap@1.0.0", &[], serde_json::json!({}))).unwrap();
     let err = err_text(host.remove_plugin("swap@1.0.0"));
-    assert!(err.contains("still serves collection(s) c"), "{err}");
+    assert!(err.contains("still serves collection(s) default/c"), "{err}");
     let err = err_text(host.set_route("c", route("swap@9.9.9", &[], serde_json::json!({}))));
     assert!(err.contains("no strategy `swap@9.9.9`") && err.contains("swap@1.0.0"), "{err}");
 }

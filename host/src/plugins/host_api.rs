@@ -60,6 +60,15 @@ pub struct Grants {
     pub collections: BTreeSet<String>,
 }
 
+/// What one call may touch: its route's grants, resolved within the route's tenant.
+#[derive(Debug, Clone, Default)]
+pub struct CallGrants {
+    pub tenant: String,
+    pub models: BTreeSet<String>,
+    /// Bare collection names within `tenant`.
+    pub collections: BTreeSet<String>,
+}
+
 /// Everything shared by all calls: models, the store and its indexes, metrics.
 pub struct HostServices {
     pub models: Arc<Models>,
@@ -79,7 +88,7 @@ pub struct CallState {
     pub(super) stderr: MemoryOutputPipe,
     pub(super) writes: WriteBatch,
     services: Arc<HostServices>,
-    grants: Arc<Grants>,
+    grants: Arc<CallGrants>,
     limits: Limits,
     strategy: String,
 }
@@ -97,7 +106,7 @@ impl wasmtime_wasi::HostWallClock for FrozenClock {
 }
 
 impl CallState {
-    pub fn new(services: Arc<HostServices>, grants: Arc<Grants>, limits: &Limits, strategy: &str) -> Self {
+    pub fn new(services: Arc<HostServices>, grants: Arc<CallGrants>, limits: &Limits, strategy: &str) -> Self {
         // No preopened directories, no environment, no network, no stdin; stderr is captured so
         // that a panic message can be reported to the caller.
         let stderr = MemoryOutputPipe::new(16 << 10);
@@ -116,7 +125,7 @@ impl CallState {
     }
 
     /// Hand a ready-made instance's state to a call with these grants.
-    pub(super) fn grant(&mut self, grants: Arc<Grants>) {
+    pub(super) fn grant(&mut self, grants: Arc<CallGrants>) {
         self.grants = grants;
     }
 
@@ -135,7 +144,9 @@ impl CallState {
         Ok(())
     }
 
-    fn collection(&self, collection: &str) -> Result<(), WitError> {
+    /// Check a collection against the grants and return its store key. Names are relative to
+    /// the call's tenant, so no name reaches another tenant's data.
+    fn collection(&self, collection: &str) -> Result<String, WitError> {
         if !self.grants.collections.contains(collection) {
             return Err(WitError::Denied(format!(
                 "strategy {} may not access collection `{collection}`: the route does not grant it (granted: {})",
@@ -143,7 +154,7 @@ impl CallState {
                 list(&self.grants.collections)
             )));
         }
-        Ok(())
+        Ok(format!("{}/{collection}", self.grants.tenant))
     }
 
     fn batch<T>(&self, what: &str, items: &[T]) -> Result<(), WitError> {
@@ -265,13 +276,13 @@ impl quarry::retrieval::decoders::HostGeneration for CallState {
 impl quarry::retrieval::rankers::Host for CallState {
     fn late_interaction(&mut self, collection: String, field: String, query: TokenSet, candidates: Vec<String>) -> Answer<Vec<Hit>> {
         Ok((|| {
-            self.collection(&collection)?;
+            let key = self.collection(&collection)?;
             self.batch("late-interaction candidates", &candidates)?;
             self.payload("late-interaction query", query.data.len() * 4)?;
             let hits = self
                 .services
                 .indexes
-                .late_interaction(&collection, &field, query.dim as usize, &query.data, &candidates)
+                .late_interaction(&key, &field, query.dim as usize, &query.data, &candidates)
                 .map_err(|e| WitError::InvalidInput(format!("late-interaction on `{collection}.{field}`: {e:#}")))?;
             Ok(hits.into_iter().map(|s| Hit { id: s.id, score: s.score }).collect())
         })())
@@ -312,7 +323,7 @@ fn payload_bytes(value: &WitFieldValue) -> usize {
 impl quarry::retrieval::collections::Host for CallState {
     fn put_field(&mut self, collection: String, id: String, field: String, value: WitFieldValue) -> Answer<()> {
         Ok((|| {
-            self.collection(&collection)?;
+            let key = self.collection(&collection)?;
             self.payload("put-field", payload_bytes(&value))?;
             if let WitFieldValue::Tokens(t) = &value
                 && (t.dim == 0 || t.data.len() % t.dim as usize != 0)
@@ -327,25 +338,25 @@ impl quarry::retrieval::collections::Host for CallState {
             if id.is_empty() {
                 return Err(WitError::InvalidInput("put-field: item id is empty".into()));
             }
-            self.writes.fields.push((collection, id, field, to_store(value)));
+            self.writes.fields.push((key, id, field, to_store(value)));
             Ok(())
         })())
     }
 
     fn get_field(&mut self, collection: String, id: String, field: String) -> Answer<Option<WitFieldValue>> {
         Ok((|| {
-            self.collection(&collection)?;
-            if let Some(pending) = self.writes.pending_field(&collection, &id, &field) {
+            let key = self.collection(&collection)?;
+            if let Some(pending) = self.writes.pending_field(&key, &id, &field) {
                 return Ok(Some(to_wit(pending.clone())));
             }
-            let value = self.services.store.field(&collection, &id, &field).map_err(internal)?;
+            let value = self.services.store.field(&key, &id, &field).map_err(internal)?;
             Ok(value.map(to_wit))
         })())
     }
 
     fn nearest(&mut self, collection: String, field: String, query: Vec<f32>, k: u32, filter: Option<String>) -> Answer<Vec<Hit>> {
         Ok((|| {
-            self.collection(&collection)?;
+            let key = self.collection(&collection)?;
             let k = (k as usize).min(self.limits.max_hits);
             let filter = filter
                 .map(|f| Filter::parse(&f))
@@ -354,7 +365,7 @@ impl quarry::retrieval::collections::Host for CallState {
             let hits = self
                 .services
                 .indexes
-                .nearest(&collection, &field, &query, k, filter.as_ref())
+                .nearest(&key, &field, &query, k, filter.as_ref())
                 .map_err(|e| WitError::InvalidInput(format!("nearest on `{collection}.{field}`: {e:#}")))?;
             Ok(hits.into_iter().map(|s| Hit { id: s.id, score: s.score }).collect())
         })())
@@ -362,36 +373,36 @@ impl quarry::retrieval::collections::Host for CallState {
 
     fn next_codes(&mut self, collection: String, field: String, prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<u32>>> {
         Ok((|| {
-            self.collection(&collection)?;
+            let key = self.collection(&collection)?;
             self.batch("next-codes", &prefixes)?;
-            self.services.indexes.next_codes(&collection, &field, &prefixes).map_err(internal)
+            self.services.indexes.next_codes(&key, &field, &prefixes).map_err(internal)
         })())
     }
 
     fn items_with_codes(&mut self, collection: String, field: String, codes: Vec<u32>) -> Answer<Vec<String>> {
         Ok((|| {
-            self.collection(&collection)?;
-            self.services.indexes.items_with_codes(&collection, &field, &codes).map_err(internal)
+            let key = self.collection(&collection)?;
+            self.services.indexes.items_with_codes(&key, &field, &codes).map_err(internal)
         })())
     }
 
     fn put_blob(&mut self, collection: String, name: String, data: Vec<u8>) -> Answer<()> {
         Ok((|| {
-            self.collection(&collection)?;
+            let key = self.collection(&collection)?;
             self.payload("put-blob", data.len())?;
             store::validate_name("blob", &name).map_err(|e| WitError::InvalidInput(e.to_string()))?;
-            self.writes.blobs.push((collection, name, data));
+            self.writes.blobs.push((key, name, data));
             Ok(())
         })())
     }
 
     fn get_blob(&mut self, collection: String, name: String) -> Answer<Option<Vec<u8>>> {
         Ok((|| {
-            self.collection(&collection)?;
-            if let Some(pending) = self.writes.pending_blob(&collection, &name) {
+            let key = self.collection(&collection)?;
+            if let Some(pending) = self.writes.pending_blob(&key, &name) {
                 return Ok(Some(pending.to_vec()));
             }
-            self.services.store.blob(&collection, &name).map_err(internal)
+            self.services.store.blob(&key, &name).map_err(internal)
         })())
     }
 }

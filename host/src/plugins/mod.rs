@@ -9,7 +9,7 @@ pub mod limits;
 pub mod registry;
 
 use anyhow::{Context as _, Result, bail};
-use host_api::{CallState, Descriptor, Grants, HostServices, Plugin, PluginPre, WitError};
+use host_api::{CallGrants, CallState, Descriptor, HostServices, Plugin, PluginPre, WitError};
 use limits::Limits;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -197,7 +197,7 @@ impl PluginRuntime {
                     continue;
                 }
                 let budget = SpareBudget(spares.clone());
-                let mut store = fresh_store(&reaper_engine, &reaper_limits, &plugin.reference, &services, Arc::new(Grants::default()));
+                let mut store = fresh_store(&reaper_engine, &reaper_limits, &plugin.reference, &services, Arc::new(CallGrants::default()));
                 if let Ok(instance) = plugin.pre.instantiate(&mut store) {
                     *slot = Some(Spare { store, instance, _budget: budget });
                 }
@@ -247,7 +247,7 @@ impl PluginRuntime {
             spare: Default::default(),
         };
         let descriptor = self
-            .run(&plugin, None, services, Arc::new(Grants::default()), |store, p| p.quarry_retrieval_strategy().call_describe(store).map(Ok))
+            .run(&plugin, None, services, Arc::new(CallGrants::default()), |store, p| p.quarry_retrieval_strategy().call_describe(store).map(Ok))
             .map_err(|e| anyhow::anyhow!("the plugin's `describe` failed: {e}"))?
             .0;
         check_descriptor(&descriptor)?;
@@ -315,7 +315,7 @@ impl PluginRuntime {
         Ok(format!("{CONTRACT_PACKAGE}@{version}"))
     }
 
-    fn new_store(&self, plugin: &LoadedPlugin, services: &Arc<HostServices>, grants: Arc<Grants>) -> Store<CallState> {
+    fn new_store(&self, plugin: &LoadedPlugin, services: &Arc<HostServices>, grants: Arc<CallGrants>) -> Store<CallState> {
         fresh_store(&self.engine, &self.limits, &plugin.reference, services, grants)
     }
 
@@ -330,7 +330,7 @@ impl PluginRuntime {
         &self,
         plugin: &Arc<LoadedPlugin>,
         services: &Arc<HostServices>,
-        grants: Arc<Grants>,
+        grants: Arc<CallGrants>,
         f: impl FnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<Result<R, WitError>>,
     ) -> Result<(R, crate::store::WriteBatch), CallError> {
         self.run(plugin, Some(plugin), services, grants, f)
@@ -341,7 +341,7 @@ impl PluginRuntime {
         plugin: &LoadedPlugin,
         refill: Option<&Arc<LoadedPlugin>>,
         services: &Arc<HostServices>,
-        grants: Arc<Grants>,
+        grants: Arc<CallGrants>,
         f: impl FnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<Result<R, WitError>>,
     ) -> Result<(R, crate::store::WriteBatch), CallError> {
         let spare = plugin.spare.lock().unwrap().take();
@@ -384,7 +384,7 @@ impl PluginRuntime {
 
     /// Instantiate `plugin` for many calls in a row (read-only: writes are discarded). A trap
     /// poisons the instance; take a new one after an error.
-    pub fn instantiate<'a>(&'a self, plugin: &Arc<LoadedPlugin>, services: &Arc<HostServices>, grants: Arc<Grants>) -> Result<LiveInstance<'a>, CallError> {
+    pub fn instantiate<'a>(&'a self, plugin: &Arc<LoadedPlugin>, services: &Arc<HostServices>, grants: Arc<CallGrants>) -> Result<LiveInstance<'a>, CallError> {
         let mut store = self.new_store(plugin, services, grants);
         match plugin.pre.instantiate(&mut store) {
             Ok(instance) => Ok(LiveInstance { runtime: self, plugin: plugin.clone(), store, instance }),
@@ -435,7 +435,7 @@ impl LiveInstance<'_> {
     }
 }
 
-fn fresh_store(engine: &Engine, limits: &Limits, strategy: &str, services: &Arc<HostServices>, grants: Arc<Grants>) -> Store<CallState> {
+fn fresh_store(engine: &Engine, limits: &Limits, strategy: &str, services: &Arc<HostServices>, grants: Arc<CallGrants>) -> Store<CallState> {
     let mut store = Store::new(engine, CallState::new(services.clone(), grants, limits, strategy));
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_trap();
