@@ -73,37 +73,62 @@ pub fn read(path: &Path) -> Result<SourceItems> {
     }
 }
 
+/// A file's contribution to its item, read and checked off the main thread.
+enum Loaded {
+    Text(String),
+    Image(Vec<u8>),
+    Skip(String),
+}
+
+fn load(file: &Path) -> Loaded {
+    let ext = file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+    if TEXT_EXTENSIONS.contains(&ext.as_str()) {
+        match std::fs::read_to_string(file) {
+            Ok(text) => Loaded::Text(text.trim().to_string()),
+            Err(e) => Loaded::Skip(format!("cannot read as UTF-8 text: {e}")),
+        }
+    } else if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        match std::fs::read(file).map_err(anyhow::Error::from).and_then(|b| preprocess::decode(&b).map(|_| b)) {
+            Ok(bytes) => Loaded::Image(bytes),
+            Err(e) => Loaded::Skip(format!("unreadable image: {e:#}")),
+        }
+    } else {
+        Loaded::Skip(format!(
+            "unsupported file type; text items are {} files, images {} files",
+            TEXT_EXTENSIONS.join("/"),
+            IMAGE_EXTENSIONS.join("/")
+        ))
+    }
+}
+
+/// `f` over `items` on every core, results in input order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len()).max(1);
+    let chunk = items.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items.chunks(chunk).map(|c| scope.spawn(|| c.iter().map(&f).collect::<Vec<R>>())).collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a file reader panicked")).collect()
+    })
+}
+
 fn read_folder(root: &Path) -> Result<SourceItems> {
     let mut files = Vec::new();
     collect_files(root, &mut files)?;
     files.sort();
+    // Reading and decoding (the slow part for images) run in parallel; merging is in file order.
+    let loaded = parallel_map(&files, |f| load(f));
     let mut out = SourceItems::default();
     let mut by_id: BTreeMap<String, NewItem> = BTreeMap::new();
-    for file in files {
-        let ext = file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
-        let rel = file.strip_prefix(root).unwrap_or(&file).with_extension("");
-        let id = rel.to_string_lossy().replace('\\', "/");
-        let skip = |reason: String| Skipped { source: file.display().to_string(), reason };
-        if TEXT_EXTENSIONS.contains(&ext.as_str()) {
-            match std::fs::read_to_string(&file) {
-                Ok(text) => by_id.entry(id.clone()).or_insert_with(|| empty(&id)).text = Some(text.trim().to_string()),
-                Err(e) => out.skipped.push(skip(format!("cannot read as UTF-8 text: {e}"))),
+    for (file, loaded) in files.iter().zip(loaded) {
+        let id = file.strip_prefix(root).unwrap_or(file).with_extension("").to_string_lossy().replace('\\', "/");
+        match loaded {
+            Loaded::Text(text) => by_id.entry(id.clone()).or_insert_with(|| empty(&id)).text = Some(text),
+            Loaded::Image(bytes) => {
+                let item = by_id.entry(id.clone()).or_insert_with(|| empty(&id));
+                item.image = Some(bytes);
+                item.image_source = Some(file.display().to_string());
             }
-        } else if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-            match std::fs::read(&file).map_err(anyhow::Error::from).and_then(|b| preprocess::decode(&b).map(|_| b)) {
-                Ok(bytes) => {
-                    let item = by_id.entry(id.clone()).or_insert_with(|| empty(&id));
-                    item.image = Some(bytes);
-                    item.image_source = Some(file.display().to_string());
-                }
-                Err(e) => out.skipped.push(skip(format!("unreadable image: {e:#}"))),
-            }
-        } else {
-            out.skipped.push(skip(format!(
-                "unsupported file type; text items are {} files, images {} files",
-                TEXT_EXTENSIONS.join("/"),
-                IMAGE_EXTENSIONS.join("/")
-            )));
+            Loaded::Skip(reason) => out.skipped.push(Skipped { source: file.display().to_string(), reason }),
         }
     }
     out.items = by_id.into_values().collect();
