@@ -13,6 +13,7 @@ pub fn root() -> PathBuf {
 
 const PLUGINS: &[&str] = &[
     "quarry-plugin-dense",
+    "quarry-plugin-tgdt",
     "keyword-boost",
     "quarry-test-fields",
     "quarry-test-hostile",

@@ -21,6 +21,10 @@ pub struct ModelManifest {
     pub inputs: InputNames,
     /// The graph output to read.
     pub output: OutputSpec,
+    /// The output holding per-token (or per-patch) states `[batch, tokens, dim]`, which
+    /// `text-tokens` and `image-tokens` return. Defaults to `output.name` when its kind is `tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_output: Option<String>,
     /// Text models: how to tokenize.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerSpec>,
@@ -167,6 +171,11 @@ pub enum ExecutionProvider {
 }
 
 impl ModelManifest {
+    /// The output `text-tokens` / `image-tokens` read, if the model has one.
+    pub fn token_output(&self) -> Option<&str> {
+        self.token_output.as_deref().or((self.output.kind == OutputKind::Tokens).then_some(self.output.name.as_str()))
+    }
+
     /// Read a manifest and resolve its file paths against its folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read model manifest {}", path.display()))?;

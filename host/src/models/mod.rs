@@ -155,6 +155,26 @@ impl Models {
         Ok(out)
     }
 
+    /// Per-token features of each text, padding removed: (dim, floats).
+    pub fn text_tokens(&self, model: &str, texts: &[String]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
+        let model = self.get(model, ModelRole::TextEncoder)?;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(model.manifest.batch.max_batch) {
+            out.extend(model.text_tokens(chunk)?);
+        }
+        Ok(out)
+    }
+
+    /// Per-patch features of each image: (dim, floats).
+    pub fn image_tokens(&self, model: &str, images: &[Vec<u8>]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
+        let model = self.get(model, ModelRole::ImageEncoder)?;
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(model.manifest.batch.max_batch) {
+            out.extend(model.image_tokens(chunk)?);
+        }
+        Ok(out)
+    }
+
     /// Embeddings of encoded images (PNG, JPEG).
     pub fn embed_images(&self, model: &str, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let model = self.get(model, ModelRole::ImageEncoder)?;
@@ -220,8 +240,12 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
     Ok(LoadedModel { manifest, session: Mutex::new(session), tokenizer })
 }
 
+/// Graph inputs, keyed by input name.
+type Feed = Vec<(Cow<'static, str>, SessionInputValue<'static>)>;
+
 impl LoadedModel {
-    fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// Tokenize and pad a batch; returns the feed, the attention mask and the padded length.
+    fn text_feed(&self, texts: &[String]) -> Result<(Feed, Vec<i64>, usize), ModelError> {
         let spec = self.manifest.tokenizer.as_ref().expect("validated: text encoders have a tokenizer section");
         let tokenizer = self.tokenizer.as_ref().expect("validated: text encoders have a tokenizer");
         let encodings = tokenizer
@@ -242,7 +266,7 @@ impl LoadedModel {
         let shape = vec![n as i64, seq as i64];
         let tensor = |data: Vec<i64>| Tensor::from_array((shape.clone(), data)).map_err(|e| anyhow!("{e}"));
         let inputs = &self.manifest.inputs;
-        let mut feed: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::new();
+        let mut feed: Feed = Vec::new();
         if let Some(name) = &inputs.input_ids {
             feed.push((name.clone().into(), tensor(ids)?.into()));
         }
@@ -252,11 +276,11 @@ impl LoadedModel {
         if let Some(name) = &inputs.token_type_ids {
             feed.push((name.clone().into(), tensor(vec![0; n * seq])?.into()));
         }
-        let output = self.run(feed)?;
-        self.pool(output, n, Some((&mask, seq)))
+        Ok((feed, mask, seq))
     }
 
-    fn embed_images(&self, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// Decode and preprocess a batch of images into `pixel_values`.
+    fn image_feed(&self, images: &[Vec<u8>]) -> Result<Feed, ModelError> {
         let p = self.manifest.preprocess.as_ref().expect("validated: image encoders have a preprocess section");
         let mut pixels = Vec::with_capacity(images.len() * 3 * (p.crop * p.crop) as usize);
         for (i, bytes) in images.iter().enumerate() {
@@ -266,20 +290,78 @@ impl LoadedModel {
         let shape = vec![images.len() as i64, 3, p.crop as i64, p.crop as i64];
         let tensor = Tensor::from_array((shape, pixels)).map_err(|e| anyhow!("{e}"))?;
         let name = self.manifest.inputs.pixel_values.clone().expect("validated");
-        let output = self.run(vec![(name.into(), tensor.into())])?;
+        Ok(vec![(name.into(), tensor.into())])
+    }
+
+    fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let (feed, mask, seq) = self.text_feed(texts)?;
+        let output = self.run(feed, &self.manifest.output.name)?;
+        self.pool(output, texts.len(), Some((&mask, seq)))
+    }
+
+    fn embed_images(&self, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let output = self.run(self.image_feed(images)?, &self.manifest.output.name)?;
         self.pool(output, images.len(), None)
     }
 
-    /// Run the graph and copy out the configured output as (shape, data).
-    fn run(&self, feed: Vec<(Cow<'static, str>, SessionInputValue<'static>)>) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
+    fn token_output(&self) -> Result<&str, ModelError> {
+        self.manifest.token_output().ok_or_else(|| {
+            ModelError::InvalidInput(format!(
+                "model `{}` has no per-token output; name one with `token_output` in its manifest",
+                self.manifest.name
+            ))
+        })
+    }
+
+    /// Per-token states of each text, padding removed: (dim, tokens * dim floats).
+    fn text_tokens(&self, texts: &[String]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
+        let output = self.token_output()?;
+        let (feed, mask, seq) = self.text_feed(texts)?;
+        let states = self.run(feed, output)?;
+        self.split_tokens(states, texts.len(), Some((&mask, seq)))
+    }
+
+    /// Per-patch states of each image: (dim, patches * dim floats).
+    fn image_tokens(&self, images: &[Vec<u8>]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
+        let output = self.token_output()?;
+        let states = self.run(self.image_feed(images)?, output)?;
+        self.split_tokens(states, images.len(), None)
+    }
+
+    fn split_tokens(&self, (shape, data): (Vec<i64>, Vec<f32>), n: usize, mask: Option<(&[i64], usize)>) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
+        let &[rows, tokens, dim] = shape.as_slice() else {
+            return Err(ModelError::Runtime(anyhow!("model `{}` token output has shape {shape:?}, not [batch, tokens, dim]", self.manifest.name)));
+        };
+        let (tokens, dim) = (tokens as usize, dim as usize);
+        if rows as usize != n {
+            return Err(ModelError::Runtime(anyhow!("model `{}` returned {rows} rows for {n} inputs", self.manifest.name)));
+        }
+        Ok((0..n)
+            .map(|row| {
+                let states = &data[row * tokens * dim..(row + 1) * tokens * dim];
+                let mut kept = Vec::with_capacity(tokens * dim);
+                for (t, state) in states.chunks_exact(dim).enumerate() {
+                    if mask.is_none_or(|(m, seq)| t < seq && m[row * seq + t] != 0) {
+                        kept.extend_from_slice(state);
+                        if self.manifest.normalize {
+                            let start = kept.len() - dim;
+                            normalize(&mut kept[start..]);
+                        }
+                    }
+                }
+                (dim, kept)
+            })
+            .collect())
+    }
+
+    /// Run the graph and copy out one output as (shape, data).
+    fn run(&self, feed: Feed, output: &str) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
         let mut session = self.session.lock().unwrap();
         let outputs = session.run(feed).map_err(|e| anyhow!("model `{}` failed to run: {e}", self.manifest.name))?;
-        let value = outputs
-            .get(self.manifest.output.name.as_str())
-            .with_context(|| format!("model `{}` produced no output `{}`", self.manifest.name, self.manifest.output.name))?;
+        let value = outputs.get(output).with_context(|| format!("model `{}` produced no output `{output}`", self.manifest.name))?;
         let (shape, data) = value
             .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow!("model `{}` output `{}` is not an f32 tensor: {e}", self.manifest.name, self.manifest.output.name))?;
+            .map_err(|e| anyhow!("model `{}` output `{output}` is not an f32 tensor: {e}", self.manifest.name))?;
         Ok((shape.to_vec(), data.to_vec()))
     }
 
@@ -319,13 +401,15 @@ impl LoadedModel {
             }
         };
         if self.manifest.normalize {
-            for v in &mut out {
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                if norm > 0.0 {
-                    v.iter_mut().for_each(|x| *x /= norm);
-                }
-            }
+            out.iter_mut().for_each(|v| normalize(v));
         }
         Ok(out)
+    }
+}
+
+fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
     }
 }

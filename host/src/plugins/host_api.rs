@@ -201,7 +201,7 @@ fn unsupported(capability: &str, issue: &str) -> WitError {
     WitError::Unsupported(format!("{capability} is not backed by this host yet (it arrives with {issue})"))
 }
 
-const MODEL_RUNTIME_ISSUE: &str = "the model-runtime issue: token features, slots, projection, decoders";
+const MODEL_RUNTIME_ISSUE: &str = "the model-runtime issue: slots, projection, decoders, cross-encoders";
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -231,12 +231,23 @@ impl quarry::retrieval::encoders::Host for CallState {
         })())
     }
 
-    fn text_tokens(&mut self, model: String, _texts: Vec<String>) -> Answer<Vec<TokenSet>> {
-        Ok(self.model(&model).and(Err(unsupported("encoders.text-tokens", MODEL_RUNTIME_ISSUE))))
+    fn text_tokens(&mut self, model: String, texts: Vec<String>) -> Answer<Vec<TokenSet>> {
+        Ok((|| {
+            self.model(&model)?;
+            self.batch("text-tokens", &texts)?;
+            let sets = self.services.models.text_tokens(&model, &texts)?;
+            Ok(sets.into_iter().map(|(dim, data)| TokenSet { dim: dim as u32, data }).collect())
+        })())
     }
 
-    fn image_tokens(&mut self, model: String, _images: Vec<Vec<u8>>) -> Answer<Vec<TokenSet>> {
-        Ok(self.model(&model).and(Err(unsupported("encoders.image-tokens", MODEL_RUNTIME_ISSUE))))
+    fn image_tokens(&mut self, model: String, images: Vec<Vec<u8>>) -> Answer<Vec<TokenSet>> {
+        Ok((|| {
+            self.model(&model)?;
+            self.batch("image-tokens", &images)?;
+            self.payload("image-tokens", images.iter().map(Vec::len).sum())?;
+            let sets = self.services.models.image_tokens(&model, &images)?;
+            Ok(sets.into_iter().map(|(dim, data)| TokenSet { dim: dim as u32, data }).collect())
+        })())
     }
 
     fn embed_texts_with_slots(
