@@ -145,13 +145,17 @@ pub struct ImagePreprocess {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BatchLimits {
-    /// Most inputs per inference run; larger requests are split.
+    /// Most inputs per inference run; larger requests are split, concurrent ones merged.
     pub max_batch: usize,
+    /// How long a run may wait for more concurrent requests to join it. At 0, requests that
+    /// queued while the previous run was busy still run together, and a lone request never waits.
+    #[serde(default)]
+    pub max_delay_ms: u64,
 }
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        BatchLimits { max_batch: 32 }
+        BatchLimits { max_batch: 32, max_delay_ms: 0 }
     }
 }
 

@@ -3,15 +3,15 @@
 //! ONNX Runtime is loaded at run time (`ort` with `load-dynamic`) from the library that
 //! `scripts/setup.sh` unpacks from the PyPI `onnxruntime` wheel; see [`locate_onnxruntime`].
 
+mod batcher;
 pub mod manifest;
 pub mod preprocess;
 
 pub use manifest::{ModelManifest, ModelRole, OutputKind, Pooling};
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use ort::session::{Session, SessionInputValue};
-use ort::value::Tensor;
-use std::borrow::Cow;
+use anyhow::{Result, anyhow, bail};
+use batcher::{Batcher, Inputs};
+use ort::session::Session;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -94,7 +94,7 @@ fn environment() -> Result<&'static ort::environment::Environment> {
 /// A model whose session is open.
 struct LoadedModel {
     manifest: ModelManifest,
-    session: Mutex<Session>,
+    batcher: Batcher,
     tokenizer: Option<tokenizers::Tokenizer>,
 }
 
@@ -153,6 +153,12 @@ impl Models {
             out.extend(model.embed_texts(chunk)?);
         }
         Ok(out)
+    }
+
+    /// How many inference runs a model has made, and over how many inputs in all (None if the
+    /// model is not open). More inputs than runs means concurrent requests were batched.
+    pub fn run_stats(&self, model: &str) -> Option<(u64, u64)> {
+        self.loaded.lock().unwrap().get(model).map(|m| m.batcher.stats())
     }
 
     /// Per-token features of each text, padding removed: (dim, floats).
@@ -237,71 +243,47 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
         }
         _ => None,
     };
-    Ok(LoadedModel { manifest, session: Mutex::new(session), tokenizer })
+    let batcher = Batcher::start(session, &manifest)?;
+    Ok(LoadedModel { manifest, batcher, tokenizer })
 }
 
-/// Graph inputs, keyed by input name.
-type Feed = Vec<(Cow<'static, str>, SessionInputValue<'static>)>;
-
 impl LoadedModel {
-    /// Tokenize and pad a batch; returns the feed, the attention mask and the padded length.
-    fn text_feed(&self, texts: &[String]) -> Result<(Feed, Vec<i64>, usize), ModelError> {
-        let spec = self.manifest.tokenizer.as_ref().expect("validated: text encoders have a tokenizer section");
+    /// Tokenize a batch (truncated per the manifest, unpadded).
+    fn text_inputs(&self, texts: &[String]) -> Result<Inputs, ModelError> {
         let tokenizer = self.tokenizer.as_ref().expect("validated: text encoders have a tokenizer");
         let encodings = tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| ModelError::InvalidInput(format!("cannot tokenize: {e}")))?;
-        let longest = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
-        // Fixed-length exports (CLIP's 77) get `pad_to`; others pad to the longest text.
-        let seq = spec.pad_to.map_or(longest, |p| p.max(longest));
-        let n = texts.len();
-        let mut ids = vec![spec.pad_id as i64; n * seq];
-        let mut mask = vec![0i64; n * seq];
-        for (row, enc) in encodings.iter().enumerate() {
-            for (col, (&id, &m)) in enc.get_ids().iter().zip(enc.get_attention_mask()).take(seq).enumerate() {
-                ids[row * seq + col] = id as i64;
-                mask[row * seq + col] = m as i64;
-            }
-        }
-        let shape = vec![n as i64, seq as i64];
-        let tensor = |data: Vec<i64>| Tensor::from_array((shape.clone(), data)).map_err(|e| anyhow!("{e}"));
-        let inputs = &self.manifest.inputs;
-        let mut feed: Feed = Vec::new();
-        if let Some(name) = &inputs.input_ids {
-            feed.push((name.clone().into(), tensor(ids)?.into()));
-        }
-        if let Some(name) = &inputs.attention_mask {
-            feed.push((name.clone().into(), tensor(mask.clone())?.into()));
-        }
-        if let Some(name) = &inputs.token_type_ids {
-            feed.push((name.clone().into(), tensor(vec![0; n * seq])?.into()));
-        }
-        Ok((feed, mask, seq))
+        Ok(Inputs::Text(
+            encodings
+                .iter()
+                .map(|e| (e.get_ids().iter().map(|&i| i as i64).collect(), e.get_attention_mask().iter().map(|&m| m as i64).collect()))
+                .collect(),
+        ))
     }
 
-    /// Decode and preprocess a batch of images into `pixel_values`.
-    fn image_feed(&self, images: &[Vec<u8>]) -> Result<Feed, ModelError> {
+    /// Decode and preprocess a batch of images.
+    fn image_inputs(&self, images: &[Vec<u8>]) -> Result<Inputs, ModelError> {
         let p = self.manifest.preprocess.as_ref().expect("validated: image encoders have a preprocess section");
-        let mut pixels = Vec::with_capacity(images.len() * 3 * (p.crop * p.crop) as usize);
-        for (i, bytes) in images.iter().enumerate() {
-            let img = preprocess::decode(bytes).map_err(|e| ModelError::InvalidInput(format!("image {i}: {e:#}")))?;
-            pixels.extend(preprocess::to_pixel_values(&img, p));
-        }
-        let shape = vec![images.len() as i64, 3, p.crop as i64, p.crop as i64];
-        let tensor = Tensor::from_array((shape, pixels)).map_err(|e| anyhow!("{e}"))?;
-        let name = self.manifest.inputs.pixel_values.clone().expect("validated");
-        Ok(vec![(name.into(), tensor.into())])
+        let rows = images
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let img = preprocess::decode(bytes).map_err(|e| ModelError::InvalidInput(format!("image {i}: {e:#}")))?;
+                Ok(preprocess::to_pixel_values(&img, p))
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Inputs::Pixels { side: p.crop as usize, rows })
     }
 
     fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let (feed, mask, seq) = self.text_feed(texts)?;
-        let output = self.run(feed, &self.manifest.output.name)?;
-        self.pool(output, texts.len(), Some((&mask, seq)))
+        let out = self.batcher.run(self.text_inputs(texts)?, &self.manifest.output.name)?;
+        self.pool((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
     }
 
     fn embed_images(&self, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let output = self.run(self.image_feed(images)?, &self.manifest.output.name)?;
-        self.pool(output, images.len(), None)
+        let out = self.batcher.run(self.image_inputs(images)?, &self.manifest.output.name)?;
+        self.pool((out.shape, out.data), images.len(), None)
     }
 
     fn token_output(&self) -> Result<&str, ModelError> {
@@ -315,17 +297,14 @@ impl LoadedModel {
 
     /// Per-token states of each text, padding removed: (dim, tokens * dim floats).
     fn text_tokens(&self, texts: &[String]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
-        let output = self.token_output()?;
-        let (feed, mask, seq) = self.text_feed(texts)?;
-        let states = self.run(feed, output)?;
-        self.split_tokens(states, texts.len(), Some((&mask, seq)))
+        let out = self.batcher.run(self.text_inputs(texts)?, self.token_output()?)?;
+        self.split_tokens((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
     }
 
     /// Per-patch states of each image: (dim, patches * dim floats).
     fn image_tokens(&self, images: &[Vec<u8>]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
-        let output = self.token_output()?;
-        let states = self.run(self.image_feed(images)?, output)?;
-        self.split_tokens(states, images.len(), None)
+        let out = self.batcher.run(self.image_inputs(images)?, self.token_output()?)?;
+        self.split_tokens((out.shape, out.data), images.len(), None)
     }
 
     fn split_tokens(&self, (shape, data): (Vec<i64>, Vec<f32>), n: usize, mask: Option<(&[i64], usize)>) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
@@ -352,17 +331,6 @@ impl LoadedModel {
                 (dim, kept)
             })
             .collect())
-    }
-
-    /// Run the graph and copy out one output as (shape, data).
-    fn run(&self, feed: Feed, output: &str) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
-        let mut session = self.session.lock().unwrap();
-        let outputs = session.run(feed).map_err(|e| anyhow!("model `{}` failed to run: {e}", self.manifest.name))?;
-        let value = outputs.get(output).with_context(|| format!("model `{}` produced no output `{output}`", self.manifest.name))?;
-        let (shape, data) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow!("model `{}` output `{output}` is not an f32 tensor: {e}", self.manifest.name))?;
-        Ok((shape.to_vec(), data.to_vec()))
     }
 
     /// Turn the raw output into one vector per input, pooling token states when needed.

@@ -1,0 +1,270 @@
+//! Dynamic batching: concurrent requests to one model, from any plugin or tenant, become one
+//! ONNX Runtime run of up to `batch.max_batch` inputs. Requests that queue while a run is busy
+//! join the next run; `batch.max_delay_ms` optionally waits longer for more. Tokenizing and
+//! image decoding happen on the callers' threads, in parallel; only the run is shared.
+
+use super::ModelError;
+use super::manifest::ModelManifest;
+use anyhow::anyhow;
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+/// One request's model inputs, unpadded.
+pub(crate) enum Inputs {
+    /// Token ids and attention mask of each text.
+    Text(Vec<(Vec<i64>, Vec<i64>)>),
+    /// Preprocessed images, `3 * side * side` floats each.
+    Pixels { side: usize, rows: Vec<Vec<f32>> },
+}
+
+impl Inputs {
+    fn len(&self) -> usize {
+        match self {
+            Inputs::Text(rows) => rows.len(),
+            Inputs::Pixels { rows, .. } => rows.len(),
+        }
+    }
+
+    fn joins(&self, other: &Inputs) -> bool {
+        match (self, other) {
+            (Inputs::Text(_), Inputs::Text(_)) => true,
+            (Inputs::Pixels { side: a, .. }, Inputs::Pixels { side: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A request's rows of one output of a (possibly shared) run.
+pub(crate) struct Output {
+    /// The output's shape, with this request's row count first.
+    pub shape: Vec<i64>,
+    pub data: Vec<f32>,
+    /// Text runs: this request's rows of the attention mask as padded for the run, and the
+    /// padded length.
+    pub mask: Option<(Vec<i64>, usize)>,
+}
+
+struct Job {
+    inputs: Inputs,
+    output: String,
+    reply: mpsc::SyncSender<Result<Output, ModelError>>,
+}
+
+/// The queue in front of one model's session, which a worker thread owns.
+pub(crate) struct Batcher {
+    jobs: mpsc::Sender<Job>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    runs: AtomicU64,
+    inputs: AtomicU64,
+}
+
+impl Batcher {
+    pub fn start(session: Session, manifest: &ModelManifest) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let worker = Worker { session, manifest: manifest.clone(), queue, held: None, stats: stats.clone() };
+        std::thread::Builder::new().name(format!("quarry-model-{}", manifest.name)).spawn(move || worker.serve())?;
+        Ok(Batcher { jobs, stats })
+    }
+
+    /// Runs made, and inputs run, so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.stats.runs.load(Ordering::Relaxed), self.stats.inputs.load(Ordering::Relaxed))
+    }
+
+    /// Run `inputs` (alone or with other callers' inputs) and return this request's rows of `output`.
+    pub fn run(&self, inputs: Inputs, output: &str) -> Result<Output, ModelError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Job { inputs, output: output.to_string(), reply })
+            .map_err(|_| ModelError::Runtime(anyhow!("the model's worker has stopped")))?;
+        answer.recv().map_err(|_| ModelError::Runtime(anyhow!("the model's worker stopped during the run")))?
+    }
+}
+
+struct Worker {
+    session: Session,
+    manifest: ModelManifest,
+    queue: mpsc::Receiver<Job>,
+    /// A job that did not fit the previous batch; it leads the next one.
+    held: Option<Job>,
+    stats: Arc<Stats>,
+}
+
+impl Worker {
+    fn serve(mut self) {
+        let max_batch = self.manifest.batch.max_batch;
+        let delay = Duration::from_millis(self.manifest.batch.max_delay_ms);
+        loop {
+            let first = match self.held.take().map(Ok).unwrap_or_else(|| self.queue.recv()) {
+                Ok(job) => job,
+                Err(_) => return,
+            };
+            let deadline = Instant::now() + delay;
+            let mut rows = first.inputs.len();
+            let mut batch = vec![first];
+            while rows < max_batch {
+                // Take what is queued now; wait for more only while the delay lasts.
+                let next = match self.queue.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => deadline.checked_duration_since(Instant::now()).and_then(|left| self.queue.recv_timeout(left).ok()),
+                };
+                let Some(job) = next else { break };
+                if batch[0].inputs.joins(&job.inputs) && rows + job.inputs.len() <= max_batch && job.output == batch[0].output {
+                    rows += job.inputs.len();
+                    batch.push(job);
+                } else {
+                    self.held = Some(job);
+                    break;
+                }
+            }
+            self.run_batch(batch);
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let inputs: Vec<&Inputs> = batch.iter().map(|j| &j.inputs).collect();
+        match self.run(&inputs, &batch[0].output) {
+            Ok(outputs) => {
+                for (job, output) in batch.into_iter().zip(outputs) {
+                    let _ = job.reply.send(Ok(output));
+                }
+            }
+            // One caller's bad input must not fail the others: run each alone.
+            Err(_) if batch.len() > 1 => {
+                for job in batch {
+                    let result = self.run(&[&job.inputs], &job.output).map(|mut o| o.remove(0));
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                let _ = batch.into_iter().next().map(|job| job.reply.send(Err(e)));
+            }
+        }
+    }
+
+    /// One session run over the concatenated inputs; returns each request's rows.
+    fn run(&mut self, parts: &[&Inputs], output: &str) -> Result<Vec<Output>, ModelError> {
+        let name = &self.manifest.name;
+        let counts: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        let n: usize = counts.iter().sum();
+        let mut feed: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::new();
+        let mut text_mask = None;
+        match parts[0] {
+            Inputs::Text(_) => {
+                let spec = self.manifest.tokenizer.as_ref().expect("validated: text encoders have a tokenizer section");
+                let rows: Vec<&(Vec<i64>, Vec<i64>)> = parts.iter().flat_map(|p| match p {
+                    Inputs::Text(rows) => rows.iter(),
+                    Inputs::Pixels { .. } => unreachable!("batches hold one kind of input"),
+                }).collect();
+                let longest = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0).max(1);
+                // Fixed-length exports (CLIP's 77) get `pad_to`; others pad to the longest text.
+                let seq = spec.pad_to.map_or(longest, |p| p.max(longest));
+                let mut ids = vec![spec.pad_id as i64; n * seq];
+                let mut mask = vec![0i64; n * seq];
+                for (row, (row_ids, row_mask)) in rows.iter().enumerate() {
+                    ids[row * seq..row * seq + row_ids.len()].copy_from_slice(row_ids);
+                    mask[row * seq..row * seq + row_mask.len()].copy_from_slice(row_mask);
+                }
+                let shape = vec![n as i64, seq as i64];
+                let tensor = |data: Vec<i64>| Tensor::from_array((shape.clone(), data)).map_err(|e| anyhow!("{e}"));
+                let names = &self.manifest.inputs;
+                if let Some(input) = &names.input_ids {
+                    feed.push((input.clone().into(), tensor(ids)?.into()));
+                }
+                if let Some(input) = &names.attention_mask {
+                    feed.push((input.clone().into(), tensor(mask.clone())?.into()));
+                }
+                if let Some(input) = &names.token_type_ids {
+                    feed.push((input.clone().into(), tensor(vec![0; n * seq])?.into()));
+                }
+                text_mask = Some((mask, seq));
+            }
+            Inputs::Pixels { side, .. } => {
+                let mut pixels = Vec::with_capacity(n * 3 * side * side);
+                for part in parts {
+                    if let Inputs::Pixels { rows, .. } = part {
+                        rows.iter().for_each(|r| pixels.extend_from_slice(r));
+                    }
+                }
+                let tensor = Tensor::from_array((vec![n as i64, 3, *side as i64, *side as i64], pixels)).map_err(|e| anyhow!("{e}"))?;
+                let input = self.manifest.inputs.pixel_values.clone().expect("validated: image encoders name pixel_values");
+                feed.push((input.into(), tensor.into()));
+            }
+        }
+        self.stats.runs.fetch_add(1, Ordering::Relaxed);
+        self.stats.inputs.fetch_add(n as u64, Ordering::Relaxed);
+        let outputs = self.session.run(feed).map_err(|e| anyhow!("model `{name}` failed to run: {e}"))?;
+        let value = outputs.get(output).ok_or_else(|| anyhow!("model `{name}` produced no output `{output}`"))?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("model `{name}` output `{output}` is not an f32 tensor: {e}"))?;
+        if shape.first().copied() != Some(n as i64) {
+            return Err(ModelError::Runtime(anyhow!("model `{name}` returned {shape:?} for {n} inputs")));
+        }
+        let row_size = data.len() / n.max(1);
+        let mut start = 0;
+        Ok(counts
+            .into_iter()
+            .map(|count| {
+                let mut part_shape = shape.to_vec();
+                part_shape[0] = count as i64;
+                let mask = text_mask.as_ref().map(|(mask, seq)| (mask[start * seq..(start + count) * seq].to_vec(), *seq));
+                let part = Output { shape: part_shape, data: data[start * row_size..(start + count) * row_size].to_vec(), mask };
+                start += count;
+                part
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// The real MiniLM from `vendor/` (installed by scripts/setup.sh), batching with a delay so
+    /// concurrent test requests surely share runs.
+    fn minilm() -> Batcher {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/minilm-l6.json");
+        let mut manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
+        manifest.batch.max_delay_ms = 200;
+        let session = Session::builder(super::super::environment().unwrap()).unwrap().commit_from_file(&manifest.files.model).unwrap();
+        Batcher::start(session, &manifest).unwrap()
+    }
+
+    #[test]
+    fn a_bad_input_fails_only_its_own_caller() {
+        let batcher = Arc::new(minilm());
+        let results: Vec<(bool, Result<Output, ModelError>)> = std::thread::scope(|scope| {
+            let callers: Vec<_> = (0..8)
+                .map(|i| {
+                    let batcher = batcher.clone();
+                    scope.spawn(move || {
+                        // 600 positions overrun MiniLM's 512 position embeddings: that run fails.
+                        let bad = i == 3;
+                        let len = if bad { 600 } else { 3 + i };
+                        let ids: Vec<i64> = (0..len).map(|t| if t == 0 { 101 } else { 2000 + t as i64 }).collect();
+                        (bad, batcher.run(Inputs::Text(vec![(ids, vec![1; len])]), "last_hidden_state"))
+                    })
+                })
+                .collect();
+            callers.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        for (bad, result) in results {
+            match (bad, result) {
+                (true, Err(e)) => assert!(e.to_string().contains("failed to run"), "{e}"),
+                (false, Ok(out)) => assert_eq!((out.shape[0], out.shape[2]), (1, 384)),
+                (bad, other) => panic!("bad={bad}: {:?}", other.map(|o| o.shape)),
+            }
+        }
+        let (runs, inputs) = batcher.stats();
+        assert!(inputs > runs, "the callers never shared a run (runs {runs}, inputs {inputs})");
+    }
+}
