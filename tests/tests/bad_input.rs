@@ -169,3 +169,24 @@ fn the_model_schema_is_printed() {
     assert_eq!(schema["title"], "ModelManifest");
     assert!(schema["properties"]["execution_provider"].is_object());
 }
+
+#[test]
+fn a_gpu_provider_missing_from_onnxruntime_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("examples/models/minilm-l6.json")).unwrap()).unwrap();
+    let models = root().join("vendor/models/minilm-l6");
+    manifest["name"] = "minilm-gpu".into();
+    manifest["files"] = serde_json::json!({"model": models.join("model.onnx"), "tokenizer": models.join("tokenizer.json")});
+    for (provider, name) in [(serde_json::json!({"kind": "cuda", "device_id": 0}), "CUDA"), (serde_json::json!({"kind": "tensorrt"}), "TensorRT")] {
+        manifest["execution_provider"] = provider;
+        let path = dir.path().join("gpu.json");
+        std::fs::write(&path, manifest.to_string()).unwrap();
+        host.add_model_file(&path).unwrap();
+        let err = host.models().embed_texts("minilm-gpu", &["hello".to_string()]).unwrap_err().to_string();
+        assert!(err.contains(&format!("the {name} execution provider")) && err.contains("onnxruntime-gpu"), "{err}");
+    }
+    host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
+    let err = err_text(host.set_route("docs", route("dense@0.1.0", &["minilm-gpu"], serde_json::json!({"text-model": "minilm-gpu"}))));
+    assert!(err.contains("cannot be opened") && err.contains("onnxruntime-gpu"), "{err}");
+}

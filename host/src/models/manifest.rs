@@ -164,13 +164,20 @@ impl Default for BatchLimits {
 pub enum ExecutionProvider {
     #[default]
     Cpu,
+    /// NVIDIA CUDA; needs the `onnxruntime-gpu` build of ONNX Runtime.
     Cuda {
         #[serde(default)]
         device_id: i32,
+        /// Cap on the GPU memory arena, in bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory_limit_bytes: Option<usize>,
     },
+    /// NVIDIA TensorRT, falling back to CUDA for unsupported nodes; needs `onnxruntime-gpu`.
     Tensorrt {
         #[serde(default)]
         device_id: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory_limit_bytes: Option<usize>,
     },
 }
 

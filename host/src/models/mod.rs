@@ -192,21 +192,49 @@ impl Models {
     }
 }
 
+/// The execution providers a manifest asks for, in order of preference, or why it cannot have them.
+fn execution_providers(manifest: &ModelManifest) -> Result<Vec<ort::ep::ExecutionProviderDispatch>> {
+    use ort::ep::{CUDA, ExecutionProvider as _, TensorRT};
+    use manifest::ExecutionProvider as Ep;
+    let missing = |provider: &str| {
+        anyhow!(
+            "model `{}` asks for the {provider} execution provider, but the loaded ONNX Runtime was built without it. \
+             Install the GPU build (PyPI `onnxruntime-gpu=={ORT_VERSION}`, with the CUDA 13 and cuDNN 9 `nvidia-*` wheels) \
+             and point ORT_DYLIB_PATH at its libonnxruntime.so, or set `execution_provider` to {{\"kind\": \"cpu\"}}",
+            manifest.name
+        )
+    };
+    let cuda = |device_id: i32, limit: Option<usize>| -> Result<ort::ep::ExecutionProviderDispatch> {
+        if !CUDA::is_available().unwrap_or(false) {
+            return Err(missing("CUDA"));
+        }
+        let mut ep = CUDA::default().with_device_id(device_id);
+        if let Some(limit) = limit {
+            ep = ep.with_memory_limit(limit);
+        }
+        Ok(ep.build().error_on_failure())
+    };
+    Ok(match manifest.execution_provider {
+        Ep::Cpu => Vec::new(),
+        Ep::Cuda { device_id, memory_limit_bytes } => vec![cuda(device_id, memory_limit_bytes)?],
+        Ep::Tensorrt { device_id, memory_limit_bytes } => {
+            if !TensorRT::is_available().unwrap_or(false) {
+                return Err(missing("TensorRT"));
+            }
+            vec![TensorRT::default().with_device_id(device_id).build().error_on_failure(), cuda(device_id, memory_limit_bytes)?]
+        }
+    })
+}
+
 fn open(manifest: ModelManifest) -> Result<LoadedModel> {
-    if manifest.execution_provider != manifest::ExecutionProvider::Cpu {
-        bail!(
-            "model `{}` asks for execution provider {:?}; this host runs models on the CPU only so far. \
-             Set `execution_provider` to {{\"kind\": \"cpu\"}}",
-            manifest.name,
-            manifest.execution_provider
-        );
-    }
     let env = environment()?;
+    let providers = execution_providers(&manifest)?;
     // Idle ORT workers would otherwise spin after every run, taking cores from other callers
     // (plugins, tenants, the other models) on a shared host.
     let session = Session::builder(env)
         .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
         .and_then(|b| b.with_inter_op_spinning(false).map_err(Into::into))
+        .and_then(|b| b.with_execution_providers(providers).map_err(Into::into))
         .and_then(|mut b| b.commit_from_file(&manifest.files.model))
         .map_err(|e| anyhow!("cannot open model `{}` from {}: {e}", manifest.name, manifest.files.model.display()))?;
     let declared = [&manifest.inputs.input_ids, &manifest.inputs.attention_mask, &manifest.inputs.token_type_ids];
