@@ -53,4 +53,9 @@ if [ ! -f "$VENDOR/models/paraphrase-minilm-l3/model.onnx" ]; then
   mv "$VENDOR/models/paraphrase-minilm-l3/paraphrase-MiniLM-L3-v2.onnx" "$VENDOR/models/paraphrase-minilm-l3/model.onnx"
   cp "$VENDOR/models/minilm-l6/tokenizer.json" "$VENDOR/models/paraphrase-minilm-l3/tokenizer.json"
 fi
+# Python's `onnx` builds the small test models (tests/models/make_models.py); kept in its own venv.
+if [ ! -x "$VENDOR/venv/bin/python" ] || ! "$VENDOR/venv/bin/python" -c "import onnx, numpy" 2>/dev/null; then
+  python3 -m venv "$VENDOR/venv"
+  "$VENDOR/venv/bin/python" -m pip install --quiet "onnx==1.23.2" "numpy>=1.26,<3" >&2
+fi
 echo "setup: wasm32-wasip2 target, ONNX Runtime $ORT_VERSION and MiniLM models are in place ($VENDOR/)" >&2

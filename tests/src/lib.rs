@@ -73,3 +73,27 @@ pub fn add_model(host: &Quarry, name: &str) {
 pub fn route(strategy: &str, models: &[&str], config: serde_json::Value) -> Route {
     Route { strategy: strategy.to_string(), config, grants: Grants { models: models.iter().map(|m| m.to_string()).collect(), ..Default::default() } }
 }
+
+/// Build the small designed ONNX models (tests/models/make_models.py) once per test process and
+/// return their folder; each model has its manifest there.
+pub fn test_models_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = root().join("target/test-models");
+        let python = root().join("vendor/venv/bin/python");
+        let status = Command::new(&python)
+            .arg(root().join("tests/models/make_models.py"))
+            .arg(&out)
+            .arg(root().join("vendor/models/minilm-l6/tokenizer.json"))
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}; run `bash scripts/setup.sh` first", python.display()));
+        assert!(status.success(), "building the test models failed");
+        out
+    })
+}
+
+/// Register a model built by [`test_models_dir`].
+pub fn add_test_model(host: &Quarry, file: &str) {
+    let path = test_models_dir().join(format!("{file}.json"));
+    host.add_model_file(&path).unwrap_or_else(|e| panic!("test model {file}: {e:#}"));
+}

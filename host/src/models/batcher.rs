@@ -13,19 +13,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-/// One request's model inputs, unpadded.
+/// One tokenized text, unpadded, with any slot vectors and the positions they replace.
+pub(crate) struct TextRow {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub slots: Vec<(usize, Vec<f32>)>,
+}
+
+/// One request's model inputs.
 pub(crate) enum Inputs {
-    /// Token ids and attention mask of each text.
-    Text(Vec<(Vec<i64>, Vec<i64>)>),
+    Text(Vec<TextRow>),
     /// Preprocessed images, `3 * side * side` floats each.
     Pixels { side: usize, rows: Vec<Vec<f32>> },
+    /// Projector inputs, `dim` floats each.
+    Vectors { dim: usize, rows: Vec<Vec<f32>> },
 }
 
 impl Inputs {
     fn len(&self) -> usize {
         match self {
             Inputs::Text(rows) => rows.len(),
-            Inputs::Pixels { rows, .. } => rows.len(),
+            Inputs::Pixels { rows, .. } | Inputs::Vectors { rows, .. } => rows.len(),
         }
     }
 
@@ -33,6 +41,7 @@ impl Inputs {
         match (self, other) {
             (Inputs::Text(_), Inputs::Text(_)) => true,
             (Inputs::Pixels { side: a, .. }, Inputs::Pixels { side: b, .. }) => a == b,
+            (Inputs::Vectors { dim: a, .. }, Inputs::Vectors { dim: b, .. }) => a == b,
             _ => false,
         }
     }
@@ -161,18 +170,21 @@ impl Worker {
         match parts[0] {
             Inputs::Text(_) => {
                 let spec = self.manifest.tokenizer.as_ref().expect("validated: text encoders have a tokenizer section");
-                let rows: Vec<&(Vec<i64>, Vec<i64>)> = parts.iter().flat_map(|p| match p {
-                    Inputs::Text(rows) => rows.iter(),
-                    Inputs::Pixels { .. } => unreachable!("batches hold one kind of input"),
-                }).collect();
-                let longest = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0).max(1);
+                let rows: Vec<&TextRow> = parts
+                    .iter()
+                    .flat_map(|p| match p {
+                        Inputs::Text(rows) => rows.iter(),
+                        _ => unreachable!("batches hold one kind of input"),
+                    })
+                    .collect();
+                let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0).max(1);
                 // Fixed-length exports (CLIP's 77) get `pad_to`; others pad to the longest text.
                 let seq = spec.pad_to.map_or(longest, |p| p.max(longest));
                 let mut ids = vec![spec.pad_id as i64; n * seq];
                 let mut mask = vec![0i64; n * seq];
-                for (row, (row_ids, row_mask)) in rows.iter().enumerate() {
-                    ids[row * seq..row * seq + row_ids.len()].copy_from_slice(row_ids);
-                    mask[row * seq..row * seq + row_mask.len()].copy_from_slice(row_mask);
+                for (row, r) in rows.iter().enumerate() {
+                    ids[row * seq..row * seq + r.ids.len()].copy_from_slice(&r.ids);
+                    mask[row * seq..row * seq + r.mask.len()].copy_from_slice(&r.mask);
                 }
                 let shape = vec![n as i64, seq as i64];
                 let tensor = |data: Vec<i64>| Tensor::from_array((shape.clone(), data)).map_err(|e| anyhow!("{e}"));
@@ -186,6 +198,22 @@ impl Worker {
                 if let Some(input) = &names.token_type_ids {
                     feed.push((input.clone().into(), tensor(vec![0; n * seq])?.into()));
                 }
+                // A slot-capable graph always takes slot inputs; rows without slots pass zeros.
+                if let Some(slots) = &self.manifest.slots {
+                    let mut embeds = vec![0f32; n * seq * slots.dim];
+                    let mut slot_mask = vec![0f32; n * seq];
+                    for (row, r) in rows.iter().enumerate() {
+                        for (pos, vector) in &r.slots {
+                            let at = (row * seq + pos) * slots.dim;
+                            embeds[at..at + slots.dim].copy_from_slice(vector);
+                            slot_mask[row * seq + pos] = 1.0;
+                        }
+                    }
+                    let embeds = Tensor::from_array((vec![n as i64, seq as i64, slots.dim as i64], embeds)).map_err(|e| anyhow!("{e}"))?;
+                    let slot_mask = Tensor::from_array((shape.clone(), slot_mask)).map_err(|e| anyhow!("{e}"))?;
+                    feed.push((slots.embeds_input.clone().into(), embeds.into()));
+                    feed.push((slots.mask_input.clone().into(), slot_mask.into()));
+                }
                 text_mask = Some((mask, seq));
             }
             Inputs::Pixels { side, .. } => {
@@ -197,6 +225,17 @@ impl Worker {
                 }
                 let tensor = Tensor::from_array((vec![n as i64, 3, *side as i64, *side as i64], pixels)).map_err(|e| anyhow!("{e}"))?;
                 let input = self.manifest.inputs.pixel_values.clone().expect("validated: image encoders name pixel_values");
+                feed.push((input.into(), tensor.into()));
+            }
+            Inputs::Vectors { dim, .. } => {
+                let mut data = Vec::with_capacity(n * dim);
+                for part in parts {
+                    if let Inputs::Vectors { rows, .. } = part {
+                        rows.iter().for_each(|r| data.extend_from_slice(r));
+                    }
+                }
+                let tensor = Tensor::from_array((vec![n as i64, *dim as i64], data)).map_err(|e| anyhow!("{e}"))?;
+                let input = self.manifest.inputs.vectors.clone().expect("validated: projectors name their vectors input");
                 feed.push((input.into(), tensor.into()));
             }
         }
@@ -251,7 +290,8 @@ mod tests {
                         let bad = i == 3;
                         let len = if bad { 600 } else { 3 + i };
                         let ids: Vec<i64> = (0..len).map(|t| if t == 0 { 101 } else { 2000 + t as i64 }).collect();
-                        (bad, batcher.run(Inputs::Text(vec![(ids, vec![1; len])]), "last_hidden_state"))
+                        let row = TextRow { ids, mask: vec![1; len], slots: Vec::new() };
+                        (bad, batcher.run(Inputs::Text(vec![row]), "last_hidden_state"))
                     })
                 })
                 .collect();

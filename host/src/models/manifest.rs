@@ -28,6 +28,9 @@ pub struct ModelManifest {
     /// Text models: how to tokenize.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerSpec>,
+    /// Text models that can take slot vectors in place of a placeholder token's embedding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<SlotSpec>,
     /// Image models: how to turn a decoded image into `pixel_values`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocess: Option<ImagePreprocess>,
@@ -54,6 +57,23 @@ pub enum ModelRole {
     TextEncoder,
     /// Images to embeddings (`embed-images`, `image-tokens`).
     ImageEncoder,
+    /// Vectors to vectors (`project`), e.g. LinCIR's image-embedding-to-token map.
+    Projector,
+}
+
+/// How a text encoder takes slot vectors: the graph has an input with one vector per token
+/// position and a mask marking the positions whose embedding the vector replaces.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlotSpec {
+    /// The placeholder token in templates (for example `$`); it must be one token.
+    pub placeholder: String,
+    /// Input `[batch, tokens, dim]` holding the slot vectors at their positions.
+    pub embeds_input: String,
+    /// Input `[batch, tokens]` (float), 1 where a slot replaces the token embedding.
+    pub mask_input: String,
+    /// Length of a slot vector (the model's token-embedding size).
+    pub dim: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -77,6 +97,9 @@ pub struct InputNames {
     pub token_type_ids: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pixel_values: Option<String>,
+    /// Projectors: the `[batch, dim]` input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<String>,
 }
 
 impl Default for InputNames {
@@ -87,6 +110,7 @@ impl Default for InputNames {
             attention_mask: Some("attention_mask".into()),
             token_type_ids: None,
             pixel_values: Some("pixel_values".into()),
+            vectors: None,
         }
     }
 }
@@ -223,6 +247,11 @@ impl ModelManifest {
                     bail!("model `{}` is a text encoder, so `inputs.input_ids` must name the token id input", self.name);
                 }
             }
+            ModelRole::Projector => {
+                if self.inputs.vectors.is_none() {
+                    bail!("model `{}` is a projector, so `inputs.vectors` must name its `[batch, dim]` input", self.name);
+                }
+            }
             ModelRole::ImageEncoder => {
                 if self.preprocess.is_none() {
                     bail!("model `{}` is an image encoder, so it needs a `preprocess` section (resize, crop, mean, std)", self.name);
@@ -231,6 +260,9 @@ impl ModelManifest {
                     bail!("model `{}` is an image encoder, so `inputs.pixel_values` must name the image input", self.name);
                 }
             }
+        }
+        if self.slots.is_some() && self.role != ModelRole::TextEncoder {
+            bail!("model `{}`: only text encoders take `slots`", self.name);
         }
         if self.batch.max_batch == 0 {
             bail!("model `{}`: `batch.max_batch` must be at least 1", self.name);

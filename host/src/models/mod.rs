@@ -10,7 +10,7 @@ pub mod preprocess;
 pub use manifest::{ModelManifest, ModelRole, OutputKind, Pooling};
 
 use anyhow::{Result, anyhow, bail};
-use batcher::{Batcher, Inputs};
+use batcher::{Batcher, Inputs, TextRow};
 use ort::session::Session;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -161,6 +161,26 @@ impl Models {
         self.loaded.lock().unwrap().get(model).map(|m| m.batcher.stats())
     }
 
+    /// Embeddings of templates whose placeholder tokens take the given slot vectors.
+    pub fn embed_texts_with_slots(&self, model: &str, texts: &[(String, Vec<Vec<f32>>)]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let model = self.get(model, ModelRole::TextEncoder)?;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(model.manifest.batch.max_batch) {
+            out.extend(model.embed_texts_with_slots(chunk)?);
+        }
+        Ok(out)
+    }
+
+    /// Run a projector over vectors.
+    pub fn project(&self, model: &str, vectors: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let model = self.get(model, ModelRole::Projector)?;
+        let mut out = Vec::with_capacity(vectors.len());
+        for chunk in vectors.chunks(model.manifest.batch.max_batch) {
+            out.extend(model.project(chunk)?);
+        }
+        Ok(out)
+    }
+
     /// Per-token features of each text, padding removed: (dim, floats).
     pub fn text_tokens(&self, model: &str, texts: &[String]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
         let model = self.get(model, ModelRole::TextEncoder)?;
@@ -238,10 +258,14 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
         .and_then(|mut b| b.commit_from_file(&manifest.files.model))
         .map_err(|e| anyhow!("cannot open model `{}` from {}: {e}", manifest.name, manifest.files.model.display()))?;
     let declared = [&manifest.inputs.input_ids, &manifest.inputs.attention_mask, &manifest.inputs.token_type_ids];
-    let wanted: Vec<&String> = match manifest.role {
+    let mut wanted: Vec<&String> = match manifest.role {
         ModelRole::TextEncoder => declared.into_iter().flatten().collect(),
         ModelRole::ImageEncoder => manifest.inputs.pixel_values.iter().collect(),
+        ModelRole::Projector => manifest.inputs.vectors.iter().collect(),
     };
+    if let Some(slots) = &manifest.slots {
+        wanted.extend([&slots.embeds_input, &slots.mask_input]);
+    }
     for name in wanted {
         if !session.inputs().iter().any(|i| i.name() == name) {
             bail!(
@@ -285,9 +309,42 @@ impl LoadedModel {
         Ok(Inputs::Text(
             encodings
                 .iter()
-                .map(|e| (e.get_ids().iter().map(|&i| i as i64).collect(), e.get_attention_mask().iter().map(|&m| m as i64).collect()))
+                .map(|e| TextRow {
+                    ids: e.get_ids().iter().map(|&i| i as i64).collect(),
+                    mask: e.get_attention_mask().iter().map(|&m| m as i64).collect(),
+                    slots: Vec::new(),
+                })
                 .collect(),
         ))
+    }
+
+    /// Tokenize templates and place each template's slot vectors at its placeholder tokens.
+    fn slotted_inputs(&self, texts: &[(String, Vec<Vec<f32>>)]) -> Result<Inputs, ModelError> {
+        let spec = self.manifest.slots.as_ref().ok_or_else(|| {
+            ModelError::InvalidInput(format!("model `{}` takes no slots; its manifest needs a `slots` section", self.manifest.name))
+        })?;
+        let tokenizer = self.tokenizer.as_ref().expect("validated: text encoders have a tokenizer");
+        let placeholder = tokenizer.token_to_id(&spec.placeholder).ok_or_else(|| {
+            ModelError::Runtime(anyhow!("model `{}`: placeholder `{}` is not one token of its tokenizer", self.manifest.name, spec.placeholder))
+        })? as i64;
+        let templates: Vec<String> = texts.iter().map(|(t, _)| t.clone()).collect();
+        let Inputs::Text(mut rows) = self.text_inputs(&templates)? else { unreachable!("text_inputs makes text rows") };
+        for (i, (row, (template, slots))) in rows.iter_mut().zip(texts).enumerate() {
+            let positions: Vec<usize> = row.ids.iter().enumerate().filter(|(_, id)| **id == placeholder).map(|(p, _)| p).collect();
+            if positions.len() != slots.len() {
+                return Err(ModelError::InvalidInput(format!(
+                    "text {i} ({template:?}) has {} `{}` placeholder(s) but {} slot vector(s)",
+                    positions.len(),
+                    spec.placeholder,
+                    slots.len()
+                )));
+            }
+            if let Some(bad) = slots.iter().find(|v| v.len() != spec.dim) {
+                return Err(ModelError::InvalidInput(format!("text {i}: a slot vector has {} values, the model takes {}", bad.len(), spec.dim)));
+            }
+            row.slots = positions.into_iter().zip(slots.iter().cloned()).collect();
+        }
+        Ok(Inputs::Text(rows))
     }
 
     /// Decode and preprocess a batch of images.
@@ -312,6 +369,20 @@ impl LoadedModel {
     fn embed_images(&self, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let out = self.batcher.run(self.image_inputs(images)?, &self.manifest.output.name)?;
         self.pool((out.shape, out.data), images.len(), None)
+    }
+
+    fn embed_texts_with_slots(&self, texts: &[(String, Vec<Vec<f32>>)]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let out = self.batcher.run(self.slotted_inputs(texts)?, &self.manifest.output.name)?;
+        self.pool((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
+    }
+
+    fn project(&self, vectors: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let dim = vectors.first().map_or(0, Vec::len);
+        if let Some((i, v)) = vectors.iter().enumerate().find(|(_, v)| v.len() != dim) {
+            return Err(ModelError::InvalidInput(format!("vector {i} has {} values but vector 0 has {dim}", v.len())));
+        }
+        let out = self.batcher.run(Inputs::Vectors { dim, rows: vectors.to_vec() }, &self.manifest.output.name)?;
+        self.pool((out.shape, out.data), vectors.len(), None)
     }
 
     fn token_output(&self) -> Result<&str, ModelError> {

@@ -201,7 +201,7 @@ fn unsupported(capability: &str, issue: &str) -> WitError {
     WitError::Unsupported(format!("{capability} is not backed by this host yet (it arrives with {issue})"))
 }
 
-const MODEL_RUNTIME_ISSUE: &str = "the model-runtime issue: slots, projection, decoders, cross-encoders";
+const MODEL_RUNTIME_ISSUE: &str = "the model-runtime issue: decoder sessions and cross-encoders";
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -250,16 +250,23 @@ impl quarry::retrieval::encoders::Host for CallState {
         })())
     }
 
-    fn embed_texts_with_slots(
-        &mut self,
-        model: String,
-        _texts: Vec<quarry::retrieval::encoders::SlottedText>,
-    ) -> Answer<Vec<Vec<f32>>> {
-        Ok(self.model(&model).and(Err(unsupported("encoders.embed-texts-with-slots", MODEL_RUNTIME_ISSUE))))
+    fn embed_texts_with_slots(&mut self, model: String, texts: Vec<quarry::retrieval::encoders::SlottedText>) -> Answer<Vec<Vec<f32>>> {
+        Ok((|| {
+            self.model(&model)?;
+            self.batch("embed-texts-with-slots", &texts)?;
+            self.payload("embed-texts-with-slots", texts.iter().flat_map(|t| &t.slots).map(|v| v.len() * 4).sum())?;
+            let texts: Vec<(String, Vec<Vec<f32>>)> = texts.into_iter().map(|t| (t.template, t.slots)).collect();
+            Ok(self.services.models.embed_texts_with_slots(&model, &texts)?)
+        })())
     }
 
-    fn project(&mut self, model: String, _vectors: Vec<Vec<f32>>) -> Answer<Vec<Vec<f32>>> {
-        Ok(self.model(&model).and(Err(unsupported("encoders.project", MODEL_RUNTIME_ISSUE))))
+    fn project(&mut self, model: String, vectors: Vec<Vec<f32>>) -> Answer<Vec<Vec<f32>>> {
+        Ok((|| {
+            self.model(&model)?;
+            self.batch("project", &vectors)?;
+            self.payload("project", vectors.iter().map(|v| v.len() * 4).sum())?;
+            Ok(self.services.models.project(&model, &vectors)?)
+        })())
     }
 }
 
