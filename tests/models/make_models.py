@@ -3,6 +3,8 @@
     python make_models.py OUT_DIR TOKENIZER_JSON
 
 - projector.onnx: phi(x) = x @ W + b, a vector-to-vector model (LinCIR's image-to-token map).
+- captioner.onnx (+ captioner-encoder.onnx): an encoder-decoder that generates a caption's
+  attribute codes (colour, then shape), for generative retrieval.
 - slot-text.onnx: a slot-capable text encoder over the given WordPiece vocabulary. Each word's
   token embedding lies on a known attribute axis (colours, shapes), so a caption's pooled
   embedding means something; a placeholder token's embedding can be replaced by a given vector.
@@ -122,11 +124,113 @@ def slot_text(out_dir, tokenizer_json):
     )
 
 
+# The captioner's code vocabulary: what it generates for an image's attributes.
+CODES = ["<bos>", "<eos>", "red", "blue", "green", "circle", "square", "triangle"]
+MAX_STEPS = 8
+
+
+def captioner(out_dir, tokenizer_json):
+    """An encoder-decoder that writes a caption's colour code, then its shape code, then <eos>."""
+    with open(tokenizer_json) as f:
+        vocab = json.load(f)["model"]["vocab"]
+    dim = len(AXES)
+    table = np.zeros((len(vocab), dim), dtype=np.float32)
+    for axis, word in enumerate(AXES):
+        table[vocab[word], axis] = 1.0
+    n, s, t = "n", "s", "t"
+
+    encoder = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "input_ids"], ["tokens"]),
+            helper.make_node("Cast", ["attention_mask"], ["am2"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["am2", "axis2"], ["am"]),
+            helper.make_node("Mul", ["tokens", "am"], ["last_hidden_state"]),
+        ],
+        "captioner_encoder",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, [n, s]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [n, s]),
+        ],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [n, s, dim])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2")],
+    )
+    save_plain(helper.make_model(encoder, opset_imports=OPSET, ir_version=IR_VERSION), out_dir, "captioner-encoder")
+
+    # Step 0 reads the colour axes, step 1 the shape axes, later steps say <eos>. Colour weighs
+    # more than shape, so when no item has both, the right colour wins.
+    weights = np.zeros((MAX_STEPS, dim, len(CODES)), dtype=np.float32)
+    bias = np.zeros((MAX_STEPS, len(CODES)), dtype=np.float32)
+    for axis in range(3):
+        weights[0, axis, 2 + axis] = 6.0
+        weights[1, 3 + axis, 5 + axis] = 4.0
+    bias[2:, 1] = 5.0
+    decoder = helper.make_graph(
+        [
+            helper.make_node("Cast", ["encoder_attention_mask"], ["em2"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["em2", "axis2"], ["em"]),
+            helper.make_node("Mul", ["encoder_hidden_states", "em"], ["masked"]),
+            helper.make_node("ReduceSum", ["masked", "axis1"], ["pooled"], keepdims=0),
+            helper.make_node("Unsqueeze", ["pooled", "axes12"], ["pooled4"]),
+            helper.make_node("Shape", ["decoder_input_ids"], ["ids_shape"]),
+            helper.make_node("Slice", ["ids_shape", "one_i", "two_i"], ["steps"]),
+            helper.make_node("Slice", ["weights", "zero_i", "steps", "zero_i"], ["w"]),
+            helper.make_node("Slice", ["bias", "zero_i", "steps", "zero_i"], ["b"]),
+            helper.make_node("MatMul", ["pooled4", "w"], ["scores4"]),
+            helper.make_node("Squeeze", ["scores4", "axis2"], ["scores"]),
+            helper.make_node("Add", ["scores", "b"], ["logits"]),
+        ],
+        "captioner_decoder",
+        [
+            helper.make_tensor_value_info("decoder_input_ids", TensorProto.INT64, [n, t]),
+            helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, [n, s, dim]),
+            helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT64, [n, s]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, t, len(CODES)])],
+        [
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(bias, "bias"),
+            numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+            numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes12"),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "zero_i"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "one_i"),
+            numpy_helper.from_array(np.array([2], dtype=np.int64), "two_i"),
+        ],
+    )
+    save(
+        helper.make_model(decoder, opset_imports=OPSET, ir_version=IR_VERSION),
+        out_dir,
+        "captioner",
+        {
+            "name": "captioner",
+            "role": "decoder",
+            "files": {"model": "captioner.onnx", "encoder": "captioner-encoder.onnx", "tokenizer": os.path.abspath(tokenizer_json)},
+            "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask"},
+            "output": {"name": "last_hidden_state", "kind": "tokens"},
+            "tokenizer": {"max_length": 77},
+            "decoder": {
+                "input_ids": "decoder_input_ids",
+                "encoder_hidden_states": "encoder_hidden_states",
+                "encoder_attention_mask": "encoder_attention_mask",
+                "logits": "logits",
+                "start_token": 0,
+            },
+            "normalize": False,
+        },
+    )
+
+
+def save_plain(model, out_dir, name):
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(out_dir, f"{name}.onnx"))
+
+
 def main():
     out_dir, tokenizer_json = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
     projector(out_dir)
     slot_text(out_dir, tokenizer_json)
+    captioner(out_dir, tokenizer_json)
 
 
 if __name__ == "__main__":

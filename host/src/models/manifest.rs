@@ -31,6 +31,9 @@ pub struct ModelManifest {
     /// Text models that can take slot vectors in place of a placeholder token's embedding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<SlotSpec>,
+    /// Decoders: how to drive generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<DecoderSpec>,
     /// Image models: how to turn a decoded image into `pixel_values`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocess: Option<ImagePreprocess>,
@@ -59,6 +62,29 @@ pub enum ModelRole {
     ImageEncoder,
     /// Vectors to vectors (`project`), e.g. LinCIR's image-embedding-to-token map.
     Projector,
+    /// Prompt to next-token log-probabilities, step by step (`decoders.generation`).
+    Decoder,
+}
+
+/// How to drive a decoder. Encoder-decoder layouts (`files.encoder` set) encode the prompt once
+/// with the encoder and pass its states to every decoder step; decoder-only layouts put the
+/// prompt's tokens before each prefix.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderSpec {
+    /// The decoder's token input `[batch, steps]`.
+    pub input_ids: String,
+    /// Encoder-decoder: the decoder input taking the encoder's states (the encoder's output is
+    /// `output.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_hidden_states: Option<String>,
+    /// Encoder-decoder: the decoder input taking the prompt's attention mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_attention_mask: Option<String>,
+    /// The decoder output `[batch, steps, vocab]`.
+    pub logits: String,
+    /// Prepended to every prefix (BOS / decoder start token).
+    pub start_token: u32,
 }
 
 /// How a text encoder takes slot vectors: the graph has an input with one vector per token
@@ -84,6 +110,9 @@ pub struct ModelFiles {
     /// A Hugging Face `tokenizer.json` (text models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<PathBuf>,
+    /// Decoders with an encoder-decoder layout: the encoder graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -220,6 +249,7 @@ impl ModelManifest {
         let base = path.parent().unwrap_or(Path::new("."));
         manifest.files.model = absolute(base, &manifest.files.model);
         manifest.files.tokenizer = manifest.files.tokenizer.as_ref().map(|t| absolute(base, t));
+        manifest.files.encoder = manifest.files.encoder.as_ref().map(|t| absolute(base, t));
         manifest.validate().with_context(|| format!("model manifest {}", path.display()))?;
         Ok(manifest)
     }
@@ -234,22 +264,23 @@ impl ModelManifest {
             Ok(())
         };
         exists("model", &self.files.model)?;
+        let role = match self.role {
+            ModelRole::TextEncoder => "a text encoder",
+            ModelRole::Decoder => "a decoder",
+            ModelRole::ImageEncoder => "an image encoder",
+            ModelRole::Projector => "a projector",
+        };
         match self.role {
-            ModelRole::TextEncoder => {
+            ModelRole::TextEncoder | ModelRole::Decoder => {
                 let tokenizer = self.files.tokenizer.as_ref().with_context(|| {
-                    format!("model `{}` is a text encoder, so `files.tokenizer` must name its tokenizer.json", self.name)
+                    format!("model `{}` is {role}, so `files.tokenizer` must name its tokenizer.json", self.name)
                 })?;
                 exists("tokenizer", tokenizer)?;
                 if self.tokenizer.is_none() {
-                    bail!("model `{}` is a text encoder, so it needs a `tokenizer` section with `max_length`", self.name);
+                    bail!("model `{}` is {role}, so it needs a `tokenizer` section with `max_length`", self.name);
                 }
                 if self.inputs.input_ids.is_none() {
-                    bail!("model `{}` is a text encoder, so `inputs.input_ids` must name the token id input", self.name);
-                }
-            }
-            ModelRole::Projector => {
-                if self.inputs.vectors.is_none() {
-                    bail!("model `{}` is a projector, so `inputs.vectors` must name its `[batch, dim]` input", self.name);
+                    bail!("model `{}` is {role}, so `inputs.input_ids` must name the token id input", self.name);
                 }
             }
             ModelRole::ImageEncoder => {
@@ -258,6 +289,22 @@ impl ModelManifest {
                 }
                 if self.inputs.pixel_values.is_none() {
                     bail!("model `{}` is an image encoder, so `inputs.pixel_values` must name the image input", self.name);
+                }
+            }
+            ModelRole::Projector => {
+                if self.inputs.vectors.is_none() {
+                    bail!("model `{}` is a projector, so `inputs.vectors` must name its `[batch, dim]` input", self.name);
+                }
+            }
+        }
+        if self.role == ModelRole::Decoder {
+            let Some(spec) = &self.decoder else {
+                bail!("model `{}` is a decoder, so it needs a `decoder` section (input_ids, logits, start_token)", self.name);
+            };
+            if let Some(encoder) = &self.files.encoder {
+                exists("encoder", encoder)?;
+                if spec.encoder_hidden_states.is_none() {
+                    bail!("model `{}` has an encoder, so `decoder.encoder_hidden_states` must name the decoder input for its states", self.name);
                 }
             }
         }

@@ -4,6 +4,7 @@
 //! `scripts/setup.sh` unpacks from the PyPI `onnxruntime` wheel; see [`locate_onnxruntime`].
 
 mod batcher;
+pub mod decoder;
 pub mod manifest;
 pub mod preprocess;
 
@@ -11,6 +12,7 @@ pub use manifest::{ModelManifest, ModelRole, OutputKind, Pooling};
 
 use anyhow::{Result, anyhow, bail};
 use batcher::{Batcher, Inputs, TextRow};
+use decoder::{DecoderRuntime, Generation};
 use ort::session::Session;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -94,8 +96,14 @@ fn environment() -> Result<&'static ort::environment::Environment> {
 /// A model whose session is open.
 struct LoadedModel {
     manifest: ModelManifest,
-    batcher: Batcher,
+    runtime: Runtime,
     tokenizer: Option<tokenizers::Tokenizer>,
+}
+
+/// Encoders and projectors share batched runs; decoders hold per-session state.
+enum Runtime {
+    Batched(Batcher),
+    Decoder(Arc<DecoderRuntime>),
 }
 
 /// The registered models, opened lazily on first use.
@@ -158,7 +166,7 @@ impl Models {
     /// How many inference runs a model has made, and over how many inputs in all (None if the
     /// model is not open). More inputs than runs means concurrent requests were batched.
     pub fn run_stats(&self, model: &str) -> Option<(u64, u64)> {
-        self.loaded.lock().unwrap().get(model).map(|m| m.batcher.stats())
+        self.loaded.lock().unwrap().get(model).and_then(|m| m.batcher().ok().map(Batcher::stats))
     }
 
     /// Embeddings of templates whose placeholder tokens take the given slot vectors.
@@ -169,6 +177,22 @@ impl Models {
             out.extend(model.embed_texts_with_slots(chunk)?);
         }
         Ok(out)
+    }
+
+    /// Open a generation session on a decoder: the prompt is tokenized and encoded once.
+    pub fn start_generation(&self, model: &str, prompt: &str) -> Result<Generation, ModelError> {
+        let model = self.get(model, ModelRole::Decoder)?;
+        let Runtime::Decoder(runtime) = &model.runtime else { unreachable!("decoders have a decoder runtime") };
+        let Inputs::Text(mut rows) = model.text_inputs(&[prompt.to_string()])? else { unreachable!("text_inputs makes text rows") };
+        Generation::start(runtime.clone(), &model.manifest, rows.remove(0).ids)
+    }
+
+    /// Generation sessions open on a decoder.
+    pub fn live_generations(&self, model: &str) -> usize {
+        match self.loaded.lock().unwrap().get(model).map(|m| &m.runtime) {
+            Some(Runtime::Decoder(runtime)) => runtime.live.load(std::sync::atomic::Ordering::Relaxed),
+            _ => 0,
+        }
     }
 
     /// Run a projector over vectors.
@@ -246,45 +270,78 @@ fn execution_providers(manifest: &ModelManifest) -> Result<Vec<ort::ep::Executio
     })
 }
 
-fn open(manifest: ModelManifest) -> Result<LoadedModel> {
+/// Open one graph of a model with the manifest's execution providers.
+fn session(manifest: &ModelManifest, path: &Path) -> Result<Session> {
     let env = environment()?;
-    let providers = execution_providers(&manifest)?;
+    let providers = execution_providers(manifest)?;
     // Idle ORT workers would otherwise spin after every run, taking cores from other callers
     // (plugins, tenants, the other models) on a shared host.
-    let session = Session::builder(env)
+    Session::builder(env)
         .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
         .and_then(|b| b.with_inter_op_spinning(false).map_err(Into::into))
         .and_then(|b| b.with_execution_providers(providers).map_err(Into::into))
-        .and_then(|mut b| b.commit_from_file(&manifest.files.model))
-        .map_err(|e| anyhow!("cannot open model `{}` from {}: {e}", manifest.name, manifest.files.model.display()))?;
-    let declared = [&manifest.inputs.input_ids, &manifest.inputs.attention_mask, &manifest.inputs.token_type_ids];
-    let mut wanted: Vec<&String> = match manifest.role {
-        ModelRole::TextEncoder => declared.into_iter().flatten().collect(),
-        ModelRole::ImageEncoder => manifest.inputs.pixel_values.iter().collect(),
-        ModelRole::Projector => manifest.inputs.vectors.iter().collect(),
-    };
-    if let Some(slots) = &manifest.slots {
-        wanted.extend([&slots.embeds_input, &slots.mask_input]);
-    }
-    for name in wanted {
-        if !session.inputs().iter().any(|i| i.name() == name) {
+        .and_then(|mut b| b.commit_from_file(path))
+        .map_err(|e| anyhow!("cannot open model `{}` from {}: {e}", manifest.name, path.display()))
+}
+
+/// Check that a graph has the inputs and outputs the manifest names.
+fn check_io(model: &str, session: &Session, inputs: &[&String], outputs: &[&String]) -> Result<()> {
+    for name in inputs {
+        if !session.inputs().iter().any(|i| i.name() == name.as_str()) {
             bail!(
-                "model `{}` has no input named `{name}` (its inputs are: {}); fix `inputs` in its manifest",
-                manifest.name,
+                "model `{model}` has no input named `{name}` (its inputs are: {}); fix its manifest",
                 session.inputs().iter().map(|i| i.name().to_string()).collect::<Vec<_>>().join(", ")
             );
         }
     }
-    if !session.outputs().iter().any(|o| o.name() == manifest.output.name) {
-        bail!(
-            "model `{}` has no output named `{}` (its outputs are: {}); fix `output.name` in its manifest",
-            manifest.name,
-            manifest.output.name,
-            session.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ")
-        );
+    for name in outputs {
+        if !session.outputs().iter().any(|o| o.name() == name.as_str()) {
+            bail!(
+                "model `{model}` has no output named `{name}` (its outputs are: {}); fix its manifest",
+                session.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
     }
+    Ok(())
+}
+
+fn open(manifest: ModelManifest) -> Result<LoadedModel> {
+    let text_inputs: Vec<&String> =
+        [&manifest.inputs.input_ids, &manifest.inputs.attention_mask, &manifest.inputs.token_type_ids].into_iter().flatten().collect();
+    let runtime = match manifest.role {
+        ModelRole::Decoder => {
+            let spec = manifest.decoder.as_ref().expect("validated: decoders have a decoder section");
+            let decoder = session(&manifest, &manifest.files.model)?;
+            let inputs: Vec<&String> = [Some(&spec.input_ids), spec.encoder_hidden_states.as_ref(), spec.encoder_attention_mask.as_ref()].into_iter().flatten().collect();
+            check_io(&manifest.name, &decoder, &inputs, &[&spec.logits])?;
+            let encoder = match &manifest.files.encoder {
+                Some(path) => {
+                    let encoder = session(&manifest, path)?;
+                    check_io(&manifest.name, &encoder, &text_inputs, &[&manifest.output.name])?;
+                    Some(Mutex::new(encoder))
+                }
+                None => None,
+            };
+            Runtime::Decoder(Arc::new(DecoderRuntime { encoder, decoder: Mutex::new(decoder), live: Default::default() }))
+        }
+        role => {
+            let session = session(&manifest, &manifest.files.model)?;
+            let mut inputs: Vec<&String> = match role {
+                ModelRole::ImageEncoder => manifest.inputs.pixel_values.iter().collect(),
+                ModelRole::Projector => manifest.inputs.vectors.iter().collect(),
+                _ => text_inputs,
+            };
+            if let Some(slots) = &manifest.slots {
+                inputs.extend([&slots.embeds_input, &slots.mask_input]);
+            }
+            let mut outputs = vec![&manifest.output.name];
+            outputs.extend(manifest.token_output.as_ref());
+            check_io(&manifest.name, &session, &inputs, &outputs)?;
+            Runtime::Batched(Batcher::start(session, &manifest)?)
+        }
+    };
     let tokenizer = match &manifest.files.tokenizer {
-        Some(path) if manifest.role == ModelRole::TextEncoder => {
+        Some(path) if matches!(manifest.role, ModelRole::TextEncoder | ModelRole::Decoder) => {
             let mut t = tokenizers::Tokenizer::from_file(path)
                 .map_err(|e| anyhow!("cannot read tokenizer {} for model `{}`: {e}", path.display(), manifest.name))?;
             let max_length = manifest.tokenizer.as_ref().map_or(512, |t| t.max_length);
@@ -295,11 +352,17 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
         }
         _ => None,
     };
-    let batcher = Batcher::start(session, &manifest)?;
-    Ok(LoadedModel { manifest, batcher, tokenizer })
+    Ok(LoadedModel { manifest, runtime, tokenizer })
 }
 
 impl LoadedModel {
+    fn batcher(&self) -> Result<&Batcher, ModelError> {
+        match &self.runtime {
+            Runtime::Batched(batcher) => Ok(batcher),
+            Runtime::Decoder(_) => Err(ModelError::InvalidInput(format!("model `{}` is a decoder; use a generation session", self.manifest.name))),
+        }
+    }
+
     /// Tokenize a batch (truncated per the manifest, unpadded).
     fn text_inputs(&self, texts: &[String]) -> Result<Inputs, ModelError> {
         let tokenizer = self.tokenizer.as_ref().expect("validated: text encoders have a tokenizer");
@@ -362,17 +425,17 @@ impl LoadedModel {
     }
 
     fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let out = self.batcher.run(self.text_inputs(texts)?, &self.manifest.output.name)?;
+        let out = self.batcher()?.run(self.text_inputs(texts)?, &self.manifest.output.name)?;
         self.pool((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
     }
 
     fn embed_images(&self, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let out = self.batcher.run(self.image_inputs(images)?, &self.manifest.output.name)?;
+        let out = self.batcher()?.run(self.image_inputs(images)?, &self.manifest.output.name)?;
         self.pool((out.shape, out.data), images.len(), None)
     }
 
     fn embed_texts_with_slots(&self, texts: &[(String, Vec<Vec<f32>>)]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let out = self.batcher.run(self.slotted_inputs(texts)?, &self.manifest.output.name)?;
+        let out = self.batcher()?.run(self.slotted_inputs(texts)?, &self.manifest.output.name)?;
         self.pool((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
     }
 
@@ -381,7 +444,7 @@ impl LoadedModel {
         if let Some((i, v)) = vectors.iter().enumerate().find(|(_, v)| v.len() != dim) {
             return Err(ModelError::InvalidInput(format!("vector {i} has {} values but vector 0 has {dim}", v.len())));
         }
-        let out = self.batcher.run(Inputs::Vectors { dim, rows: vectors.to_vec() }, &self.manifest.output.name)?;
+        let out = self.batcher()?.run(Inputs::Vectors { dim, rows: vectors.to_vec() }, &self.manifest.output.name)?;
         self.pool((out.shape, out.data), vectors.len(), None)
     }
 
@@ -396,13 +459,13 @@ impl LoadedModel {
 
     /// Per-token states of each text, padding removed: (dim, tokens * dim floats).
     fn text_tokens(&self, texts: &[String]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
-        let out = self.batcher.run(self.text_inputs(texts)?, self.token_output()?)?;
+        let out = self.batcher()?.run(self.text_inputs(texts)?, self.token_output()?)?;
         self.split_tokens((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
     }
 
     /// Per-patch states of each image: (dim, patches * dim floats).
     fn image_tokens(&self, images: &[Vec<u8>]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
-        let out = self.batcher.run(self.image_inputs(images)?, self.token_output()?)?;
+        let out = self.batcher()?.run(self.image_inputs(images)?, self.token_output()?)?;
         self.split_tokens((out.shape, out.data), images.len(), None)
     }
 

@@ -47,8 +47,11 @@ impl FieldSpec {
     }
 }
 
-/// Host state behind a generation resource (backed by the model-runtime issue).
-pub struct GenerationSession;
+/// Host state behind a `generation` resource: the decoder session and its prompt state.
+pub type GenerationSession = crate::models::decoder::Generation;
+
+/// Generation sessions one call may hold open at once.
+const MAX_GENERATIONS: usize = 64;
 
 /// What a route lets its strategy touch, beyond the collection it serves.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -91,6 +94,7 @@ pub struct CallState {
     grants: Arc<CallGrants>,
     limits: Limits,
     strategy: String,
+    generations: usize,
 }
 
 /// A wall clock stuck at the Unix epoch: plugins get no wall time unless the operator opts in.
@@ -121,6 +125,7 @@ impl CallState {
             grants,
             limits: limits.clone(),
             strategy: strategy.to_string(),
+            generations: 0,
         }
     }
 
@@ -201,7 +206,7 @@ fn unsupported(capability: &str, issue: &str) -> WitError {
     WitError::Unsupported(format!("{capability} is not backed by this host yet (it arrives with {issue})"))
 }
 
-const MODEL_RUNTIME_ISSUE: &str = "the model-runtime issue: decoder sessions and cross-encoders";
+const MODEL_RUNTIME_ISSUE: &str = "the model-runtime issue: cross-encoders";
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -273,20 +278,37 @@ impl quarry::retrieval::encoders::Host for CallState {
 impl quarry::retrieval::decoders::Host for CallState {}
 
 impl quarry::retrieval::decoders::HostGeneration for CallState {
-    fn start(&mut self, model: String, _prompt: String) -> Answer<Resource<GenerationSession>> {
-        Ok(self.model(&model).and(Err(unsupported("decoders.generation", MODEL_RUNTIME_ISSUE))))
+    fn start(&mut self, model: String, prompt: String) -> Answer<Resource<GenerationSession>> {
+        let generation = (|| {
+            self.model(&model)?;
+            if self.generations >= MAX_GENERATIONS {
+                return Err(WitError::InvalidInput(format!("a call may hold {MAX_GENERATIONS} generation sessions at once; drop finished ones")));
+            }
+            Ok(self.services.models.start_generation(&model, &prompt)?)
+        })();
+        Ok(match generation {
+            Ok(generation) => {
+                self.generations += 1;
+                Ok(self.table.push(generation)?)
+            }
+            Err(e) => Err(e),
+        })
     }
 
-    fn next_logprobs(&mut self, _session: Resource<GenerationSession>, _prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<f32>>> {
-        Ok(Err(unsupported("decoders.generation", MODEL_RUNTIME_ISSUE)))
+    fn next_logprobs(&mut self, session: Resource<GenerationSession>, prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<f32>>> {
+        if let Err(e) = self.batch("next-logprobs", &prefixes) {
+            return Ok(Err(e));
+        }
+        Ok(self.table.get_mut(&session)?.next_logprobs(&prefixes).map_err(WitError::from))
     }
 
-    fn reorder(&mut self, _session: Resource<GenerationSession>, _beams: Vec<u32>) -> Answer<()> {
-        Ok(Err(unsupported("decoders.generation", MODEL_RUNTIME_ISSUE)))
+    fn reorder(&mut self, session: Resource<GenerationSession>, beams: Vec<u32>) -> Answer<()> {
+        Ok(self.table.get_mut(&session)?.reorder(&beams).map_err(WitError::from))
     }
 
     fn drop(&mut self, session: Resource<GenerationSession>) -> wasmtime::Result<()> {
         self.table.delete(session)?;
+        self.generations -= 1;
         Ok(())
     }
 }

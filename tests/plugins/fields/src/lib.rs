@@ -66,6 +66,25 @@ impl Strategy for Fields {
                 let candidates: Vec<String> = p["candidates"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
                 quarry_sdk::rankers::late_interaction(c.name(), "tokens", &token_set(&p["tokens"]), &candidates)
             }
+            // Generative retrieval: decode code sequences from the query with beam search,
+            // constrained to sequences that exist in the `codes` trie; answer their items.
+            "generate" => {
+                let model = p["model"].as_str().unwrap_or_default();
+                let steps = p["steps"].as_u64().unwrap_or(2) as usize;
+                let generation = quarry_sdk::decoders::Generation::start(model, query.text.as_deref().unwrap_or_default())?;
+                let beams = quarry_sdk::beam_search(3, steps, |prefixes| {
+                    let logprobs = generation.next_logprobs(prefixes)?;
+                    let allowed = c.next_codes("codes", prefixes)?;
+                    Ok::<_, Error>(allowed.iter().zip(&logprobs).map(|(codes, lp)| codes.iter().map(|&code| (code, lp[code as usize])).collect()).collect())
+                })?;
+                let mut hits = Vec::new();
+                for beam in beams {
+                    for id in c.items_with_codes("codes", &beam.tokens)? {
+                        hits.push(Hit { id, score: beam.logprob });
+                    }
+                }
+                Ok(hits)
+            }
             other => Err(Error::invalid(format!("unknown op `{other}`"))),
         }
     }
