@@ -5,6 +5,8 @@
 - projector.onnx: phi(x) = x @ W + b, a vector-to-vector model (LinCIR's image-to-token map).
 - captioner.onnx (+ captioner-encoder.onnx): an encoder-decoder that generates a caption's
   attribute codes (colour, then shape), for generative retrieval.
+- color-image.onnx: an image encoder into slot-text's space (mean colour on the colour axes),
+  whose 4x4 patch means are its tokens.
 - slot-text.onnx: a slot-capable text encoder over the given WordPiece vocabulary. Each word's
   token embedding lies on a known attribute axis (colours, shapes), so a caption's pooled
   embedding means something; a placeholder token's embedding can be replaced by a given vector.
@@ -124,6 +126,55 @@ def slot_text(out_dir, tokenizer_json):
     )
 
 
+def color_image(out_dir):
+    """An image encoder into the slot text encoder's space: mean red, green and blue map to the
+    `red`, `green` and `blue` axes. Its 4x4 patch means are the image's tokens."""
+    side, dim = 32, len(AXES)
+    to_axes = np.zeros((3, dim), dtype=np.float32)
+    to_axes[0, AXES.index("red")] = 1.0
+    to_axes[1, AXES.index("green")] = 1.0
+    to_axes[2, AXES.index("blue")] = 1.0
+    # A saturated colour's other channels are near 0; subtracting the mean channel value keeps
+    # white and grey away from every colour.
+    centre = (np.eye(3, dtype=np.float32) - 1.0 / 3.0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["pixel_values"], ["rgb"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["rgb", "centre"], ["centred"]),
+            helper.make_node("MatMul", ["centred", "to_axes"], ["image_embeds"]),
+            helper.make_node("AveragePool", ["pixel_values"], ["patches"], kernel_shape=[8, 8], strides=[8, 8]),
+            helper.make_node("Reshape", ["patches", "patch_shape"], ["flat"]),
+            helper.make_node("Transpose", ["flat"], ["patch_tokens"], perm=[0, 2, 1]),
+        ],
+        "color_image",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["n", 3, side, side])],
+        [
+            helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["n", dim]),
+            helper.make_tensor_value_info("patch_tokens", TensorProto.FLOAT, ["n", 16, 3]),
+        ],
+        [
+            numpy_helper.from_array(centre, "centre"),
+            numpy_helper.from_array(to_axes, "to_axes"),
+            numpy_helper.from_array(np.array([0, 3, 16], dtype=np.int64), "patch_shape"),
+        ],
+    )
+    save(
+        helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION),
+        out_dir,
+        "color-image",
+        {
+            "name": "color-image",
+            "role": "image-encoder",
+            "files": {"model": "color-image.onnx"},
+            "inputs": {"pixel_values": "pixel_values"},
+            "output": {"name": "image_embeds", "kind": "pooled"},
+            "token_output": "patch_tokens",
+            "preprocess": {"resize": side, "crop": side, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            "normalize": True,
+        },
+    )
+
+
 # The captioner's code vocabulary: what it generates for an image's attributes.
 CODES = ["<bos>", "<eos>", "red", "blue", "green", "circle", "square", "triangle"]
 MAX_STEPS = 8
@@ -231,6 +282,7 @@ def main():
     projector(out_dir)
     slot_text(out_dir, tokenizer_json)
     captioner(out_dir, tokenizer_json)
+    color_image(out_dir)
 
 
 if __name__ == "__main__":
