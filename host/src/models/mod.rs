@@ -80,8 +80,9 @@ pub fn locate_onnxruntime() -> Result<PathBuf> {
 
 static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
 
-/// Load ONNX Runtime once per process.
-fn environment() -> Result<&'static ort::environment::Environment> {
+/// The process's ONNX Runtime environment, loaded on first use; for callers that open their own
+/// sessions next to the host's (benchmarks comparing against ONNX Runtime directly).
+pub fn environment() -> Result<&'static ort::environment::Environment> {
     if let Some(env) = ENVIRONMENT.get() {
         return Ok(env);
     }
