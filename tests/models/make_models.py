@@ -34,11 +34,25 @@ PROJECTOR_B = np.array([0.1, -0.2, 0.3], dtype=np.float32)
 AXES = ["red", "blue", "green", "circle", "square", "triangle"]
 
 
-def save(model, out_dir, name, manifest):
+def save(graph, out_dir, name, manifest=None):
+    """Write `graph` as NAME.onnx, and its manifest (if any) as NAME.json."""
+    model = helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION)
     onnx.checker.check_model(model)
     onnx.save(model, os.path.join(out_dir, f"{name}.onnx"))
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
+    if manifest is not None:
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            json.dump(manifest, f, indent=2)
+
+
+def attribute_table(tokenizer_json):
+    """Token embeddings over the tokenizer's vocabulary: each attribute word on its own axis,
+    every other token zero."""
+    with open(tokenizer_json) as f:
+        vocab = json.load(f)["model"]["vocab"]
+    table = np.zeros((len(vocab), len(AXES)), dtype=np.float32)
+    for axis, word in enumerate(AXES):
+        table[vocab[word], axis] = 1.0
+    return table
 
 
 def projector(out_dir):
@@ -52,7 +66,7 @@ def projector(out_dir):
         [numpy_helper.from_array(PROJECTOR_W, "W"), numpy_helper.from_array(PROJECTOR_B, "b")],
     )
     save(
-        helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION),
+        graph,
         out_dir,
         "projector",
         {
@@ -67,12 +81,8 @@ def projector(out_dir):
 
 
 def slot_text(out_dir, tokenizer_json):
-    with open(tokenizer_json) as f:
-        vocab = json.load(f)["model"]["vocab"]
     dim = len(AXES)
-    table = np.zeros((len(vocab), dim), dtype=np.float32)
-    for axis, word in enumerate(AXES):
-        table[vocab[word], axis] = 1.0
+    table = attribute_table(tokenizer_json)
 
     n, s = "n", "s"
     inputs = [
@@ -109,7 +119,7 @@ def slot_text(out_dir, tokenizer_json):
     ]
     graph = helper.make_graph(nodes, "slot_text", inputs, outputs, init)
     save(
-        helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION),
+        graph,
         out_dir,
         "slot-text",
         {
@@ -159,7 +169,7 @@ def color_image(out_dir):
         ],
     )
     save(
-        helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION),
+        graph,
         out_dir,
         "color-image",
         {
@@ -182,12 +192,8 @@ MAX_STEPS = 8
 
 def captioner(out_dir, tokenizer_json):
     """An encoder-decoder that writes a caption's colour code, then its shape code, then <eos>."""
-    with open(tokenizer_json) as f:
-        vocab = json.load(f)["model"]["vocab"]
     dim = len(AXES)
-    table = np.zeros((len(vocab), dim), dtype=np.float32)
-    for axis, word in enumerate(AXES):
-        table[vocab[word], axis] = 1.0
+    table = attribute_table(tokenizer_json)
     n, s, t = "n", "s", "t"
 
     encoder = helper.make_graph(
@@ -205,7 +211,7 @@ def captioner(out_dir, tokenizer_json):
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [n, s, dim])],
         [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2")],
     )
-    save_plain(helper.make_model(encoder, opset_imports=OPSET, ir_version=IR_VERSION), out_dir, "captioner-encoder")
+    save(encoder, out_dir, "captioner-encoder")
 
     # Step 0 reads the colour axes, step 1 the shape axes, later steps say <eos>. Colour weighs
     # more than shape, so when no item has both, the right colour wins.
@@ -249,7 +255,7 @@ def captioner(out_dir, tokenizer_json):
         ],
     )
     save(
-        helper.make_model(decoder, opset_imports=OPSET, ir_version=IR_VERSION),
+        decoder,
         out_dir,
         "captioner",
         {
@@ -269,11 +275,6 @@ def captioner(out_dir, tokenizer_json):
             "normalize": False,
         },
     )
-
-
-def save_plain(model, out_dir, name):
-    onnx.checker.check_model(model)
-    onnx.save(model, os.path.join(out_dir, f"{name}.onnx"))
 
 
 def main():
