@@ -5,8 +5,10 @@
 - projector.onnx: phi(x) = x @ W + b, a vector-to-vector model (LinCIR's image-to-token map).
 - captioner.onnx (+ captioner-encoder.onnx): an encoder-decoder that generates a caption's
   attribute codes (colour, then shape), for generative retrieval.
-- color-image.onnx: an image encoder into slot-text's space (mean colour on the colour axes),
-  whose 4x4 patch means are its tokens.
+- color-image.onnx: an image encoder into slot-text's space for pictures of one shape on white:
+  colour from the mean colour, circle or square from patch saturation; 4x4 patch means are its
+  tokens.
+- lincir-phi.onnx: phi into slot-text's token space (keeps shape, halves colour).
 - slot-text.onnx: a slot-capable text encoder over the given WordPiece vocabulary. Each word's
   token embedding lies on a known attribute axis (colours, shapes), so a caption's pooled
   embedding means something; a placeholder token's embedding can be replaced by a given vector.
@@ -80,6 +82,33 @@ def projector(out_dir):
     )
 
 
+def lincir_phi(out_dir):
+    """phi for composed retrieval in slot-text's space: an image embedding becomes a pseudo-word
+    that keeps the image's shape and half its colour, so the modification text's colour wins."""
+    dim = len(AXES)
+    weights = np.diag([0.5, 0.5, 0.5, 1.0, 1.0, 1.0]).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["image_embeds", "W"], ["token_embeds"])],
+        "lincir_phi",
+        [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["n", dim])],
+        [helper.make_tensor_value_info("token_embeds", TensorProto.FLOAT, ["n", dim])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    save(
+        graph,
+        out_dir,
+        "lincir-phi",
+        {
+            "name": "lincir-phi",
+            "role": "projector",
+            "files": {"model": "lincir-phi.onnx"},
+            "inputs": {"vectors": "image_embeds"},
+            "output": {"name": "token_embeds", "kind": "pooled"},
+            "normalize": False,
+        },
+    )
+
+
 def slot_text(out_dir, tokenizer_json):
     dim = len(AXES)
     table = attribute_table(tokenizer_json)
@@ -137,8 +166,9 @@ def slot_text(out_dir, tokenizer_json):
 
 
 def color_image(out_dir):
-    """An image encoder into the slot text encoder's space: mean red, green and blue map to the
-    `red`, `green` and `blue` axes. Its 4x4 patch means are the image's tokens."""
+    """An image encoder into the slot text encoder's space, for pictures of one centred shape on
+    white. Mean red, green and blue map to the colour axes. Shape comes from 4x4 patches of
+    colour saturation: a square fills the patches at the crop's corners, a circle does not."""
     side, dim = 32, len(AXES)
     to_axes = np.zeros((3, dim), dtype=np.float32)
     to_axes[0, AXES.index("red")] = 1.0
@@ -146,15 +176,38 @@ def color_image(out_dir):
     to_axes[2, AXES.index("blue")] = 1.0
     # A saturated colour's other channels are near 0; subtracting the mean channel value keeps
     # white and grey away from every colour.
-    centre = (np.eye(3, dtype=np.float32) - 1.0 / 3.0)
+    centre = np.eye(3, dtype=np.float32) - 1.0 / 3.0
+    shape_scale = 0.4
+    circle_axis = np.zeros((1, dim), dtype=np.float32)
+    circle_axis[0, AXES.index("circle")] = shape_scale
+    square_axis = np.zeros((1, dim), dtype=np.float32)
+    square_axis[0, AXES.index("square")] = shape_scale
     graph = helper.make_graph(
         [
+            # Colour.
             helper.make_node("ReduceMean", ["pixel_values"], ["rgb"], axes=[2, 3], keepdims=0),
             helper.make_node("MatMul", ["rgb", "centre"], ["centred"]),
-            helper.make_node("MatMul", ["centred", "to_axes"], ["image_embeds"]),
+            helper.make_node("MatMul", ["centred", "to_axes"], ["colour"]),
+            # Patches and their saturation (max minus min channel).
             helper.make_node("AveragePool", ["pixel_values"], ["patches"], kernel_shape=[8, 8], strides=[8, 8]),
             helper.make_node("Reshape", ["patches", "patch_shape"], ["flat"]),
             helper.make_node("Transpose", ["flat"], ["patch_tokens"], perm=[0, 2, 1]),
+            helper.make_node("ReduceMax", ["flat"], ["high"], axes=[1], keepdims=0),
+            helper.make_node("ReduceMin", ["flat"], ["low"], axes=[1], keepdims=0),
+            helper.make_node("Sub", ["high", "low"], ["saturation"]),
+            # Squareness: how saturated the corner patches are (x4: a square covers a quarter of
+            # each); roundness: the centre's saturation that the corners do not explain.
+            helper.make_node("Gather", ["saturation", "corners"], ["corner_sat"], axis=1),
+            helper.make_node("ReduceMean", ["corner_sat"], ["corner"], axes=[1], keepdims=1),
+            helper.make_node("Gather", ["saturation", "middle"], ["middle_sat"], axis=1),
+            helper.make_node("ReduceMean", ["middle_sat"], ["mid"], axes=[1], keepdims=1),
+            helper.make_node("Mul", ["corner", "four"], ["square"]),
+            helper.make_node("Sub", ["mid", "square"], ["round_raw"]),
+            helper.make_node("Relu", ["round_raw"], ["round"]),
+            helper.make_node("MatMul", ["square", "square_axis"], ["square_part"]),
+            helper.make_node("MatMul", ["round", "circle_axis"], ["circle_part"]),
+            helper.make_node("Add", ["colour", "square_part"], ["with_square"]),
+            helper.make_node("Add", ["with_square", "circle_part"], ["image_embeds"]),
         ],
         "color_image",
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["n", 3, side, side])],
@@ -166,6 +219,11 @@ def color_image(out_dir):
             numpy_helper.from_array(centre, "centre"),
             numpy_helper.from_array(to_axes, "to_axes"),
             numpy_helper.from_array(np.array([0, 3, 16], dtype=np.int64), "patch_shape"),
+            numpy_helper.from_array(np.array([0, 3, 12, 15], dtype=np.int64), "corners"),
+            numpy_helper.from_array(np.array([5, 6, 9, 10], dtype=np.int64), "middle"),
+            numpy_helper.from_array(np.array(4.0, dtype=np.float32), "four"),
+            numpy_helper.from_array(square_axis, "square_axis"),
+            numpy_helper.from_array(circle_axis, "circle_axis"),
         ],
     )
     save(
@@ -281,6 +339,7 @@ def main():
     out_dir, tokenizer_json = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
     projector(out_dir)
+    lincir_phi(out_dir)
     slot_text(out_dir, tokenizer_json)
     captioner(out_dir, tokenizer_json)
     color_image(out_dir)

@@ -13,6 +13,7 @@ pub fn root() -> PathBuf {
 
 const PLUGINS: &[&str] = &[
     "quarry-plugin-dense",
+    "quarry-plugin-lincir",
     "quarry-plugin-tgdt",
     "keyword-boost",
     "quarry-test-fields",
@@ -97,3 +98,19 @@ pub fn add_test_model(host: &Quarry, file: &str) {
     let path = test_models_dir().join(format!("{file}.json"));
     host.add_model_file(&path).unwrap_or_else(|e| panic!("test model {file}: {e:#}"));
 }
+
+/// A circle or a square of `colour` on a white 64x48 canvas, encoded as `format`.
+pub fn picture(colour: [u8; 3], circle: bool, format: image::ImageFormat) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 48, |x, y| {
+        let (dx, dy) = (x as f32 - 32.0, y as f32 - 24.0);
+        let inside = if circle { dx * dx + dy * dy < 20.0 * 20.0 } else { dx.abs() < 18.0 && dy.abs() < 18.0 };
+        image::Rgb(if inside { colour } else { [255, 255, 255] })
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, format).expect("encoding to memory cannot fail");
+    out.into_inner()
+}
+
+pub const RED: [u8; 3] = [220, 20, 20];
+pub const GREEN: [u8; 3] = [20, 200, 40];
+pub const BLUE: [u8; 3] = [30, 40, 230];

@@ -2,23 +2,7 @@
 //! image-to-image search through the dense plugin, and per-patch image tokens.
 
 use quarry_host::{SearchRequest, sources};
-use quarry_tests::{add_test_model, host, plugin, route};
-
-/// A `shape`d patch of `colour` on a white 64x48 canvas, encoded as `format`.
-fn picture(colour: [u8; 3], circle: bool, format: image::ImageFormat) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(64, 48, |x, y| {
-        let (dx, dy) = (x as f32 - 32.0, y as f32 - 24.0);
-        let inside = if circle { dx * dx + dy * dy < 20.0 * 20.0 } else { dx.abs() < 18.0 && dy.abs() < 18.0 };
-        image::Rgb(if inside { colour } else { [255, 255, 255] })
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, format).unwrap();
-    out.into_inner()
-}
-
-const RED: [u8; 3] = [220, 20, 20];
-const GREEN: [u8; 3] = [20, 200, 40];
-const BLUE: [u8; 3] = [30, 40, 230];
+use quarry_tests::{BLUE, GREEN, RED, add_test_model, host, picture, plugin, route};
 
 #[test]
 fn text_and_images_meet_in_one_space() {
