@@ -8,7 +8,7 @@ use crate::plugins::registry::{Registry, Route, write_atomically};
 use crate::plugins::{CallError, LoadedPlugin, PluginRuntime};
 use crate::sources::NewItem;
 use crate::index::filter::Filter;
-use crate::store::{FieldSchema, Store, StoredItem, WriteBatch, qualify, split_qualified};
+use crate::store::{AnnParams, FieldSchema, Store, StoredItem, WriteBatch, qualify, split_qualified};
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -296,6 +296,16 @@ impl Quarry {
     pub fn nearest(&self, collection: &str, field: &str, query: &[f32], k: usize, filter: Option<&serde_json::Value>) -> Result<Vec<crate::index::Scored>> {
         let filter = filter.map(|f| Filter::parse(&f.to_string())).transpose()?;
         self.services.indexes.nearest(&qualify(collection)?, field, query, k, filter.as_ref())
+    }
+
+    /// Use approximate (HNSW, `Some`) or exact (`None`) nearest-neighbour search on a vector
+    /// field. Filtered searches stay exact.
+    pub fn set_ann(&self, collection: &str, field: &str, ann: Option<AnnParams>) -> Result<()> {
+        let collection = &qualify(collection)?;
+        let _guard = self.commit_lock.lock().unwrap();
+        self.services.store.set_ann(collection, field, ann)?;
+        self.services.indexes.reset_ann(collection, field);
+        Ok(())
     }
 
     /// Delete items and all their fields durably; returns how many existed.

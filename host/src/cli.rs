@@ -62,6 +62,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Choose approximate (HNSW) or exact nearest-neighbour search for a vector field.
+    Index {
+        collection: String,
+        field: String,
+        /// Search this field with an HNSW graph (default: exact).
+        #[arg(long)]
+        hnsw: bool,
+        /// HNSW links per node.
+        #[arg(long, default_value_t = 16)]
+        m: usize,
+        #[arg(long, default_value_t = 200)]
+        ef_construction: usize,
+        /// Candidates per search; higher is slower and closer to exact.
+        #[arg(long, default_value_t = 64)]
+        ef_search: usize,
+    },
     /// Delete items (and all their fields) from a collection.
     Delete {
         collection: String,
@@ -293,6 +309,13 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print_table(&query, &response);
             }
+            Ok(())
+        }
+        Command::Index { collection, field, hnsw, m, ef_construction, ef_search } => {
+            let host = open(&dir, cli.verbose)?;
+            let ann = hnsw.then_some(crate::store::AnnParams { m, ef_construction, ef_search });
+            host.set_ann(&collection, &field, ann)?;
+            println!("{collection}.{field}: {}", if hnsw { format!("HNSW (m {m}, ef_construction {ef_construction}, ef_search {ef_search})") } else { "exact".to_string() });
             Ok(())
         }
         Command::Delete { collection, ids } => {

@@ -54,6 +54,27 @@ pub struct FieldSchema {
     pub kind: FieldKind,
     #[serde(default)]
     pub metric: Metric,
+    /// Vector fields the operator chose approximate search for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ann: Option<AnnParams>,
+}
+
+/// HNSW parameters of an approximate vector index.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AnnParams {
+    /// Links per node (HNSW's M).
+    pub m: usize,
+    /// Candidates considered while inserting.
+    pub ef_construction: usize,
+    /// Candidates considered while searching; higher is slower and more exact.
+    pub ef_search: usize,
+}
+
+impl Default for AnnParams {
+    fn default() -> Self {
+        AnnParams { m: 16, ef_construction: 200, ef_search: 64 }
+    }
 }
 
 /// An item as the host stores it; strategies index it into fields.
@@ -214,7 +235,7 @@ impl Store {
             for (name, schema) in fields {
                 validate_name("field", name)?;
                 match meta.fields.get(name) {
-                    Some(existing) if existing != schema => bail!(
+                    Some(existing) if (existing.kind, existing.metric) != (schema.kind, schema.metric) => bail!(
                         "field `{name}` of collection `{collection}` is {existing:?}, but the strategy declares it as {schema:?}; \
                          use another field name or another collection"
                     ),
@@ -224,6 +245,25 @@ impl Store {
                     }
                 }
             }
+            table.insert(collection, serde_json::to_vec(&meta)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Choose approximate (HNSW) or exact search for a vector field.
+    pub fn set_ann(&self, collection: &str, field: &str, ann: Option<AnnParams>) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(COLLECTIONS)?;
+            let stored = table.get(collection)?.with_context(|| format!("collection `{collection}` does not exist"))?;
+            let mut meta: CollectionMeta = serde_json::from_slice(stored.value())?;
+            drop(stored);
+            let schema = meta.fields.get_mut(field).with_context(|| format!("collection `{collection}` has no field `{field}`"))?;
+            if schema.kind != FieldKind::Vector {
+                bail!("field `{field}` holds {:?} values; only vector fields have approximate search", schema.kind);
+            }
+            schema.ann = ann;
             table.insert(collection, serde_json::to_vec(&meta)?.as_slice())?;
         }
         txn.commit()?;
@@ -293,7 +333,7 @@ impl Store {
                         e.insert(serde_json::from_slice(stored.value())?)
                     }
                 };
-                let schema = meta.fields.entry(field.clone()).or_insert(FieldSchema { kind: value.kind(), metric: Metric::default() });
+                let schema = meta.fields.entry(field.clone()).or_insert(FieldSchema { kind: value.kind(), metric: Metric::default(), ann: None });
                 if schema.kind != value.kind() {
                     bail!("field `{field}` of collection `{collection}` holds {:?} values; `{id}` got a {:?}", schema.kind, value.kind());
                 }
@@ -468,7 +508,7 @@ mod tests {
     fn a_field_keeps_its_kind_and_metric() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let vector = |metric| FieldSchema { kind: FieldKind::Vector, metric };
+        let vector = |metric| FieldSchema { kind: FieldKind::Vector, metric, ann: None };
         store.declare_fields("t/c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
         store.declare_fields("t/c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
         let err = store.declare_fields("t/c", &[("emb".into(), vector(Metric::L2))]).unwrap_err().to_string();

@@ -106,3 +106,20 @@ fn dense_honours_metadata_filters() {
     let err = host.search("docs", &bad).unwrap_err().to_string();
     assert!(err.contains("unknown operator `like`"), "{err}");
 }
+
+#[test]
+fn an_hnsw_field_answers_like_the_exact_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    setup(&host);
+    let exact = op(&host, json!({"op": "nearest", "vector": [0.9, 0.1]}), 3);
+    host.set_ann("c", "point", Some(quarry_host::store::AnnParams::default())).unwrap();
+    assert_eq!(op(&host, json!({"op": "nearest", "vector": [0.9, 0.1]}), 3), exact, "same hits, same exact scores");
+    // Writes and deletes reach the graph.
+    host.ingest("c", vec![item("e", json!({"point": [0.9, 0.1]}))], |_| {}).unwrap();
+    assert_eq!(ids(op(&host, json!({"op": "nearest", "vector": [0.9, 0.1]}), 1)), ["e"]);
+    host.delete("c", &["e".to_string()]).unwrap();
+    assert_eq!(op(&host, json!({"op": "nearest", "vector": [0.9, 0.1]}), 3), exact);
+    let err = host.set_ann("c", "codes", Some(Default::default())).unwrap_err().to_string();
+    assert!(err.contains("only vector fields"), "{err}");
+}

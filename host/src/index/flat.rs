@@ -3,8 +3,29 @@
 use super::Scored;
 use crate::store::Metric;
 use anyhow::{Result, bail};
+use rayon::prelude::*;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+
+/// Rows one task scans in `search`. Smaller indexes are scanned on the calling thread, where
+/// handing the work to the thread pool would cost more than it saves.
+#[cfg(not(test))]
+const SCAN_ROWS: usize = 8192;
+/// Rows per matrix multiply in `search_batch`: a block's scores for a query group stay in L2.
+#[cfg(not(test))]
+const BATCH_ROWS: usize = 1024;
+/// Queries per pass over the data in `search_batch`, bounding each task's scores to
+/// `QUERY_GROUP * BATCH_ROWS` floats (1 MiB) however many queries come.
+#[cfg(not(test))]
+const QUERY_GROUP: usize = 256;
+// Tiny sizes in tests, so a few hundred rows cross every chunk, block and group boundary.
+#[cfg(test)]
+const SCAN_ROWS: usize = 64;
+#[cfg(test)]
+const BATCH_ROWS: usize = 50;
+#[cfg(test)]
+const QUERY_GROUP: usize = 7;
 
 /// All vectors of one field, row-major. Cosine fields store normalised vectors; L2 fields keep
 /// each row's squared norm, so every metric is one inner product per row.
@@ -36,6 +57,18 @@ impl FlatIndex {
     /// The dimension a new vector must have, if the field has any vectors.
     pub fn expected_dim(&self) -> Option<usize> {
         (!self.is_empty()).then_some(self.dim)
+    }
+
+    /// Bytes held on the heap, estimated from capacities (allocator overhead aside): the vectors,
+    /// the norms, the ids, and the id-to-row map with its own copy of each id.
+    pub fn heap_bytes(&self) -> usize {
+        let id_text: usize = self.ids.iter().chain(self.rows.keys()).map(String::capacity).sum();
+        // The map keeps an eighth of its buckets free, each bucket with one control byte.
+        let map_buckets = self.rows.capacity() * 8 / 7;
+        (self.data.capacity() + self.sq_norms.capacity()) * size_of::<f32>()
+            + self.ids.capacity() * size_of::<String>()
+            + map_buckets * (size_of::<(String, usize)>() + 1)
+            + id_text
     }
 
     /// Insert or replace `id`'s vector. The first vector fixes the field's dimension.
@@ -79,6 +112,7 @@ impl FlatIndex {
     }
 
     /// The `k` nearest rows to `query` that `accept` lets through, best first, ties by id.
+    /// Large indexes are scanned in parallel chunks whose top-k are merged.
     pub fn search(&self, query: &[f32], k: usize, accept: Option<&dyn Fn(&str) -> bool>) -> Result<Vec<Scored>> {
         if self.is_empty() || k == 0 {
             return Ok(Vec::new());
@@ -86,33 +120,210 @@ impl FlatIndex {
         if query.len() != self.dim {
             bail!("query has {} dimensions but the field holds {}-dimensional vectors; is the query embedded with the same model?", query.len(), self.dim);
         }
-        let query = match self.metric {
-            Metric::Cosine => normalized(query),
-            Metric::InnerProduct | Metric::L2 => query.to_vec(),
-        };
+        let query = self.prepared(query);
         let q_sq = dot(&query, &query);
-        let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(k + 1);
-        for (row, vector) in self.data.chunks_exact(self.dim).enumerate() {
-            if let Some(accept) = accept
-                && !accept(&self.ids[row])
-            {
-                continue;
-            }
-            let ip = dot(&query, vector);
-            // -(|q - v|^2) = 2 q.v - |v|^2 - |q|^2
-            let score = if self.metric == Metric::L2 { 2.0 * ip - self.sq_norms[row] - q_sq } else { ip };
-            if heap.len() < k {
-                heap.push(Worst { score, row, ids: &self.ids });
-            } else if let Some(top) = heap.peek()
-                && (Worst { score, row, ids: &self.ids }) < *top
-            {
-                heap.pop();
-                heap.push(Worst { score, row, ids: &self.ids });
+        let top = if self.len() <= SCAN_ROWS {
+            self.scan(&query, q_sq, k, 0, &self.data, |row| accept.is_none_or(|accept| accept(&self.ids[row])))
+        } else {
+            // `accept` need not be thread-safe, so it is asked about every row up front.
+            let keep: Option<Vec<bool>> = accept.map(|accept| self.ids.iter().map(|id| accept(id)).collect());
+            self.data
+                .par_chunks(SCAN_ROWS * self.dim)
+                .enumerate()
+                .map(|(chunk, rows)| self.scan(&query, q_sq, k, chunk * SCAN_ROWS, rows, |row| keep.as_ref().is_none_or(|keep| keep[row])))
+                .reduce(|| TopK::new(k, &self.ids), TopK::merge)
+        };
+        Ok(top.into_sorted())
+    }
+
+    /// `search` for every row of `queries` (`n x dim`, row-major) at once, the same filter for
+    /// all. Scores come from one matrix multiply per block of rows and query group, so the data is
+    /// read once per group instead of once per query. Hits equal `search`'s up to float rounding.
+    /// An empty index has no dimension to split `queries` by, so it returns no lists at all.
+    pub fn search_batch(&self, queries: &[f32], k: usize, accept: Option<&(dyn Fn(&str) -> bool + Sync)>) -> Result<Vec<Vec<Scored>>> {
+        if self.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !queries.len().is_multiple_of(self.dim) {
+            bail!(
+                "queries hold {} values, which is not a whole number of the field's {}-dimensional vectors; are they embedded with the same model?",
+                queries.len(),
+                self.dim
+            );
+        }
+        if k == 0 {
+            return Ok(vec![Vec::new(); queries.len() / self.dim]);
+        }
+        let queries = self.prepared(queries);
+        let keep: Option<Vec<bool>> = accept.map(|accept| self.ids.par_iter().map(|id| accept(id)).collect());
+        let mut hits = Vec::with_capacity(queries.len() / self.dim);
+        for group in queries.chunks(QUERY_GROUP * self.dim) {
+            hits.extend(self.search_group(group, k, keep.as_deref()).into_iter().map(TopK::into_sorted));
+        }
+        Ok(hits)
+    }
+
+    /// Top-k of each query of `group` over the rows `keep` lets through, blocks of rows in parallel.
+    fn search_group(&self, group: &[f32], k: usize, keep: Option<&[bool]>) -> Vec<TopK<'_>> {
+        let n = group.len() / self.dim;
+        let q_sq: Vec<f32> = group.chunks_exact(self.dim).map(|q| dot(q, q)).collect();
+        let fresh = || (0..n).map(|_| TopK::new(k, &self.ids)).collect::<Vec<_>>();
+        let kept = |row: usize| keep.is_none_or(|keep| keep[row]);
+        self.data
+            .par_chunks(BATCH_ROWS * self.dim)
+            .enumerate()
+            .fold(
+                || (vec![0f32; BATCH_ROWS * n], fresh()),
+                |(mut scores, mut tops), (block, rows)| {
+                    let first = block * BATCH_ROWS;
+                    let count = rows.len() / self.dim;
+                    if (first..first + count).any(kept) {
+                        let block_scores = &mut scores[..count * n];
+                        inner_products(rows, group, self.dim, block_scores);
+                        for (offset, ips) in block_scores.chunks_exact(n).enumerate() {
+                            let row = first + offset;
+                            if kept(row) {
+                                for ((top, &ip), &q_sq) in tops.iter_mut().zip(ips).zip(&q_sq) {
+                                    top.push(self.score(ip, row, q_sq), row);
+                                }
+                            }
+                        }
+                    }
+                    (scores, tops)
+                },
+            )
+            .map(|(_, tops)| tops)
+            .reduce(fresh, |a, b| a.into_iter().zip(b).map(|(a, b)| a.merge(b)).collect())
+    }
+
+    /// Top-k of one query over `rows`, a slice of `data` starting at row `first`.
+    fn scan(&self, query: &[f32], q_sq: f32, k: usize, first: usize, rows: &[f32], keep: impl Fn(usize) -> bool) -> TopK<'_> {
+        let mut top = TopK::new(k, &self.ids);
+        for (offset, vector) in rows.chunks_exact(self.dim).enumerate() {
+            let row = first + offset;
+            if keep(row) {
+                top.push(self.score(dot(query, vector), row, q_sq), row);
             }
         }
-        let mut out: Vec<Scored> = heap.into_iter().map(|w| Scored { id: self.ids[w.row].clone(), score: w.score }).collect();
-        out.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-        Ok(out)
+        top
+    }
+
+    /// Queries as the index stores vectors: normalised one by one for cosine fields.
+    fn prepared<'q>(&self, queries: &'q [f32]) -> Cow<'q, [f32]> {
+        match self.metric {
+            Metric::Cosine => queries.chunks_exact(self.dim).flat_map(normalized).collect(),
+            Metric::InnerProduct | Metric::L2 => Cow::Borrowed(queries),
+        }
+    }
+
+    /// A row's score from its inner product with a query whose squared norm is `q_sq`.
+    fn score(&self, ip: f32, row: usize, q_sq: f32) -> f32 {
+        // -(|q - v|^2) = 2 q.v - |v|^2 - |q|^2
+        if self.metric == Metric::L2 { 2.0 * ip - self.sq_norms[row] - q_sq } else { ip }
+    }
+
+    /// Every stored vector (normalised, for cosine fields) with its id.
+    pub fn vectors(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        self.ids.iter().map(String::as_str).zip(self.data.chunks_exact(self.dim.max(1)))
+    }
+
+    /// A query as the stored vectors are (normalised, for cosine fields).
+    pub fn prepare_query(&self, query: &[f32]) -> Vec<f32> {
+        self.prepared(query).into_owned()
+    }
+
+    /// `id`'s stored vector (normalised, for cosine fields).
+    pub fn stored(&self, id: &str) -> Option<&[f32]> {
+        let row = *self.rows.get(id)?;
+        Some(&self.data[row * self.dim..(row + 1) * self.dim])
+    }
+
+    /// The exact score of `id` for `query`, if `id` is stored.
+    pub fn exact_score(&self, id: &str, query: &[f32]) -> Option<f32> {
+        let row = *self.rows.get(id)?;
+        let query = self.prepared(query);
+        let ip = dot(&query, &self.data[row * self.dim..(row + 1) * self.dim]);
+        Some(self.score(ip, row, dot(&query, &query)))
+    }
+}
+
+/// `out[r * n + q] = rows[r] . queries[q]` for `rows` (`m x dim`) and `queries` (`n x dim`),
+/// both row-major: rows by query-columns is the orientation gemm runs fastest here.
+fn inner_products(rows: &[f32], queries: &[f32], dim: usize, out: &mut [f32]) {
+    let (m, n) = (rows.len() / dim, queries.len() / dim);
+    assert_eq!(out.len(), m * n);
+    // SAFETY: `rows` is read as m x dim (row stride dim), `queries` as its transpose dim x n
+    // (column stride dim), `out` is written as m x n (row stride n); all lie within their slices,
+    // and `out` is exclusively borrowed. With read_dst false, out = 1.0 * rows * queries^T.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            dim,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            rows.as_ptr(),
+            1,
+            dim as isize,
+            queries.as_ptr(),
+            dim as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The best `k` hits seen so far: a heap whose top is the worst kept hit, and that hit's score,
+/// which turns most rows away with a single comparison.
+struct TopK<'a> {
+    k: usize,
+    ids: &'a [String],
+    heap: BinaryHeap<Worst<'a>>,
+    /// Rows scoring below this cannot get in: the worst kept score once `k` hits are kept.
+    floor: f32,
+}
+
+impl<'a> TopK<'a> {
+    fn new(k: usize, ids: &'a [String]) -> Self {
+        TopK { k, ids, heap: BinaryHeap::with_capacity(k + 1), floor: f32::NEG_INFINITY }
+    }
+
+    fn push(&mut self, score: f32, row: usize) {
+        if score < self.floor {
+            return;
+        }
+        let hit = Worst { score, row, ids: self.ids };
+        if self.heap.len() < self.k {
+            self.heap.push(hit);
+        } else if let Some(mut worst) = self.heap.peek_mut()
+            && hit < *worst
+        {
+            *worst = hit;
+        }
+        if self.heap.len() == self.k
+            && let Some(worst) = self.heap.peek()
+        {
+            self.floor = worst.score;
+        }
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        for hit in other.heap {
+            self.push(hit.score, hit.row);
+        }
+        self
+    }
+
+    /// Best first; ties by id, as `Worst` orders them.
+    fn into_sorted(self) -> Vec<Scored> {
+        self.heap.into_sorted_vec().into_iter().map(|hit| Scored { id: self.ids[hit.row].clone(), score: hit.score }).collect()
     }
 }
 
@@ -144,13 +355,31 @@ fn normalized(v: &[f32]) -> Vec<f32> {
     if norm > 0.0 { v.iter().map(|x| x / norm).collect() } else { v.to_vec() }
 }
 
-/// Inner product, written with independent accumulators so the compiler vectorises it.
+/// Inner product, on 256-bit registers where the CPU has AVX (std caches the check).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX, checked just above.
+        return unsafe { dot_avx(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
+/// Written with 32 independent accumulators so the compiler vectorises it over several
+/// registers and the additions need not wait on each other.
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 32];
+    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
+        for i in 0..32 {
             acc[i] += x[i] * y[i];
         }
     }
@@ -223,5 +452,55 @@ mod tests {
         assert_eq!(hits.iter().map(|h| (h.id.as_str(), h.score)).collect::<Vec<_>>(), [("b", 1.0), ("c", 0.25)]);
         assert!(index.upsert("d", &[1.0]).is_err());
         assert!(index.search(&[1.0, 2.0, 3.0], 1, None).is_err());
+    }
+
+    #[test]
+    fn batch_equals_search_per_query() {
+        // 500 rows cross the test-sized scan chunks and row blocks, 20 queries the query groups.
+        let (rows, dim, n_queries) = (500, 37, 20);
+        // Coarse data holds whole numbers whose products and sums are exact in f32 in any order,
+        // so scores tie exactly and both paths must break the ties by id.
+        for (metric, coarse) in [(Metric::InnerProduct, false), (Metric::Cosine, false), (Metric::L2, false), (Metric::InnerProduct, true), (Metric::L2, true)] {
+            let mut state = 0x9E3779B97F4A7C15u64;
+            let mut next = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if coarse { (state % 7) as f32 - 3.0 } else { (state % 2000) as f32 / 1000.0 - 1.0 }
+            };
+            let mut index = FlatIndex::new(metric);
+            for i in 0..rows {
+                index.upsert(&format!("item-{i}"), &(0..dim).map(|_| next()).collect::<Vec<_>>()).unwrap();
+            }
+            let queries: Vec<f32> = (0..n_queries * dim).map(|_| next()).collect();
+            let even = |id: &str| id.trim_start_matches("item-").parse::<u32>().unwrap() % 2 == 0;
+            for accept in [None, Some(&even as &(dyn Fn(&str) -> bool + Sync))] {
+                for k in [1, 10, rows + 3] {
+                    let batch = index.search_batch(&queries, k, accept).unwrap();
+                    assert_eq!(batch.len(), n_queries);
+                    for (query, got) in queries.chunks_exact(dim).zip(&batch) {
+                        let want = index.search(query, k, accept.map(|a| a as &dyn Fn(&str) -> bool)).unwrap();
+                        let ids = |hits: &[Scored]| hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>();
+                        assert_eq!(ids(got), ids(&want), "{metric:?}, coarse {coarse}, k {k}, filtered {}", accept.is_some());
+                        for (g, w) in got.iter().zip(&want) {
+                            assert!((g.score - w.score).abs() <= 1e-3 * w.score.abs().max(1.0), "{metric:?}: {} vs {}", g.score, w.score);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_checks_dimensions_and_handles_edges() {
+        let mut index = FlatIndex::new(Metric::InnerProduct);
+        assert!(index.search_batch(&[1.0, 2.0], 3, None).unwrap().is_empty());
+        index.upsert("a", &[1.0, 0.0]).unwrap();
+        index.upsert("b", &[0.0, 1.0]).unwrap();
+        assert!(index.search_batch(&[1.0, 2.0, 3.0], 3, None).is_err());
+        assert_eq!(index.search_batch(&[1.0, 0.0, 0.0, 1.0], 0, None).unwrap(), vec![Vec::<Scored>::new(); 2]);
+        assert!(index.search_batch(&[], 3, None).unwrap().is_empty());
+        let hits = index.search_batch(&[1.0, 0.0, 0.0, 1.0], 1, None).unwrap();
+        assert_eq!(hits.iter().map(|h| h[0].id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     }
 }

@@ -5,6 +5,7 @@
 //! - code fields: a prefix trie ([`trie`]);
 //! - token-set fields: late interaction ([`tokens`]).
 
+pub mod ann;
 pub mod filter;
 pub mod flat;
 pub mod tokens;
@@ -12,6 +13,7 @@ pub mod trie;
 
 use crate::store::{FieldValue, Store, WriteBatch};
 use anyhow::{Result, bail};
+use ann::AnnIndex;
 use filter::Filter;
 use flat::FlatIndex;
 use std::collections::HashMap;
@@ -32,6 +34,8 @@ type Loaded<T> = RwLock<HashMap<FieldKey, Arc<RwLock<T>>>>;
 pub struct Indexes {
     store: Arc<Store>,
     vectors: Loaded<FlatIndex>,
+    /// Approximate indexes of the vector fields configured for them.
+    ann: Loaded<Option<AnnIndex>>,
     codes: Loaded<CodeTrie>,
     tokens: Loaded<TokenSets>,
     /// Item metadata by collection, for filters.
@@ -59,6 +63,7 @@ impl Indexes {
         Indexes {
             store,
             vectors: Default::default(),
+            ann: Default::default(),
             codes: Default::default(),
             tokens: Default::default(),
             metadata: Default::default(),
@@ -80,6 +85,19 @@ impl Indexes {
             }
             Ok(index)
         })
+    }
+
+    /// The field's approximate index, built on first use if the field is configured for one.
+    fn ann(&self, collection: &str, field: &str, flat: &FlatIndex) -> Result<Arc<RwLock<Option<AnnIndex>>>> {
+        load(&self.ann, collection, field, || {
+            let schema = self.store.collection(collection)?.and_then(|m| m.fields.get(field).copied());
+            Ok(schema.and_then(|s| s.ann.map(|params| AnnIndex::build(params, s.metric, flat))))
+        })
+    }
+
+    /// Forget a field's approximate index after its configuration changed.
+    pub fn reset_ann(&self, collection: &str, field: &str) {
+        self.ann.write().unwrap().remove(&(collection.to_string(), field.to_string()));
     }
 
     fn code_trie(&self, collection: &str, field: &str) -> Result<Arc<RwLock<CodeTrie>>> {
@@ -125,7 +143,23 @@ impl Indexes {
         let index = self.vectors(collection, field)?;
         let index = index.read().unwrap();
         match filter {
-            None => index.search(query, k, None),
+            // Filters need every candidate checked, so they take the exact path.
+            None => {
+                let ann = self.ann(collection, field, &index)?;
+                let ann = ann.read().unwrap();
+                match ann.as_ref() {
+                    Some(ann) => {
+                        if query.len() != index.dim() {
+                            return index.search(query, k, None);
+                        }
+                        // A fault inside the graph library must not take the host down: answer
+                        // exactly instead.
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ann.search(&index, query, k)))
+                            .or_else(|_| index.search(query, k, None))
+                    }
+                    None => index.search(query, k, None),
+                }
+            }
             Some(filter) => {
                 let metadata = self.metadata(collection)?;
                 let metadata = metadata.read().unwrap();
@@ -180,7 +214,16 @@ impl Indexes {
     pub fn apply(&self, batch: &WriteBatch) -> Result<()> {
         for (collection, id, field, value) in &batch.fields {
             match value {
-                FieldValue::Vector(v) => self.vectors(collection, field)?.write().unwrap().upsert(id, v)?,
+                FieldValue::Vector(v) => {
+                    let index = self.vectors(collection, field)?;
+                    let mut index = index.write().unwrap();
+                    index.upsert(id, v)?;
+                    self.update_ann(collection, field, &index, |ann, flat| {
+                        if let Some(stored) = flat.stored(id) {
+                            ann.upsert(id, stored);
+                        }
+                    });
+                }
                 FieldValue::Codes(c) => self.code_trie(collection, field)?.write().unwrap().upsert(id, c),
                 FieldValue::Tokens { dim, data } => self.token_sets(collection, field)?.write().unwrap().upsert(id, *dim as usize, data),
                 FieldValue::Blob(_) => {}
@@ -194,6 +237,26 @@ impl Indexes {
         Ok(())
     }
 
+    /// Apply `update` to a loaded approximate index, rebuilding it when stale nodes pile up.
+    fn update_ann(&self, collection: &str, field: &str, flat: &FlatIndex, update: impl FnOnce(&mut AnnIndex, &FlatIndex)) {
+        let key = (collection.to_string(), field.to_string());
+        let Some(ann) = self.ann.read().unwrap().get(&key).cloned() else { return };
+        let mut ann = ann.write().unwrap();
+        if let Some(index) = ann.as_mut() {
+            let updated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                update(index, flat);
+                if index.needs_rebuild() {
+                    *index = AnnIndex::build(*index.params(), index.metric(), flat);
+                }
+            }));
+            // A fault inside the graph library leaves the field on exact search until the
+            // next restart or `set_ann`, rather than taking the host down.
+            if updated.is_err() {
+                *ann = None;
+            }
+        }
+    }
+
     /// Forget deleted items in every loaded index of their collection.
     pub fn remove(&self, collection: &str, ids: &[String]) {
         fn each<T>(map: &Loaded<T>, collection: &str, mut f: impl FnMut(&mut T)) {
@@ -204,6 +267,11 @@ impl Indexes {
             }
         }
         each(&self.vectors, collection, |index| ids.iter().for_each(|id| index.remove(id)));
+        each(&self.ann, collection, |ann| {
+            if let Some(ann) = ann {
+                ids.iter().for_each(|id| ann.remove(id));
+            }
+        });
         each(&self.codes, collection, |trie| ids.iter().for_each(|id| trie.remove(id)));
         each(&self.tokens, collection, |sets| ids.iter().for_each(|id| sets.remove(id)));
         if let Some(m) = self.metadata.read().unwrap().get(collection) {

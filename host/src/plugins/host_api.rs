@@ -43,6 +43,7 @@ impl FieldSpec {
                 Some(Metric::Cosine) => store::Metric::Cosine,
                 Some(Metric::L2) => store::Metric::L2,
             },
+            ann: None,
         }
     }
 }
@@ -375,6 +376,14 @@ impl quarry::retrieval::collections::Host for CallState {
                 )));
             }
             store::validate_name("field", &field).map_err(|e| WitError::InvalidInput(e.to_string()))?;
+            let floats = match &value {
+                WitFieldValue::Vector(v) => v.as_slice(),
+                WitFieldValue::Tokens(t) => t.data.as_slice(),
+                _ => &[],
+            };
+            if floats.iter().any(|x| !x.is_finite()) {
+                return Err(WitError::InvalidInput(format!("put-field `{field}` of `{id}`: the values include NaN or infinity")));
+            }
             if id.is_empty() {
                 return Err(WitError::InvalidInput("put-field: item id is empty".into()));
             }

@@ -1,0 +1,81 @@
+"""Times exact top-k with faiss IndexFlatIP on the data the `topk` bench wrote, for comparison.
+
+Usage: python3 faiss_topk.py <dir> <n> <dim> <nq> <k>
+
+<dir> holds data.f32 (n x dim) and queries.f32 (nq x dim), raw little-endian f32, row-major.
+Measures as the Rust side does: each query alone (median), then all nq in one call (median of
+BATCH_RUNS after one warm-up). Each is timed with faiss's defaults and with the setting that is
+faster on small machines (one thread for a single query; BLAS for a batch, which faiss 1.15 only
+uses by default for far larger batches), and the faster is reported as the time. Prints one JSON
+object with the times in ms and the hit row ids under the defaults.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+import faiss
+import numpy as np
+
+BATCH_RUNS = 3
+
+
+def single(index, queries, k):
+    """Median ms of each query alone, and the hits."""
+    index.search(queries[:1], k)
+    times, hits = [], []
+    for i in range(len(queries)):
+        start = time.perf_counter()
+        _, ids = index.search(queries[i : i + 1], k)
+        times.append((time.perf_counter() - start) * 1000)
+        hits.append(ids[0].tolist())
+    return statistics.median(times), hits
+
+
+def batch(index, queries, k):
+    """Median ms of all queries in one call, and the hits."""
+    index.search(queries, k)
+    times = []
+    for _ in range(BATCH_RUNS):
+        start = time.perf_counter()
+        _, ids = index.search(queries, k)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), ids.tolist()
+
+
+def main() -> None:
+    folder, n, dim, nq, k = sys.argv[1], *map(int, sys.argv[2:6])
+    data = np.fromfile(f"{folder}/data.f32", dtype="<f4").reshape(n, dim)
+    queries = np.fromfile(f"{folder}/queries.f32", dtype="<f4").reshape(nq, dim)
+    index = faiss.IndexFlatIP(dim)
+    index.add(data)
+    del data  # the index holds its own copy
+
+    threads = faiss.omp_get_max_threads()
+    single_default_ms, single_ids = single(index, queries, k)
+    faiss.omp_set_num_threads(1)
+    single_one_thread_ms, _ = single(index, queries, k)
+    faiss.omp_set_num_threads(threads)
+
+    batch_default_ms, batch_ids = batch(index, queries, k)
+    faiss.cvar.distance_compute_blas_threshold = 0
+    batch_blas_ms, _ = batch(index, queries, k)
+
+    print(
+        json.dumps(
+            {
+                "threads": threads,
+                "single_ms": min(single_default_ms, single_one_thread_ms),
+                "batch_ms": min(batch_default_ms, batch_blas_ms),
+                "single_default_ms": single_default_ms,
+                "batch_default_ms": batch_default_ms,
+                "single_ids": single_ids,
+                "batch_ids": batch_ids,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
