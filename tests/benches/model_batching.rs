@@ -17,11 +17,10 @@ const CALLERS: usize = 64;
 /// Generate the ViT-B/32-shaped models once (about 570 MB, kept under target/).
 fn models_dir() -> std::path::PathBuf {
     let dir = root().join("target/bench-models");
-    if !dir.join("clip-vit-b32-text.json").is_file() {
+    if !dir.join("clip-vit-b32-text.onnx").is_file() {
         let status = Command::new(root().join("vendor/venv/bin/python"))
             .arg(root().join("tests/models/make_vit_b32.py"))
             .arg(&dir)
-            .arg(root().join("vendor/models/minilm-l6/tokenizer.json"))
             .status()
             .expect("run `bash scripts/setup.sh` first");
         assert!(status.success());

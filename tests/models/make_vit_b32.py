@@ -1,12 +1,12 @@
 """Builds a model with CLIP ViT-B/32's shapes and random weights, for speed benchmarks (speed
 does not depend on the weights).
 
-    python make_vit_b32.py OUT_DIR TOKENIZER_JSON
+    python make_vit_b32.py OUT_DIR
 
 - clip-vit-b32-image.onnx: pixel_values [N,3,224,224] -> image_embeds [N,512]; patch 32, width
   768, 12 layers, 12 heads.
-- clip-vit-b32-text.onnx: input_ids [N,77] (vocabulary 49,408) -> text_embeds [N,512]; width
-  512, 12 layers, 8 heads, causal attention.
+- clip-vit-b32-text.onnx: input_ids [N,77] (CLIP's BPE, 49,408 tokens) -> text_embeds [N,512];
+  width 512, 12 layers, 8 heads, causal attention.
 Manifests beside them. Weights are seeded, so the files are the same on every run.
 """
 
@@ -104,9 +104,7 @@ def image_tower(out_dir):
     json.dump(manifest, open(os.path.join(out_dir, "clip-vit-b32-image.json"), "w"), indent=2)
 
 
-def text_tower(out_dir, tokenizer_json):
-    # CLIP's BPE vocabulary has 49,408 tokens; the benchmark tokenizes with any tokenizer.json
-    # whose ids fall below that.
+def text_tower(out_dir):
     g, width, steps, vocab_size = Graph(2), 512, 77, 49408
     x = g.op("Add", [g.op("Gather", [g.weight(vocab_size, width), "input_ids"]), g.weight(1, steps, width)])
     causal = np.triu(np.full((steps, steps), -1e4, np.float32), k=1)[None, None]
@@ -128,10 +126,10 @@ def text_tower(out_dir, tokenizer_json):
     manifest = {
         "name": "clip-vit-b32-text",
         "role": "text-encoder",
-        "files": {"model": "clip-vit-b32-text.onnx", "tokenizer": os.path.abspath(tokenizer_json)},
+        "files": {"model": "clip-vit-b32-text.onnx"},
         "inputs": {"input_ids": "input_ids"},
         "output": {"name": "text_embeds", "kind": "pooled"},
-        "tokenizer": {"max_length": steps, "pad_to": steps},
+        "tokenizer": {"kind": "clip-bpe", "max_length": steps, "pad_to": steps},
         "batch": {"max_batch": 64},
     }
     json.dump(manifest, open(os.path.join(out_dir, "clip-vit-b32-text.json"), "w"), indent=2)
@@ -141,4 +139,4 @@ if __name__ == "__main__":
     out_dir = sys.argv[1]
     os.makedirs(out_dir, exist_ok=True)
     image_tower(out_dir)
-    text_tower(out_dir, sys.argv[2])
+    text_tower(out_dir)

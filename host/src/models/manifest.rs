@@ -168,11 +168,18 @@ pub enum Pooling {
     Mean,
     /// The first token (BERT's `[CLS]`).
     Cls,
+    /// The last real token (CLIP's end-of-text).
+    Last,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizerSpec {
+    /// `hf-json` (the default): a Hugging Face tokenizer.json named by `files.tokenizer`.
+    /// `clip-bpe`: OpenAI CLIP's BPE, with the bundled vocabulary or the
+    /// `bpe_simple_vocab_16e6.txt` named by `files.tokenizer`.
+    #[serde(default)]
+    pub kind: TokenizerKind,
     /// Longer texts are truncated to this many tokens, special tokens included.
     pub max_length: usize,
     /// Pad every batch to exactly this length (CLIP exports need 77); otherwise pad to the longest.
@@ -181,6 +188,14 @@ pub struct TokenizerSpec {
     /// Padding token id.
     #[serde(default)]
     pub pad_id: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenizerKind {
+    #[default]
+    HfJson,
+    ClipBpe,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -272,12 +287,15 @@ impl ModelManifest {
         };
         match self.role {
             ModelRole::TextEncoder | ModelRole::Decoder => {
-                let tokenizer = self.files.tokenizer.as_ref().with_context(|| {
-                    format!("model `{}` is {role}, so `files.tokenizer` must name its tokenizer.json", self.name)
-                })?;
-                exists("tokenizer", tokenizer)?;
-                if self.tokenizer.is_none() {
+                let Some(spec) = &self.tokenizer else {
                     bail!("model `{}` is {role}, so it needs a `tokenizer` section with `max_length`", self.name);
+                };
+                match (&self.files.tokenizer, spec.kind) {
+                    (Some(file), _) => exists("tokenizer", file)?,
+                    (None, TokenizerKind::ClipBpe) => {}
+                    (None, TokenizerKind::HfJson) => {
+                        bail!("model `{}` is {role}, so `files.tokenizer` must name its tokenizer.json", self.name)
+                    }
                 }
                 if self.inputs.input_ids.is_none() {
                     bail!("model `{}` is {role}, so `inputs.input_ids` must name the token id input", self.name);

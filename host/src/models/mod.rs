@@ -7,12 +7,14 @@ mod batcher;
 pub mod decoder;
 pub mod manifest;
 pub mod preprocess;
+mod tokenize;
 
 pub use manifest::{ModelManifest, ModelRole, OutputKind, Pooling};
 
 use anyhow::{Result, anyhow, bail};
 use batcher::{Batcher, Inputs, TextRow};
 use decoder::{DecoderRuntime, Generation};
+use tokenize::TextTokenizer;
 use ort::session::Session;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -98,7 +100,7 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
 struct LoadedModel {
     manifest: ModelManifest,
     runtime: Runtime,
-    tokenizer: Option<tokenizers::Tokenizer>,
+    tokenizer: Option<TextTokenizer>,
 }
 
 /// Encoders and projectors share batched runs; decoders hold per-session state.
@@ -341,17 +343,9 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
             Runtime::Batched(Batcher::start(session, &manifest)?)
         }
     };
-    let tokenizer = match &manifest.files.tokenizer {
-        Some(path) if matches!(manifest.role, ModelRole::TextEncoder | ModelRole::Decoder) => {
-            let mut t = tokenizers::Tokenizer::from_file(path)
-                .map_err(|e| anyhow!("cannot read tokenizer {} for model `{}`: {e}", path.display(), manifest.name))?;
-            let max_length = manifest.tokenizer.as_ref().map_or(512, |t| t.max_length);
-            t.with_padding(None);
-            t.with_truncation(Some(tokenizers::TruncationParams { max_length, ..Default::default() }))
-                .map_err(|e| anyhow!("tokenizer for model `{}`: {e}", manifest.name))?;
-            Some(t)
-        }
-        _ => None,
+    let tokenizer = match manifest.role {
+        ModelRole::TextEncoder | ModelRole::Decoder => Some(TextTokenizer::open(&manifest)?),
+        ModelRole::ImageEncoder | ModelRole::Projector => None,
     };
     Ok(LoadedModel { manifest, runtime, tokenizer })
 }
@@ -367,19 +361,8 @@ impl LoadedModel {
     /// Tokenize a batch (truncated per the manifest, unpadded).
     fn text_inputs(&self, texts: &[String]) -> Result<Inputs, ModelError> {
         let tokenizer = self.tokenizer.as_ref().expect("validated: text encoders have a tokenizer");
-        let encodings = tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| ModelError::InvalidInput(format!("cannot tokenize: {e}")))?;
-        Ok(Inputs::Text(
-            encodings
-                .iter()
-                .map(|e| TextRow {
-                    ids: e.get_ids().iter().map(|&i| i as i64).collect(),
-                    mask: e.get_attention_mask().iter().map(|&m| m as i64).collect(),
-                    slots: Vec::new(),
-                })
-                .collect(),
-        ))
+        let encoded = tokenizer.encode(texts).map_err(|e| ModelError::InvalidInput(format!("cannot tokenize: {e}")))?;
+        Ok(Inputs::Text(encoded.into_iter().map(|(ids, mask)| TextRow { ids, mask, slots: Vec::new() }).collect()))
     }
 
     /// Tokenize templates and place each template's slot vectors at its placeholder tokens.
@@ -388,9 +371,9 @@ impl LoadedModel {
             ModelError::InvalidInput(format!("model `{}` takes no slots; its manifest needs a `slots` section", self.manifest.name))
         })?;
         let tokenizer = self.tokenizer.as_ref().expect("validated: text encoders have a tokenizer");
-        let placeholder = tokenizer.token_to_id(&spec.placeholder).ok_or_else(|| {
+        let placeholder = tokenizer.single_token(&spec.placeholder).ok_or_else(|| {
             ModelError::Runtime(anyhow!("model `{}`: placeholder `{}` is not one token of its tokenizer", self.manifest.name, spec.placeholder))
-        })? as i64;
+        })?;
         let templates: Vec<String> = texts.iter().map(|(t, _)| t.clone()).collect();
         let Inputs::Text(mut rows) = self.text_inputs(&templates)? else { unreachable!("text_inputs makes text rows") };
         for (i, (row, (template, slots))) in rows.iter_mut().zip(texts).enumerate() {
@@ -508,6 +491,10 @@ impl LoadedModel {
                         let states = &data[row * tokens * dim..(row + 1) * tokens * dim];
                         match self.manifest.pooling {
                             Pooling::Cls => states[..dim].to_vec(),
+                            Pooling::Last => {
+                                let last = mask.map_or(tokens, |(m, seq)| m[row * seq..(row + 1) * seq].iter().filter(|&&x| x != 0).count());
+                                states[last.saturating_sub(1) * dim..last.max(1) * dim].to_vec()
+                            }
                             Pooling::Mean => {
                                 let mut sum = vec![0f32; dim];
                                 let mut count = 0f32;

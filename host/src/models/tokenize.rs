@@ -1,0 +1,119 @@
+//! Text tokenizers: any Hugging Face `tokenizer.json`, or OpenAI CLIP's byte-level BPE (the
+//! `instant-clip-tokenizer` crate, with its bundled vocabulary or a `bpe_simple_vocab_16e6.txt`).
+
+use super::manifest::{ModelManifest, TokenizerKind};
+use anyhow::{Context as _, Result, anyhow};
+
+pub(crate) enum TextTokenizer {
+    Hf(Box<tokenizers::Tokenizer>),
+    Clip { bpe: Box<instant_clip_tokenizer::Tokenizer>, max_length: usize },
+}
+
+impl TextTokenizer {
+    pub fn open(manifest: &ModelManifest) -> Result<Self> {
+        let spec = manifest.tokenizer.as_ref().context("validated: text models have a tokenizer section")?;
+        let path = manifest.files.tokenizer.as_ref();
+        match spec.kind {
+            TokenizerKind::HfJson => {
+                let path = path.context("validated: tokenizer.json models name the file")?;
+                let mut t = tokenizers::Tokenizer::from_file(path)
+                    .map_err(|e| anyhow!("cannot read tokenizer {} for model `{}`: {e}", path.display(), manifest.name))?;
+                t.with_padding(None);
+                t.with_truncation(Some(tokenizers::TruncationParams { max_length: spec.max_length, ..Default::default() }))
+                    .map_err(|e| anyhow!("tokenizer for model `{}`: {e}", manifest.name))?;
+                Ok(TextTokenizer::Hf(Box::new(t)))
+            }
+            TokenizerKind::ClipBpe => {
+                let bpe = match path {
+                    None => instant_clip_tokenizer::Tokenizer::new(),
+                    Some(path) => {
+                        let file = std::fs::File::open(path).with_context(|| format!("cannot read CLIP vocabulary {}", path.display()))?;
+                        instant_clip_tokenizer::Tokenizer::with_vocabulary(std::io::BufReader::new(file), 49408)
+                            .with_context(|| format!("{} is not a CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt, unzipped)", path.display()))?
+                    }
+                };
+                Ok(TextTokenizer::Clip { bpe: Box::new(bpe), max_length: spec.max_length })
+            }
+        }
+    }
+
+    /// Token ids and attention mask of each text, special tokens included, truncated, unpadded.
+    pub fn encode(&self, texts: &[String]) -> Result<Vec<(Vec<i64>, Vec<i64>)>, String> {
+        match self {
+            TextTokenizer::Hf(t) => {
+                let encodings = t.encode_batch(texts.to_vec(), true).map_err(|e| e.to_string())?;
+                Ok(encodings
+                    .iter()
+                    .map(|e| (e.get_ids().iter().map(|&i| i as i64).collect(), e.get_attention_mask().iter().map(|&m| m as i64).collect()))
+                    .collect())
+            }
+            TextTokenizer::Clip { bpe, max_length } => Ok(texts
+                .iter()
+                .map(|text| {
+                    let mut tokens = vec![bpe.start_of_text()];
+                    bpe.encode(text, &mut tokens);
+                    // Keep room for end-of-text, as CLIP's own tokenizer does when truncating.
+                    tokens.truncate(max_length.saturating_sub(1).max(1));
+                    tokens.push(bpe.end_of_text());
+                    let ids: Vec<i64> = tokens.into_iter().map(|t| i64::from(t.to_u16())).collect();
+                    let mask = vec![1; ids.len()];
+                    (ids, mask)
+                })
+                .collect()),
+        }
+    }
+
+    /// The id of `token` if it is exactly one token.
+    pub fn single_token(&self, token: &str) -> Option<i64> {
+        match self {
+            TextTokenizer::Hf(t) => t.token_to_id(token).map(i64::from),
+            TextTokenizer::Clip { bpe, .. } => {
+                let mut tokens = Vec::new();
+                bpe.encode(token, &mut tokens);
+                match tokens.as_slice() {
+                    [one] => Some(i64::from(one.to_u16())),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::manifest::{ModelFiles, ModelRole, OutputKind, OutputSpec, TokenizerSpec};
+
+    fn clip(max_length: usize) -> TextTokenizer {
+        let manifest = ModelManifest {
+            name: "clip".into(),
+            role: ModelRole::TextEncoder,
+            files: ModelFiles { model: "unused.onnx".into(), tokenizer: None, encoder: None },
+            inputs: Default::default(),
+            output: OutputSpec { name: "text_embeds".into(), kind: OutputKind::Pooled },
+            token_output: None,
+            tokenizer: Some(TokenizerSpec { kind: TokenizerKind::ClipBpe, max_length, pad_to: Some(77), pad_id: 0 }),
+            slots: None,
+            decoder: None,
+            preprocess: None,
+            pooling: Default::default(),
+            normalize: true,
+            batch: Default::default(),
+            execution_provider: Default::default(),
+        };
+        TextTokenizer::open(&manifest).unwrap()
+    }
+
+    #[test]
+    fn clip_bpe_matches_openai_ids() {
+        let t = clip(77);
+        let (ids, mask) = t.encode(&["a photo of a cat".to_string()]).unwrap().remove(0);
+        assert_eq!(ids, [49406, 320, 1125, 539, 320, 2368, 49407]);
+        assert_eq!(mask, [1; 7]);
+        assert_eq!(t.single_token("$"), Some(259));
+        assert_eq!(t.single_token("a photo"), None);
+        // Truncation keeps the end-of-text token.
+        let (ids, _) = clip(4).encode(&["a photo of a cat".to_string()]).unwrap().remove(0);
+        assert_eq!(ids, [49406, 320, 1125, 49407]);
+    }
+}
