@@ -214,7 +214,7 @@ impl Quarry {
             }
         }
         progress(report.unchanged);
-        for batch in batches(fresh, &self.runtime.limits().clone()) {
+        for batch in batches(fresh, self.runtime.limits()) {
             let wit_items: Vec<Item> = batch
                 .iter()
                 .map(|(i, _)| Item { id: i.id.clone(), text: i.text.clone(), image: i.image.clone(), metadata: i.metadata.to_string() })

@@ -279,16 +279,6 @@ impl Store {
         })
     }
 
-    pub fn collections(&self) -> Result<Vec<CollectionMeta>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(COLLECTIONS)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (_, v) = entry?;
-            out.push(serde_json::from_slice(v.value())?);
-        }
-        Ok(out)
-    }
 
     /// Several items in one read transaction, in the order asked (None where missing).
     pub fn items(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<StoredItem>>> {

@@ -18,6 +18,7 @@ impl Strategy for Swap {
         for _ in 0..20 {
             ctx.collection().get_blob("marker")?;
         }
+        quarry_sdk::log::counter("searches", 1.0);
         Ok(vec![Hit { id: format!("served-by-{VERSION}"), score: 1.0 }])
     }
 }
