@@ -73,6 +73,9 @@ impl FlatIndex {
 
     /// Insert or replace `id`'s vector. The first vector fixes the field's dimension.
     pub fn upsert(&mut self, id: &str, vector: &[f32]) -> Result<()> {
+        if vector.is_empty() {
+            bail!("vector for `{id}` is empty");
+        }
         if self.ids.is_empty() {
             self.dim = vector.len();
         } else if vector.len() != self.dim {
@@ -452,6 +455,7 @@ mod tests {
         assert_eq!(hits.iter().map(|h| (h.id.as_str(), h.score)).collect::<Vec<_>>(), [("b", 1.0), ("c", 0.25)]);
         assert!(index.upsert("d", &[1.0]).is_err());
         assert!(index.search(&[1.0, 2.0, 3.0], 1, None).is_err());
+        assert!(FlatIndex::new(Metric::L2).upsert("empty", &[]).is_err(), "an empty vector would fix the dimension at 0");
     }
 
     #[test]

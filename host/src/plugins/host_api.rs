@@ -381,6 +381,9 @@ impl quarry::retrieval::collections::Host for CallState {
                 WitFieldValue::Tokens(t) => t.data.as_slice(),
                 _ => &[],
             };
+            if matches!(&value, WitFieldValue::Vector(v) if v.is_empty()) {
+                return Err(WitError::InvalidInput(format!("put-field `{field}` of `{id}`: the vector is empty")));
+            }
             if floats.iter().any(|x| !x.is_finite()) {
                 return Err(WitError::InvalidInput(format!("put-field `{field}` of `{id}`: the values include NaN or infinity")));
             }
