@@ -252,7 +252,7 @@ impl FlatIndex {
 
 /// `out[r * n + q] = rows[r] . queries[q]` for `rows` (`m x dim`) and `queries` (`n x dim`),
 /// both row-major: rows by query-columns is the orientation gemm runs fastest here.
-fn inner_products(rows: &[f32], queries: &[f32], dim: usize, out: &mut [f32]) {
+pub(super) fn inner_products(rows: &[f32], queries: &[f32], dim: usize, out: &mut [f32]) {
     let (m, n) = (rows.len() / dim, queries.len() / dim);
     assert_eq!(out.len(), m * n);
     // SAFETY: `rows` is read as m x dim (row stride dim), `queries` as its transpose dim x n
