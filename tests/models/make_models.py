@@ -5,6 +5,8 @@
 - projector.onnx: phi(x) = x @ W + b, a vector-to-vector model (LinCIR's image-to-token map).
 - captioner.onnx (+ captioner-encoder.onnx): an encoder-decoder that generates a caption's
   attribute codes (colour, then shape), for generative retrieval.
+- tiny-lm.onnx: a decoder-only language model with one attention layer, seeded random weights
+  and a key/value cache (past_key_values.0.* in, present.0.* out), over the WordPiece vocabulary.
 - color-image.onnx: an image encoder into slot-text's space for pictures of one shape on white:
   colour from the mean colour, circle or square from patch saturation; 4x4 patch means are its
   tokens.
@@ -335,6 +337,123 @@ def captioner(out_dir, tokenizer_json):
     )
 
 
+def tiny_lm(out_dir, tokenizer_json):
+    """A decoder-only model in the common export layout with a key/value cache: token and position
+    embeddings, one causal self-attention layer of 2 heads x 4, and a vocabulary-sized output.
+    Weights are random (seeded): the tests compare cached steps with full passes, not meanings."""
+    with open(tokenizer_json) as f:
+        vocab = len(json.load(f)["model"]["vocab"])
+    rng = np.random.default_rng(7)
+    dim, heads, head_dim, max_pos = 8, 2, 4, 64
+    w = lambda *shape: rng.normal(0.0, 0.5, shape).astype(np.float32)
+    n, t, p, total = "n", "t", "p", "p_plus_t"
+
+    def heads_of(name, out):
+        # [n, t, dim] -> [n, heads, t, head_dim]
+        return [
+            helper.make_node("MatMul", ["x", f"W{name}"], [f"{name}_flat"]),
+            helper.make_node("Reshape", [f"{name}_flat", "split_heads"], [f"{name}_4"]),
+            helper.make_node("Transpose", [f"{name}_4"], [out], perm=[0, 2, 1, 3]),
+        ]
+
+    nodes = [
+        helper.make_node("Gather", ["embed", "input_ids"], ["tok"]),
+        helper.make_node("Gather", ["pos_embed", "position_ids"], ["pos"]),
+        helper.make_node("Add", ["tok", "pos"], ["x"]),
+        *heads_of("q", "q"),
+        *heads_of("k", "k_new"),
+        *heads_of("v", "v_new"),
+        helper.make_node("Concat", ["past_key_values.0.key", "k_new"], ["present.0.key"], axis=2),
+        helper.make_node("Concat", ["past_key_values.0.value", "v_new"], ["present.0.value"], axis=2),
+        helper.make_node("Transpose", ["present.0.key"], ["k_t"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q", "k_t"], ["raw_scores"]),
+        helper.make_node("Mul", ["raw_scores", "inv_sqrt_d"], ["scores"]),
+        # Causal mask over absolute positions: query i sits at past + i.
+        helper.make_node("Shape", ["past_key_values.0.key"], ["past_shape"]),
+        helper.make_node("Gather", ["past_shape", "two_s"], ["past_len"]),
+        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+        helper.make_node("Gather", ["ids_shape", "one_s"], ["new_len"]),
+        helper.make_node("Add", ["past_len", "new_len"], ["all_len"]),
+        helper.make_node("Range", ["zero_s", "all_len", "one_s"], ["key_pos"]),
+        helper.make_node("Range", ["past_len", "all_len", "one_s"], ["query_pos"]),
+        helper.make_node("Unsqueeze", ["query_pos", "axis1"], ["query_col"]),
+        helper.make_node("Greater", ["key_pos", "query_col"], ["future"]),
+        helper.make_node("Where", ["future", "minus_inf", "scores"], ["causal"]),
+        # Padding mask from attention_mask [n, past + t].
+        helper.make_node("Cast", ["attention_mask"], ["am"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one_f", "am"], ["pad"]),
+        helper.make_node("Mul", ["pad", "minus_inf"], ["pad_bias2"]),
+        helper.make_node("Unsqueeze", ["pad_bias2", "axes12"], ["pad_bias"]),
+        helper.make_node("Add", ["causal", "pad_bias"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["attn"], axis=-1),
+        helper.make_node("MatMul", ["attn", "present.0.value"], ["ctx4"]),
+        helper.make_node("Transpose", ["ctx4"], ["ctx_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["ctx_t", "merge_heads"], ["ctx"]),
+        helper.make_node("MatMul", ["ctx", "Wo"], ["mixed"]),
+        helper.make_node("Add", ["x", "mixed"], ["h"]),
+        helper.make_node("MatMul", ["h", "unembed"], ["logits"]),
+    ]
+    init = [
+        numpy_helper.from_array(w(vocab, dim), "embed"),
+        numpy_helper.from_array(w(max_pos, dim), "pos_embed"),
+        numpy_helper.from_array(w(dim, dim), "Wq"),
+        numpy_helper.from_array(w(dim, dim), "Wk"),
+        numpy_helper.from_array(w(dim, dim), "Wv"),
+        numpy_helper.from_array(w(dim, dim), "Wo"),
+        numpy_helper.from_array(w(dim, vocab), "unembed"),
+        numpy_helper.from_array(np.array([0, 0, heads, head_dim], dtype=np.int64), "split_heads"),
+        numpy_helper.from_array(np.array([0, 0, dim], dtype=np.int64), "merge_heads"),
+        numpy_helper.from_array(np.array(1.0 / np.sqrt(head_dim), dtype=np.float32), "inv_sqrt_d"),
+        numpy_helper.from_array(np.array(-1e9, dtype=np.float32), "minus_inf"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_f"),
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "zero_s"),
+        numpy_helper.from_array(np.array(1, dtype=np.int64), "one_s"),
+        numpy_helper.from_array(np.array(2, dtype=np.int64), "two_s"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes12"),
+    ]
+    cache = lambda name, length: helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, heads, length, head_dim])
+    graph = helper.make_graph(
+        nodes,
+        "tiny_lm",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, [n, t]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [n, total]),
+            helper.make_tensor_value_info("position_ids", TensorProto.INT64, [n, t]),
+            cache("past_key_values.0.key", p),
+            cache("past_key_values.0.value", p),
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, t, vocab]),
+            cache("present.0.key", total),
+            cache("present.0.value", total),
+        ],
+        init,
+    )
+    save(
+        graph,
+        out_dir,
+        "tiny-lm",
+        {
+            "name": "tiny-lm",
+            "role": "decoder",
+            "files": {"model": "tiny-lm.onnx", "tokenizer": os.path.abspath(tokenizer_json)},
+            "inputs": {"input_ids": "input_ids"},
+            "output": {"name": "logits", "kind": "tokens"},
+            "tokenizer": {"max_length": 32},
+            "decoder": {
+                "input_ids": "input_ids",
+                "logits": "logits",
+                "start_token": 1,
+                "attention_mask": "attention_mask",
+                "position_ids": "position_ids",
+                "cache": {"past_prefix": "past_key_values.", "present_prefix": "present."},
+            },
+            "normalize": False,
+        },
+    )
+
+
 def main():
     out_dir, tokenizer_json = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
@@ -342,6 +461,7 @@ def main():
     lincir_phi(out_dir)
     slot_text(out_dir, tokenizer_json)
     captioner(out_dir, tokenizer_json)
+    tiny_lm(out_dir, tokenizer_json)
     color_image(out_dir)
 
 

@@ -70,3 +70,72 @@ fn constrained_generation_through_a_plugin_finds_the_right_items() {
     assert_eq!(generate("a blue circle")[0], "blue-square");
     assert_eq!(host.models().live_generations("captioner"), 0, "the plugin's sessions ended with its calls");
 }
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+/// The last row of one full pass over `prefix`: what a cached step must reproduce.
+fn full_last(generation: &mut quarry_host::models::decoder::Generation, prefix: &[u32]) -> Vec<f32> {
+    generation.full_logprobs(prefix).unwrap().pop().unwrap()
+}
+
+#[test]
+fn a_key_value_cache_gives_the_full_pass_log_probabilities_step_by_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    add_test_model(&host, "tiny-lm");
+    let mut generation = host.models().start_generation("tiny-lm", "the prompt comes first").unwrap();
+    let mut stepwise = vec![generation.next_logprobs(&[vec![]]).unwrap().remove(0)];
+    let prefix = [2000u32, 2017, 3899, 42];
+    for len in 1..=prefix.len() {
+        stepwise.push(generation.next_logprobs(&[prefix[..len].to_vec()]).unwrap().remove(0));
+    }
+    let stats = generation.stats();
+    assert_eq!((stats.full_runs, stats.cached_runs, stats.regathers), (1, 4, 0), "one full pass, then only new tokens");
+    let full = generation.full_logprobs(&prefix).unwrap();
+    assert_eq!(full.len(), stepwise.len());
+    for (t, (a, b)) in stepwise.iter().zip(&full).enumerate() {
+        assert!(max_diff(a, b) < 1e-4, "step {t}: cached and full passes differ by {}", max_diff(a, b));
+    }
+    // The prompt matters: another prompt gives other log-probabilities.
+    let mut other = host.models().start_generation("tiny-lm", "a different prompt").unwrap();
+    assert!(max_diff(&other.next_logprobs(&[vec![]]).unwrap()[0], &stepwise[0]) > 1e-2);
+}
+
+#[test]
+fn beams_reordered_in_the_cache_extend_the_right_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    add_test_model(&host, "tiny-lm");
+    let mut g = host.models().start_generation("tiny-lm", "beam search").unwrap();
+    g.next_logprobs(&[vec![]]).unwrap();
+    // Three beams grow out of the one cached row (gathered three times).
+    let beams = [vec![5u32], vec![7], vec![9]];
+    let scored = g.next_logprobs(&beams).unwrap();
+    for (beam, row) in beams.iter().zip(&scored) {
+        assert!(max_diff(row, &full_last(&mut g, beam)) < 1e-4);
+    }
+    // Keep beam 2 and beam 0 twice; the cache rows follow, so extending them runs in place.
+    g.reorder(&[2, 0, 0]).unwrap();
+    let before = g.stats();
+    let next = [vec![9u32, 11], vec![5, 12], vec![5, 13]];
+    let scored = g.next_logprobs(&next).unwrap();
+    let after = g.stats();
+    assert_eq!((after.cached_runs - before.cached_runs, after.regathers - before.regathers, after.full_runs - before.full_runs), (1, 0, 0));
+    for (prefix, row) in next.iter().zip(&scored) {
+        assert!(max_diff(row, &full_last(&mut g, prefix)) < 1e-4, "{prefix:?}");
+    }
+    // Prefixes the cache cannot extend (mixed lengths, unknown parents) still get the right answer.
+    let mixed = [vec![9u32, 11, 14], vec![3], vec![4, 4]];
+    let scored = g.next_logprobs(&mixed).unwrap();
+    for (prefix, row) in mixed.iter().zip(&scored) {
+        assert!(max_diff(row, &full_last(&mut g, prefix)) < 1e-4, "{prefix:?}");
+    }
+    // ...and leave a cache in the callers' order: reorder by index, then extend in place.
+    g.reorder(&[1]).unwrap();
+    let scored = g.next_logprobs(&[vec![3, 8]]).unwrap();
+    assert!(max_diff(&scored[0], &full_last(&mut g, &[3, 8])) < 1e-4);
+    assert!(g.next_logprobs(&[vec![3, 8, 40000]]).unwrap_err().to_string().contains("outside the decoder's vocabulary of 30522"));
+    assert!(g.reorder(&[1]).unwrap_err().to_string().contains("beam 1 does not exist"));
+}

@@ -1,16 +1,26 @@
 //! Generation sessions: a prompt encoded once, then next-token log-probabilities for batches of
-//! beam prefixes, with the prompt's state kept in the host between steps.
+//! beam prefixes, with the prompt's state (and, for exports with past key/values, every beam's
+//! key/value cache) kept in the host between steps.
 //!
-//! Supported layouts: encoder-decoder (the encoder runs once per session; each step feeds its
-//! states to the decoder) and decoder-only (each step feeds prompt + prefix). Steps re-run the
-//! decoder over the whole prefix; exports with past-key-value inputs are not wired yet.
+//! Layouts: encoder-decoder (the encoder runs once per session; each step feeds its states to the
+//! decoder) and decoder-only (the prompt's tokens come before every prefix), each with or without
+//! a key/value cache. Without one, every step re-runs the decoder over whole prefixes. With one,
+//! a step whose prefixes each extend a prefix of the previous step runs only the new tokens,
+//! against the previous step's cache rows gathered into the new beam order; any other request
+//! falls back to a full pass, so answers never depend on the order of calls.
+//!
+//! Cache tensors go through ONNX Runtime's I/O binding and are bound to the execution provider's
+//! memory, so on a GPU they stay there from step to step; only a reorder that changes which beam
+//! sits in which row copies them to the host.
 
 use super::ModelError;
-use super::manifest::{DecoderSpec, ModelManifest};
-use anyhow::anyhow;
+use super::manifest::{CacheSpec, DecoderSpec, ExecutionProvider, ModelManifest};
+use anyhow::{Result, anyhow, bail};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{Session, SessionInputValue};
-use ort::value::Tensor;
+use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementType, ValueType};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +29,70 @@ pub(crate) struct DecoderRuntime {
     pub encoder: Option<Mutex<Session>>,
     pub decoder: Mutex<Session>,
     pub live: Arc<AtomicUsize>,
+    pub cache: Option<CacheLayout>,
+}
+
+/// The key/value cache tensors of a decoder export, found from its inputs and outputs.
+pub(crate) struct CacheLayout {
+    entries: Vec<CacheEntry>,
+    /// The CUDA device the cache stays on, or `None` for host memory.
+    cuda_device: Option<i32>,
+}
+
+struct CacheEntry {
+    past: String,
+    present: String,
+    /// The past input's shape with batch at axis 0 and the past length at `past_axis`.
+    shape: Vec<i64>,
+    past_axis: usize,
+}
+
+impl CacheLayout {
+    /// Pair every `past_prefix*` input of `session` with its `present_prefix*` output.
+    pub fn discover(model: &str, session: &Session, spec: &CacheSpec, provider: &ExecutionProvider) -> Result<Self> {
+        let mut entries = Vec::new();
+        for input in session.inputs().iter().filter(|i| i.name().starts_with(&spec.past_prefix)) {
+            let suffix = &input.name()[spec.past_prefix.len()..];
+            let present = format!("{}{suffix}", spec.present_prefix);
+            if !session.outputs().iter().any(|o| o.name() == present) {
+                bail!(
+                    "model `{model}`: cache input `{}` has no matching output `{present}` (its outputs are: {}); fix `decoder.cache` in its manifest",
+                    input.name(),
+                    session.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            let ValueType::Tensor { ty, shape, .. } = input.dtype() else { bail!("model `{model}`: cache input `{}` is not a tensor", input.name()) };
+            if *ty != TensorElementType::Float32 {
+                bail!("model `{model}`: cache input `{}` holds {ty:?}; the host keeps f32 caches, so export the decoder with a float32 cache", input.name());
+            }
+            let dynamic: Vec<usize> = (1..shape.len()).filter(|&axis| shape[axis] < 0).collect();
+            let [past_axis] = dynamic[..] else {
+                bail!(
+                    "model `{model}`: cache input `{}` has shape {:?}; the host needs batch first and exactly one other dynamic axis \
+                     (the past length), so export it with fixed head counts and sizes",
+                    input.name(),
+                    &shape[..]
+                );
+            };
+            entries.push(CacheEntry { past: input.name().to_string(), present, shape: shape.to_vec(), past_axis });
+        }
+        if entries.is_empty() {
+            bail!("model `{model}`: no graph input starts with `{}`, so it has no cache; fix `decoder.cache.past_prefix` or remove `cache`", spec.past_prefix);
+        }
+        let cuda_device = match provider {
+            ExecutionProvider::Cpu => None,
+            ExecutionProvider::Cuda { device_id, .. } | ExecutionProvider::Tensorrt { device_id, .. } => Some(*device_id),
+        };
+        Ok(CacheLayout { entries, cuda_device })
+    }
+
+    fn memory(&self) -> Result<MemoryInfo<'static>, ModelError> {
+        let (device, id) = match self.cuda_device {
+            Some(id) => (AllocationDevice::CUDA, id),
+            None => (AllocationDevice::CPU, 0),
+        };
+        MemoryInfo::new(device, id, AllocatorType::Device, MemoryType::Default).map_err(|e| ModelError::Runtime(anyhow!("cache memory: {e}")))
+    }
 }
 
 /// What a generation keeps of its prompt.
@@ -29,6 +103,24 @@ enum Prompt {
     Tokens(Vec<i64>),
 }
 
+/// Cache rows of one run: row `i` holds the keys/values of the start token and `prefixes[i]`.
+struct CachedRows {
+    prefixes: Vec<Vec<u32>>,
+    /// One tensor per cache entry, `prefixes.len()` rows each.
+    values: Vec<DynTensor>,
+}
+
+/// How a session's steps ran, for operators and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenerationStats {
+    /// Decoder runs over whole prefixes.
+    pub full_runs: usize,
+    /// Decoder runs over only the new tokens, against the cache.
+    pub cached_runs: usize,
+    /// Cached runs whose beams had to be regathered (copied through host memory).
+    pub regathers: usize,
+}
+
 /// One generation session. Dropping it frees its state.
 pub struct Generation {
     runtime: Arc<DecoderRuntime>,
@@ -37,6 +129,11 @@ pub struct Generation {
     prompt: Prompt,
     /// How many beams the last step scored; `reorder` indexes into them.
     beams: usize,
+    /// The last step's cache rows, grouped by run (rows of a run share a past length)...
+    cache: Vec<CachedRows>,
+    /// ...and where beam `i` of the last step sits in them: `(run, row)`.
+    order: Vec<(usize, usize)>,
+    stats: GenerationStats,
 }
 
 impl Drop for Generation {
@@ -47,8 +144,22 @@ impl Drop for Generation {
 
 type Feed = Vec<(Cow<'static, str>, SessionInputValue<'static>)>;
 
-fn tensor<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(shape: Vec<i64>, data: Vec<T>) -> Result<Tensor<T>, ModelError> {
-    Tensor::from_array((shape, data)).map_err(|e| ModelError::Runtime(anyhow!("{e}")))
+fn tensor<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(shape: Vec<i64>, data: Vec<T>) -> Result<DynValue, ModelError> {
+    Tensor::from_array((shape, data)).map(Tensor::into_dyn).map_err(|e| ModelError::Runtime(anyhow!("{e}")))
+}
+
+/// Decoder logits on the host: `[rows, steps, vocab]`.
+struct Logits {
+    data: Vec<f32>,
+    steps: usize,
+    vocab: usize,
+}
+
+impl Logits {
+    fn log_softmax(&self, row: usize, step: usize) -> Vec<f32> {
+        let at = (row * self.steps + step) * self.vocab;
+        log_softmax(&self.data[at..at + self.vocab])
+    }
 }
 
 impl Generation {
@@ -77,85 +188,325 @@ impl Generation {
             None => Prompt::Tokens(prompt_ids),
         };
         runtime.live.fetch_add(1, Ordering::Relaxed);
-        Ok(Generation { runtime, spec, model: manifest.name.clone(), prompt, beams: 0 })
+        Ok(Generation { runtime, spec, model: manifest.name.clone(), prompt, beams: 0, cache: Vec::new(), order: Vec::new(), stats: GenerationStats::default() })
+    }
+
+    pub fn stats(&self) -> GenerationStats {
+        self.stats
     }
 
     /// Log-probabilities over the vocabulary of the token after each prefix.
     pub fn next_logprobs(&mut self, prefixes: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let rows = self.run(prefixes)?;
+        if prefixes.is_empty() {
+            self.beams = 0;
+            return Ok(Vec::new());
+        }
+        let rows = if self.runtime.cache.is_none() {
+            let (logits, lengths) = self.run_full(prefixes, None)?;
+            lengths.iter().enumerate().map(|(row, &last)| logits.log_softmax(row, last)).collect()
+        } else if let Some(parents) = self.parents(prefixes) {
+            self.step_cached(prefixes, &parents)?
+        } else {
+            self.full_cached(prefixes)?
+        };
         self.beams = prefixes.len();
-        Ok(rows.into_iter().zip(prefixes).map(|(steps, prefix)| steps[prefix.len()].clone()).collect())
+        Ok(rows)
     }
 
     /// Log-probabilities at every position of one full forward pass over `prefix`: row `t` is the
     /// distribution of the token after `prefix[..t]`.
     pub fn full_logprobs(&mut self, prefix: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
-        Ok(self.run(std::slice::from_ref(&prefix.to_vec()))?.remove(0)[..=prefix.len()].to_vec())
+        let (logits, lengths) = self.run_full(std::slice::from_ref(&prefix.to_vec()), None)?;
+        let first = lengths[0] - prefix.len();
+        Ok((first..=lengths[0]).map(|step| logits.log_softmax(0, step)).collect())
     }
 
-    /// Keep the beams at these indices of the last step, in this order. Sessions without a
-    /// key-value cache keep nothing per beam, so this only checks the indices.
+    /// Keep the beams at these indices of the last step, in this order (an index may repeat).
+    /// With a cache, the cache rows follow, so the next step extends them in place.
     pub fn reorder(&mut self, beams: &[u32]) -> Result<(), ModelError> {
         if let Some(bad) = beams.iter().find(|&&b| b as usize >= self.beams) {
             return Err(ModelError::InvalidInput(format!("reorder: beam {bad} does not exist; the last step scored {} beam(s)", self.beams)));
         }
+        if self.order.len() != self.beams {
+            // A failed step left no usable cache; the next step runs in full.
+            self.cache.clear();
+            self.order.clear();
+        }
+        if !self.cache.is_empty() {
+            // Rows of one run share a past length, so each run's picked rows are gathered apart.
+            let picked: Vec<(usize, usize)> = beams.iter().map(|&b| self.order[b as usize]).collect();
+            let mut runs: Vec<usize> = picked.iter().map(|&(g, _)| g).collect();
+            runs.sort_unstable();
+            runs.dedup();
+            let mut cache = Vec::with_capacity(runs.len());
+            for &g in &runs {
+                let rows: Vec<(usize, usize)> = picked.iter().copied().filter(|&(run, _)| run == g).collect();
+                let prefixes = rows.iter().map(|&(g, r)| self.cache[g].prefixes[r].clone()).collect();
+                cache.push(CachedRows { prefixes, values: self.gather(&rows)? });
+            }
+            let mut next_row = vec![0usize; runs.len()];
+            self.order = picked
+                .iter()
+                .map(|&(g, _)| {
+                    let run = runs.binary_search(&g).expect("every picked run was gathered");
+                    next_row[run] += 1;
+                    (run, next_row[run] - 1)
+                })
+                .collect();
+            self.cache = cache;
+        }
+        self.beams = beams.len();
         Ok(())
     }
 
-    /// Run the decoder over `[start] + prefix` for each prefix (right-padded); returns per prefix
-    /// the log-softmax at every position.
-    fn run(&mut self, prefixes: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
-        if prefixes.is_empty() {
-            return Ok(Vec::new());
+    /// For each prefix, the cache row holding all of it but its last token, if every prefix has
+    /// one and all have the same length (one cached run covers them all).
+    fn parents(&self, prefixes: &[Vec<u32>]) -> Option<Vec<(usize, usize)>> {
+        let len = prefixes[0].len();
+        if len == 0 || prefixes.iter().any(|p| p.len() != len) {
+            return None;
         }
+        let order = &self.order;
+        let rows: HashMap<&[u32], (usize, usize)> = order.iter().map(|&(g, r)| (self.cache[g].prefixes[r].as_slice(), (g, r))).collect();
+        // Prefer the row at the same index (beams extended in place), else any row that fits.
+        prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let parent = &p[..len - 1];
+                order.get(i).filter(|&&(g, r)| self.cache[g].prefixes[r] == parent).or_else(|| rows.get(parent)).copied()
+            })
+            .collect()
+    }
+
+    /// Tokens before the first prefix token: the prompt (decoder-only) and the start token.
+    fn lead(&self) -> usize {
+        match &self.prompt {
+            Prompt::Tokens(ids) => ids.len() + 1,
+            Prompt::Encoded { .. } => 1,
+        }
+    }
+
+    /// One step against the cache: run only each prefix's last token.
+    fn step_cached(&mut self, prefixes: &[Vec<u32>], parents: &[(usize, usize)]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.check_tokens(prefixes)?;
         let n = prefixes.len();
-        let prompt_len = match &self.prompt {
-            Prompt::Tokens(ids) => ids.len(),
-            Prompt::Encoded { .. } => 0,
+        let in_place = self.cache.len() == 1 && self.cache[0].prefixes.len() == n && parents.iter().enumerate().all(|(i, &p)| p == (0, i));
+        let past = if in_place {
+            self.cache.remove(0).values
+        } else {
+            self.stats.regathers += 1;
+            self.gather(parents)?
         };
-        let steps = prompt_len + 1 + prefixes.iter().map(Vec::len).max().unwrap_or(0);
+        self.cache.clear();
+        self.order.clear();
+        let past_len = self.lead() + prefixes[0].len() - 1;
+        let ids = prefixes.iter().map(|p| i64::from(*p.last().expect("parents() only matches non-empty prefixes"))).collect();
+        let (logits, presents) = self.run_bound(ids, n, 1, past_len, Some(past))?;
+        self.stats.cached_runs += 1;
+        self.cache.push(CachedRows { prefixes: prefixes.to_vec(), values: presents });
+        self.order = (0..n).map(|r| (0, r)).collect();
+        Ok((0..n).map(|row| logits.log_softmax(row, 0)).collect())
+    }
+
+    /// Full passes for prefixes the cache cannot extend, one run per prefix length (rows of one
+    /// run must share the past length of the cache they leave behind).
+    fn full_cached(&mut self, prefixes: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut by_length: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, p) in prefixes.iter().enumerate() {
+            match by_length.iter_mut().find(|(len, _)| *len == p.len()) {
+                Some((_, rows)) => rows.push(i),
+                None => by_length.push((p.len(), vec![i])),
+            }
+        }
+        self.cache.clear();
+        self.order.clear();
+        let mut out = vec![Vec::new(); prefixes.len()];
+        for (_, rows) in by_length {
+            let group: Vec<Vec<u32>> = rows.iter().map(|&i| prefixes[i].clone()).collect();
+            let mut presents = Vec::new();
+            let (logits, lengths) = self.run_full(&group, Some(&mut presents))?;
+            for (row, &i) in rows.iter().enumerate() {
+                out[i] = logits.log_softmax(row, lengths[row]);
+            }
+            self.cache.push(CachedRows { prefixes: group, values: presents });
+        }
+        self.order = prefixes.iter().map(|p| self.cache.iter().enumerate().find_map(|(g, c)| c.prefixes.iter().position(|q| q == p).map(|r| (g, r))).expect("every prefix was run")).collect();
+        Ok(out)
+    }
+
+    fn check_tokens(&self, prefixes: &[Vec<u32>]) -> Result<(), ModelError> {
+        // The vocabulary is known once the logits' last axis is fixed in the export.
+        let session = self.runtime.decoder.lock().unwrap();
+        let vocab = session.outputs().iter().find(|o| o.name() == self.spec.logits).and_then(|o| match o.dtype() {
+            ValueType::Tensor { shape, .. } => shape.last().copied().filter(|&v| v > 0),
+            _ => None,
+        });
+        if let Some(vocab) = vocab
+            && let Some(bad) = prefixes.iter().flatten().find(|&&c| i64::from(c) >= vocab)
+        {
+            return Err(ModelError::InvalidInput(format!("token {bad} is outside the decoder's vocabulary of {vocab}")));
+        }
+        Ok(())
+    }
+
+    /// Cache rows `(run, row)` of the last step, copied into one tensor per cache entry.
+    fn gather(&self, picked: &[(usize, usize)]) -> Result<Vec<DynTensor>, ModelError> {
+        let layout = self.runtime.cache.as_ref().expect("gather runs only with a cache");
+        let fail = |e: ort::Error| ModelError::Runtime(anyhow!("cache of `{}`: {e}", self.model));
+        let mut out = Vec::with_capacity(layout.entries.len());
+        for e in 0..layout.entries.len() {
+            // Bring each run's tensor to host memory once (nothing to copy on CPU).
+            let mut copies: HashMap<usize, DynTensor> = HashMap::new();
+            for &(g, _) in picked {
+                let value = &self.cache[g].values[e];
+                if !value.memory_info().is_cpu_accessible() && !copies.contains_key(&g) {
+                    copies.insert(g, value.to(AllocationDevice::CPU, 0).map_err(fail)?);
+                }
+            }
+            let mut data = Vec::new();
+            let mut shape = Vec::new();
+            for &(g, r) in picked {
+                let value = copies.get(&g).unwrap_or(&self.cache[g].values[e]);
+                let (s, values) = value.try_extract_tensor::<f32>().map_err(fail)?;
+                let row = values.len() / s[0] as usize;
+                data.extend_from_slice(&values[r * row..(r + 1) * row]);
+                shape = s.to_vec();
+            }
+            shape[0] = picked.len() as i64;
+            out.push(Tensor::from_array((shape, data)).map_err(fail)?.upcast());
+        }
+        Ok(out)
+    }
+
+    /// Run the decoder over lead + prefix for each prefix (right-padded). Returns the logits and,
+    /// per prefix, the step whose logits predict the token after it. With a cache, the run
+    /// starts from an empty one and `presents` receives the cache it leaves.
+    fn run_full(&mut self, prefixes: &[Vec<u32>], presents: Option<&mut Vec<DynTensor>>) -> Result<(Logits, Vec<usize>), ModelError> {
+        self.check_tokens(prefixes)?;
+        let n = prefixes.len();
+        let lead = self.lead();
+        let steps = lead + prefixes.iter().map(Vec::len).max().unwrap_or(0);
         let mut ids = vec![self.spec.start_token as i64; n * steps];
         for (row, prefix) in prefixes.iter().enumerate() {
             let line = &mut ids[row * steps..(row + 1) * steps];
             if let Prompt::Tokens(prompt) = &self.prompt {
-                line[..prompt_len].copy_from_slice(prompt);
+                line[..prompt.len()].copy_from_slice(prompt);
             }
-            line[prompt_len] = self.spec.start_token as i64;
             for (i, &code) in prefix.iter().enumerate() {
-                line[prompt_len + 1 + i] = code as i64;
+                line[lead + i] = code as i64;
             }
         }
-        let mut feed: Feed = vec![(self.spec.input_ids.clone().into(), tensor(vec![n as i64, steps as i64], ids)?.into())];
-        if let Prompt::Encoded { states, tokens, dim, mask } = &self.prompt {
-            let states: Vec<f32> = (0..n).flat_map(|_| states.iter().copied()).collect();
-            let name = self.spec.encoder_hidden_states.clone().expect("validated: encoder layouts name the states input");
-            feed.push((name.into(), tensor(vec![n as i64, *tokens as i64, *dim as i64], states)?.into()));
-            if let Some(name) = &self.spec.encoder_attention_mask {
-                let mask: Vec<i64> = (0..n).flat_map(|_| mask.iter().copied()).collect();
-                feed.push((name.clone().into(), tensor(vec![n as i64, *tokens as i64], mask)?.into()));
+        let lengths = prefixes.iter().map(|p| lead - 1 + p.len()).collect();
+        self.stats.full_runs += 1;
+        if self.runtime.cache.is_some() {
+            let (logits, values) = self.run_bound(ids, n, steps, 0, None)?;
+            if let Some(presents) = presents {
+                *presents = values;
             }
+            return Ok((logits, lengths));
+        }
+        let mut feed: Feed = vec![(self.spec.input_ids.clone().into(), tensor(vec![n as i64, steps as i64], ids)?.into())];
+        for (name, value) in self.extra_inputs(n, steps, 0)? {
+            feed.push((name.into(), value.into()));
         }
         let mut decoder = self.runtime.decoder.lock().unwrap();
         let outputs = decoder.run(feed).map_err(|e| anyhow!("the decoder of `{}` failed: {e}", self.model))?;
         let value = outputs.get(self.spec.logits.as_str()).ok_or_else(|| anyhow!("the decoder of `{}` has no output `{}`", self.model, self.spec.logits))?;
-        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("logits are not f32: {e}"))?;
+        Ok((self.logits(value, n, steps, prefixes)?, lengths))
+    }
+
+    /// Run the decoder with I/O binding: `past` (or an empty cache) in, logits to the host and
+    /// the new cache left in the cache's memory.
+    fn run_bound(&self, ids: Vec<i64>, n: usize, steps: usize, past_len: usize, past: Option<Vec<DynTensor>>) -> Result<(Logits, Vec<DynTensor>), ModelError> {
+        let layout = self.runtime.cache.as_ref().expect("bound runs only with a cache");
+        let fail = |e: ort::Error| ModelError::Runtime(anyhow!("the decoder of `{}` failed: {e}", self.model));
+        let past = match past {
+            Some(past) => past,
+            None => layout
+                .entries
+                .iter()
+                .map(|entry| {
+                    let mut shape = entry.shape.clone();
+                    shape[0] = n as i64;
+                    shape[entry.past_axis] = 0;
+                    Tensor::<f32>::from_array((shape, Vec::new())).map(Tensor::upcast).map_err(fail)
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut session = self.runtime.decoder.lock().unwrap();
+        let mut binding = session.create_binding().map_err(fail)?;
+        binding.bind_input(self.spec.input_ids.clone(), &tensor(vec![n as i64, steps as i64], ids)?).map_err(fail)?;
+        for (name, value) in self.extra_inputs(n, steps, past_len)? {
+            binding.bind_input(name, &value).map_err(fail)?;
+        }
+        for (entry, value) in layout.entries.iter().zip(&past) {
+            binding.bind_input(entry.past.clone(), value).map_err(fail)?;
+        }
+        let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(fail)?;
+        binding.bind_output_to_device(self.spec.logits.clone(), &host).map_err(fail)?;
+        let device = layout.memory()?;
+        for entry in &layout.entries {
+            binding.bind_output_to_device(entry.present.clone(), &device).map_err(fail)?;
+        }
+        let mut outputs = session.run_binding(&binding).map_err(fail)?;
+        let value = outputs.remove(self.spec.logits.as_str()).ok_or_else(|| anyhow!("the decoder of `{}` has no output `{}`", self.model, self.spec.logits))?;
+        let logits = self.logits(&value, n, steps, &[])?;
+        let presents = layout
+            .entries
+            .iter()
+            .map(|entry| {
+                let value = outputs.remove(entry.present.as_str()).ok_or_else(|| anyhow!("the decoder of `{}` returned no `{}`", self.model, entry.present))?;
+                let value = value.downcast::<DynTensorValueType>().map_err(|e| anyhow!("`{}` of `{}` is not a tensor: {e}", entry.present, self.model))?;
+                let got = value.shape();
+                let rows_ok = got.len() == entry.shape.len() && got[0] == n as i64 && got[entry.past_axis] == (past_len + steps) as i64;
+                if !rows_ok {
+                    return Err(anyhow!("`{}` of `{}` has shape {got:?}; expected {n} rows and a past length of {}", entry.present, self.model, past_len + steps).into());
+                }
+                Ok(value)
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok((logits, presents))
+    }
+
+    /// Inputs besides the token ids: encoder states and mask, the decoder's attention mask and
+    /// positions, for `n` rows of `steps` new tokens after `past_len` cached ones.
+    fn extra_inputs(&self, n: usize, steps: usize, past_len: usize) -> Result<Vec<(String, DynValue)>, ModelError> {
+        let mut extra = Vec::new();
+        if let Prompt::Encoded { states, tokens, dim, mask } = &self.prompt {
+            let states: Vec<f32> = (0..n).flat_map(|_| states.iter().copied()).collect();
+            let name = self.spec.encoder_hidden_states.clone().expect("validated: encoder layouts name the states input");
+            extra.push((name, tensor(vec![n as i64, *tokens as i64, *dim as i64], states)?));
+            if let Some(name) = &self.spec.encoder_attention_mask {
+                let mask: Vec<i64> = (0..n).flat_map(|_| mask.iter().copied()).collect();
+                extra.push((name.clone(), tensor(vec![n as i64, *tokens as i64], mask)?));
+            }
+        }
+        if let Some(name) = &self.spec.attention_mask {
+            let total = past_len + steps;
+            extra.push((name.clone(), tensor(vec![n as i64, total as i64], vec![1i64; n * total])?));
+        }
+        if let Some(name) = &self.spec.position_ids {
+            let positions: Vec<i64> = (0..n).flat_map(|_| (past_len..past_len + steps).map(|p| p as i64)).collect();
+            extra.push((name.clone(), tensor(vec![n as i64, steps as i64], positions)?));
+        }
+        Ok(extra)
+    }
+
+    /// Check the logits' shape and copy them to a [`Logits`]; `prefixes`' tokens must be in
+    /// the vocabulary.
+    fn logits(&self, value: &DynValue, n: usize, steps: usize, prefixes: &[Vec<u32>]) -> Result<Logits, ModelError> {
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("logits of `{}` are not f32: {e}", self.model))?;
         let &[rows, got_steps, vocab] = &shape[..] else {
             return Err(ModelError::Runtime(anyhow!("`{}` returned logits of shape {shape:?}, not [batch, steps, vocab]", self.model)));
         };
-        let (got_steps, vocab) = (got_steps as usize, vocab as usize);
-        if rows as usize != n || got_steps != steps {
+        if rows as usize != n || got_steps as usize != steps {
             return Err(ModelError::Runtime(anyhow!("`{}` returned logits {shape:?} for {n} prefixes of {steps} steps", self.model)));
         }
-        if let Some(bad) = prefixes.iter().flatten().find(|&&c| c as usize >= vocab) {
+        if let Some(bad) = prefixes.iter().flatten().find(|&&c| c as usize >= vocab as usize) {
             return Err(ModelError::InvalidInput(format!("token {bad} is outside the decoder's vocabulary of {vocab}")));
         }
-        Ok((0..n)
-            .map(|row| {
-                (prompt_len..steps)
-                    .map(|t| log_softmax(&data[(row * steps + t) * vocab..(row * steps + t + 1) * vocab]))
-                    .collect()
-            })
-            .collect())
+        Ok(Logits { data: data.to_vec(), steps, vocab: vocab as usize })
     }
 }
 

@@ -85,6 +85,28 @@ pub struct DecoderSpec {
     pub logits: String,
     /// Prepended to every prefix (BOS / decoder start token).
     pub start_token: u32,
+    /// The decoder's own attention-mask input `[batch, past + steps]` (decoder-only exports
+    /// usually have one); the host feeds ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_mask: Option<String>,
+    /// The decoder's position input `[batch, steps]`; the host feeds each token's position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_ids: Option<String>,
+    /// Exports with past key/values: the host keeps them between steps, so each step runs only
+    /// the new token of every beam.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+}
+
+/// How a decoder's key/value cache is named. Every graph input starting with `past_prefix`
+/// (`past_key_values.0.key`, …) is fed from the output named `present_prefix` + the same suffix
+/// (`present.0.key`) of the previous step. Cache tensors are f32 `[batch, …, past, …]`: batch
+/// first, one dynamic past-length axis, every other axis fixed in the export.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    pub past_prefix: String,
+    pub present_prefix: String,
 }
 
 /// How a text encoder takes slot vectors: the graph has an input with one vector per token

@@ -315,8 +315,15 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
         ModelRole::Decoder => {
             let spec = manifest.decoder.as_ref().expect("validated: decoders have a decoder section");
             let decoder = session(&manifest, &manifest.files.model)?;
-            let inputs: Vec<&String> = [Some(&spec.input_ids), spec.encoder_hidden_states.as_ref(), spec.encoder_attention_mask.as_ref()].into_iter().flatten().collect();
+            let inputs: Vec<&String> = [Some(&spec.input_ids), spec.encoder_hidden_states.as_ref(), spec.encoder_attention_mask.as_ref(), spec.attention_mask.as_ref(), spec.position_ids.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect();
             check_io(&manifest.name, &decoder, &inputs, &[&spec.logits])?;
+            let cache = match &spec.cache {
+                Some(cache) => Some(decoder::CacheLayout::discover(&manifest.name, &decoder, cache, &manifest.execution_provider)?),
+                None => None,
+            };
             let encoder = match &manifest.files.encoder {
                 Some(path) => {
                     let encoder = session(&manifest, path)?;
@@ -325,7 +332,7 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
                 }
                 None => None,
             };
-            Runtime::Decoder(Arc::new(DecoderRuntime { encoder, decoder: Mutex::new(decoder), live: Default::default() }))
+            Runtime::Decoder(Arc::new(DecoderRuntime { encoder, decoder: Mutex::new(decoder), live: Default::default(), cache }))
         }
         role => {
             let session = session(&manifest, &manifest.files.model)?;
