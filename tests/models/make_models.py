@@ -7,6 +7,8 @@
   attribute codes (colour, then shape), for generative retrieval.
 - tiny-lm.onnx: a decoder-only language model with one attention layer, seeded random weights
   and a key/value cache (past_key_values.0.* in, present.0.* out), over the WordPiece vocabulary.
+- slot-text-embeds.onnx (+ slot-text-lookup.onnx): the same encoder in the inputs_embeds layout,
+  with its embedding layer as a separate graph.
 - color-image.onnx: an image encoder into slot-text's space for pictures of one shape on white:
   colour from the mean colour, circle or square from patch saturation; 4x4 patch means are its
   tokens.
@@ -162,6 +164,59 @@ def slot_text(out_dir, tokenizer_json):
             "token_output": "last_hidden_state",
             "tokenizer": {"max_length": 77},
             "slots": {"placeholder": "$", "embeds_input": "slot_embeds", "mask_input": "slot_mask", "dim": dim},
+            "normalize": True,
+        },
+    )
+
+
+def slot_text_embeds(out_dir, tokenizer_json):
+    """slot-text in the inputs_embeds export layout: the graph takes token embeddings, and the
+    embedding layer is its own graph, as Hugging Face exports of `get_input_embeddings()` are."""
+    dim = len(AXES)
+    table = attribute_table(tokenizer_json)
+    lookup = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["embeddings"])],
+        "slot_text_lookup",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n", "s"])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["n", "s", dim])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    save(lookup, out_dir, "slot-text-lookup")
+    nodes = [
+        helper.make_node("Identity", ["inputs_embeds"], ["last_hidden_state"]),
+        helper.make_node("Cast", ["attention_mask"], ["am2"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["am2", "axis2"], ["am"]),
+        helper.make_node("Mul", ["last_hidden_state", "am"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["sum"], keepdims=0),
+        helper.make_node("ReduceSum", ["am", "axis1"], ["count"], keepdims=0),
+        helper.make_node("Div", ["sum", "count"], ["text_embeds"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slot_text_embeds",
+        [
+            helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["n", "s", dim]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["n", "s"]),
+        ],
+        [
+            helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, ["n", dim]),
+            helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["n", "s", dim]),
+        ],
+        [numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"), numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")],
+    )
+    save(
+        graph,
+        out_dir,
+        "slot-text-embeds",
+        {
+            "name": "slot-text-embeds",
+            "role": "text-encoder",
+            "files": {"model": "slot-text-embeds.onnx", "tokenizer": os.path.abspath(tokenizer_json)},
+            "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask"},
+            "output": {"name": "text_embeds", "kind": "pooled"},
+            "token_output": "last_hidden_state",
+            "tokenizer": {"max_length": 77},
+            "slots": {"placeholder": "$", "embeds_input": "inputs_embeds", "token_embeddings": "slot-text-lookup.onnx", "dim": dim},
             "normalize": True,
         },
     )
@@ -460,6 +515,7 @@ def main():
     projector(out_dir)
     lincir_phi(out_dir)
     slot_text(out_dir, tokenizer_json)
+    slot_text_embeds(out_dir, tokenizer_json)
     captioner(out_dir, tokenizer_json)
     tiny_lm(out_dir, tokenizer_json)
     color_image(out_dir)

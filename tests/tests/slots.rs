@@ -54,3 +54,26 @@ fn a_slot_vector_stands_in_for_the_placeholder_word() {
     let err = models.embed_texts_with_slots("slot-text", &[("a $".to_string(), vec![vec![0.0; 5]])]).unwrap_err().to_string();
     assert!(err.contains("has 5 values, the model takes 6"), "{err}");
 }
+
+#[test]
+fn an_inputs_embeds_export_takes_slots_through_its_embedding_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    add_test_model(&host, "slot-text");
+    add_test_model(&host, "slot-text-embeds");
+    let models = host.models();
+    // The same encoder in two export layouts gives the same embeddings, with and without slots.
+    let circle = vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+    let templates = vec![("a photo of $ that is blue".to_string(), vec![circle.clone()]), ("$ and $".to_string(), vec![circle.clone(), circle])];
+    let captions = ["a photo of a blue circle", "a red square"].map(String::from);
+    for (a, b) in [
+        (models.embed_texts_with_slots("slot-text", &templates).unwrap(), models.embed_texts_with_slots("slot-text-embeds", &templates).unwrap()),
+        (models.embed_texts("slot-text", &captions).unwrap(), models.embed_texts("slot-text-embeds", &captions).unwrap()),
+    ] {
+        for (x, y) in a.iter().zip(&b) {
+            assert!(x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-6), "{x:?} vs {y:?}");
+        }
+    }
+    let composed = &models.embed_texts_with_slots("slot-text-embeds", &templates[..1]).unwrap()[0];
+    assert!(cosine(composed, &models.embed_texts("slot-text-embeds", &captions[..1]).unwrap()[0]) > 0.99);
+}

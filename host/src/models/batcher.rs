@@ -76,10 +76,12 @@ struct Stats {
 }
 
 impl Batcher {
-    pub fn start(session: Session, manifest: &ModelManifest) -> std::io::Result<Self> {
+    /// `token_embeddings`: the embedding layer of an inputs_embeds text encoder (see
+    /// [`SlotSpec`](super::manifest::SlotSpec)).
+    pub fn start(session: Session, token_embeddings: Option<Session>, manifest: &ModelManifest) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
         let stats = Arc::new(Stats::default());
-        let worker = Worker { session, manifest: manifest.clone(), queue, held: None, stats: stats.clone() };
+        let worker = Worker { session, token_embeddings, manifest: manifest.clone(), queue, held: None, stats: stats.clone() };
         std::thread::Builder::new().name(format!("quarry-model-{}", manifest.name)).spawn(move || worker.serve())?;
         Ok(Batcher { jobs, stats })
     }
@@ -101,6 +103,7 @@ impl Batcher {
 
 struct Worker {
     session: Session,
+    token_embeddings: Option<Session>,
     manifest: ModelManifest,
     queue: mpsc::Receiver<Job>,
     /// A job that did not fit the previous batch; it leads the next one.
@@ -189,7 +192,28 @@ impl Worker {
                 let shape = vec![n as i64, seq as i64];
                 let tensor = |data: Vec<i64>| Tensor::from_array((shape.clone(), data)).map_err(|e| anyhow!("{e}"));
                 let names = &self.manifest.inputs;
-                if let Some(input) = &names.input_ids {
+                let slots = self.manifest.slots.as_ref();
+                if let (Some(lookup), Some(slots)) = (&mut self.token_embeddings, slots) {
+                    // inputs_embeds: look every token up, then put slot vectors in place.
+                    let ids = tensor(ids)?;
+                    let looked_up = lookup.run(ort::inputs![ids]).map_err(|e| anyhow!("the token-embeddings graph of `{name}` failed: {e}"))?;
+                    let (got, data) = looked_up[0].try_extract_tensor::<f32>().map_err(|e| anyhow!("token embeddings of `{name}` are not f32: {e}"))?;
+                    if got[..] != [n as i64, seq as i64, slots.dim as i64] {
+                        return Err(ModelError::Runtime(anyhow!(
+                            "the token-embeddings graph of `{name}` returned {got:?}, not [{n}, {seq}, {}] (`slots.dim`)",
+                            slots.dim
+                        )));
+                    }
+                    let mut embeds = data.to_vec();
+                    for (row, r) in rows.iter().enumerate() {
+                        for (pos, vector) in &r.slots {
+                            let at = (row * seq + pos) * slots.dim;
+                            embeds[at..at + slots.dim].copy_from_slice(vector);
+                        }
+                    }
+                    let embeds = Tensor::from_array((vec![n as i64, seq as i64, slots.dim as i64], embeds)).map_err(|e| anyhow!("{e}"))?;
+                    feed.push((slots.embeds_input.clone().into(), embeds.into()));
+                } else if let Some(input) = &names.input_ids {
                     feed.push((input.clone().into(), tensor(ids)?.into()));
                 }
                 if let Some(input) = &names.attention_mask {
@@ -198,8 +222,8 @@ impl Worker {
                 if let Some(input) = &names.token_type_ids {
                     feed.push((input.clone().into(), tensor(vec![0; n * seq])?.into()));
                 }
-                // A slot-capable graph always takes slot inputs; rows without slots pass zeros.
-                if let Some(slots) = &self.manifest.slots {
+                // A graph with slot inputs always takes them; rows without slots pass zeros.
+                if let Some((slots, mask_input)) = slots.and_then(|s| s.mask_input.as_ref().map(|m| (s, m))) {
                     let mut embeds = vec![0f32; n * seq * slots.dim];
                     let mut slot_mask = vec![0f32; n * seq];
                     for (row, r) in rows.iter().enumerate() {
@@ -212,7 +236,7 @@ impl Worker {
                     let embeds = Tensor::from_array((vec![n as i64, seq as i64, slots.dim as i64], embeds)).map_err(|e| anyhow!("{e}"))?;
                     let slot_mask = Tensor::from_array((shape.clone(), slot_mask)).map_err(|e| anyhow!("{e}"))?;
                     feed.push((slots.embeds_input.clone().into(), embeds.into()));
-                    feed.push((slots.mask_input.clone().into(), slot_mask.into()));
+                    feed.push((mask_input.clone().into(), slot_mask.into()));
                 }
                 text_mask = Some((mask, seq));
             }
@@ -275,7 +299,7 @@ mod tests {
         let mut manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
         manifest.batch.max_delay_ms = 200;
         let session = Session::builder(super::super::environment().unwrap()).unwrap().commit_from_file(&manifest.files.model).unwrap();
-        Batcher::start(session, &manifest).unwrap()
+        Batcher::start(session, None, &manifest).unwrap()
     }
 
     #[test]

@@ -109,17 +109,27 @@ pub struct CacheSpec {
     pub present_prefix: String,
 }
 
-/// How a text encoder takes slot vectors: the graph has an input with one vector per token
-/// position and a mask marking the positions whose embedding the vector replaces.
+/// How a text encoder takes slot vectors in place of placeholder tokens' embeddings. Two export
+/// layouts work:
+/// - the graph takes the slot vectors and a slot mask next to the token ids (`mask_input`);
+/// - the graph takes `inputs_embeds` instead of token ids (`token_embeddings`): the host looks the
+///   tokens up with the model's embedding layer, exported as its own graph, and puts the slot
+///   vectors at the placeholders.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SlotSpec {
     /// The placeholder token in templates (for example `$`); it must be one token.
     pub placeholder: String,
-    /// Input `[batch, tokens, dim]` holding the slot vectors at their positions.
+    /// Input `[batch, tokens, dim]`: the slot vectors at their positions (with `mask_input`), or
+    /// every token's embedding (with `token_embeddings`).
     pub embeds_input: String,
     /// Input `[batch, tokens]` (float), 1 where a slot replaces the token embedding.
-    pub mask_input: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_input: Option<String>,
+    /// The embedding layer as a graph `[batch, tokens]` token ids → `[batch, tokens, dim]`
+    /// (for Hugging Face models, `model.get_input_embeddings()` exported alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_embeddings: Option<PathBuf>,
     /// Length of a slot vector (the model's token-embedding size).
     pub dim: usize,
 }
@@ -287,6 +297,9 @@ impl ModelManifest {
         manifest.files.model = absolute(base, &manifest.files.model);
         manifest.files.tokenizer = manifest.files.tokenizer.as_ref().map(|t| absolute(base, t));
         manifest.files.encoder = manifest.files.encoder.as_ref().map(|t| absolute(base, t));
+        if let Some(slots) = &mut manifest.slots {
+            slots.token_embeddings = slots.token_embeddings.as_ref().map(|t| absolute(base, t));
+        }
         manifest.validate().with_context(|| format!("model manifest {}", path.display()))?;
         Ok(manifest)
     }
@@ -348,8 +361,19 @@ impl ModelManifest {
                 }
             }
         }
-        if self.slots.is_some() && self.role != ModelRole::TextEncoder {
-            bail!("model `{}`: only text encoders take `slots`", self.name);
+        if let Some(slots) = &self.slots {
+            if self.role != ModelRole::TextEncoder {
+                bail!("model `{}`: only text encoders take `slots`", self.name);
+            }
+            match (&slots.mask_input, &slots.token_embeddings) {
+                (Some(_), None) => {}
+                (None, Some(graph)) => exists("token embeddings", graph)?,
+                _ => bail!(
+                    "model `{}`: `slots` needs exactly one of `mask_input` (the graph takes slot vectors and a mask) \
+                     or `token_embeddings` (the graph takes inputs_embeds)",
+                    self.name
+                ),
+            }
         }
         if self.batch.max_batch == 0 {
             bail!("model `{}`: `batch.max_batch` must be at least 1", self.name);
@@ -409,6 +433,31 @@ mod tests {
         std::fs::write(&path, r#"{"name": "x", "rol": "text-encoder"}"#).unwrap();
         let err = format!("{:#}", ModelManifest::load(&path).unwrap_err());
         assert!(err.contains("quarry schema model"), "{err}");
+    }
+
+    #[test]
+    fn slots_name_exactly_one_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["model.onnx", "tokenizer.json", "lookup.onnx"] {
+            std::fs::write(dir.path().join(file), b"x").unwrap();
+        }
+        let path = dir.path().join("m.json");
+        let load = |slots: &str| {
+            let manifest = format!(
+                r#"{{"name": "t", "role": "text-encoder", "files": {{"model": "model.onnx", "tokenizer": "tokenizer.json"}},
+                    "output": {{"name": "text_embeds", "kind": "pooled"}}, "tokenizer": {{"max_length": 77}},
+                    "slots": {{"placeholder": "$", "embeds_input": "e", "dim": 4{slots}}}}}"#
+            );
+            std::fs::write(&path, manifest).unwrap();
+            ModelManifest::load(&path).map_err(|e| format!("{e:#}"))
+        };
+        assert!(load(r#", "mask_input": "m""#).is_ok());
+        let m = load(r#", "token_embeddings": "lookup.onnx""#).unwrap();
+        assert_eq!(m.slots.unwrap().token_embeddings.unwrap(), dir.path().join("lookup.onnx"));
+        for bad in ["", r#", "mask_input": "m", "token_embeddings": "lookup.onnx""#] {
+            assert!(load(bad).unwrap_err().contains("exactly one of `mask_input`"), "{bad}");
+        }
+        assert!(load(r#", "token_embeddings": "gone.onnx""#).unwrap_err().contains("gone.onnx does not exist"));
     }
 
     #[test]

@@ -335,19 +335,34 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
             Runtime::Decoder(Arc::new(DecoderRuntime { encoder, decoder: Mutex::new(decoder), live: Default::default(), cache }))
         }
         role => {
-            let session = session(&manifest, &manifest.files.model)?;
+            let main = session(&manifest, &manifest.files.model)?;
             let mut inputs: Vec<&String> = match role {
                 ModelRole::ImageEncoder => manifest.inputs.pixel_values.iter().collect(),
                 ModelRole::Projector => manifest.inputs.vectors.iter().collect(),
                 _ => text_inputs,
             };
+            let mut token_embeddings = None;
             if let Some(slots) = &manifest.slots {
-                inputs.extend([&slots.embeds_input, &slots.mask_input]);
+                inputs.push(&slots.embeds_input);
+                inputs.extend(&slots.mask_input);
+                if let Some(path) = &slots.token_embeddings {
+                    // An inputs_embeds graph takes embeddings instead of token ids.
+                    inputs.retain(|name| Some(*name) != manifest.inputs.input_ids.as_ref());
+                    let lookup = session(&manifest, path)?;
+                    if lookup.inputs().len() != 1 || lookup.outputs().is_empty() {
+                        bail!(
+                            "model `{}`: the token-embeddings graph {} must take one input (token ids) and output their embeddings",
+                            manifest.name,
+                            path.display()
+                        );
+                    }
+                    token_embeddings = Some(lookup);
+                }
             }
             let mut outputs = vec![&manifest.output.name];
             outputs.extend(manifest.token_output.as_ref());
-            check_io(&manifest.name, &session, &inputs, &outputs)?;
-            Runtime::Batched(Batcher::start(session, &manifest)?)
+            check_io(&manifest.name, &main, &inputs, &outputs)?;
+            Runtime::Batched(Batcher::start(main, token_embeddings, &manifest)?)
         }
     };
     let tokenizer = match manifest.role {
