@@ -9,6 +9,8 @@
   and a key/value cache (past_key_values.0.* in, present.0.* out), over the WordPiece vocabulary.
 - slot-text-embeds.onnx (+ slot-text-lookup.onnx): the same encoder in the inputs_embeds layout,
   with its embedding layer as a separate graph.
+- cross-attributes.onnx: a cross-encoder scoring a (query, text) pair by the attribute words the
+  two segments share, so it only works if the segments' token type ids reach it.
 - color-image.onnx: an image encoder into slot-text's space for pictures of one shape on white:
   colour from the mean colour, circle or square from patch saturation; 4x4 patch means are its
   tokens.
@@ -218,6 +220,52 @@ def slot_text_embeds(out_dir, tokenizer_json):
             "tokenizer": {"max_length": 77},
             "slots": {"placeholder": "$", "embeds_input": "inputs_embeds", "token_embeddings": "slot-text-lookup.onnx", "dim": dim},
             "normalize": True,
+        },
+    )
+
+
+def cross_attributes(out_dir, tokenizer_json):
+    """A cross-encoder: score = attribute axes of segment 0 (the query) dot those of segment 1."""
+    table = attribute_table(tokenizer_json)
+    n, s = "n", "s"
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["tokens"]),
+        helper.make_node("Cast", ["attention_mask"], ["am2"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["token_type_ids"], ["tt2"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["am2", "tt2"], ["second2"]),
+        helper.make_node("Sub", ["am2", "second2"], ["first2"]),
+        helper.make_node("Unsqueeze", ["first2", "axis2"], ["first"]),
+        helper.make_node("Unsqueeze", ["second2", "axis2"], ["second"]),
+        helper.make_node("Mul", ["tokens", "first"], ["a_tokens"]),
+        helper.make_node("Mul", ["tokens", "second"], ["b_tokens"]),
+        helper.make_node("ReduceSum", ["a_tokens", "axis1"], ["a"], keepdims=0),
+        helper.make_node("ReduceSum", ["b_tokens", "axis1"], ["b"], keepdims=0),
+        helper.make_node("Mul", ["a", "b"], ["ab"]),
+        helper.make_node("ReduceSum", ["ab", "axis1"], ["logits"], keepdims=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cross_attributes",
+        [helper.make_tensor_value_info(name, TensorProto.INT64, [n, s]) for name in ["input_ids", "attention_mask", "token_type_ids"]],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, 1])],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        ],
+    )
+    save(
+        graph,
+        out_dir,
+        "cross-attributes",
+        {
+            "name": "cross-attributes",
+            "role": "cross-encoder",
+            "files": {"model": "cross-attributes.onnx", "tokenizer": os.path.abspath(tokenizer_json)},
+            "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "token_type_ids": "token_type_ids"},
+            "output": {"name": "logits", "kind": "pooled"},
+            "tokenizer": {"max_length": 128},
+            "normalize": False,
         },
     )
 
@@ -518,6 +566,7 @@ def main():
     slot_text_embeds(out_dir, tokenizer_json)
     captioner(out_dir, tokenizer_json)
     tiny_lm(out_dir, tokenizer_json)
+    cross_attributes(out_dir, tokenizer_json)
     color_image(out_dir)
 
 

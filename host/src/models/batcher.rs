@@ -14,9 +14,12 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 /// One tokenized text, unpadded, with any slot vectors and the positions they replace.
+#[derive(Default)]
 pub(crate) struct TextRow {
     pub ids: Vec<i64>,
     pub mask: Vec<i64>,
+    /// Segment ids of text pairs; empty means all zeros.
+    pub type_ids: Vec<i64>,
     pub slots: Vec<(usize, Vec<f32>)>,
 }
 
@@ -185,9 +188,11 @@ impl Worker {
                 let seq = spec.pad_to.map_or(longest, |p| p.max(longest));
                 let mut ids = vec![spec.pad_id as i64; n * seq];
                 let mut mask = vec![0i64; n * seq];
+                let mut type_ids = vec![0i64; n * seq];
                 for (row, r) in rows.iter().enumerate() {
                     ids[row * seq..row * seq + r.ids.len()].copy_from_slice(&r.ids);
                     mask[row * seq..row * seq + r.mask.len()].copy_from_slice(&r.mask);
+                    type_ids[row * seq..row * seq + r.type_ids.len()].copy_from_slice(&r.type_ids);
                 }
                 let shape = vec![n as i64, seq as i64];
                 let tensor = |data: Vec<i64>| Tensor::from_array((shape.clone(), data)).map_err(|e| anyhow!("{e}"));
@@ -220,7 +225,7 @@ impl Worker {
                     feed.push((input.clone().into(), tensor(mask.clone())?.into()));
                 }
                 if let Some(input) = &names.token_type_ids {
-                    feed.push((input.clone().into(), tensor(vec![0; n * seq])?.into()));
+                    feed.push((input.clone().into(), tensor(type_ids)?.into()));
                 }
                 // A graph with slot inputs always takes them; rows without slots pass zeros.
                 if let Some((slots, mask_input)) = slots.and_then(|s| s.mask_input.as_ref().map(|m| (s, m))) {
@@ -314,7 +319,7 @@ mod tests {
                         let bad = i == 3;
                         let len = if bad { 600 } else { 3 + i };
                         let ids: Vec<i64> = (0..len).map(|t| if t == 0 { 101 } else { 2000 + t as i64 }).collect();
-                        let row = TextRow { ids, mask: vec![1; len], slots: Vec::new() };
+                        let row = TextRow { ids, mask: vec![1; len], ..Default::default() };
                         (bad, batcher.run(Inputs::Text(vec![row]), "last_hidden_state"))
                     })
                 })

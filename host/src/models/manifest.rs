@@ -64,6 +64,9 @@ pub enum ModelRole {
     Projector,
     /// Prompt to next-token log-probabilities, step by step (`decoders.generation`).
     Decoder,
+    /// (query, text) pairs to relevance scores (`rankers.cross-score`): the pair is tokenized
+    /// as two segments, and the first value of each output row (`[batch, 1]` logits) is the score.
+    CrossEncoder,
 }
 
 /// How to drive a decoder. Encoder-decoder layouts (`files.encoder` set) encode the prompt once
@@ -319,9 +322,10 @@ impl ModelManifest {
             ModelRole::Decoder => "a decoder",
             ModelRole::ImageEncoder => "an image encoder",
             ModelRole::Projector => "a projector",
+            ModelRole::CrossEncoder => "a cross-encoder",
         };
         match self.role {
-            ModelRole::TextEncoder | ModelRole::Decoder => {
+            ModelRole::TextEncoder | ModelRole::Decoder | ModelRole::CrossEncoder => {
                 let Some(spec) = &self.tokenizer else {
                     bail!("model `{}` is {role}, so it needs a `tokenizer` section with `max_length`", self.name);
                 };
@@ -334,6 +338,9 @@ impl ModelManifest {
                 }
                 if self.inputs.input_ids.is_none() {
                     bail!("model `{}` is {role}, so `inputs.input_ids` must name the token id input", self.name);
+                }
+                if self.role == ModelRole::CrossEncoder && spec.kind != TokenizerKind::HfJson {
+                    bail!("model `{}` is {role}; pairs of texts need a tokenizer.json (`tokenizer.kind: hf-json`), which defines how segments join", self.name);
                 }
             }
             ModelRole::ImageEncoder => {

@@ -190,6 +190,16 @@ impl Models {
         Generation::start(runtime.clone(), &model.manifest, rows.remove(0).ids)
     }
 
+    /// Relevance of each text to `query`, by a cross-encoder, in input order.
+    pub fn cross_score(&self, model: &str, query: &str, texts: &[String]) -> Result<Vec<f32>, ModelError> {
+        let model = self.get(model, ModelRole::CrossEncoder)?;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(model.manifest.batch.max_batch) {
+            out.extend(model.cross_score(query, chunk)?);
+        }
+        Ok(out)
+    }
+
     /// Generation sessions open on a decoder.
     pub fn live_generations(&self, model: &str) -> usize {
         match self.loaded.lock().unwrap().get(model).map(|m| &m.runtime) {
@@ -366,7 +376,7 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
         }
     };
     let tokenizer = match manifest.role {
-        ModelRole::TextEncoder | ModelRole::Decoder => Some(TextTokenizer::open(&manifest)?),
+        ModelRole::TextEncoder | ModelRole::Decoder | ModelRole::CrossEncoder => Some(TextTokenizer::open(&manifest)?),
         ModelRole::ImageEncoder | ModelRole::Projector => None,
     };
     Ok(LoadedModel { manifest, runtime, tokenizer })
@@ -384,7 +394,7 @@ impl LoadedModel {
     fn text_inputs(&self, texts: &[String]) -> Result<Inputs, ModelError> {
         let tokenizer = self.tokenizer.as_ref().expect("validated: text encoders have a tokenizer");
         let encoded = tokenizer.encode(texts).map_err(|e| ModelError::InvalidInput(format!("cannot tokenize: {e}")))?;
-        Ok(Inputs::Text(encoded.into_iter().map(|(ids, mask)| TextRow { ids, mask, slots: Vec::new() }).collect()))
+        Ok(Inputs::Text(encoded.into_iter().map(|(ids, mask)| TextRow { ids, mask, ..Default::default() }).collect()))
     }
 
     /// Tokenize templates and place each template's slot vectors at its placeholder tokens.
@@ -443,6 +453,20 @@ impl LoadedModel {
     fn embed_texts_with_slots(&self, texts: &[(String, Vec<Vec<f32>>)]) -> Result<Vec<Vec<f32>>, ModelError> {
         let out = self.batcher()?.run(self.slotted_inputs(texts)?, &self.manifest.output.name)?;
         self.pool((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
+    }
+
+    fn cross_score(&self, query: &str, texts: &[String]) -> Result<Vec<f32>, ModelError> {
+        let tokenizer = self.tokenizer.as_ref().expect("validated: cross-encoders have a tokenizer");
+        let pairs: Vec<(String, String)> = texts.iter().map(|t| (query.to_string(), t.clone())).collect();
+        let encoded = tokenizer.encode_pairs(&pairs).map_err(|e| ModelError::InvalidInput(format!("cannot tokenize: {e}")))?;
+        let rows = encoded.into_iter().map(|[ids, mask, type_ids]| TextRow { ids, mask, type_ids, ..Default::default() }).collect();
+        let out = self.batcher()?.run(Inputs::Text(rows), &self.manifest.output.name)?;
+        let n = texts.len();
+        if out.shape.first() != Some(&(n as i64)) || out.data.len() < n {
+            return Err(ModelError::Runtime(anyhow!("cross-encoder `{}` returned {:?} for {n} pairs", self.manifest.name, out.shape)));
+        }
+        let per_row = out.data.len() / n;
+        Ok(out.data.chunks_exact(per_row).map(|row| row[0]).collect())
     }
 
     fn project(&self, vectors: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {

@@ -63,6 +63,15 @@ impl TextTokenizer {
         }
     }
 
+    /// Token ids, attention mask and segment (token type) ids of each pair, joined as the
+    /// tokenizer.json's post-processor says (`[CLS] a [SEP] b [SEP]` for BERT), truncated, unpadded.
+    pub fn encode_pairs(&self, pairs: &[(String, String)]) -> Result<Vec<[Vec<i64>; 3]>, String> {
+        let TextTokenizer::Hf(t) = self else { return Err("CLIP BPE does not tokenize pairs of texts".into()) };
+        let encodings = t.encode_batch(pairs.to_vec(), true).map_err(|e| e.to_string())?;
+        let long = |v: &[u32]| v.iter().map(|&i| i64::from(i)).collect();
+        Ok(encodings.iter().map(|e| [long(e.get_ids()), long(e.get_attention_mask()), long(e.get_type_ids())]).collect())
+    }
+
     /// The id of `token` if it is exactly one token.
     pub fn single_token(&self, token: &str) -> Option<i64> {
         match self {

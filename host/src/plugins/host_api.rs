@@ -203,12 +203,6 @@ impl From<ModelError> for WitError {
     }
 }
 
-fn unsupported(capability: &str, issue: &str) -> WitError {
-    WitError::Unsupported(format!("{capability} is not backed by this host yet (it arrives with {issue})"))
-}
-
-const MODEL_RUNTIME_ISSUE: &str = "the model-runtime issue: cross-encoders";
-
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
@@ -329,8 +323,8 @@ impl quarry::retrieval::rankers::Host for CallState {
         })())
     }
 
-    fn cross_score(&mut self, model: String, _query: String, _texts: Vec<String>) -> Answer<Vec<f32>> {
-        Ok(self.model(&model).and(Err(unsupported("rankers.cross-score", MODEL_RUNTIME_ISSUE))))
+    fn cross_score(&mut self, model: String, query: String, texts: Vec<String>) -> Answer<Vec<f32>> {
+        Ok(self.model(&model).and_then(|()| Ok(self.services.models.cross_score(&model, &query, &texts)?)))
     }
 }
 

@@ -66,6 +66,12 @@ impl Strategy for Fields {
                 let candidates: Vec<String> = p["candidates"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
                 quarry_sdk::rankers::late_interaction(c.name(), "tokens", &token_set(&p["tokens"]), &candidates)
             }
+            // Cross-encoder scores of `texts` against the query text, one hit per text.
+            "cross-score" => {
+                let texts: Vec<String> = p["texts"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
+                let scores = quarry_sdk::rankers::cross_score(p["model"].as_str().unwrap_or_default(), query.text.as_deref().unwrap_or_default(), &texts)?;
+                Ok(texts.into_iter().zip(scores).map(|(id, score)| Hit { id, score }).collect())
+            }
             // Generative retrieval: decode code sequences from the query with beam search,
             // constrained to sequences that exist in the `codes` trie; answer their items.
             "generate" => {
