@@ -6,7 +6,8 @@
 - captioner.onnx (+ captioner-encoder.onnx): an encoder-decoder that generates a caption's
   attribute codes (colour, then shape), for generative retrieval.
 - tiny-lm.onnx: a decoder-only language model with one attention layer, seeded random weights
-  and a key/value cache (past_key_values.0.* in, present.0.* out), over the WordPiece vocabulary.
+  and a key/value cache (past_key_values.0.* in, present.0.* out), over the WordPiece vocabulary;
+  tiny-lm-split.onnx + tiny-lm-split-with-past.onnx: the same in optimum's split layout.
 - slot-text-embeds.onnx (+ slot-text-lookup.onnx): the same encoder in the inputs_embeds layout,
   with its embedding layer as a separate graph.
 - cross-attributes.onnx: a cross-encoder scoring a (query, text) pair by the attribute words the
@@ -440,15 +441,12 @@ def captioner(out_dir, tokenizer_json):
     )
 
 
-def tiny_lm(out_dir, tokenizer_json):
-    """A decoder-only model in the common export layout with a key/value cache: token and position
-    embeddings, one causal self-attention layer of 2 heads x 4, and a vocabulary-sized output.
-    Weights are random (seeded): the tests compare cached steps with full passes, not meanings."""
-    with open(tokenizer_json) as f:
-        vocab = len(json.load(f)["model"]["vocab"])
-    rng = np.random.default_rng(7)
-    dim, heads, head_dim, max_pos = 8, 2, 4, 64
-    w = lambda *shape: rng.normal(0.0, 0.5, shape).astype(np.float32)
+def tiny_lm_graph(vocab, weights, past, memory):
+    """The tiny decoder-only graph. `past`: it takes past key/values (else it starts from none, as
+    a split export's first-step graph does). `memory`: it has a second cache entry, a vector
+    from the sequence's first token, which the first step outputs and later steps only read,
+    as split encoder-decoder exports treat cross-attention keys and values."""
+    dim, heads, head_dim = 8, 2, 4
     n, t, p, total = "n", "t", "p", "p_plus_t"
 
     def heads_of(name, out):
@@ -466,14 +464,25 @@ def tiny_lm(out_dir, tokenizer_json):
         *heads_of("q", "q"),
         *heads_of("k", "k_new"),
         *heads_of("v", "v_new"),
-        helper.make_node("Concat", ["past_key_values.0.key", "k_new"], ["present.0.key"], axis=2),
-        helper.make_node("Concat", ["past_key_values.0.value", "v_new"], ["present.0.value"], axis=2),
+    ]
+    if past:
+        nodes += [
+            helper.make_node("Concat", ["past_key_values.0.key", "k_new"], ["present.0.key"], axis=2),
+            helper.make_node("Concat", ["past_key_values.0.value", "v_new"], ["present.0.value"], axis=2),
+            helper.make_node("Shape", ["past_key_values.0.key"], ["past_shape"]),
+            helper.make_node("Gather", ["past_shape", "two_s"], ["past_len"]),
+        ]
+    else:
+        nodes += [
+            helper.make_node("Identity", ["k_new"], ["present.0.key"]),
+            helper.make_node("Identity", ["v_new"], ["present.0.value"]),
+            helper.make_node("Identity", ["zero_s"], ["past_len"]),
+        ]
+    nodes += [
         helper.make_node("Transpose", ["present.0.key"], ["k_t"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["q", "k_t"], ["raw_scores"]),
         helper.make_node("Mul", ["raw_scores", "inv_sqrt_d"], ["scores"]),
         # Causal mask over absolute positions: query i sits at past + i.
-        helper.make_node("Shape", ["past_key_values.0.key"], ["past_shape"]),
-        helper.make_node("Gather", ["past_shape", "two_s"], ["past_len"]),
         helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
         helper.make_node("Gather", ["ids_shape", "one_s"], ["new_len"]),
         helper.make_node("Add", ["past_len", "new_len"], ["all_len"]),
@@ -494,66 +503,98 @@ def tiny_lm(out_dir, tokenizer_json):
         helper.make_node("Reshape", ["ctx_t", "merge_heads"], ["ctx"]),
         helper.make_node("MatMul", ["ctx", "Wo"], ["mixed"]),
         helper.make_node("Add", ["x", "mixed"], ["h"]),
-        helper.make_node("MatMul", ["h", "unembed"], ["logits"]),
-    ]
-    init = [
-        numpy_helper.from_array(w(vocab, dim), "embed"),
-        numpy_helper.from_array(w(max_pos, dim), "pos_embed"),
-        numpy_helper.from_array(w(dim, dim), "Wq"),
-        numpy_helper.from_array(w(dim, dim), "Wk"),
-        numpy_helper.from_array(w(dim, dim), "Wv"),
-        numpy_helper.from_array(w(dim, dim), "Wo"),
-        numpy_helper.from_array(w(dim, vocab), "unembed"),
-        numpy_helper.from_array(np.array([0, 0, heads, head_dim], dtype=np.int64), "split_heads"),
-        numpy_helper.from_array(np.array([0, 0, dim], dtype=np.int64), "merge_heads"),
-        numpy_helper.from_array(np.array(1.0 / np.sqrt(head_dim), dtype=np.float32), "inv_sqrt_d"),
-        numpy_helper.from_array(np.array(-1e9, dtype=np.float32), "minus_inf"),
-        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_f"),
-        numpy_helper.from_array(np.array(0, dtype=np.int64), "zero_s"),
-        numpy_helper.from_array(np.array(1, dtype=np.int64), "one_s"),
-        numpy_helper.from_array(np.array(2, dtype=np.int64), "two_s"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-        numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes12"),
+        helper.make_node("MatMul", ["h", "unembed"], ["logits" if not memory else "token_logits"]),
     ]
     cache = lambda name, length: helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, heads, length, head_dim])
-    graph = helper.make_graph(
-        nodes,
-        "tiny_lm",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, [n, t]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [n, total]),
-            helper.make_tensor_value_info("position_ids", TensorProto.INT64, [n, t]),
-            cache("past_key_values.0.key", p),
-            cache("past_key_values.0.value", p),
-        ],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, t, vocab]),
-            cache("present.0.key", total),
-            cache("present.0.value", total),
-        ],
-        init,
-    )
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [n, t]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [n, total]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, [n, t]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, t, vocab]),
+        cache("present.0.key", total),
+        cache("present.0.value", total),
+    ]
+    if past:
+        inputs += [cache("past_key_values.0.key", p), cache("past_key_values.0.value", p)]
+    if memory:
+        memory_info = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, 1, dim])
+        if past:
+            inputs.append(memory_info("past_key_values.1.memory"))
+            source = "past_key_values.1.memory"
+        else:
+            nodes += [
+                helper.make_node("Gather", ["x", "zero_s"], ["first"], axis=1),
+                helper.make_node("Unsqueeze", ["first", "axis1"], ["present.1.memory"]),
+            ]
+            outputs.append(memory_info("present.1.memory"))
+            source = "present.1.memory"
+        nodes += [
+            helper.make_node("MatMul", [source, "Wm"], ["memory_logits"]),
+            helper.make_node("Add", ["token_logits", "memory_logits"], ["logits"]),
+        ]
+    used = {name for node in nodes for name in node.input}
+    init = [numpy_helper.from_array(value, name) for name, value in weights.items() if name in used]
+    return helper.make_graph(nodes, "tiny_lm", inputs, outputs, init)
+
+
+def tiny_lm(out_dir, tokenizer_json):
+    """A decoder-only model with a key/value cache (token and position embeddings, one causal
+    self-attention layer of 2 heads x 4, a vocabulary-sized output), in two export layouts:
+    tiny-lm (one graph taking an at first empty cache) and tiny-lm-split (a first-step graph
+    plus a graph with past inputs, and a carried cache entry). Weights are random (seeded): the
+    tests compare cached steps with full passes, not meanings."""
+    with open(tokenizer_json) as f:
+        vocab = len(json.load(f)["model"]["vocab"])
+    rng = np.random.default_rng(7)
+    dim, heads, head_dim, max_pos = 8, 2, 4, 64
+    w = lambda *shape: rng.normal(0.0, 0.5, shape).astype(np.float32)
+    weights = {
+        "embed": w(vocab, dim),
+        "pos_embed": w(max_pos, dim),
+        "Wq": w(dim, dim),
+        "Wk": w(dim, dim),
+        "Wv": w(dim, dim),
+        "Wo": w(dim, dim),
+        "unembed": w(dim, vocab),
+        "Wm": w(dim, vocab),
+        "split_heads": np.array([0, 0, heads, head_dim], dtype=np.int64),
+        "merge_heads": np.array([0, 0, dim], dtype=np.int64),
+        "inv_sqrt_d": np.array(1.0 / np.sqrt(head_dim), dtype=np.float32),
+        "minus_inf": np.array(-1e9, dtype=np.float32),
+        "one_f": np.array(1.0, dtype=np.float32),
+        "zero_s": np.array(0, dtype=np.int64),
+        "one_s": np.array(1, dtype=np.int64),
+        "two_s": np.array(2, dtype=np.int64),
+        "axis1": np.array([1], dtype=np.int64),
+        "axes12": np.array([1, 2], dtype=np.int64),
+    }
+    decoder = {
+        "input_ids": "input_ids",
+        "logits": "logits",
+        "start_token": 1,
+        "attention_mask": "attention_mask",
+        "position_ids": "position_ids",
+        "cache": {"past_prefix": "past_key_values.", "present_prefix": "present."},
+    }
+    manifest = lambda name, files: {
+        "name": name,
+        "role": "decoder",
+        "files": {**files, "tokenizer": os.path.abspath(tokenizer_json)},
+        "inputs": {"input_ids": "input_ids"},
+        "output": {"name": "logits", "kind": "tokens"},
+        "tokenizer": {"max_length": 32},
+        "decoder": decoder,
+        "normalize": False,
+    }
+    save(tiny_lm_graph(vocab, weights, past=True, memory=False), out_dir, "tiny-lm", manifest("tiny-lm", {"model": "tiny-lm.onnx"}))
+    save(tiny_lm_graph(vocab, weights, past=True, memory=True), out_dir, "tiny-lm-split-with-past")
     save(
-        graph,
+        tiny_lm_graph(vocab, weights, past=False, memory=True),
         out_dir,
-        "tiny-lm",
-        {
-            "name": "tiny-lm",
-            "role": "decoder",
-            "files": {"model": "tiny-lm.onnx", "tokenizer": os.path.abspath(tokenizer_json)},
-            "inputs": {"input_ids": "input_ids"},
-            "output": {"name": "logits", "kind": "tokens"},
-            "tokenizer": {"max_length": 32},
-            "decoder": {
-                "input_ids": "input_ids",
-                "logits": "logits",
-                "start_token": 1,
-                "attention_mask": "attention_mask",
-                "position_ids": "position_ids",
-                "cache": {"past_prefix": "past_key_values.", "present_prefix": "present."},
-            },
-            "normalize": False,
-        },
+        "tiny-lm-split",
+        manifest("tiny-lm-split", {"model": "tiny-lm-split.onnx", "decoder_with_past": "tiny-lm-split-with-past.onnx"}),
     )
 
 

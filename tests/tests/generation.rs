@@ -82,10 +82,29 @@ fn full_last(generation: &mut quarry_host::models::decoder::Generation, prefix: 
 
 #[test]
 fn a_key_value_cache_gives_the_full_pass_log_probabilities_step_by_step() {
+    cached_steps_equal_full_passes("tiny-lm");
+}
+
+#[test]
+fn a_split_export_steps_with_its_past_graph_and_carries_cross_entries() {
+    cached_steps_equal_full_passes("tiny-lm-split");
+}
+
+#[test]
+fn beams_reordered_in_the_cache_extend_the_right_prefixes() {
+    beams_follow_their_cache_rows("tiny-lm");
+}
+
+#[test]
+fn beams_reordered_in_a_split_export_cache_extend_the_right_prefixes() {
+    beams_follow_their_cache_rows("tiny-lm-split");
+}
+
+fn cached_steps_equal_full_passes(model: &str) {
     let dir = tempfile::tempdir().unwrap();
     let host = host(dir.path());
-    add_test_model(&host, "tiny-lm");
-    let mut generation = host.models().start_generation("tiny-lm", "the prompt comes first").unwrap();
+    add_test_model(&host, model);
+    let mut generation = host.models().start_generation(model, "the prompt comes first").unwrap();
     let mut stepwise = vec![generation.next_logprobs(&[vec![]]).unwrap().remove(0)];
     let prefix = [2000u32, 2017, 3899, 42];
     for len in 1..=prefix.len() {
@@ -99,16 +118,15 @@ fn a_key_value_cache_gives_the_full_pass_log_probabilities_step_by_step() {
         assert!(max_diff(a, b) < 1e-4, "step {t}: cached and full passes differ by {}", max_diff(a, b));
     }
     // The prompt matters: another prompt gives other log-probabilities.
-    let mut other = host.models().start_generation("tiny-lm", "a different prompt").unwrap();
+    let mut other = host.models().start_generation(model, "a different prompt").unwrap();
     assert!(max_diff(&other.next_logprobs(&[vec![]]).unwrap()[0], &stepwise[0]) > 1e-2);
 }
 
-#[test]
-fn beams_reordered_in_the_cache_extend_the_right_prefixes() {
+fn beams_follow_their_cache_rows(model: &str) {
     let dir = tempfile::tempdir().unwrap();
     let host = host(dir.path());
-    add_test_model(&host, "tiny-lm");
-    let mut g = host.models().start_generation("tiny-lm", "beam search").unwrap();
+    add_test_model(&host, model);
+    let mut g = host.models().start_generation(model, "beam search").unwrap();
     g.next_logprobs(&[vec![]]).unwrap();
     // Three beams grow out of the one cached row (gathered three times).
     let beams = [vec![5u32], vec![7], vec![9]];
@@ -138,4 +156,24 @@ fn beams_reordered_in_the_cache_extend_the_right_prefixes() {
     assert!(max_diff(&scored[0], &full_last(&mut g, &[3, 8])) < 1e-4);
     assert!(g.next_logprobs(&[vec![3, 8, 40000]]).unwrap_err().to_string().contains("outside the decoder's vocabulary of 30522"));
     assert!(g.reorder(&[1]).unwrap_err().to_string().contains("beam 1 does not exist"));
+}
+
+#[test]
+fn a_cache_the_graph_does_not_have_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let models = quarry_tests::test_models_dir();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(models.join("tiny-lm.json")).unwrap()).unwrap();
+    manifest["files"]["model"] = json!(models.join("tiny-lm.onnx"));
+    for (cache, expected) in [
+        (json!({"past_prefix": "past_key_values.", "present_prefix": "new."}), "has no matching output `new.0.key`"),
+        (json!({"past_prefix": "cache.", "present_prefix": "present."}), "no graph input starts with `cache.`"),
+    ] {
+        manifest["decoder"]["cache"] = cache;
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, manifest.to_string()).unwrap();
+        host.add_model_file(&path).unwrap();
+        let err = host.models().start_generation("tiny-lm", "x").err().expect("the cache does not fit the graph").to_string();
+        assert!(err.contains(expected) && err.contains("decoder.cache"), "{err}");
+    }
 }

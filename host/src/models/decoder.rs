@@ -9,6 +9,9 @@
 //! against the previous step's cache rows gathered into the new beam order; any other request
 //! falls back to a full pass, so answers never depend on the order of calls.
 //!
+//! Exports come as one graph taking an (at first empty) cache, or split in two as optimum writes
+//! them: a first-step graph without cache inputs and a graph with them.
+//!
 //! Cache tensors go through ONNX Runtime's I/O binding and are bound to the execution provider's
 //! memory, so on a GPU they stay there from step to step; only a reorder that changes which beam
 //! sits in which row copies them to the host.
@@ -27,7 +30,10 @@ use std::sync::{Arc, Mutex};
 /// A decoder's sessions, shared by every generation on it.
 pub(crate) struct DecoderRuntime {
     pub encoder: Option<Mutex<Session>>,
+    /// Full passes (and, in a split export, the first step).
     pub decoder: Mutex<Session>,
+    /// Split exports: the graph that takes past key/values.
+    pub with_past: Option<Mutex<Session>>,
     pub live: Arc<AtomicUsize>,
     pub cache: Option<CacheLayout>,
 }
@@ -42,42 +48,58 @@ pub(crate) struct CacheLayout {
 struct CacheEntry {
     past: String,
     present: String,
-    /// The past input's shape with batch at axis 0 and the past length at `past_axis`.
-    shape: Vec<i64>,
-    past_axis: usize,
+    /// Single-graph exports: the past input's shape and its past-length axis, to make the empty
+    /// cache a full pass starts from.
+    empty: Option<(Vec<i64>, usize)>,
+    /// Whether cached steps output this tensor anew; if not (cross-attention keys and values of
+    /// split exports), it is carried from step to step.
+    stepped: bool,
 }
 
 impl CacheLayout {
-    /// Pair every `past_prefix*` input of `session` with its `present_prefix*` output.
-    pub fn discover(model: &str, session: &Session, spec: &CacheSpec, provider: &ExecutionProvider) -> Result<Self> {
+    /// Pair every `past_prefix*` input of the graph that takes the cache (`with_past`, or the
+    /// decoder itself) with its `present_prefix*` output.
+    pub fn discover(model: &str, decoder: &Session, with_past: Option<&Session>, spec: &CacheSpec, provider: &ExecutionProvider) -> Result<Self> {
+        let step = with_past.unwrap_or(decoder);
+        let outputs = |s: &Session| s.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>();
         let mut entries = Vec::new();
-        for input in session.inputs().iter().filter(|i| i.name().starts_with(&spec.past_prefix)) {
+        for input in step.inputs().iter().filter(|i| i.name().starts_with(&spec.past_prefix)) {
             let suffix = &input.name()[spec.past_prefix.len()..];
             let present = format!("{}{suffix}", spec.present_prefix);
-            if !session.outputs().iter().any(|o| o.name() == present) {
+            if !outputs(decoder).contains(&present) {
                 bail!(
-                    "model `{model}`: cache input `{}` has no matching output `{present}` (its outputs are: {}); fix `decoder.cache` in its manifest",
+                    "model `{model}`: cache input `{}` has no matching output `{present}` in {} (its outputs are: {}); fix `decoder.cache` in its manifest",
                     input.name(),
-                    session.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ")
+                    if with_past.is_some() { "the first-step graph `files.model`" } else { "the decoder" },
+                    outputs(decoder).join(", ")
                 );
             }
             let ValueType::Tensor { ty, shape, .. } = input.dtype() else { bail!("model `{model}`: cache input `{}` is not a tensor", input.name()) };
             if *ty != TensorElementType::Float32 {
                 bail!("model `{model}`: cache input `{}` holds {ty:?}; the host keeps f32 caches, so export the decoder with a float32 cache", input.name());
             }
-            let dynamic: Vec<usize> = (1..shape.len()).filter(|&axis| shape[axis] < 0).collect();
-            let [past_axis] = dynamic[..] else {
-                bail!(
-                    "model `{model}`: cache input `{}` has shape {:?}; the host needs batch first and exactly one other dynamic axis \
-                     (the past length), so export it with fixed head counts and sizes",
-                    input.name(),
-                    &shape[..]
-                );
+            let empty = if with_past.is_some() {
+                None
+            } else {
+                let dynamic: Vec<usize> = (1..shape.len()).filter(|&axis| shape[axis] < 0).collect();
+                let [past_axis] = dynamic[..] else {
+                    bail!(
+                        "model `{model}`: cache input `{}` has shape {:?}; the host needs batch first and exactly one other dynamic axis \
+                         (the past length), so export it with fixed head counts and sizes",
+                        input.name(),
+                        &shape[..]
+                    );
+                };
+                Some((shape.to_vec(), past_axis))
             };
-            entries.push(CacheEntry { past: input.name().to_string(), present, shape: shape.to_vec(), past_axis });
+            let stepped = outputs(step).contains(&present);
+            entries.push(CacheEntry { past: input.name().to_string(), present, empty, stepped });
         }
         if entries.is_empty() {
             bail!("model `{model}`: no graph input starts with `{}`, so it has no cache; fix `decoder.cache.past_prefix` or remove `cache`", spec.past_prefix);
+        }
+        if !entries.iter().any(|e| e.stepped) {
+            bail!("model `{model}`: the graph taking past key/values outputs none of the `{}*` tensors; fix `decoder.cache.present_prefix`", spec.present_prefix);
         }
         let cuda_device = match provider {
             ExecutionProvider::Cpu => None,
@@ -416,56 +438,73 @@ impl Generation {
         Ok((self.logits(value, n, steps, prefixes)?, lengths))
     }
 
-    /// Run the decoder with I/O binding: `past` (or an empty cache) in, logits to the host and
-    /// the new cache left in the cache's memory.
+    /// Run the decoder with I/O binding: `past` (or, for a full pass, none) in, logits to the host
+    /// and the new cache left in the cache's memory.
     fn run_bound(&self, ids: Vec<i64>, n: usize, steps: usize, past_len: usize, past: Option<Vec<DynTensor>>) -> Result<(Logits, Vec<DynTensor>), ModelError> {
         let layout = self.runtime.cache.as_ref().expect("bound runs only with a cache");
         let fail = |e: ort::Error| ModelError::Runtime(anyhow!("the decoder of `{}` failed: {e}", self.model));
-        let past = match past {
-            Some(past) => past,
-            None => layout
-                .entries
-                .iter()
-                .map(|entry| {
-                    let mut shape = entry.shape.clone();
-                    shape[0] = n as i64;
-                    shape[entry.past_axis] = 0;
-                    Tensor::<f32>::from_array((shape, Vec::new())).map(Tensor::upcast).map_err(fail)
-                })
-                .collect::<Result<_, _>>()?,
+        let stepping = past.is_some();
+        // Split exports start from no cache at all; single graphs from an empty one.
+        let past: Option<Vec<DynTensor>> = match past {
+            Some(past) => Some(past),
+            None if self.runtime.with_past.is_some() => None,
+            None => Some(
+                layout
+                    .entries
+                    .iter()
+                    .map(|entry| {
+                        let (mut shape, past_axis) = entry.empty.clone().expect("single-graph cache entries know their empty shape");
+                        shape[0] = n as i64;
+                        shape[past_axis] = 0;
+                        Tensor::<f32>::from_array((shape, Vec::new())).map(Tensor::upcast).map_err(fail)
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
         };
-        let mut session = self.runtime.decoder.lock().unwrap();
+        let graph = match (&self.runtime.with_past, stepping) {
+            (Some(with_past), true) => with_past,
+            _ => &self.runtime.decoder,
+        };
+        let mut session = graph.lock().unwrap();
+        let takes = |name: &str| session.inputs().iter().any(|i| i.name() == name);
         let mut binding = session.create_binding().map_err(fail)?;
         binding.bind_input(self.spec.input_ids.clone(), &tensor(vec![n as i64, steps as i64], ids)?).map_err(fail)?;
         for (name, value) in self.extra_inputs(n, steps, past_len)? {
-            binding.bind_input(name, &value).map_err(fail)?;
+            // A split export's step graph may read the encoder through its cache instead.
+            if takes(&name) {
+                binding.bind_input(name, &value).map_err(fail)?;
+            }
         }
-        for (entry, value) in layout.entries.iter().zip(&past) {
+        for (entry, value) in layout.entries.iter().zip(past.iter().flatten()) {
             binding.bind_input(entry.past.clone(), value).map_err(fail)?;
         }
         let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(fail)?;
         binding.bind_output_to_device(self.spec.logits.clone(), &host).map_err(fail)?;
         let device = layout.memory()?;
-        for entry in &layout.entries {
+        let produced = |entry: &CacheEntry| !stepping || entry.stepped;
+        for entry in layout.entries.iter().filter(|e| produced(e)) {
             binding.bind_output_to_device(entry.present.clone(), &device).map_err(fail)?;
         }
         let mut outputs = session.run_binding(&binding).map_err(fail)?;
         let value = outputs.remove(self.spec.logits.as_str()).ok_or_else(|| anyhow!("the decoder of `{}` has no output `{}`", self.model, self.spec.logits))?;
         let logits = self.logits(&value, n, steps, &[])?;
-        let presents = layout
-            .entries
-            .iter()
-            .map(|entry| {
-                let value = outputs.remove(entry.present.as_str()).ok_or_else(|| anyhow!("the decoder of `{}` returned no `{}`", self.model, entry.present))?;
-                let value = value.downcast::<DynTensorValueType>().map_err(|e| anyhow!("`{}` of `{}` is not a tensor: {e}", entry.present, self.model))?;
-                let got = value.shape();
-                let rows_ok = got.len() == entry.shape.len() && got[0] == n as i64 && got[entry.past_axis] == (past_len + steps) as i64;
-                if !rows_ok {
-                    return Err(anyhow!("`{}` of `{}` has shape {got:?}; expected {n} rows and a past length of {}", entry.present, self.model, past_len + steps).into());
-                }
-                Ok(value)
-            })
-            .collect::<Result<Vec<_>, ModelError>>()?;
+        let mut carried = past.into_iter().flatten();
+        let mut presents = Vec::with_capacity(layout.entries.len());
+        for entry in &layout.entries {
+            let kept = carried.next();
+            if !produced(entry) {
+                presents.push(kept.expect("a step feeds every cache entry"));
+                continue;
+            }
+            let value = outputs.remove(entry.present.as_str()).ok_or_else(|| anyhow!("the decoder of `{}` returned no `{}`", self.model, entry.present))?;
+            let value = value.downcast::<DynTensorValueType>().map_err(|e| anyhow!("`{}` of `{}` is not a tensor: {e}", entry.present, self.model))?;
+            let got = value.shape();
+            let rows_ok = got.first() == Some(&(n as i64)) && entry.empty.as_ref().is_none_or(|(_, axis)| got.get(*axis) == Some(&((past_len + steps) as i64)));
+            if !rows_ok {
+                return Err(anyhow!("`{}` of `{}` has shape {got:?}; expected {n} rows and a past length of {}", entry.present, self.model, past_len + steps).into());
+            }
+            presents.push(value);
+        }
         Ok((logits, presents))
     }
 

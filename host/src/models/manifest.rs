@@ -148,6 +148,12 @@ pub struct ModelFiles {
     /// Decoders with an encoder-decoder layout: the encoder graph.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder: Option<PathBuf>,
+    /// Decoders whose export splits the graph that takes past key/values from the first-step
+    /// graph (optimum's `decoder_with_past_model.onnx` next to `decoder_model.onnx`): `model`
+    /// runs the first step and full passes and outputs every cache tensor; this one runs the
+    /// steps after. Cache tensors it does not output (cross-attention keys/values) are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_with_past: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -300,6 +306,7 @@ impl ModelManifest {
         manifest.files.model = absolute(base, &manifest.files.model);
         manifest.files.tokenizer = manifest.files.tokenizer.as_ref().map(|t| absolute(base, t));
         manifest.files.encoder = manifest.files.encoder.as_ref().map(|t| absolute(base, t));
+        manifest.files.decoder_with_past = manifest.files.decoder_with_past.as_ref().map(|t| absolute(base, t));
         if let Some(slots) = &mut manifest.slots {
             slots.token_embeddings = slots.token_embeddings.as_ref().map(|t| absolute(base, t));
         }
@@ -361,6 +368,12 @@ impl ModelManifest {
             let Some(spec) = &self.decoder else {
                 bail!("model `{}` is a decoder, so it needs a `decoder` section (input_ids, logits, start_token)", self.name);
             };
+            if let Some(graph) = &self.files.decoder_with_past {
+                exists("decoder_with_past", graph)?;
+                if spec.cache.is_none() {
+                    bail!("model `{}` names `files.decoder_with_past`, so `decoder.cache` must say how its past and present tensors are named", self.name);
+                }
+            }
             if let Some(encoder) = &self.files.encoder {
                 exists("encoder", encoder)?;
                 if spec.encoder_hidden_states.is_none() {

@@ -330,8 +330,16 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
                 .flatten()
                 .collect();
             check_io(&manifest.name, &decoder, &inputs, &[&spec.logits])?;
+            let with_past = match &manifest.files.decoder_with_past {
+                Some(path) => {
+                    let with_past = session(&manifest, path)?;
+                    check_io(&manifest.name, &with_past, &[&spec.input_ids], &[&spec.logits])?;
+                    Some(with_past)
+                }
+                None => None,
+            };
             let cache = match &spec.cache {
-                Some(cache) => Some(decoder::CacheLayout::discover(&manifest.name, &decoder, cache, &manifest.execution_provider)?),
+                Some(cache) => Some(decoder::CacheLayout::discover(&manifest.name, &decoder, with_past.as_ref(), cache, &manifest.execution_provider)?),
                 None => None,
             };
             let encoder = match &manifest.files.encoder {
@@ -342,7 +350,7 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
                 }
                 None => None,
             };
-            Runtime::Decoder(Arc::new(DecoderRuntime { encoder, decoder: Mutex::new(decoder), live: Default::default(), cache }))
+            Runtime::Decoder(Arc::new(DecoderRuntime { encoder, decoder: Mutex::new(decoder), with_past: with_past.map(Mutex::new), live: Default::default(), cache }))
         }
         role => {
             let main = session(&manifest, &manifest.files.model)?;
