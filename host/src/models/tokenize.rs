@@ -4,6 +4,9 @@
 use super::manifest::{ModelManifest, TokenizerKind};
 use anyhow::{Context as _, Result, anyhow};
 
+/// One text's token ids and attention mask.
+pub(crate) type IdsAndMask = (Vec<i64>, Vec<i64>);
+
 pub(crate) enum TextTokenizer {
     Hf(Box<tokenizers::Tokenizer>),
     Clip { bpe: Box<instant_clip_tokenizer::Tokenizer>, max_length: usize },
@@ -38,7 +41,7 @@ impl TextTokenizer {
     }
 
     /// Token ids and attention mask of each text, special tokens included, truncated, unpadded.
-    pub fn encode(&self, texts: &[String]) -> Result<Vec<(Vec<i64>, Vec<i64>)>, String> {
+    pub fn encode(&self, texts: &[String]) -> Result<Vec<IdsAndMask>, String> {
         match self {
             TextTokenizer::Hf(t) => {
                 let encodings = t.encode_batch(texts.to_vec(), true).map_err(|e| e.to_string())?;
@@ -97,7 +100,7 @@ mod tests {
         let manifest = ModelManifest {
             name: "clip".into(),
             role: ModelRole::TextEncoder,
-            files: ModelFiles { model: "unused.onnx".into(), tokenizer: None, encoder: None },
+            files: ModelFiles { model: "unused.onnx".into(), tokenizer: None, encoder: None, decoder_with_past: None },
             inputs: Default::default(),
             output: OutputSpec { name: "text_embeds".into(), kind: OutputKind::Pooled },
             token_output: None,

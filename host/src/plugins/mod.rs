@@ -401,7 +401,7 @@ impl PluginRuntime {
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => CallError::Timeout { strategy, deadline_ms: self.limits.deadline_ms },
             Some(Trap::UnreachableCodeReached) if stderr.contains("panicked") => {
-                let message = stderr.lines().skip_while(|l| !l.contains("panicked")).skip(1).next().unwrap_or(&stderr).to_string();
+                let message = stderr.lines().skip_while(|l| !l.contains("panicked")).nth(1).unwrap_or(&stderr).to_string();
                 CallError::Panicked { strategy, message }
             }
             Some(trap) => {
