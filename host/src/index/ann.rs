@@ -103,10 +103,17 @@ impl AnnIndex {
 
     /// About `k` nearest items, best first, with the exact index's scores.
     pub fn search(&self, flat: &FlatIndex, query: &[f32], k: usize) -> Vec<Scored> {
+        self.search_ef(flat, query, k, self.params.ef_search)
+    }
+
+    /// `search` with `ef` candidates instead of the field's `ef_search` (for tuning and benches).
+    pub fn search_ef(&self, flat: &FlatIndex, query: &[f32], k: usize, ef: usize) -> Vec<Scored> {
         // Ask for extra neighbours to make up for stale ones.
         let want = k + self.stale.min(k * 4);
-        let ef = self.params.ef_search.max(want);
+        let ef = ef.max(want);
+        // Prepared once: the graph and the exact re-score both take the query as stored.
         let prepared = flat.prepare_query(query);
+        let q_sq = super::flat::dot(&prepared, &prepared);
         let neighbours = match &self.graph {
             Graph::Dot(g) => g.search(&prepared, want, ef),
             Graph::L2(g) => g.search(&prepared, want, ef),
@@ -114,7 +121,7 @@ impl AnnIndex {
         let mut hits: Vec<Scored> = neighbours
             .into_iter()
             .filter_map(|n| self.items.get(&n.d_id))
-            .filter_map(|id| flat.exact_score(id, query).map(|score| Scored { id: id.clone(), score }))
+            .filter_map(|id| flat.prepared_score(id, &prepared, q_sq).map(|score| Scored { id: id.clone(), score }))
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
         hits.truncate(k);

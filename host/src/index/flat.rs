@@ -1,6 +1,7 @@
 //! Exact top-k over all vectors of one field, under the field's metric.
 
 use super::Scored;
+pub use super::simd::dot;
 use crate::store::Metric;
 use anyhow::{Result, bail};
 use rayon::prelude::*;
@@ -241,12 +242,12 @@ impl FlatIndex {
         Some(&self.data[row * self.dim..(row + 1) * self.dim])
     }
 
-    /// The exact score of `id` for `query`, if `id` is stored.
-    pub fn exact_score(&self, id: &str, query: &[f32]) -> Option<f32> {
+    /// The exact score of `id`, if stored, for a query as `prepare_query` returns it, whose
+    /// squared norm is `q_sq`.
+    pub fn prepared_score(&self, id: &str, prepared: &[f32], q_sq: f32) -> Option<f32> {
         let row = *self.rows.get(id)?;
-        let query = self.prepared(query);
-        let ip = dot(&query, &self.data[row * self.dim..(row + 1) * self.dim]);
-        Some(self.score(ip, row, dot(&query, &query)))
+        let ip = dot(prepared, &self.data[row * self.dim..(row + 1) * self.dim]);
+        Some(self.score(ip, row, q_sq))
     }
 }
 
@@ -356,37 +357,6 @@ impl Ord for Worst<'_> {
 fn normalized(v: &[f32]) -> Vec<f32> {
     let norm = dot(v, v).sqrt();
     if norm > 0.0 { v.iter().map(|x| x / norm).collect() } else { v.to_vec() }
-}
-
-/// Inner product, on 256-bit registers where the CPU has AVX (std caches the check).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU has AVX, checked just above.
-        return unsafe { dot_avx(a, b) };
-    }
-    dot_portable(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
-    dot_portable(a, b)
-}
-
-/// Written with 32 independent accumulators so the compiler vectorises it over several
-/// registers and the additions need not wait on each other.
-#[inline(always)]
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 32];
-    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..32 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

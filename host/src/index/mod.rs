@@ -8,6 +8,7 @@
 pub mod ann;
 pub mod filter;
 pub mod flat;
+pub mod simd;
 pub mod tokens;
 pub mod trie;
 
@@ -30,6 +31,8 @@ pub struct Scored {
 
 type FieldKey = (String, String);
 type Loaded<T> = RwLock<HashMap<FieldKey, Arc<RwLock<T>>>>;
+/// Item metadata of one collection, by item id.
+type Metadata = Arc<RwLock<HashMap<String, serde_json::Value>>>;
 
 pub struct Indexes {
     store: Arc<Store>,
@@ -39,7 +42,7 @@ pub struct Indexes {
     codes: Loaded<CodeTrie>,
     tokens: Loaded<TokenSets>,
     /// Item metadata by collection, for filters.
-    metadata: RwLock<HashMap<String, Arc<RwLock<HashMap<String, serde_json::Value>>>>>,
+    metadata: RwLock<HashMap<String, Metadata>>,
 }
 
 /// Find or build the index of one field. Building holds the map's write lock, so a commit's
@@ -124,7 +127,7 @@ impl Indexes {
         })
     }
 
-    fn metadata(&self, collection: &str) -> Result<Arc<RwLock<HashMap<String, serde_json::Value>>>> {
+    fn metadata(&self, collection: &str) -> Result<Metadata> {
         if let Some(m) = self.metadata.read().unwrap().get(collection) {
             return Ok(m.clone());
         }
