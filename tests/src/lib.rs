@@ -1,5 +1,6 @@
 //! Shared setup for the end-to-end tests: build the plugins to wasm32-wasip2, open hosts on
-//! temporary directories, register the real MiniLM models.
+//! temporary directories, register the real MiniLM models, build the designed test models and
+//! the shapes world.
 
 use quarry_host::{Grants, HostConfig, Limits, Quarry, Route};
 use std::path::{Path, PathBuf};
@@ -114,3 +115,115 @@ pub fn picture(colour: [u8; 3], circle: bool, format: image::ImageFormat) -> Vec
 pub const RED: [u8; 3] = [220, 20, 20];
 pub const GREEN: [u8; 3] = [20, 200, 40];
 pub const BLUE: [u8; 3] = [30, 40, 230];
+
+/// The seed of the shapes world the tests share.
+pub const SHAPES_WORLD_SEED: u64 = 7;
+
+/// Run tests/models/shapes_world.py: the world of `seed` into `out`.
+pub fn generate_shapes_world(out: &Path, seed: u64) {
+    let python = root().join("vendor/venv/bin/python");
+    let vocab = root().join("vendor/models/clip-bpe/bpe_simple_vocab_16e6.txt.gz");
+    assert!(vocab.is_file(), "{} is missing; run `bash scripts/setup.sh`", vocab.display());
+    let status = Command::new(&python)
+        .arg(root().join("tests/models/shapes_world.py"))
+        .arg(out)
+        .arg("--seed")
+        .arg(seed.to_string())
+        .arg("--clip-vocab")
+        .arg(&vocab)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; run `bash scripts/setup.sh` first", python.display()));
+    assert!(status.success(), "generating the shapes world failed; run `bash scripts/setup.sh` (it installs Pillow and onnx in vendor/venv)");
+}
+
+/// The shapes world (scenes, edits and its designed models) of [`SHAPES_WORLD_SEED`], in
+/// target/shapes-world/. It is generated at most once per test process, and not at all when a
+/// world from the same generator and seed is there: the output is deterministic, and test
+/// processes running side by side never see a half-written world (each writes its own folder
+/// and renames it into place when complete).
+pub fn shapes_world() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let script = root().join("tests/models/shapes_world.py");
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::fs::read(&script).unwrap_or_else(|e| panic!("cannot read {}: {e}", script.display())).hash(&mut hasher);
+        SHAPES_WORLD_SEED.hash(&mut hasher);
+        let parent = root().join("target/shapes-world");
+        let out = parent.join(format!("{:016x}", hasher.finish()));
+        if !out.join("complete").is_file() {
+            let scratch = parent.join(format!("incomplete-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&scratch);
+            generate_shapes_world(&scratch, SHAPES_WORLD_SEED);
+            std::fs::write(scratch.join("complete"), b"").expect("target/ is writable");
+            // Another process may have finished first; its world is the same.
+            if std::fs::rename(&scratch, &out).is_err() {
+                let _ = std::fs::remove_dir_all(&scratch);
+                assert!(out.join("complete").is_file(), "cannot move the shapes world into {}", out.display());
+            }
+        }
+        out
+    })
+}
+
+/// A scene's attribute values, as words of the captions' grammar.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Attributes {
+    pub colour: String,
+    pub shape: String,
+    pub size: String,
+    /// "top left", "top right", "bottom left", "bottom right" or "center".
+    pub position: String,
+}
+
+/// One line of scenes.jsonl.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Scene {
+    pub id: String,
+    /// The image, relative to the world's folder (`images/ID.png` or `images/ID.jpg`).
+    pub file: String,
+    pub caption: String,
+    pub attributes: Attributes,
+    /// What the decoder generates for the caption: colour, shape, size and position codes.
+    pub codes: Vec<u32>,
+    /// Scenes of one family share their background and jitter.
+    pub family: usize,
+    pub background: String,
+}
+
+/// One line of edits.jsonl: `target` is `source` with one attribute changed as `text` says.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Edit {
+    pub source: String,
+    pub target: String,
+    /// `colour`, `shape`, `size` or `position`.
+    pub attribute: String,
+    pub text: String,
+}
+
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()))).collect()
+}
+
+/// The scenes of the world in `dir`, in file order.
+pub fn shapes_scenes(dir: &Path) -> Vec<Scene> {
+    read_jsonl(&dir.join("scenes.jsonl"))
+}
+
+/// The edited pairs of the world in `dir`.
+pub fn shapes_edits(dir: &Path) -> Vec<Edit> {
+    read_jsonl(&dir.join("edits.jsonl"))
+}
+
+/// The encoded image of a scene of the world in `dir`.
+pub fn shapes_image(dir: &Path, scene: &Scene) -> Vec<u8> {
+    let path = dir.join(&scene.file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Register a model of [`shapes_world`] (`shapes-text`, `shapes-image`, ...).
+pub fn add_shapes_model(host: &Quarry, name: &str) {
+    let path = shapes_world().join(format!("{name}.json"));
+    host.add_model_file(&path).unwrap_or_else(|e| panic!("shapes world model {name}: {e:#}"));
+}
