@@ -8,7 +8,7 @@ use crate::plugins::registry::{Registry, Route, write_atomically};
 use crate::plugins::{CallError, LoadedPlugin, PluginRuntime};
 use crate::sources::NewItem;
 use crate::index::filter::Filter;
-use crate::store::{AnnParams, FieldSchema, Store, StoredItem, WriteBatch, qualify, split_qualified};
+use crate::store::{AnnParams, FieldSchema, Precision, Store, StoredItem, WriteBatch, qualify, split_qualified};
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -306,6 +306,25 @@ impl Quarry {
         self.services.store.set_ann(collection, field, ann)?;
         self.services.indexes.reset_ann(collection, field);
         Ok(())
+    }
+
+    /// Hold a vector field's in-memory index in f32 or f16 (half the memory; scores to about 3
+    /// significant digits). The store keeps the vectors as written either way. The index is
+    /// rebuilt from the store before this returns; if f16 cannot hold the field's values, nothing
+    /// changes and the error says so.
+    pub fn set_precision(&self, collection: &str, field: &str, precision: Precision) -> Result<()> {
+        let collection = &qualify(collection)?;
+        let _guard = self.commit_lock.lock().unwrap();
+        let store = &self.services.store;
+        let schema = store.vector_field(collection, field, "a precision")?;
+        self.services.indexes.set_precision(collection, field, schema.metric, precision, || store.set_precision(collection, field, precision))
+    }
+
+    /// A field's kind, metric, search and precision settings.
+    pub fn field_schema(&self, collection: &str, field: &str) -> Result<FieldSchema> {
+        let collection = &qualify(collection)?;
+        let meta = self.services.store.collection(collection)?.with_context(|| format!("collection `{collection}` does not exist"))?;
+        meta.fields.get(field).copied().with_context(|| format!("collection `{collection}` has no field `{field}`"))
     }
 
     /// Delete items and all their fields durably; returns how many existed.

@@ -62,13 +62,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Choose approximate (HNSW) or exact nearest-neighbour search for a vector field.
+    /// Choose approximate (HNSW) or exact nearest-neighbour search for a vector field, and the
+    /// precision of its in-memory vectors. With only --f16 or --f32, the search stays as it is.
     Index {
         collection: String,
         field: String,
-        /// Search this field with an HNSW graph (default: exact).
-        #[arg(long)]
+        /// Search this field with an HNSW graph.
+        #[arg(long, conflicts_with = "exact")]
         hnsw: bool,
+        /// Search this field exactly (what a bare `quarry index <collection> <field>` does too).
+        #[arg(long)]
+        exact: bool,
+        /// Hold the field's vectors in memory as f16: half the memory, scores to about 3
+        /// significant digits. The store keeps them as written.
+        #[arg(long, conflicts_with = "f32")]
+        f16: bool,
+        /// Hold the field's vectors in memory as f32 (the default).
+        #[arg(long)]
+        f32: bool,
         /// HNSW links per node.
         #[arg(long, default_value_t = 16)]
         m: usize,
@@ -311,11 +322,27 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Index { collection, field, hnsw, m, ef_construction, ef_search } => {
+        Command::Index { collection, field, hnsw, exact, f16, f32, m, ef_construction, ef_search } => {
             let host = open(&dir, cli.verbose)?;
-            let ann = hnsw.then_some(crate::store::AnnParams { m, ef_construction, ef_search });
-            host.set_ann(&collection, &field, ann)?;
-            println!("{collection}.{field}: {}", if hnsw { format!("HNSW (m {m}, ef_construction {ef_construction}, ef_search {ef_search})") } else { "exact".to_string() });
+            // Precision first: if f16 cannot hold the field, the search setting stays untouched too.
+            if f16 || f32 {
+                let precision = if f16 { crate::store::Precision::F16 } else { crate::store::Precision::F32 };
+                host.set_precision(&collection, &field, precision)?;
+            }
+            if hnsw || exact || !(f16 || f32) {
+                let ann = hnsw.then_some(crate::store::AnnParams { m, ef_construction, ef_search });
+                host.set_ann(&collection, &field, ann)?;
+            }
+            let schema = host.field_schema(&collection, &field)?;
+            let search = match schema.ann {
+                Some(a) => format!("HNSW (m {}, ef_construction {}, ef_search {})", a.m, a.ef_construction, a.ef_search),
+                None => "exact".to_string(),
+            };
+            let precision = match schema.precision {
+                crate::store::Precision::F32 => "f32",
+                crate::store::Precision::F16 => "f16",
+            };
+            println!("{collection}.{field}: {search}, vectors in memory as {precision}");
             Ok(())
         }
         Command::Delete { collection, ids } => {
@@ -433,4 +460,50 @@ fn demo(dir: &Path, plugin: Option<PathBuf>, model: Option<PathBuf>, verbose: bo
     println!("{correct}/{} paraphrase queries ranked their sentence first.", DEMO_QUERIES.len());
     println!("Try it yourself: quarry --data-dir {} search demo \"your query\"", demo_dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FieldKind, FieldSchema, FieldValue, Metric, Precision, Store, WriteBatch};
+
+    fn quarry(dir: &Path, args: &[&str]) -> Result<()> {
+        let mut argv = vec!["quarry", "--data-dir", dir.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        run(Cli::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn index_switches_precision_and_search_independently() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Vectors written straight to the store, as a strategy's ingest leaves them.
+            let store = Store::open(&dir.path().join("collections.redb")).unwrap();
+            store.declare_fields("default/docs", &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::Cosine))]).unwrap();
+            let mut batch = WriteBatch::default();
+            for i in 0..50 {
+                let v = vec![i as f32, 1.0, (i % 7) as f32];
+                batch.fields.push(("default/docs".into(), format!("d{i}"), "emb".into(), FieldValue::Vector(v)));
+            }
+            store.commit(&batch).unwrap();
+        }
+        let schema = |dir: &Path| open(dir, false).unwrap().field_schema("docs", "emb").unwrap();
+        quarry(dir.path(), &["index", "docs", "emb", "--f16"]).unwrap();
+        assert_eq!((schema(dir.path()).precision, schema(dir.path()).ann), (Precision::F16, None));
+        quarry(dir.path(), &["index", "docs", "emb", "--hnsw", "--m", "8"]).unwrap();
+        let s = schema(dir.path());
+        assert_eq!((s.precision, s.ann.map(|a| a.m)), (Precision::F16, Some(8)), "--hnsw leaves the precision alone");
+        quarry(dir.path(), &["index", "docs", "emb", "--f32"]).unwrap();
+        assert_eq!(schema(dir.path()).ann.map(|a| a.m), Some(8), "--f32 alone leaves the search alone");
+        quarry(dir.path(), &["index", "docs", "emb"]).unwrap();
+        let s = schema(dir.path());
+        assert_eq!((s.precision, s.ann), (Precision::F32, None), "a bare `index` means exact");
+        let host = open(dir.path(), false).unwrap();
+        assert_eq!(host.nearest("docs", "emb", &[49.0, 1.0, 0.0], 1, None).unwrap()[0].id, "d49");
+        drop(host);
+
+        assert!(quarry(dir.path(), &["index", "docs", "emb", "--f16", "--f32"]).is_err());
+        let err = format!("{:#}", quarry(dir.path(), &["index", "docs", "nope", "--f16"]).unwrap_err());
+        assert!(err.contains("has no field `nope`"), "{err}");
+    }
 }

@@ -49,6 +49,23 @@ pub enum Metric {
     L2,
 }
 
+/// How a vector field's in-memory index holds its vectors. The store keeps what was written, in
+/// f32, either way, so switching back to f32 loses nothing.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// Half precision: half the memory and memory traffic, about 3 significant digits.
+    F16,
+}
+
+impl Precision {
+    fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FieldSchema {
     pub kind: FieldKind,
@@ -57,6 +74,16 @@ pub struct FieldSchema {
     /// Vector fields the operator chose approximate search for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ann: Option<AnnParams>,
+    /// The operator's choice for vector fields; absent (f32) in stores from before the option.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+impl FieldSchema {
+    /// A field as declared or first written: exact search, f32.
+    pub fn new(kind: FieldKind, metric: Metric) -> Self {
+        FieldSchema { kind, metric, ann: None, precision: Precision::F32 }
+    }
 }
 
 /// HNSW parameters of an approximate vector index.
@@ -143,7 +170,7 @@ impl FieldValue {
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let (&tag, rest) = bytes.split_first().context("empty field value")?;
         let words = |b: &[u8]| -> Result<Vec<[u8; 4]>> {
-            if b.len() % 4 != 0 {
+            if !b.len().is_multiple_of(4) {
                 bail!("field value has {} payload bytes, not a multiple of 4", b.len());
             }
             Ok(b.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect())
@@ -253,6 +280,25 @@ impl Store {
 
     /// Choose approximate (HNSW) or exact search for a vector field.
     pub fn set_ann(&self, collection: &str, field: &str, ann: Option<AnnParams>) -> Result<()> {
+        self.update_vector_field(collection, field, "approximate search", |schema| schema.ann = ann)
+    }
+
+    /// Choose the precision of a vector field's in-memory index.
+    pub fn set_precision(&self, collection: &str, field: &str, precision: Precision) -> Result<()> {
+        self.update_vector_field(collection, field, "a precision", |schema| schema.precision = precision)
+    }
+
+    /// The schema of a vector field, or an error naming what is missing.
+    pub fn vector_field(&self, collection: &str, field: &str, what: &str) -> Result<FieldSchema> {
+        let meta = self.collection(collection)?.with_context(|| format!("collection `{collection}` does not exist"))?;
+        let schema = *meta.fields.get(field).with_context(|| format!("collection `{collection}` has no field `{field}`"))?;
+        if schema.kind != FieldKind::Vector {
+            bail!("field `{field}` holds {:?} values; only vector fields have {what}", schema.kind);
+        }
+        Ok(schema)
+    }
+
+    fn update_vector_field(&self, collection: &str, field: &str, what: &str, update: impl FnOnce(&mut FieldSchema)) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(COLLECTIONS)?;
@@ -261,9 +307,9 @@ impl Store {
             drop(stored);
             let schema = meta.fields.get_mut(field).with_context(|| format!("collection `{collection}` has no field `{field}`"))?;
             if schema.kind != FieldKind::Vector {
-                bail!("field `{field}` holds {:?} values; only vector fields have approximate search", schema.kind);
+                bail!("field `{field}` holds {:?} values; only vector fields have {what}", schema.kind);
             }
-            schema.ann = ann;
+            update(schema);
             table.insert(collection, serde_json::to_vec(&meta)?.as_slice())?;
         }
         txn.commit()?;
@@ -323,7 +369,7 @@ impl Store {
                         e.insert(serde_json::from_slice(stored.value())?)
                     }
                 };
-                let schema = meta.fields.entry(field.clone()).or_insert(FieldSchema { kind: value.kind(), metric: Metric::default(), ann: None });
+                let schema = meta.fields.entry(field.clone()).or_insert(FieldSchema::new(value.kind(), Metric::default()));
                 if schema.kind != value.kind() {
                     bail!("field `{field}` of collection `{collection}` holds {:?} values; `{id}` got a {:?}", schema.kind, value.kind());
                 }
@@ -405,6 +451,37 @@ impl Store {
             out.push((id.to_string(), FieldValue::decode(v.value())?));
         }
         Ok(out)
+    }
+
+    /// How many values one field of a collection holds.
+    pub fn field_len(&self, collection: &str, field: &str) -> Result<usize> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FIELDS)?;
+        let mut n = 0;
+        for entry in table.range((collection, field, "")..)? {
+            let (k, _) = entry?;
+            let (c, f, _) = k.value();
+            if c != collection || f != field {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// `scan_field` one value at a time, so a large field is never decoded whole into memory.
+    pub fn visit_field(&self, collection: &str, field: &str, mut visit: impl FnMut(&str, FieldValue) -> Result<()>) -> Result<()> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FIELDS)?;
+        for entry in table.range((collection, field, "")..)? {
+            let (k, v) = entry?;
+            let (c, f, id) = k.value();
+            if c != collection || f != field {
+                break;
+            }
+            visit(id, FieldValue::decode(v.value())?)?;
+        }
+        Ok(())
     }
 
     pub fn blob(&self, collection: &str, name: &str) -> Result<Option<Vec<u8>>> {
@@ -498,7 +575,7 @@ mod tests {
     fn a_field_keeps_its_kind_and_metric() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let vector = |metric| FieldSchema { kind: FieldKind::Vector, metric, ann: None };
+        let vector = |metric| FieldSchema::new(FieldKind::Vector, metric);
         store.declare_fields("t/c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
         store.declare_fields("t/c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
         let err = store.declare_fields("t/c", &[("emb".into(), vector(Metric::L2))]).unwrap_err().to_string();
@@ -513,6 +590,24 @@ mod tests {
         batch.fields.push(("t/c".into(), "x".into(), "ids".into(), FieldValue::Codes(vec![1])));
         store.commit(&batch).unwrap();
         assert_eq!(store.collection("t/c").unwrap().unwrap().fields["ids"].kind, FieldKind::Codes);
+    }
+
+    #[test]
+    fn schemas_from_before_the_precision_option_read_as_f32() {
+        let old: FieldSchema = serde_json::from_str(r#"{"kind": "vector", "metric": "cosine"}"#).unwrap();
+        assert_eq!(old, FieldSchema::new(FieldKind::Vector, Metric::Cosine));
+        // f32 fields are written as before, so an older Quarry still reads them.
+        assert_eq!(serde_json::to_value(old).unwrap(), serde_json::json!({"kind": "vector", "metric": "cosine"}));
+        let half = FieldSchema { precision: Precision::F16, ..old };
+        assert_eq!(serde_json::from_value::<FieldSchema>(serde_json::to_value(half).unwrap()).unwrap(), half);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.declare_fields("t/c", &[("emb".into(), old), ("ids".into(), FieldSchema::new(FieldKind::Codes, Metric::default()))]).unwrap();
+        store.set_precision("t/c", "emb", Precision::F16).unwrap();
+        assert_eq!(store.collection("t/c").unwrap().unwrap().fields["emb"], half);
+        let err = store.set_precision("t/c", "ids", Precision::F16).unwrap_err().to_string();
+        assert!(err.contains("only vector fields have a precision"), "{err}");
     }
 
     #[test]

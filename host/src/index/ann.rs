@@ -44,6 +44,8 @@ pub struct AnnIndex {
 
 /// HNSW layers; 16 covers billions of points at the usual M.
 const MAX_LAYERS: usize = 16;
+/// Rows handed to the graph's parallel insert at a time.
+const BUILD_CHUNK: usize = 16_384;
 
 impl AnnIndex {
     /// A graph over every vector of `flat`.
@@ -54,17 +56,22 @@ impl AnnIndex {
             Metric::L2 => Graph::L2(Hnsw::new(params.m, capacity, MAX_LAYERS, params.ef_construction, DistL2)),
         };
         let mut index = AnnIndex { params, metric, graph, items: HashMap::new(), nodes: HashMap::new(), next_node: 0, stale: 0 };
-        let rows: Vec<(&str, &[f32])> = flat.vectors().collect();
-        let nodes: Vec<(&[f32], usize)> = rows.iter().enumerate().map(|(i, (_, v))| (*v, i)).collect();
-        match &index.graph {
-            Graph::Dot(g) => g.parallel_insert_slice(&nodes),
-            Graph::L2(g) => g.parallel_insert_slice(&nodes),
+        // Node n is row n. Rows go in by chunks: f16 rows are widened a chunk at a time rather
+        // than into a second copy of the field, and a chunk still keeps every thread busy.
+        for start in (0..flat.len()).step_by(BUILD_CHUNK) {
+            let rows = start..(start + BUILD_CHUNK).min(flat.len());
+            let vectors = flat.row_vectors(rows.clone());
+            let nodes: Vec<(&[f32], usize)> = vectors.chunks_exact(flat.dim()).zip(rows).collect();
+            match &index.graph {
+                Graph::Dot(g) => g.parallel_insert_slice(&nodes),
+                Graph::L2(g) => g.parallel_insert_slice(&nodes),
+            }
         }
-        for (node, (id, _)) in rows.into_iter().enumerate() {
-            index.items.insert(node, id.to_string());
-            index.nodes.insert(id.to_string(), node);
+        for node in 0..flat.len() {
+            index.items.insert(node, flat.id(node).to_string());
+            index.nodes.insert(flat.id(node).to_string(), node);
         }
-        index.next_node = index.items.len();
+        index.next_node = flat.len();
         index
     }
 

@@ -1,13 +1,18 @@
-//! Exact top-k over all vectors of one field, under the field's metric.
+//! Exact top-k over all vectors of one field, under the field's metric, with the vectors held in
+//! f32 or, when the operator chooses it, in f16 (half the memory and the memory traffic).
 
 use super::Scored;
 pub use super::simd::dot;
-use crate::store::Metric;
+use super::simd::dot_f16;
+use crate::store::{Metric, Precision};
 use anyhow::{Result, bail};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::ops::Range;
 
 /// Rows one task scans in `search`. Smaller indexes are scanned on the calling thread, where
 /// handing the work to the thread pool would cost more than it saves.
@@ -30,19 +35,140 @@ const QUERY_GROUP: usize = 7;
 
 /// All vectors of one field, row-major. Cosine fields store normalised vectors; L2 fields keep
 /// each row's squared norm, so every metric is one inner product per row.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FlatIndex {
     metric: Metric,
     dim: usize,
     ids: Vec<String>,
     rows: HashMap<String, usize>,
-    data: Vec<f32>,
+    data: Rows,
     sq_norms: Vec<f32>,
+    /// Rows to make room for once the first vector fixes the dimension (see `reserve`).
+    reserved_rows: usize,
 }
 
+/// The vectors at the field's precision. f16 rows are widened to f32 as they are read.
+#[derive(Debug)]
+enum Rows {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Rows {
+    fn bytes(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.capacity() * size_of::<f32>(),
+            Rows::F16(v) => v.capacity() * size_of::<f16>(),
+        }
+    }
+
+    fn reserve_exact(&mut self, values: usize) {
+        match self {
+            Rows::F32(v) => v.reserve_exact(values),
+            Rows::F16(v) => v.reserve_exact(values),
+        }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        match self {
+            Rows::F32(v) => v.shrink_to_fit(),
+            Rows::F16(v) => v.shrink_to_fit(),
+        }
+    }
+
+    /// Append a row already checked to fit the precision.
+    fn push(&mut self, row: &[f32]) {
+        match self {
+            Rows::F32(v) => {
+                grow(v, row.len());
+                v.extend_from_slice(row);
+            }
+            Rows::F16(v) => {
+                grow(v, row.len());
+                let start = v.len();
+                v.resize(start + row.len(), f16::ZERO);
+                v[start..].convert_from_f32_slice(row);
+            }
+        }
+    }
+
+    fn set(&mut self, at: Range<usize>, row: &[f32]) {
+        match self {
+            Rows::F32(v) => v[at].copy_from_slice(row),
+            Rows::F16(v) => v[at].convert_from_f32_slice(row),
+        }
+    }
+
+    fn copy_within(&mut self, from: Range<usize>, to: usize) {
+        match self {
+            Rows::F32(v) => v.copy_within(from, to),
+            Rows::F16(v) => v.copy_within(from, to),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Rows::F32(v) => v.truncate(len),
+            Rows::F16(v) => v.truncate(len),
+        }
+    }
+
+    /// Values `at` as f32: borrowed from f32 rows, widened from f16 rows.
+    fn get(&self, at: Range<usize>) -> Cow<'_, [f32]> {
+        match self {
+            Rows::F32(v) => Cow::Borrowed(&v[at]),
+            Rows::F16(v) => {
+                let mut out = vec![0f32; at.len()];
+                v[at].convert_to_f32_slice(&mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// Values `at` as f32, widened into `scratch` if need be (the batched path's gemm takes f32).
+    fn get_into<'a>(&'a self, at: Range<usize>, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        match self {
+            Rows::F32(v) => &v[at],
+            Rows::F16(v) => {
+                scratch.resize(at.len(), 0.0);
+                v[at].convert_to_f32_slice(scratch);
+                scratch
+            }
+        }
+    }
+
+    fn dot(&self, query: &[f32], at: Range<usize>) -> f32 {
+        match self {
+            Rows::F32(v) => dot(query, &v[at]),
+            Rows::F16(v) => dot_f16(query, &v[at]),
+        }
+    }
+}
+
+/// Make room for `extra` more values, growing by an eighth instead of doubling, so at most about
+/// an eighth of a large index is slack. Large allocations grow by remapping pages (glibc's
+/// realloc uses mremap), so the smaller steps do not mean copying the data more often.
+fn grow<T>(v: &mut Vec<T>, extra: usize) {
+    if v.capacity() - v.len() < extra {
+        v.reserve_exact(extra.max(v.len() / 8).max(16));
+    }
+}
+
+/// The largest magnitude an f16 field accepts: larger values round to infinity.
+const F16_LIMIT: f32 = 65504.0;
+
 impl FlatIndex {
+    /// An empty f32 index.
     pub fn new(metric: Metric) -> Self {
-        FlatIndex { metric, ..Default::default() }
+        FlatIndex::with_precision(metric, Precision::F32)
+    }
+
+    pub fn with_precision(metric: Metric, precision: Precision) -> Self {
+        let data = match precision {
+            Precision::F32 => Rows::F32(Vec::new()),
+            Precision::F16 => Rows::F16(Vec::new()),
+        };
+        FlatIndex { metric, dim: 0, ids: Vec::new(), rows: HashMap::new(), data, sq_norms: Vec::new(), reserved_rows: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -54,10 +180,40 @@ impl FlatIndex {
     pub fn dim(&self) -> usize {
         self.dim
     }
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+    pub fn precision(&self) -> Precision {
+        match self.data {
+            Rows::F32(_) => Precision::F32,
+            Rows::F16(_) => Precision::F16,
+        }
+    }
 
     /// The dimension a new vector must have, if the field has any vectors.
     pub fn expected_dim(&self) -> Option<usize> {
         (!self.is_empty()).then_some(self.dim)
+    }
+
+    /// Make room for `rows` more vectors at once, so a bulk load (whose size is known) leaves no
+    /// slack. Before the first vector the dimension is unknown, so the vectors' room is made then.
+    pub fn reserve(&mut self, rows: usize) {
+        self.ids.reserve_exact(rows);
+        self.sq_norms.reserve_exact(rows);
+        self.rows.reserve(rows);
+        if self.is_empty() {
+            self.reserved_rows = rows;
+        } else {
+            self.data.reserve_exact(rows * self.dim);
+        }
+    }
+
+    /// Give back slack: after a bulk insert whose size was not known up front.
+    pub fn shrink_to_fit(&mut self) {
+        self.ids.shrink_to_fit();
+        self.sq_norms.shrink_to_fit();
+        self.rows.shrink_to_fit();
+        self.data.shrink_to_fit();
     }
 
     /// Bytes held on the heap, estimated from capacities (allocator overhead aside): the vectors,
@@ -66,10 +222,26 @@ impl FlatIndex {
         let id_text: usize = self.ids.iter().chain(self.rows.keys()).map(String::capacity).sum();
         // The map keeps an eighth of its buckets free, each bucket with one control byte.
         let map_buckets = self.rows.capacity() * 8 / 7;
-        (self.data.capacity() + self.sq_norms.capacity()) * size_of::<f32>()
+        self.data.bytes()
+            + self.sq_norms.capacity() * size_of::<f32>()
             + self.ids.capacity() * size_of::<String>()
             + map_buckets * (size_of::<(String, usize)>() + 1)
             + id_text
+    }
+
+    /// Fail if `vector` cannot be held at this index's precision (f16 tops out at ±65504).
+    pub fn check_range(&self, id: &str, vector: &[f32]) -> Result<()> {
+        // Cosine vectors are stored normalised, within ±1.
+        if self.precision() == Precision::F16
+            && self.metric != Metric::Cosine
+            && let Some(x) = vector.iter().find(|x| x.abs() > F16_LIMIT)
+        {
+            bail!(
+                "vector for `{id}` holds {x}, beyond the ±{F16_LIMIT} that this f16 field can hold; \
+                 store the field in f32 (`quarry index <collection> <field> --f32`) or scale the vectors"
+            );
+        }
+        Ok(())
     }
 
     /// Insert or replace `id`'s vector. The first vector fixes the field's dimension.
@@ -79,23 +251,34 @@ impl FlatIndex {
         }
         if self.ids.is_empty() {
             self.dim = vector.len();
+            self.data.reserve_exact(std::mem::take(&mut self.reserved_rows) * self.dim);
         } else if vector.len() != self.dim {
             bail!("vector for `{id}` has {} dimensions but the field holds {}-dimensional vectors", vector.len(), self.dim);
         }
+        self.check_range(id, vector)?;
         let vector = match self.metric {
-            Metric::Cosine => normalized(vector),
-            Metric::InnerProduct | Metric::L2 => vector.to_vec(),
+            Metric::Cosine => Cow::Owned(normalized(vector)),
+            Metric::InnerProduct | Metric::L2 => Cow::Borrowed(vector),
         };
-        let sq_norm = dot(&vector, &vector);
-        if let Some(&row) = self.rows.get(id) {
-            self.data[row * self.dim..(row + 1) * self.dim].copy_from_slice(&vector);
-            self.sq_norms[row] = sq_norm;
-        } else {
-            self.rows.insert(id.to_string(), self.ids.len());
-            self.ids.push(id.to_string());
-            self.data.extend_from_slice(&vector);
-            self.sq_norms.push(sq_norm);
-        }
+        let row = match self.rows.get(id) {
+            Some(&row) => {
+                self.data.set(row * self.dim..(row + 1) * self.dim, &vector);
+                row
+            }
+            None => {
+                let row = self.ids.len();
+                self.rows.insert(id.to_string(), row);
+                grow(&mut self.ids, 1);
+                self.ids.push(id.to_string());
+                self.data.push(&vector);
+                grow(&mut self.sq_norms, 1);
+                self.sq_norms.push(0.0);
+                row
+            }
+        };
+        // The norm of the row as stored (rounded, in f16), so L2 scores are exact for it.
+        let stored = self.data.get(row * self.dim..(row + 1) * self.dim);
+        self.sq_norms[row] = dot(&stored, &stored);
         Ok(())
     }
 
@@ -127,14 +310,16 @@ impl FlatIndex {
         let query = self.prepared(query);
         let q_sq = dot(&query, &query);
         let top = if self.len() <= SCAN_ROWS {
-            self.scan(&query, q_sq, k, 0, &self.data, |row| accept.is_none_or(|accept| accept(&self.ids[row])))
+            self.scan(&query, q_sq, k, 0..self.len(), |row| accept.is_none_or(|accept| accept(&self.ids[row])))
         } else {
             // `accept` need not be thread-safe, so it is asked about every row up front.
             let keep: Option<Vec<bool>> = accept.map(|accept| self.ids.iter().map(|id| accept(id)).collect());
-            self.data
-                .par_chunks(SCAN_ROWS * self.dim)
-                .enumerate()
-                .map(|(chunk, rows)| self.scan(&query, q_sq, k, chunk * SCAN_ROWS, rows, |row| keep.as_ref().is_none_or(|keep| keep[row])))
+            (0..self.len().div_ceil(SCAN_ROWS))
+                .into_par_iter()
+                .map(|chunk| {
+                    let rows = chunk * SCAN_ROWS..((chunk + 1) * SCAN_ROWS).min(self.len());
+                    self.scan(&query, q_sq, k, rows, |row| keep.as_ref().is_none_or(|keep| keep[row]))
+                })
                 .reduce(|| TopK::new(k, &self.ids), TopK::merge)
         };
         Ok(top.into_sorted())
@@ -173,15 +358,16 @@ impl FlatIndex {
         let q_sq: Vec<f32> = group.chunks_exact(self.dim).map(|q| dot(q, q)).collect();
         let fresh = || (0..n).map(|_| TopK::new(k, &self.ids)).collect::<Vec<_>>();
         let kept = |row: usize| keep.is_none_or(|keep| keep[row]);
-        self.data
-            .par_chunks(BATCH_ROWS * self.dim)
-            .enumerate()
+        (0..self.len().div_ceil(BATCH_ROWS))
+            .into_par_iter()
             .fold(
-                || (vec![0f32; BATCH_ROWS * n], fresh()),
-                |(mut scores, mut tops), (block, rows)| {
+                // Per task: the block's scores, room to widen f16 rows, and the top-k so far.
+                || (vec![0f32; BATCH_ROWS * n], Vec::new(), fresh()),
+                |(mut scores, mut widened, mut tops), block| {
                     let first = block * BATCH_ROWS;
-                    let count = rows.len() / self.dim;
+                    let count = BATCH_ROWS.min(self.len() - first);
                     if (first..first + count).any(kept) {
+                        let rows = self.data.get_into(first * self.dim..(first + count) * self.dim, &mut widened);
                         let block_scores = &mut scores[..count * n];
                         inner_products(rows, group, self.dim, block_scores);
                         for (offset, ips) in block_scores.chunks_exact(n).enumerate() {
@@ -193,20 +379,28 @@ impl FlatIndex {
                             }
                         }
                     }
-                    (scores, tops)
+                    (scores, widened, tops)
                 },
             )
-            .map(|(_, tops)| tops)
+            .map(|(_, _, tops)| tops)
             .reduce(fresh, |a, b| a.into_iter().zip(b).map(|(a, b)| a.merge(b)).collect())
     }
 
-    /// Top-k of one query over `rows`, a slice of `data` starting at row `first`.
-    fn scan(&self, query: &[f32], q_sq: f32, k: usize, first: usize, rows: &[f32], keep: impl Fn(usize) -> bool) -> TopK<'_> {
+    /// Top-k of one query over `rows`.
+    fn scan(&self, query: &[f32], q_sq: f32, k: usize, rows: Range<usize>, keep: impl Fn(usize) -> bool) -> TopK<'_> {
         let mut top = TopK::new(k, &self.ids);
-        for (offset, vector) in rows.chunks_exact(self.dim).enumerate() {
-            let row = first + offset;
-            if keep(row) {
-                top.push(self.score(dot(query, vector), row, q_sq), row);
+        let dim = self.dim;
+        // One loop per precision, so the kernel is chosen once per scan rather than per row.
+        match &self.data {
+            Rows::F32(data) => {
+                for row in rows.filter(|&row| keep(row)) {
+                    top.push(self.score(dot(query, &data[row * dim..(row + 1) * dim]), row, q_sq), row);
+                }
+            }
+            Rows::F16(data) => {
+                for row in rows.filter(|&row| keep(row)) {
+                    top.push(self.score(dot_f16(query, &data[row * dim..(row + 1) * dim]), row, q_sq), row);
+                }
             }
         }
         top
@@ -226,9 +420,14 @@ impl FlatIndex {
         if self.metric == Metric::L2 { 2.0 * ip - self.sq_norms[row] - q_sq } else { ip }
     }
 
-    /// Every stored vector (normalised, for cosine fields) with its id.
-    pub fn vectors(&self) -> impl Iterator<Item = (&str, &[f32])> {
-        self.ids.iter().map(String::as_str).zip(self.data.chunks_exact(self.dim.max(1)))
+    /// The id of row `row`.
+    pub fn id(&self, row: usize) -> &str {
+        &self.ids[row]
+    }
+
+    /// Rows `rows` as stored (normalised, for cosine fields), as f32, row-major.
+    pub fn row_vectors(&self, rows: Range<usize>) -> Cow<'_, [f32]> {
+        self.data.get(rows.start * self.dim..rows.end * self.dim)
     }
 
     /// A query as the stored vectors are (normalised, for cosine fields).
@@ -236,17 +435,17 @@ impl FlatIndex {
         self.prepared(query).into_owned()
     }
 
-    /// `id`'s stored vector (normalised, for cosine fields).
-    pub fn stored(&self, id: &str) -> Option<&[f32]> {
+    /// `id`'s stored vector (normalised, for cosine fields; rounded, for f16 fields) as f32.
+    pub fn stored(&self, id: &str) -> Option<Cow<'_, [f32]>> {
         let row = *self.rows.get(id)?;
-        Some(&self.data[row * self.dim..(row + 1) * self.dim])
+        Some(self.data.get(row * self.dim..(row + 1) * self.dim))
     }
 
     /// The exact score of `id`, if stored, for a query as `prepare_query` returns it, whose
     /// squared norm is `q_sq`.
     pub fn prepared_score(&self, id: &str, prepared: &[f32], q_sq: f32) -> Option<f32> {
         let row = *self.rows.get(id)?;
-        let ip = dot(prepared, &self.data[row * self.dim..(row + 1) * self.dim]);
+        let ip = self.data.dot(prepared, row * self.dim..(row + 1) * self.dim);
         Some(self.score(ip, row, q_sq))
     }
 }
@@ -434,7 +633,9 @@ mod tests {
         let (rows, dim, n_queries) = (500, 37, 20);
         // Coarse data holds whole numbers whose products and sums are exact in f32 in any order,
         // so scores tie exactly and both paths must break the ties by id.
-        for (metric, coarse) in [(Metric::InnerProduct, false), (Metric::Cosine, false), (Metric::L2, false), (Metric::InnerProduct, true), (Metric::L2, true)] {
+        // Whole numbers up to 3 are exact in f16 too.
+        let cases = [(Metric::InnerProduct, false), (Metric::Cosine, false), (Metric::L2, false), (Metric::InnerProduct, true), (Metric::L2, true)];
+        for (precision, (metric, coarse)) in [Precision::F32, Precision::F16].into_iter().flat_map(|p| cases.map(|c| (p, c))) {
             let mut state = 0x9E3779B97F4A7C15u64;
             let mut next = || {
                 state ^= state << 13;
@@ -442,7 +643,7 @@ mod tests {
                 state ^= state << 17;
                 if coarse { (state % 7) as f32 - 3.0 } else { (state % 2000) as f32 / 1000.0 - 1.0 }
             };
-            let mut index = FlatIndex::new(metric);
+            let mut index = FlatIndex::with_precision(metric, precision);
             for i in 0..rows {
                 index.upsert(&format!("item-{i}"), &(0..dim).map(|_| next()).collect::<Vec<_>>()).unwrap();
             }
@@ -455,7 +656,7 @@ mod tests {
                     for (query, got) in queries.chunks_exact(dim).zip(&batch) {
                         let want = index.search(query, k, accept.map(|a| a as &dyn Fn(&str) -> bool)).unwrap();
                         let ids = |hits: &[Scored]| hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>();
-                        assert_eq!(ids(got), ids(&want), "{metric:?}, coarse {coarse}, k {k}, filtered {}", accept.is_some());
+                        assert_eq!(ids(got), ids(&want), "{precision:?} {metric:?}, coarse {coarse}, k {k}, filtered {}", accept.is_some());
                         for (g, w) in got.iter().zip(&want) {
                             assert!((g.score - w.score).abs() <= 1e-3 * w.score.abs().max(1.0), "{metric:?}: {} vs {}", g.score, w.score);
                         }
@@ -476,5 +677,99 @@ mod tests {
         assert!(index.search_batch(&[], 3, None).unwrap().is_empty());
         let hits = index.search_batch(&[1.0, 0.0, 0.0, 1.0], 1, None).unwrap();
         assert_eq!(hits.iter().map(|h| h[0].id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+    /// Deterministic values in [-1, 1).
+    fn uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 2000) as f32 / 1000.0 - 1.0
+        }
+    }
+
+    #[test]
+    fn f16_top_k_matches_f32_exact_top_k() {
+        let (dim, n) = (48, 1000);
+        let mut next = uniform(0xD1B54A32D192ED03);
+        let data: Vec<(String, Vec<f32>)> = (0..n).map(|i| (format!("item-{i}"), (0..dim).map(|_| next()).collect())).collect();
+        let (mut shared, mut total) = (0, 0);
+        for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
+            let mut exact = FlatIndex::new(metric);
+            let mut half = FlatIndex::with_precision(metric, Precision::F16);
+            for (id, v) in &data {
+                exact.upsert(id, v).unwrap();
+                half.upsert(id, v).unwrap();
+            }
+            for round in 0..20 {
+                let q: Vec<f32> = (0..dim).map(|_| next()).collect();
+                // Odd rounds filter to even-numbered items.
+                let keep = |id: &str| round % 2 == 0 || id.trim_start_matches("item-").parse::<u32>().unwrap() % 2 == 0;
+                let want = exact.search(&q, 10, Some(&keep)).unwrap();
+                let got = half.search(&q, 10, Some(&keep)).unwrap();
+                assert!(got.iter().all(|h| keep(&h.id)), "the filter holds");
+                assert_eq!(got.len(), 10);
+                shared += got.iter().filter(|g| want.iter().any(|w| w.id == g.id)).count();
+                total += want.len();
+                // Every f16 score is the f32 score up to f16 rounding: at most 2^-11 of each
+                // stored value, so within 2^-11 * sum |q_i v_i| (+ |v|^2 for L2's norm term).
+                let q_prepared = exact.prepare_query(&q);
+                for hit in &got {
+                    let v = exact.stored(&hit.id).unwrap();
+                    let ip_bound: f32 = q_prepared.iter().zip(v.iter()).map(|(a, b)| (a * b).abs()).sum();
+                    let bound = (if metric == Metric::L2 { 2.0 * (ip_bound + dot(&v, &v)) } else { ip_bound }) / 2048.0 + 1e-4;
+                    let reference = exact.prepared_score(&hit.id, &q_prepared, dot(&q_prepared, &q_prepared)).unwrap();
+                    assert!((hit.score - reference).abs() <= bound, "{metric:?}: {} vs {reference} (bound {bound})", hit.score);
+                }
+                assert_eq!(half.search_batch(&q, 10, Some(&keep)).unwrap()[0].iter().map(|h| &h.id).collect::<Vec<_>>(), got.iter().map(|h| &h.id).collect::<Vec<_>>());
+            }
+        }
+        let recall = shared as f32 / total as f32;
+        assert!(recall >= 0.98, "f16 recall@10 against f32 exact search: {recall}");
+    }
+
+    #[test]
+    fn f16_refuses_what_it_cannot_hold_and_keeps_cosine_rows_normalised() {
+        let mut index = FlatIndex::with_precision(Metric::InnerProduct, Precision::F16);
+        index.upsert("a", &[1.0, 2.0]).unwrap();
+        let err = index.upsert("b", &[70_000.0, 0.0]).unwrap_err().to_string();
+        assert!(err.contains("70000") && err.contains("--f32"), "{err}");
+        assert_eq!(index.len(), 1, "the refused vector left nothing behind");
+        // Cosine rows are normalised before rounding, so large inputs fit.
+        let mut cosine = FlatIndex::with_precision(Metric::Cosine, Precision::F16);
+        cosine.upsert("big", &[3e5, 4e5]).unwrap();
+        let stored = cosine.stored("big").unwrap();
+        assert!((stored[0] - 0.6).abs() < 1e-3 && (stored[1] - 0.8).abs() < 1e-3, "{stored:?}");
+        // Replacing and removing move f16 rows like f32 rows.
+        index.upsert("b", &[0.5, 0.5]).unwrap();
+        index.upsert("c", &[-1.0, 0.25]).unwrap();
+        index.upsert("a", &[0.0, 1.0]).unwrap();
+        index.remove("b");
+        let hits = index.search(&[0.0, 1.0], 5, None).unwrap();
+        assert_eq!(hits.iter().map(|h| (h.id.as_str(), h.score)).collect::<Vec<_>>(), [("a", 1.0), ("c", 0.25)]);
+    }
+
+    #[test]
+    fn reserved_indexes_hold_no_slack_and_grown_ones_little() {
+        let (dim, n) = (24, 5000);
+        let mut next = uniform(7);
+        let vectors: Vec<Vec<f32>> = (0..n).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        for precision in [Precision::F32, Precision::F16] {
+            let mut reserved = FlatIndex::with_precision(Metric::L2, precision);
+            reserved.reserve(n);
+            let mut grown = FlatIndex::with_precision(Metric::L2, precision);
+            for (i, v) in vectors.iter().enumerate() {
+                reserved.upsert(&i.to_string(), v).unwrap();
+                grown.upsert(&i.to_string(), v).unwrap();
+            }
+            let value_bytes = if precision == Precision::F16 { 2 } else { 4 };
+            assert_eq!(reserved.data.bytes(), n * dim * value_bytes, "{precision:?}");
+            assert_eq!(reserved.ids.capacity(), n);
+            assert!(grown.data.bytes() <= n * dim * value_bytes * 9 / 8 + dim * value_bytes, "{precision:?}: {} bytes", grown.data.bytes());
+            grown.shrink_to_fit();
+            assert_eq!(grown.data.bytes(), n * dim * value_bytes);
+            assert_eq!(grown.search(&vectors[17], 1, None).unwrap()[0].id, "17");
+        }
     }
 }

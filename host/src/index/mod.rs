@@ -12,8 +12,8 @@ pub mod simd;
 pub mod tokens;
 pub mod trie;
 
-use crate::store::{FieldValue, Store, WriteBatch};
-use anyhow::{Result, bail};
+use crate::store::{FieldValue, Metric, Precision, Store, WriteBatch};
+use anyhow::{Result, anyhow, bail};
 use ann::AnnIndex;
 use filter::Filter;
 use flat::FlatIndex;
@@ -75,19 +75,34 @@ impl Indexes {
 
     fn vectors(&self, collection: &str, field: &str) -> Result<Arc<RwLock<FlatIndex>>> {
         load(&self.vectors, collection, field, || {
-            let metric = self
-                .store
-                .collection(collection)?
-                .and_then(|m| m.fields.get(field).map(|f| f.metric))
-                .unwrap_or_default();
-            let mut index = FlatIndex::new(metric);
-            for (id, value) in self.store.scan_field(collection, field)? {
-                if let FieldValue::Vector(v) = value {
-                    index.upsert(&id, &v)?;
-                }
-            }
-            Ok(index)
+            let schema = self.store.collection(collection)?.and_then(|m| m.fields.get(field).copied());
+            let (metric, precision) = schema.map(|s| (s.metric, s.precision)).unwrap_or_default();
+            self.load_vectors(collection, field, metric, precision)
         })
+    }
+
+    /// A field's vectors from the store, streamed into an index sized for them up front.
+    fn load_vectors(&self, collection: &str, field: &str, metric: Metric, precision: Precision) -> Result<FlatIndex> {
+        let mut index = FlatIndex::with_precision(metric, precision);
+        index.reserve(self.store.field_len(collection, field)?);
+        self.store.visit_field(collection, field, |id, value| match value {
+            FieldValue::Vector(v) => index.upsert(id, &v),
+            _ => Ok(()),
+        })?;
+        Ok(index)
+    }
+
+    /// Rebuild a vector field's index at `precision` from the store and swap it in, with the
+    /// field's graph (if any) rebuilt on next use. `persist` records the choice once the new index
+    /// is built, so a field whose values f16 cannot hold keeps its current index and setting.
+    /// The caller keeps commits out meanwhile.
+    pub fn set_precision(&self, collection: &str, field: &str, metric: Metric, precision: Precision, persist: impl FnOnce() -> Result<()>) -> Result<()> {
+        let index = self.load_vectors(collection, field, metric, precision)?;
+        persist()?;
+        let key = (collection.to_string(), field.to_string());
+        self.vectors.write().unwrap().insert(key, Arc::new(RwLock::new(index)));
+        self.reset_ann(collection, field);
+        Ok(())
     }
 
     /// The field's approximate index, built on first use if the field is configured for one.
@@ -195,9 +210,12 @@ impl Indexes {
         let mut dims: HashMap<(&str, &str), usize> = HashMap::new();
         for (collection, id, field, value) in &batch.fields {
             if let FieldValue::Vector(v) = value {
+                let index = self.vectors(collection, field)?;
+                let index = index.read().unwrap();
+                index.check_range(id, v).map_err(|e| anyhow!("field `{field}`: {e}"))?;
                 let expected = match dims.get(&(collection.as_str(), field.as_str())) {
                     Some(&d) => Some(d),
-                    None => self.vectors(collection, field)?.read().unwrap().expected_dim(),
+                    None => index.expected_dim(),
                 };
                 match expected {
                     Some(d) if d != v.len() => bail!(
@@ -223,7 +241,7 @@ impl Indexes {
                     index.upsert(id, v)?;
                     self.update_ann(collection, field, &index, |ann, flat| {
                         if let Some(stored) = flat.stored(id) {
-                            ann.upsert(id, stored);
+                            ann.upsert(id, &stored);
                         }
                     });
                 }
@@ -283,5 +301,120 @@ impl Indexes {
                 m.remove(id);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AnnParams, FieldKind, FieldSchema, StoredItem};
+
+    fn commit(store: &Store, indexes: &Indexes, batch: &WriteBatch) -> Result<()> {
+        indexes.check(batch)?;
+        store.commit(batch)?;
+        indexes.apply(batch)
+    }
+
+    fn vector_batch(collection: &str, items: impl IntoIterator<Item = (String, Vec<f32>)>) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for (id, v) in items {
+            let even = id.trim_start_matches("item-").parse::<u32>().is_ok_and(|i| i % 2 == 0);
+            let item = StoredItem {
+                id: id.clone(),
+                text: None,
+                image_source: None,
+                metadata: serde_json::json!({ "even": even }),
+                fingerprint: String::new(),
+                indexed_by: String::new(),
+            };
+            batch.items.push((collection.to_string(), item));
+            batch.fields.push((collection.to_string(), id, "emb".to_string(), FieldValue::Vector(v)));
+        }
+        batch
+    }
+
+    fn ids(hits: &[Scored]) -> Vec<&str> {
+        hits.iter().map(|h| h.id.as_str()).collect()
+    }
+
+    #[test]
+    fn switching_precision_keeps_every_item_and_the_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let c = "t/c";
+        store.declare_fields(c, &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::L2))]).unwrap();
+        let mut state = 0x2545F4914F6CDD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 2000) as f32 / 1000.0 - 1.0
+        };
+        let dim = 16;
+        let vectors: Vec<(String, Vec<f32>)> = (0..300).map(|i| (format!("item-{i}"), (0..dim).map(|_| next()).collect())).collect();
+        let indexes = Indexes::new(store.clone());
+        commit(&store, &indexes, &vector_batch(c, vectors.clone())).unwrap();
+        let query: Vec<f32> = (0..dim).map(|_| next()).collect();
+        let even = Filter::parse(r#"{"even": true}"#).unwrap();
+        let exact = indexes.nearest(c, "emb", &query, 10, None).unwrap();
+        let exact_even = indexes.nearest(c, "emb", &query, 10, Some(&even)).unwrap();
+
+        indexes.set_precision(c, "emb", Metric::L2, Precision::F16, || store.set_precision(c, "emb", Precision::F16)).unwrap();
+        assert_eq!(store.collection(c).unwrap().unwrap().fields["emb"].precision, Precision::F16);
+        let loaded = indexes.vectors(c, "emb").unwrap();
+        assert_eq!((loaded.read().unwrap().len(), loaded.read().unwrap().precision()), (300, Precision::F16));
+        // Every item is still there: each is its own nearest neighbour.
+        for (id, v) in &vectors {
+            assert_eq!(indexes.nearest(c, "emb", v, 1, None).unwrap()[0].id, *id);
+        }
+        let half = indexes.nearest(c, "emb", &query, 10, None).unwrap();
+        assert!(ids(&half).iter().filter(|id| ids(&exact).contains(id)).count() >= 9, "{:?} vs {:?}", ids(&half), ids(&exact));
+        for (h, e) in half.iter().zip(&exact) {
+            assert!((h.score - e.score).abs() < 0.02, "{} vs {}", h.score, e.score);
+        }
+        let half_even = indexes.nearest(c, "emb", &query, 10, Some(&even)).unwrap();
+        assert!(half_even.iter().all(|h| h.id.trim_start_matches("item-").parse::<u32>().unwrap() % 2 == 0));
+        assert!(ids(&half_even).iter().filter(|id| ids(&exact_even).contains(id)).count() >= 9);
+
+        // A graph built over the f16 rows answers too.
+        store.set_ann(c, "emb", Some(AnnParams::default())).unwrap();
+        indexes.reset_ann(c, "emb");
+        assert_eq!(ids(&indexes.nearest(c, "emb", &query, 10, None).unwrap()), ids(&half));
+
+        // A restart reads the choice back; writes land in the f16 index, refused past its range.
+        let reopened = Indexes::new(store.clone());
+        assert_eq!(reopened.vectors(c, "emb").unwrap().read().unwrap().precision(), Precision::F16);
+        commit(&store, &reopened, &vector_batch(c, [("new".to_string(), query.clone())])).unwrap();
+        assert_eq!(reopened.nearest(c, "emb", &query, 1, None).unwrap()[0].id, "new");
+        let err = commit(&store, &reopened, &vector_batch(c, [("huge".to_string(), vec![1e6; dim])])).unwrap_err().to_string();
+        assert!(err.contains("field `emb`") && err.contains("--f32"), "{err}");
+        assert_eq!(store.field(c, "huge", "emb").unwrap(), None, "the refused write was not stored");
+
+        // Back to f32: the store kept the vectors as written, so the answers are the first ones.
+        reopened.set_precision(c, "emb", Metric::L2, Precision::F32, || store.set_precision(c, "emb", Precision::F32)).unwrap();
+        store.set_ann(c, "emb", None).unwrap();
+        reopened.reset_ann(c, "emb");
+        let mut with_new = reopened.nearest(c, "emb", &query, 11, None).unwrap();
+        assert_eq!(with_new.remove(0).id, "new");
+        assert_eq!(with_new, exact);
+        assert_eq!(reopened.nearest(c, "emb", &query, 10, Some(&even)).unwrap(), exact_even);
+    }
+
+    #[test]
+    fn a_field_f16_cannot_hold_keeps_its_precision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let c = "t/c";
+        store.ensure_collection(c).unwrap();
+        let indexes = Indexes::new(store.clone());
+        commit(&store, &indexes, &vector_batch(c, [("a".to_string(), vec![1.0, 2.0]), ("b".to_string(), vec![1e5, 0.0])])).unwrap();
+        let err = indexes
+            .set_precision(c, "emb", Metric::InnerProduct, Precision::F16, || store.set_precision(c, "emb", Precision::F16))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`b`") && err.contains("--f32"), "{err}");
+        assert_eq!(store.collection(c).unwrap().unwrap().fields["emb"].precision, Precision::F32);
+        assert_eq!(indexes.vectors(c, "emb").unwrap().read().unwrap().precision(), Precision::F32);
+        assert_eq!(indexes.nearest(c, "emb", &[1.0, 0.0], 1, None).unwrap()[0].id, "b");
     }
 }

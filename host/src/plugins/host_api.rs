@@ -31,20 +31,18 @@ pub use quarry::retrieval::types::{Error as WitError, Hit, TokenSet};
 impl FieldSpec {
     /// The store's view of a declared field.
     pub fn schema(&self) -> store::FieldSchema {
-        store::FieldSchema {
-            kind: match self.kind {
-                FieldKind::Vector => store::FieldKind::Vector,
-                FieldKind::Tokens => store::FieldKind::Tokens,
-                FieldKind::Codes => store::FieldKind::Codes,
-                FieldKind::Blob => store::FieldKind::Blob,
-            },
-            metric: match self.metric {
-                None | Some(Metric::InnerProduct) => store::Metric::InnerProduct,
-                Some(Metric::Cosine) => store::Metric::Cosine,
-                Some(Metric::L2) => store::Metric::L2,
-            },
-            ann: None,
-        }
+        let kind = match self.kind {
+            FieldKind::Vector => store::FieldKind::Vector,
+            FieldKind::Tokens => store::FieldKind::Tokens,
+            FieldKind::Codes => store::FieldKind::Codes,
+            FieldKind::Blob => store::FieldKind::Blob,
+        };
+        let metric = match self.metric {
+            None | Some(Metric::InnerProduct) => store::Metric::InnerProduct,
+            Some(Metric::Cosine) => store::Metric::Cosine,
+            Some(Metric::L2) => store::Metric::L2,
+        };
+        store::FieldSchema::new(kind, metric)
     }
 }
 
