@@ -6,8 +6,10 @@ Usage: python3 faiss_topk.py <dir> <n> <dim> <nq> <k>
 Measures as the Rust side does: each query alone (median), then all nq in one call (median of
 BATCH_RUNS after one warm-up). Each is timed with faiss's defaults and with the setting that is
 faster on small machines (one thread for a single query; BLAS for a batch, which faiss 1.15 only
-uses by default for far larger batches), and the faster is reported as the time. Prints one JSON
-object with the times in ms and the hit row ids under the defaults.
+uses by default for far larger batches), and the faster is reported as the time. Then the same
+for faiss's half-precision flat index (IndexScalarQuantizer, QT_fp16), the peer of Quarry's f16
+option; it scores with its own kernels, not BLAS. Prints one JSON object with the times in ms and
+the hit row ids under the defaults.
 """
 
 import json
@@ -50,7 +52,9 @@ def main() -> None:
     queries = np.fromfile(f"{folder}/queries.f32", dtype="<f4").reshape(nq, dim)
     index = faiss.IndexFlatIP(dim)
     index.add(data)
-    del data  # the index holds its own copy
+    fp16 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    fp16.add(data)
+    del data  # the indexes hold their own copies
 
     threads = faiss.omp_get_max_threads()
     single_default_ms, single_ids = single(index, queries, k)
@@ -61,6 +65,13 @@ def main() -> None:
     batch_default_ms, batch_ids = batch(index, queries, k)
     faiss.cvar.distance_compute_blas_threshold = 0
     batch_blas_ms, _ = batch(index, queries, k)
+    del index
+
+    fp16_single_default_ms, fp16_single_ids = single(fp16, queries, k)
+    faiss.omp_set_num_threads(1)
+    fp16_single_one_thread_ms, _ = single(fp16, queries, k)
+    faiss.omp_set_num_threads(threads)
+    fp16_batch_ms, fp16_batch_ids = batch(fp16, queries, k)
 
     print(
         json.dumps(
@@ -72,6 +83,12 @@ def main() -> None:
                 "batch_default_ms": batch_default_ms,
                 "single_ids": single_ids,
                 "batch_ids": batch_ids,
+                "fp16": {
+                    "single_ms": min(fp16_single_default_ms, fp16_single_one_thread_ms),
+                    "batch_ms": fp16_batch_ms,
+                    "single_ids": fp16_single_ids,
+                    "batch_ids": fp16_batch_ids,
+                },
             }
         )
     )

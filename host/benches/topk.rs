@@ -1,12 +1,14 @@
 //! Exact top-10 over random 512-dimensional data: Quarry's `FlatIndex` (inner product) against
-//! faiss `IndexFlatIP` on the same data and queries. Prints times and ratios; fails on nothing.
+//! faiss `IndexFlatIP` on the same data and queries, and Quarry's f16 option against faiss's
+//! half-precision flat index (`IndexScalarQuantizer`, QT_fp16). Also reports the memory per 1M
+//! vectors. Prints times and ratios; fails on nothing.
 //!
 //! Run with `cargo bench -p quarry-host --bench topk`. The faiss side runs `faiss_topk.py` and
 //! needs `python3 -m pip install faiss-cpu numpy`; without it only Quarry's numbers are printed.
 
 use quarry_host::index::Scored;
 use quarry_host::index::flat::FlatIndex;
-use quarry_host::store::Metric;
+use quarry_host::store::{Metric, Precision};
 use serde::Deserialize;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -32,7 +34,8 @@ struct Measured {
     batch_ids: Vec<Vec<i64>>,
 }
 
-/// What faiss_topk.py prints: `Measured` with faiss at its faster setting, plus its defaults' times.
+/// What faiss_topk.py prints: `Measured` with faiss at its faster setting, plus its defaults' times,
+/// and the half-precision index's measurements.
 #[derive(Deserialize)]
 struct Faiss {
     threads: usize,
@@ -40,6 +43,19 @@ struct Faiss {
     batch_default_ms: f64,
     #[serde(flatten)]
     measured: Measured,
+    fp16: Measured,
+}
+
+/// One row of the f16 table.
+struct HalfRow {
+    dataset: &'static str,
+    queries: usize,
+    quarry_f16_ms: f64,
+    quarry_f32_ms: f64,
+    /// faiss fp16's time and faiss IndexFlatIP's (faster setting).
+    faiss_ms: Option<(f64, f64)>,
+    /// Hits shared with Quarry's f32 exact top-k, of all.
+    recall: f64,
 }
 
 struct Row {
@@ -58,17 +74,29 @@ fn main() {
     }
     println!("threads: Quarry {} (rayon), k = {K}, dimension {DIM}", rayon::current_num_threads());
     let mut table = Vec::new();
+    let mut half_table = Vec::new();
     let mut memory = Vec::new();
+    let mut grown_bytes = None;
     for (dataset, n) in DATASETS {
         let dir = tempfile::tempdir().expect("temp dir");
         let started = Instant::now();
         let (index, queries) = write_and_index(dir.path(), n);
         println!("{dataset}: generated, written and indexed in {:.1} s", started.elapsed().as_secs_f64());
-        memory.push((dataset, index.heap_bytes() as f64 * 1e6 / n as f64));
+        if grown_bytes.is_none() {
+            // Without `reserve`, as a field grows by commits.
+            let grown = copy(&index, Precision::F32, false);
+            grown_bytes = Some((dataset, grown.heap_bytes() as f64 * 1e6 / n as f64));
+        }
         let quarry = measure(&index, &queries);
-        drop(index);
         let same = quarry.single_ids.iter().zip(&quarry.batch_ids).filter(|(a, b)| a == b).count();
         println!("{dataset}: Quarry search_batch equals search on {same}/{QUERIES} queries");
+        let started = Instant::now();
+        let half = copy(&index, Precision::F16, true);
+        println!("{dataset}: f16 index built in {:.1} s", started.elapsed().as_secs_f64());
+        memory.push((dataset, index.heap_bytes() as f64 * 1e6 / n as f64, half.heap_bytes() as f64 * 1e6 / n as f64));
+        drop(index);
+        let quarry_half = measure(&half, &queries);
+        drop(half);
 
         let faiss = faiss_ready.then(|| run_faiss(dataset, dir.path(), n)).flatten();
         for (queries, quarry_ms, quarry_ids, faiss_side) in [
@@ -82,6 +110,14 @@ fn main() {
                 faiss_ms: faiss_side.map(|(ms, _)| ms),
                 agreement: faiss_side.map(|(_, ids)| agreement(quarry_ids, ids)),
             });
+        }
+        for (queries, quarry_f16_ms, quarry_f32_ms, f16_ids, f32_ids, faiss_ms) in [
+            (1, quarry_half.single_ms, quarry.single_ms, &quarry_half.single_ids, &quarry.single_ids, faiss.as_ref().map(|f| (f.fp16.single_ms, f.measured.single_ms))),
+            (QUERIES, quarry_half.batch_ms, quarry.batch_ms, &quarry_half.batch_ids, &quarry.batch_ids, faiss.as_ref().map(|f| (f.fp16.batch_ms, f.measured.batch_ms))),
+        ] {
+            let shared: usize = f16_ids.iter().zip(f32_ids).map(|(a, b)| a.iter().filter(|id| b.contains(id)).count()).sum();
+            let total: usize = f32_ids.iter().map(Vec::len).sum();
+            half_table.push(HalfRow { dataset, queries, quarry_f16_ms, quarry_f32_ms, faiss_ms, recall: shared as f64 / total as f64 });
         }
     }
 
@@ -107,13 +143,57 @@ fn main() {
             row.dataset, row.queries, row.quarry_ms
         );
     }
-    let raw_mib = (1_000_000 * DIM * size_of::<f32>()) as f64 / (1 << 20) as f64;
-    for (dataset, bytes) in memory {
-        println!("memory per 1M vectors, from the {dataset} index: FlatIndex {:.0} MiB, raw f32 data {raw_mib:.0} MiB", bytes / (1 << 20) as f64);
+
+    println!("\nf16 vectors (`quarry index <collection> <field> --f16`), same queries and timing; faiss fp16 is IndexScalarQuantizer QT_fp16 (faster of its defaults and 1 thread for 1 query)");
+    println!(
+        "{:<11} {:>7} {:>14} {:>14} {:>14} {:>18} {:>23}  recall@{K} vs f32 exact",
+        "dataset", "queries", "Quarry f16 ms", "Quarry f32 ms", "faiss fp16 ms", "faiss fp16/Quarry", "faiss f32 best/Quarry"
+    );
+    for row in &half_table {
+        let [fp16, fp16_ratio, f32_ratio] = match row.faiss_ms {
+            Some((fp16, f32)) => [format!("{fp16:.2}"), format!("{:.2}x", fp16 / row.quarry_f16_ms), format!("{:.2}x", f32 / row.quarry_f16_ms)],
+            None => ["n/a"; 3].map(String::from),
+        };
+        println!(
+            "{:<11} {:>7} {:>14.2} {:>14.2} {fp16:>14} {fp16_ratio:>18} {f32_ratio:>23}  {:.4}",
+            row.dataset, row.queries, row.quarry_f16_ms, row.quarry_f32_ms, row.recall
+        );
+    }
+
+    let mib = |bytes: f64| bytes / (1 << 20) as f64;
+    let raw = |bytes_per_value: usize| mib((1_000_000 * DIM * bytes_per_value) as f64);
+    println!("\nmemory per 1M x {DIM} vectors (FlatIndex heap: vectors, norms, ids, id map), loaded in bulk as from the store:");
+    for (dataset, f32_bytes, f16_bytes) in memory {
+        println!(
+            "  from the {dataset} index: f32 {:.0} MiB (raw f32 data {:.0} MiB), f16 {:.0} MiB (raw f16 data {:.0} MiB)",
+            mib(f32_bytes),
+            raw(4),
+            mib(f16_bytes),
+            raw(2)
+        );
+    }
+    if let Some((dataset, bytes)) = grown_bytes {
+        println!("  grown one upsert at a time instead (as by commits), from the {dataset} index: f32 {:.0} MiB", mib(bytes));
     }
     if !faiss_ready {
         println!("\nfaiss columns are n/a: run `{INSTALL_FAISS}` and rerun the bench to compare");
     }
+}
+
+/// A copy of `index` at `precision`, sized up front when `reserve` is set (as loading a field
+/// from the store does), else grown one upsert at a time.
+fn copy(index: &FlatIndex, precision: Precision, reserve: bool) -> FlatIndex {
+    let mut out = FlatIndex::with_precision(Metric::InnerProduct, precision);
+    if reserve {
+        out.reserve(index.len());
+    }
+    for start in (0..index.len()).step_by(8192) {
+        let rows = start..(start + 8192).min(index.len());
+        for (row, vector) in rows.clone().zip(index.row_vectors(rows).chunks_exact(DIM)) {
+            out.upsert(index.id(row), vector).expect("upsert");
+        }
+    }
+    out
 }
 
 /// Deterministic uniform values in [-0.5, 0.5).
@@ -133,6 +213,8 @@ impl XorShift {
 fn write_and_index(dir: &Path, n: usize) -> (FlatIndex, Vec<f32>) {
     let mut rng = XorShift(0x2545F4914F6CDD1D ^ n as u64);
     let mut index = FlatIndex::new(Metric::InnerProduct);
+    // As loading a field from the store does: its size is known.
+    index.reserve(n);
     let mut data = BufWriter::new(File::create(dir.join("data.f32")).expect("data file"));
     let mut row = vec![0f32; DIM];
     for i in 0..n {
