@@ -42,10 +42,15 @@ enum Command {
         #[command(flatten)]
         route: Option<RouteArgs>,
     },
-    /// Search a collection.
+    /// Search a collection by text, by image (`--image`), or both (composed retrieval).
     Search {
         collection: String,
-        query: String,
+        #[arg(required_unless_present = "image")]
+        query: Option<String>,
+        /// A query image (PNG, JPEG, ...); with a query text too, strategies such as `lincir`
+        /// read the text as a modification of the image.
+        #[arg(long)]
+        image: Option<PathBuf>,
         /// Answer with this `name@version` instead of the routed one.
         #[arg(long)]
         strategy: Option<String>,
@@ -302,7 +307,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             ingest(&host, &collection, &source)
         }
-        Command::Search { collection, query, strategy, k, params, filter, json } => {
+        Command::Search { collection, query, image, strategy, k, params, filter, json } => {
             let host = open(&dir, cli.verbose)?;
             let mut params: serde_json::Value = match params {
                 Some(text) => serde_json::from_str(&text).context("--params is not valid JSON")?,
@@ -314,11 +319,20 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(filter) = filter {
                 params["filter"] = serde_json::from_str(&filter).context("--filter is not valid JSON")?;
             }
-            let response = host.search(&collection, &SearchRequest { strategy, params, ..SearchRequest::text(&query, k) })?;
+            let image_bytes = match &image {
+                Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read query image {}", path.display()))?),
+                None => None,
+            };
+            let response = host.search(&collection, &SearchRequest { text: query.clone(), image: image_bytes, k, params, strategy })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&response)?);
             } else {
-                print_table(&query, &response);
+                let shown = match (&query, &image) {
+                    (Some(text), Some(path)) => format!("{} + \"{text}\"", path.display()),
+                    (Some(text), None) => text.clone(),
+                    (None, path) => path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                };
+                print_table(&shown, &response);
             }
             Ok(())
         }
@@ -376,10 +390,11 @@ fn ingest(host: &Quarry, collection: &str, source: &Path) -> Result<()> {
 
 fn print_table(query: &str, response: &SearchResponse) {
     println!("query: {query}   (strategy {})", response.strategy);
-    println!("{:>4}  {:>7}  {:<28}  text", "rank", "score", "id");
+    let width = response.hits.iter().map(|h| h.id.chars().count()).max().unwrap_or(0).max(12);
+    println!("{:>4}  {:>7}  {:<width$}  text", "rank", "score", "id");
     for (rank, hit) in response.hits.iter().enumerate() {
         let text: String = hit.text.as_deref().unwrap_or("").chars().take(70).collect();
-        println!("{:>4}  {:>7.4}  {:<28}  {text}", rank + 1, hit.score, hit.id);
+        println!("{:>4}  {:>7.4}  {:<width$}  {text}", rank + 1, hit.score, hit.id);
     }
     if response.hits.is_empty() {
         println!("      (no hits)");

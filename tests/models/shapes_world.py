@@ -9,6 +9,7 @@ Writes into OUT_DIR:
   grey) or textured (grey stripes, checkers, noise) background. Every combination of colour,
   shape, size and position appears exactly once, so every caption names one scene.
 - scenes.jsonl: {id, file, caption, attributes {colour, shape, size, position}, codes}.
+- items.jsonl: the scenes as `quarry ingest` reads them ({id, text: caption, image, metadata}).
 - edits.jsonl: {source, target, attribute, text}: two scenes of one family (same background, same
   jitter) that differ in exactly one attribute, and the modification text.
 - shapes-image.onnx, shapes-text.onnx, shapes-text-slots.onnx, shapes-phi.onnx,
@@ -294,7 +295,9 @@ def build_world(out_dir, rng):
                     edits.append({"source": scene_id(src), "target": scene_id(dst), "attribute": kind, "text": edit_text(kind, dst[kind])})
     assert len({s["id"] for s in scenes}) == len(scenes) == 6 * 3 * 2 * 5
     assert {e["attribute"] for e in edits} == set(KINDS), "every attribute kind has edits"
-    for name, rows in [("scenes", scenes), ("edits", edits)]:
+    # The same scenes as `quarry ingest` reads them: id, caption as text, image, attributes.
+    items = [{"id": s["id"], "text": s["caption"], "image": s["file"], "metadata": s["attributes"]} for s in scenes]
+    for name, rows in [("scenes", scenes), ("edits", edits), ("items", items)]:
         with open(os.path.join(out_dir, f"{name}.jsonl"), "w") as out:
             for row in rows:
                 out.write(json.dumps(row, sort_keys=True) + "\n")

@@ -302,7 +302,9 @@ impl ModelManifest {
         let mut manifest: ModelManifest = serde_json::from_str(&text).with_context(|| {
             format!("model manifest {} is not valid (see `quarry schema model` for the format)", path.display())
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so the copy `quarry model add` registers still points at the files.
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).with_context(|| format!("cannot resolve {}", path.display()))?;
+        let base = base.as_path();
         manifest.files.model = absolute(base, &manifest.files.model);
         manifest.files.tokenizer = manifest.files.tokenizer.as_ref().map(|t| absolute(base, t));
         manifest.files.encoder = manifest.files.encoder.as_ref().map(|t| absolute(base, t));
@@ -435,6 +437,18 @@ mod tests {
         assert!(m.normalize);
         assert_eq!(m.execution_provider, ExecutionProvider::Cpu);
         assert_eq!(m.inputs.attention_mask.as_deref(), Some("attention_mask"));
+    }
+
+    #[test]
+    fn a_manifest_named_by_a_relative_path_resolves_to_absolute_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.onnx"), b"x").unwrap();
+        std::fs::write(dir.path().join("m.json"), r#"{"name": "p", "role": "projector", "files": {"model": "model.onnx"}, "inputs": {"vectors": "x"}, "output": {"name": "y", "kind": "pooled"}}"#).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let relative = Path::new(&up).join(dir.path().strip_prefix("/").unwrap()).join("m.json");
+        let m = ModelManifest::load(&relative).unwrap();
+        assert!(m.files.model.is_absolute() && m.files.model.is_file(), "{}", m.files.model.display());
     }
 
     #[test]
