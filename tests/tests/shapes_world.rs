@@ -291,3 +291,47 @@ fn the_world_is_deterministic_from_its_seed() {
     assert_eq!(same, 0, "{same} images are the same under another seed");
     assert_ne!(read(world, "edits.jsonl"), read(&other, "edits.jsonl"));
 }
+
+#[test]
+fn the_cli_ingests_the_world_and_answers_text_image_and_composed_queries() {
+    let world = shapes_world();
+    let dir = tempfile::tempdir().unwrap();
+    let quarry = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_quarry-e2e")).arg("--data-dir").arg(dir.path()).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let path = |file: &str| world.join(file).display().to_string();
+    for model in ["shapes-image", "shapes-text-slots", "shapes-phi"] {
+        let (ok, _, err) = quarry(&["model", "add", &path(&format!("{model}.json"))]);
+        assert!(ok, "{err}");
+    }
+    let lincir = quarry_tests::plugin_dir().join("quarry_plugin_lincir.wasm").display().to_string();
+    let config = r#"{"text-model": "shapes-text-slots", "image-model": "shapes-image", "projector": "shapes-phi"}"#;
+    let steps: [&[&str]; 3] = [
+        &["plugin", "add", &lincir],
+        &[
+            "route", "set", "shapes", "--strategy", "lincir@0.1.0", "--grant-model", "shapes-image", "--grant-model", "shapes-text-slots", "--grant-model",
+            "shapes-phi", "--config", config,
+        ],
+        &["ingest", "shapes", &path("items.jsonl")],
+    ];
+    for step in steps {
+        let (ok, _, err) = quarry(step);
+        assert!(ok, "{step:?}: {err}");
+    }
+    let first = |args: &[&str]| {
+        let (ok, out, err) = quarry(&[&["search", "shapes", "-k", "1", "--json"], args].concat());
+        assert!(ok, "{args:?}: {err}");
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        json["hits"][0]["id"].as_str().unwrap().to_string()
+    };
+    let red_circle = shapes_scenes(world).into_iter().find(|s| s.id == "large-red-circle-center").expect("the first family's red circle");
+    let image = path(&red_circle.file);
+    assert_eq!(first(&["a small green triangle at the top right"]), "small-green-triangle-top-right");
+    assert_eq!(first(&["--image", &image]), "large-red-circle-center");
+    assert_eq!(first(&["is blue", "--image", &image]), "large-blue-circle-center");
+    let (ok, _, err) = quarry(&["search", "shapes", "--image", "/nonexistent.png"]);
+    assert!(!ok && err.contains("cannot read query image /nonexistent.png"), "{err}");
+    let (ok, _, err) = quarry(&["search", "shapes"]);
+    assert!(!ok && err.contains("<QUERY>"), "{err}");
+}
