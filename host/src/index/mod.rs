@@ -1,7 +1,8 @@
 //! In-memory indexes over stored fields: built from the store on first use, kept current on
 //! every commit and delete.
 //!
-//! - vector fields: exact top-k under the field's metric, with metadata filters ([`flat`]);
+//! - vector fields: exact top-k under the field's metric, with metadata filters, f32 or f16 ([`flat`]),
+//!   or HNSW ([`ann`]);
 //! - code fields: a prefix trie ([`trie`]);
 //! - token-set fields: late interaction ([`tokens`]).
 
