@@ -1,4 +1,4 @@
-//! Approximate top-10: Quarry's HNSW (`AnnIndex`, the `hnsw_rs` graph with exact re-scoring)
+//! Approximate top-10: Quarry's HNSW (`AnnIndex`, a USearch graph with exact re-scoring)
 //! against faiss `IndexHNSWFlat` on the same clustered data, M and efConstruction. Sweeps
 //! ef_search on both, reports recall@10 against exact search and queries/s, and the ratio of
 //! queries/s at equal recall (each curve interpolated linearly). Prints; fails on nothing.
@@ -66,7 +66,7 @@ fn main() {
 
     let started = Instant::now();
     let ann = AnnIndex::build(AnnParams { m: M, ef_construction: EF_CONSTRUCTION, ef_search: EF_SEARCH[0] }, Metric::Cosine, &flat);
-    println!("Quarry (hnsw_rs) built in {:.1} s", started.elapsed().as_secs_f64());
+    println!("Quarry (USearch) built in {:.1} s", started.elapsed().as_secs_f64());
     let quarry: Vec<Point> = EF_SEARCH
         .iter()
         .map(|&ef| {

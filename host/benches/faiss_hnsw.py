@@ -4,7 +4,7 @@ Usage: python3 faiss_hnsw.py <dir> <n> <dim> <nq> <k> <m> <ef_construction> <bui
 
 <dir> holds data.f32 (n x dim) and queries.f32 (nq x dim), raw little-endian f32, row-major,
 unit-length rows. The graph uses inner product (as Quarry's graph does on unit vectors), M links
-per node (2M on the bottom layer, as hnsw_rs) and efConstruction, built on <build_threads>
+per node (2M on the bottom layer, as USearch) and efConstruction, built on <build_threads>
 threads. Each efSearch runs all queries one at a time on one thread (faiss's loop over a batch
 with OpenMP at one thread), RUNS times; the fastest run gives queries/s. Prints one JSON object
 with the build time, and per efSearch the queries/s and the hit row ids of the fastest run.
