@@ -12,7 +12,9 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 # The HNSW graph (the `usearch` crate) compiles C++: a fresh machine may have gcc but not g++.
 if ! command -v g++ >/dev/null && ! command -v c++ >/dev/null; then
   echo "setup: installing g++ (the usearch crate compiles C++)" >&2
-  { apt-get update -qq && apt-get install -y -qq g++; } >/dev/null 2>&1 ||
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi
+  { $sudo apt-get update -qq && $sudo apt-get install -y -qq g++; } >/dev/null 2>&1 ||
     { echo "setup: could not install g++; install a C++ compiler (g++ or clang++) and run again" >&2; exit 1; }
 fi
 
