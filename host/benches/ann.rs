@@ -6,6 +6,9 @@
 //! Run with `cargo bench -p quarry-host --bench ann`. The faiss side runs `faiss_hnsw.py` and
 //! needs `python3 -m pip install faiss-cpu numpy`; without it only Quarry's numbers are printed.
 
+mod common;
+
+use common::{INSTALL_FAISS, faiss_available, python, write_f32};
 use quarry_host::index::ann::AnnIndex;
 use quarry_host::index::flat::FlatIndex;
 use quarry_host::store::{AnnParams, Metric};
@@ -13,7 +16,6 @@ use serde::Deserialize;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 const N: usize = 100_000;
@@ -31,7 +33,6 @@ const TARGET_RECALLS: [f64; 3] = [0.90, 0.95, 0.99];
 /// Timed passes over all queries per ef; the fastest gives queries/s (as in faiss_hnsw.py).
 const RUNS: usize = 3;
 const FAISS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/faiss_hnsw.py");
-const INSTALL_FAISS: &str = "python3 -m pip install faiss-cpu numpy";
 
 #[derive(Deserialize)]
 struct Faiss {
@@ -177,23 +178,6 @@ fn write_and_index(dir: &Path) -> (FlatIndex, Vec<f32>) {
     write_f32(&mut file, &queries);
     file.flush().expect("write queries");
     (flat, queries)
-}
-
-fn write_f32(out: &mut impl Write, values: &[f32]) {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    out.write_all(&bytes).expect("write");
-}
-
-/// OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE may be set on this machine for other work; faiss runs
-/// with OpenBLAS's own CPU detection instead (as in the topk bench).
-fn python() -> Command {
-    let mut command = Command::new("python3");
-    command.env_remove("OPENBLAS_CORETYPE").env_remove("OPENBLAS_L2_SIZE");
-    command
-}
-
-fn faiss_available() -> bool {
-    python().args(["-c", "import faiss, numpy"]).output().is_ok_and(|out| out.status.success())
 }
 
 fn run_faiss(dir: &Path, threads: usize) -> Option<Faiss> {

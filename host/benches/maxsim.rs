@@ -4,6 +4,9 @@
 //!
 //! Run with `cargo bench -p quarry-host --bench maxsim`.
 
+mod common;
+
+use common::XorShift;
 use quarry_host::index::tokens::TokenSets;
 use std::time::Instant;
 
@@ -69,15 +72,4 @@ fn unit_tokens(rng: &mut XorShift, count: usize) -> Vec<f32> {
         out.extend(token.iter().map(|x| x / norm));
     }
     out
-}
-
-/// Deterministic uniform values in [-0.5, 0.5).
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    }
 }

@@ -6,6 +6,9 @@
 //! Run with `cargo bench -p quarry-host --bench topk`. The faiss side runs `faiss_topk.py` and
 //! needs `python3 -m pip install faiss-cpu numpy`; without it only Quarry's numbers are printed.
 
+mod common;
+
+use common::{INSTALL_FAISS, XorShift, faiss_available, python, write_f32};
 use quarry_host::index::Scored;
 use quarry_host::index::flat::FlatIndex;
 use quarry_host::store::{Metric, Precision};
@@ -13,7 +16,6 @@ use serde::Deserialize;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 const DIM: usize = 512;
@@ -23,7 +25,6 @@ const K: usize = 10;
 const BATCH_RUNS: usize = 3;
 const DATASETS: [(&str, usize); 2] = [("100k x 512", 100_000), ("1M x 512", 1_000_000)];
 const FAISS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/faiss_topk.py");
-const INSTALL_FAISS: &str = "python3 -m pip install faiss-cpu numpy";
 
 /// Top-k times and hits of one engine on one dataset. Hits are row numbers, as faiss reports them.
 #[derive(Deserialize)]
@@ -196,17 +197,6 @@ fn copy(index: &FlatIndex, precision: Precision, reserve: bool) -> FlatIndex {
     out
 }
 
-/// Deterministic uniform values in [-0.5, 0.5).
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    }
-}
-
 /// Generate `n` rows and the queries into data.f32 and queries.f32 under `dir`, indexing the rows
 /// as they are generated so no second copy of the data is held. Ids are zero-padded row numbers,
 /// so id order is row order, the order faiss breaks ties in.
@@ -228,11 +218,6 @@ fn write_and_index(dir: &Path, n: usize) -> (FlatIndex, Vec<f32>) {
     write_f32(&mut file, &queries);
     file.flush().expect("write queries");
     (index, queries)
-}
-
-fn write_f32(out: &mut impl Write, values: &[f32]) {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    out.write_all(&bytes).expect("write");
 }
 
 /// Time each query alone (median), then all queries as one batch (median of `BATCH_RUNS`).
@@ -271,18 +256,6 @@ fn agreement(ours: &[Vec<i64>], theirs: &[Vec<i64>]) -> String {
     let shared: usize = ours.iter().zip(theirs).map(|(a, b)| a.iter().filter(|id| b.contains(id)).count()).sum();
     let total: usize = theirs.iter().map(Vec::len).sum();
     format!("{identical}/{} lists identical, {shared}/{total} ids shared", ours.len())
-}
-
-/// OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE may be set on this machine for other work; faiss runs
-/// with OpenBLAS's own CPU detection instead.
-fn python() -> Command {
-    let mut command = Command::new("python3");
-    command.env_remove("OPENBLAS_CORETYPE").env_remove("OPENBLAS_L2_SIZE");
-    command
-}
-
-fn faiss_available() -> bool {
-    python().args(["-c", "import faiss, numpy"]).output().is_ok_and(|out| out.status.success())
 }
 
 /// faiss's measurements, or `None` (with the reason printed) if the script failed.

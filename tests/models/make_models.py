@@ -43,6 +43,18 @@ PROJECTOR_B = np.array([0.1, -0.2, 0.3], dtype=np.float32)
 AXES = ["red", "blue", "green", "circle", "square", "triangle"]
 
 
+# text_embeds = mean of last_hidden_state over the tokens attention_mask keeps (needs the
+# initializers axis1 = [1] and axis2 = [2]).
+MEAN_POOL = [
+    helper.make_node("Cast", ["attention_mask"], ["am2"], to=TensorProto.FLOAT),
+    helper.make_node("Unsqueeze", ["am2", "axis2"], ["am"]),
+    helper.make_node("Mul", ["last_hidden_state", "am"], ["masked"]),
+    helper.make_node("ReduceSum", ["masked", "axis1"], ["sum"], keepdims=0),
+    helper.make_node("ReduceSum", ["am", "axis1"], ["count"], keepdims=0),
+    helper.make_node("Div", ["sum", "count"], ["text_embeds"]),
+]
+
+
 def save(graph, out_dir, name, manifest=None):
     """Write `graph` as NAME.onnx, and its manifest (if any) as NAME.json."""
     model = helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION)
@@ -139,13 +151,7 @@ def slot_text(out_dir, tokenizer_json):
         helper.make_node("Mul", ["tokens", "keep"], ["kept"]),
         helper.make_node("Mul", ["slot_embeds", "m"], ["injected"]),
         helper.make_node("Add", ["kept", "injected"], ["last_hidden_state"]),
-        # Mean over real tokens.
-        helper.make_node("Cast", ["attention_mask"], ["am2"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["am2", "axis2"], ["am"]),
-        helper.make_node("Mul", ["last_hidden_state", "am"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "axis1"], ["sum"], keepdims=0),
-        helper.make_node("ReduceSum", ["am", "axis1"], ["count"], keepdims=0),
-        helper.make_node("Div", ["sum", "count"], ["text_embeds"]),
+        *MEAN_POOL,
     ]
     init = [
         numpy_helper.from_array(table, "table"),
@@ -187,12 +193,7 @@ def slot_text_embeds(out_dir, tokenizer_json):
     save(lookup, out_dir, "slot-text-lookup")
     nodes = [
         helper.make_node("Identity", ["inputs_embeds"], ["last_hidden_state"]),
-        helper.make_node("Cast", ["attention_mask"], ["am2"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["am2", "axis2"], ["am"]),
-        helper.make_node("Mul", ["last_hidden_state", "am"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "axis1"], ["sum"], keepdims=0),
-        helper.make_node("ReduceSum", ["am", "axis1"], ["count"], keepdims=0),
-        helper.make_node("Div", ["sum", "count"], ["text_embeds"]),
+        *MEAN_POOL,
     ]
     graph = helper.make_graph(
         nodes,
