@@ -579,14 +579,8 @@ mod tests {
 
     #[test]
     fn exact_search_equals_brute_force() {
-        // Deterministic pseudo-random data (xorshift), 37 dims to exercise the dot-product tail.
-        let mut state = 0x2545F4914F6CDD1Du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % 2000) as f32 / 1000.0 - 1.0
-        };
+        // 37 dims to exercise the dot-product tail.
+        let mut next = crate::index::uniform(0x2545F4914F6CDD1D);
         let data: Vec<(String, Vec<f32>)> = (0..500).map(|i| (format!("item-{i}"), (0..37).map(|_| next()).collect())).collect();
         for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
             let mut index = FlatIndex::new(metric);
@@ -678,21 +672,11 @@ mod tests {
         let hits = index.search_batch(&[1.0, 0.0, 0.0, 1.0], 1, None).unwrap();
         assert_eq!(hits.iter().map(|h| h[0].id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     }
-    /// Deterministic values in [-1, 1).
-    fn uniform(seed: u64) -> impl FnMut() -> f32 {
-        let mut state = seed;
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % 2000) as f32 / 1000.0 - 1.0
-        }
-    }
 
     #[test]
     fn f16_top_k_matches_f32_exact_top_k() {
         let (dim, n) = (48, 1000);
-        let mut next = uniform(0xD1B54A32D192ED03);
+        let mut next = crate::index::uniform(0xD1B54A32D192ED03);
         let data: Vec<(String, Vec<f32>)> = (0..n).map(|i| (format!("item-{i}"), (0..dim).map(|_| next()).collect())).collect();
         let (mut shared, mut total) = (0, 0);
         for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
@@ -753,7 +737,7 @@ mod tests {
     #[test]
     fn reserved_indexes_hold_no_slack_and_grown_ones_little() {
         let (dim, n) = (24, 5000);
-        let mut next = uniform(7);
+        let mut next = crate::index::uniform(7);
         let vectors: Vec<Vec<f32>> = (0..n).map(|_| (0..dim).map(|_| next()).collect()).collect();
         for precision in [Precision::F32, Precision::F16] {
             let mut reserved = FlatIndex::with_precision(Metric::L2, precision);

@@ -305,6 +305,18 @@ impl Indexes {
     }
 }
 
+/// Deterministic values in [-1, 1) (xorshift), for the index tests.
+#[cfg(test)]
+pub(crate) fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 2000) as f32 / 1000.0 - 1.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,13 +356,7 @@ mod tests {
         let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
         let c = "t/c";
         store.declare_fields(c, &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::L2))]).unwrap();
-        let mut state = 0x2545F4914F6CDD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % 2000) as f32 / 1000.0 - 1.0
-        };
+        let mut next = super::uniform(0x2545F4914F6CDD1D);
         let dim = 16;
         let vectors: Vec<(String, Vec<f32>)> = (0..300).map(|i| (format!("item-{i}"), (0..dim).map(|_| next()).collect())).collect();
         let indexes = Indexes::new(store.clone());

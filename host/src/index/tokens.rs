@@ -94,13 +94,7 @@ mod tests {
 
     #[test]
     fn max_sim_equals_a_naive_reference() {
-        let mut state = 0x243F6A8885A308D3u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % 2000) as f32 / 1000.0 - 1.0
-        };
+        let mut next = crate::index::uniform(0x243F6A8885A308D3);
         let dim = 19;
         let mut sets = TokenSets::default();
         let mut docs = Vec::new();

@@ -36,6 +36,17 @@ pub(crate) struct DecoderRuntime {
     pub with_past: Option<Mutex<Session>>,
     pub live: Arc<AtomicUsize>,
     pub cache: Option<CacheLayout>,
+    /// The vocabulary size, when the export fixes the logits' last axis; lets a step refuse an
+    /// unknown token before running.
+    pub vocab: Option<i64>,
+}
+
+/// The vocabulary size `session` declares on its logits output, if fixed.
+pub(crate) fn declared_vocab(session: &Session, logits: &str) -> Option<i64> {
+    session.outputs().iter().find(|o| o.name() == logits).and_then(|o| match o.dtype() {
+        ValueType::Tensor { shape, .. } => shape.last().copied().filter(|&v| v > 0),
+        _ => None,
+    })
 }
 
 /// The key/value cache tensors of a decoder export, found from its inputs and outputs.
@@ -358,13 +369,7 @@ impl Generation {
     }
 
     fn check_tokens(&self, prefixes: &[Vec<u32>]) -> Result<(), ModelError> {
-        // The vocabulary is known once the logits' last axis is fixed in the export.
-        let session = self.runtime.decoder.lock().unwrap();
-        let vocab = session.outputs().iter().find(|o| o.name() == self.spec.logits).and_then(|o| match o.dtype() {
-            ValueType::Tensor { shape, .. } => shape.last().copied().filter(|&v| v > 0),
-            _ => None,
-        });
-        if let Some(vocab) = vocab
+        if let Some(vocab) = self.runtime.vocab
             && let Some(bad) = prefixes.iter().flatten().find(|&&c| i64::from(c) >= vocab)
         {
             return Err(ModelError::InvalidInput(format!("token {bad} is outside the decoder's vocabulary of {vocab}")));

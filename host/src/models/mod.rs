@@ -350,7 +350,8 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
                 }
                 None => None,
             };
-            Runtime::Decoder(Arc::new(DecoderRuntime { encoder, decoder: Mutex::new(decoder), with_past: with_past.map(Mutex::new), live: Default::default(), cache }))
+            let vocab = decoder::declared_vocab(&decoder, &spec.logits);
+            Runtime::Decoder(Arc::new(DecoderRuntime { encoder, decoder: Mutex::new(decoder), with_past: with_past.map(Mutex::new), live: Default::default(), cache, vocab }))
         }
         role => {
             let main = session(&manifest, &manifest.files.model)?;
