@@ -7,7 +7,7 @@
 mod common;
 
 use common::XorShift;
-use quarry_host::index::tokens::TokenSets;
+use quarry_host::index::tokens::{MaxSimBudget, TokenSets};
 use std::time::Instant;
 
 const DIM: usize = 128;
@@ -31,7 +31,7 @@ fn main() {
     }
     let queries: Vec<Vec<f32>> = (0..QUERIES).map(|_| unit_tokens(&mut rng, QUERY_TOKENS)).collect();
 
-    let run = |query: &[f32]| sets.max_sim(DIM, query, &candidates).expect("max_sim");
+    let run = |query: &[f32]| sets.max_sim(DIM, query, &candidates, MaxSimBudget::UNBOUNDED).expect("max_sim");
     println!("MaxSim, {CANDIDATES} candidates x {DOC_TOKENS} tokens x {QUERY_TOKENS} query tokens, dimension {DIM}, unit-length random tokens");
     let flops = 2.0 * (CANDIDATES * DOC_TOKENS * QUERY_TOKENS * DIM) as f64;
     let threads = rayon::current_num_threads();

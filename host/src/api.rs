@@ -1,11 +1,12 @@
 //! The host's in-process API: what the CLI, the tests and an embedding application call.
 
+use crate::capacity::{Deadline, FairShare};
 use crate::index::Indexes;
 use crate::models::{ModelManifest, Models};
 use crate::plugins::host_api::{CallContext, CallGrants, HostServices, Item, Query};
 use crate::plugins::limits::Limits;
-use crate::plugins::registry::{Registry, Route, write_atomically};
-use crate::plugins::{CallError, LoadedPlugin, PluginRuntime};
+use crate::plugins::registry::{Owner, Quarantined, Registry, Route, write_atomically};
+use crate::plugins::{CallError, CallOutput, LoadedPlugin, PluginRuntime};
 use crate::sources::NewItem;
 use crate::index::filter::Filter;
 use crate::store::{AnnParams, FieldSchema, Precision, Store, StoredItem, WriteBatch, qualify, split_qualified};
@@ -75,6 +76,13 @@ pub struct IngestReport {
     pub unchanged: usize,
 }
 
+/// A stored model that did not load, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantinedModel {
+    pub manifest: PathBuf,
+    pub reason: String,
+}
+
 /// A running Quarry host.
 pub struct Quarry {
     data_dir: PathBuf,
@@ -83,19 +91,27 @@ pub struct Quarry {
     services: Arc<HostServices>,
     /// Serialises check-commit-apply so indexes and store agree.
     commit_lock: Mutex<()>,
+    quarantined_models: Vec<QuarantinedModel>,
 }
 
 impl Quarry {
     /// Open (or create) a host over `config.data_dir`, loading its models, plugins and routes.
-    /// Plugins compiled by an earlier start come from the compile cache.
+    /// Plugins compiled by an earlier start come from the compile cache, and no plugin code runs.
+    /// A stored plugin or model that no longer loads is quarantined (see [`Quarry::quarantined`])
+    /// with a warning on stderr; the host opens and everything else serves.
     pub fn open(config: HostConfig) -> Result<Self> {
         let data_dir = config.data_dir.clone();
+        config.limits.validate()?;
         std::fs::create_dir_all(data_dir.join("models")).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let store = Arc::new(Store::open(&data_dir.join("collections.redb"))?);
-        let models = Arc::new(Models::default());
+        let compute = FairShare::new("compute slots", config.limits.compute_slots(), None);
+        let models = Arc::new(Models::new(compute.clone()));
+        let mut quarantined_models = Vec::new();
         for path in json_files(&data_dir.join("models"))? {
-            let manifest = ModelManifest::load(&path).with_context(|| format!("registered model {}", path.display()))?;
-            models.register(manifest)?;
+            if let Err(e) = ModelManifest::load(&path).and_then(|manifest| models.register(manifest)) {
+                eprintln!("quarry: quarantined model {}: {e:#}", path.display());
+                quarantined_models.push(QuarantinedModel { manifest: path, reason: format!("{e:#}") });
+            }
         }
         let level = if config.verbose { crate::plugins::host_api::quarry::retrieval::log::Level::Debug } else { crate::plugins::host_api::quarry::retrieval::log::Level::Warn };
         let services = Arc::new(HostServices {
@@ -105,14 +121,23 @@ impl Quarry {
             counters: Mutex::new(Default::default()),
             log_level: level,
         });
-        let runtime = PluginRuntime::new(config.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache")), config.limits.clone())?;
+        let runtime = PluginRuntime::new(config.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache")), config.limits.clone(), compute)?;
         let registry = Registry::open(&data_dir)?;
-        for path in registry.stored_plugins()? {
-            let bytes = std::fs::read(&path)?;
-            let plugin = runtime.load(&bytes, &services).with_context(|| format!("stored plugin {} no longer loads", path.display()))?;
-            registry.add(plugin, None)?;
+        for found in registry.stored()? {
+            let loaded = registry.read_found(&found).and_then(|(stored, bytes)| {
+                let reference = stored.descriptor.reference();
+                let plugin = runtime.load_stored(&bytes, stored.descriptor).map_err(|e| (reference.clone(), e))?;
+                registry.add(&found.owner, plugin, None).map_err(|e| (reference, e))
+            });
+            if let Err((reference, e)) = loaded {
+                eprintln!("quarry: quarantined plugin {reference} ({}, {}): {e:#}", found.owner, found.record.display());
+                registry.quarantine_found(&found, reference, format!("{e:#}"));
+            }
         }
-        Ok(Quarry { data_dir, runtime, registry, services, commit_lock: Mutex::new(()) })
+        for q in registry.quarantined().iter().filter(|q| q.reason.contains("older Quarry")) {
+            eprintln!("quarry: quarantined plugin: {}", q.reason);
+        }
+        Ok(Quarry { data_dir, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models })
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -124,27 +149,64 @@ impl Quarry {
         self.runtime.compile_stats()
     }
 
-    /// Validate a component against the contract, compile it and register it as `name@version`.
+    /// Validate a component against the contract, compile it, run its `describe` once and
+    /// register it as the default tenant's `name@version`.
     pub fn add_plugin(&self, bytes: &[u8]) -> Result<Arc<LoadedPlugin>> {
-        let plugin = self.runtime.load(bytes, &self.services)?;
-        self.registry.add(plugin, Some(bytes))
+        self.add_plugin_as(&Owner::Tenant(crate::store::DEFAULT_TENANT.into()), bytes)
+    }
+
+    /// [`Quarry::add_plugin`] for `owner`: a tenant, or [`Owner::Shared`] for every tenant.
+    /// Bytes the owner already added are that plugin again: `describe` is not asked twice.
+    pub fn add_plugin_as(&self, owner: &Owner, bytes: &[u8]) -> Result<Arc<LoadedPlugin>> {
+        if let Some(existing) = self.registry.with_hash(owner, &crate::plugins::content_hash(bytes)) {
+            return Ok(existing);
+        }
+        let plugin = self.runtime.load_new(bytes, &self.services, owner.billed_tenant())?;
+        self.registry.add(owner, plugin, Some(bytes))
     }
 
     pub fn add_plugin_file(&self, path: &Path) -> Result<Arc<LoadedPlugin>> {
+        self.add_plugin_file_as(&Owner::Tenant(crate::store::DEFAULT_TENANT.into()), path)
+    }
+
+    pub fn add_plugin_file_as(&self, owner: &Owner, path: &Path) -> Result<Arc<LoadedPlugin>> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
-        self.add_plugin(&bytes).with_context(|| format!("cannot add plugin {}", path.display()))
+        self.add_plugin_as(owner, &bytes).with_context(|| format!("cannot add plugin {}", path.display()))
     }
 
+    /// The plugin the default tenant's routes mean by `reference`.
     pub fn plugin(&self, reference: &str) -> Result<Arc<LoadedPlugin>> {
-        self.registry.get(reference)
+        self.plugin_for(crate::store::DEFAULT_TENANT, reference)
     }
 
-    pub fn plugins(&self) -> Vec<Arc<LoadedPlugin>> {
+    /// The plugin `tenant`'s routes mean by `reference`: its own, else a shared one.
+    pub fn plugin_for(&self, tenant: &str, reference: &str) -> Result<Arc<LoadedPlugin>> {
+        Ok(self.registry.resolve(tenant, reference)?.1)
+    }
+
+    /// Every registered plugin with its owner.
+    pub fn plugins(&self) -> Vec<(Owner, Arc<LoadedPlugin>)> {
         self.registry.list()
     }
 
+    /// Stored plugins that did not load at start, and why.
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        self.registry.quarantined()
+    }
+
+    /// Stored models that did not load at start, and why.
+    pub fn quarantined_models(&self) -> &[QuarantinedModel] {
+        &self.quarantined_models
+    }
+
+    /// Remove the default tenant's `reference`.
     pub fn remove_plugin(&self, reference: &str) -> Result<()> {
-        self.registry.remove(reference)
+        self.remove_plugin_as(&Owner::Tenant(crate::store::DEFAULT_TENANT.into()), reference)
+    }
+
+    /// Remove `owner`'s `reference`, loaded or quarantined, unless a route uses it.
+    pub fn remove_plugin_as(&self, owner: &Owner, reference: &str) -> Result<()> {
+        self.registry.remove(owner, reference)
     }
 
     /// Register a model from its manifest file; the manifest is kept in the data directory.
@@ -174,8 +236,8 @@ impl Quarry {
             }
             self.services.models.warm(model).with_context(|| format!("the route grants model `{model}`, which cannot be opened"))?;
         }
-        let plugin = self.registry.get(&route.strategy)?;
-        let fields: Vec<(String, FieldSchema)> = plugin.descriptor.fields.iter().map(|f| (f.name.clone(), f.schema())).collect();
+        let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
+        let fields: Vec<(String, FieldSchema)> = plugin.descriptor.fields.clone();
         self.services.store.declare_fields(collection, &fields).with_context(|| format!("cannot route `{collection}` to {}", route.strategy))?;
         self.registry.set_route(collection, route)
     }
@@ -183,7 +245,7 @@ impl Quarry {
     pub fn route(&self, collection: &str) -> Result<Arc<Route>> {
         let key = qualify(collection)?;
         self.registry.route(&key).with_context(|| {
-            format!("collection `{collection}` has no strategy route; set one with `quarry route set {collection} <name@version>`")
+            format!("collection `{collection}` has no strategy route; set one with `quarry route set {collection} --strategy <name@version>`")
         })
     }
 
@@ -198,9 +260,11 @@ impl Quarry {
     pub fn ingest(&self, collection: &str, items: Vec<NewItem>, mut progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
         let route = self.route(collection)?;
         let collection = &qualify(collection)?;
-        let plugin = self.registry.get(&route.strategy)?;
+        let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
+        for item in &items {
+            crate::store::validate_item_id(&item.id).map_err(|e| CallError::Host(e.context("cannot ingest")))?;
+        }
         self.services.store.ensure_collection(collection)?;
-        let grants = grants_for(collection, &route);
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
         let mut report = IngestReport::default();
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
@@ -219,10 +283,12 @@ impl Quarry {
                 .iter()
                 .map(|(i, _)| Item { id: i.id.clone(), text: i.text.clone(), image: i.image.clone(), metadata: i.metadata.to_string() })
                 .collect();
-            let ((), mut writes) = self.runtime.call(&plugin, &self.services, grants.clone(), |store, p| {
+            let ingesting = batch.iter().map(|(i, _)| i.id.clone()).collect();
+            let grants = grants_for(collection, &route, Some(ingesting));
+            let ((), mut output) = self.runtime.call(&plugin, &self.services, grants, self.runtime.limits().deadline_ms, |store, p| {
                 p.quarry_retrieval_strategy().call_ingest(store, &ctx, &wit_items)
             })?;
-            writes.items = batch
+            output.writes.items = batch
                 .into_iter()
                 .map(|(i, fingerprint)| {
                     let item = StoredItem {
@@ -236,8 +302,9 @@ impl Quarry {
                     (collection.to_string(), item)
                 })
                 .collect();
-            self.commit(&writes)?;
-            report.ingested += writes.items.len();
+            let landed = output.writes.items.len();
+            self.keep(&plugin, collection, output)?;
+            report.ingested += landed;
             progress(report.unchanged + report.ingested);
         }
         Ok(report)
@@ -247,38 +314,61 @@ impl Quarry {
     pub fn build(&self, collection: &str) -> Result<(), CallError> {
         let route = self.route(collection)?;
         let collection = &qualify(collection)?;
-        let plugin = self.registry.get(&route.strategy)?;
+        let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
-        let ((), writes) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route), |store, p| {
+        let ((), output) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), self.runtime.limits().deadline_ms, |store, p| {
             p.quarry_retrieval_strategy().call_build(store, &ctx)
         })?;
-        self.commit(&writes)?;
-        Ok(())
+        self.keep(&plugin, collection, output)
     }
 
     /// Answer a query with the collection's routed strategy (or `request.strategy`).
+    ///
+    /// What the strategy returns is checked: a NaN or infinite score fails the call; duplicate
+    /// ids keep their best score; hits for ids the collection does not hold are dropped (and
+    /// counted in the plugin's `quarry.unknown-hit-ids` counter); the host sorts the rest, best
+    /// first, ties by id. `k` is capped at `limits.max_hits`.
     pub fn search(&self, collection: &str, request: &SearchRequest) -> Result<SearchResponse, CallError> {
         // Snapshot route and plugin now: a concurrent route switch does not affect this call.
         let route = self.route(collection)?;
         let collection = &qualify(collection)?;
-        let plugin = self.registry.get(request.strategy.as_deref().unwrap_or(&route.strategy))?;
+        let plugin = self.plugin_for(split_qualified(collection).0, request.strategy.as_deref().unwrap_or(&route.strategy))?;
         if request.text.is_none() && request.image.is_none() {
             return Err(CallError::Host(anyhow::anyhow!("a query needs text, an image, or both")));
         }
         let limits = self.runtime.limits();
+        let k = (request.k as usize).min(limits.max_hits);
         let params = if request.params.is_null() { "{}".to_string() } else { request.params.to_string() };
-        let query = Query { text: request.text.clone(), image: request.image.clone(), k: request.k, params };
+        let query = Query { text: request.text.clone(), image: request.image.clone(), k: k as u32, params };
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
-        let (mut hits, writes) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route), |store, p| {
+        let (hits, output) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), limits.deadline_ms, |store, p| {
             p.quarry_retrieval_strategy().call_search(store, &ctx, &query)
         })?;
         if hits.len() > limits.max_hits {
             return Err(CallError::ResultTooLarge { strategy: plugin.reference.clone(), what: "hits", count: hits.len(), limit: limits.max_hits });
         }
-        self.commit(&writes)?;
-        hits.truncate(request.k as usize);
-        let hits = self.with_items(collection, hits.into_iter().map(|h| (h.id, h.score)).collect())?;
-        Ok(SearchResponse { strategy: plugin.reference.clone(), hits })
+        if let Some((i, hit)) = hits.iter().enumerate().find(|(_, h)| !h.score.is_finite()) {
+            return Err(CallError::InvalidResult {
+                strategy: plugin.reference.clone(),
+                message: format!("hit {i} (`{}`) has score {}; scores must be finite numbers", crate::printable::printable(&hit.id, 64), hit.score),
+            });
+        }
+        let mut best: std::collections::HashMap<String, f32> = std::collections::HashMap::with_capacity(hits.len());
+        for hit in hits {
+            let score = best.entry(hit.id).or_insert(hit.score);
+            *score = score.max(hit.score);
+        }
+        let mut hits: Vec<(String, f32)> = best.into_iter().collect();
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        self.keep(&plugin, collection, output)?;
+        let returned = hits.len();
+        let mut found = self.with_items(collection, hits)?;
+        let unknown = returned - found.len();
+        if unknown > 0 {
+            self.services.count(split_qualified(collection).0, &plugin.reference, "quarry.unknown-hit-ids", unknown as f64);
+        }
+        found.truncate(k);
+        Ok(SearchResponse { strategy: plugin.reference.clone(), hits: found })
     }
 
     /// A live instance of the collection's routed strategy, for many searches in a row without
@@ -286,9 +376,9 @@ impl Quarry {
     pub fn instance(&self, collection: &str) -> Result<(crate::plugins::LiveInstance<'_>, CallContext), CallError> {
         let route = self.route(collection)?;
         let collection = &qualify(collection)?;
-        let plugin = self.registry.get(&route.strategy)?;
+        let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
-        Ok((self.runtime.instantiate(&plugin, &self.services, grants_for(collection, &route))?, ctx))
+        Ok((self.runtime.instantiate(&plugin, &self.services, grants_for(collection, &route, None))?, ctx))
     }
 
     /// Exact nearest neighbours on a vector field, straight from the host (no plugin),
@@ -341,19 +431,15 @@ impl Quarry {
         self.services.store.scan_items(&qualify(collection)?)
     }
 
-    /// Attach each hit's stored text and metadata (one read transaction).
+    /// Attach each hit's stored text and metadata (one read transaction); hits for ids the
+    /// collection does not hold are left out.
     pub fn with_items(&self, collection: &str, hits: Vec<(String, f32)>) -> Result<Vec<SearchHit>> {
         let ids: Vec<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
         let items = self.services.store.items(&qualify(collection)?, &ids)?;
         Ok(hits
             .into_iter()
             .zip(items)
-            .map(|((id, score), item)| SearchHit {
-                id,
-                score,
-                text: item.as_ref().and_then(|i| i.text.clone()),
-                metadata: item.map_or(serde_json::json!({}), |i| i.metadata),
-            })
+            .filter_map(|((id, score), item)| item.map(|item| SearchHit { id, score, text: item.text, metadata: item.metadata }))
             .collect())
     }
 
@@ -362,25 +448,51 @@ impl Quarry {
         self.services.store.item_count(&qualify(collection)?)
     }
 
-    /// Counters plugins reported, keyed by `strategy/name`.
+    /// Counters plugins reported (and the host kept for them), keyed by
+    /// `tenant/name@version/counter`.
     pub fn counters(&self) -> std::collections::HashMap<String, f64> {
-        self.services.counters.lock().unwrap().clone()
+        self.services.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner).flatten()
     }
 
-    fn commit(&self, writes: &WriteBatch) -> Result<()> {
-        let _guard = self.commit_lock.lock().unwrap();
+    /// Keep what a successful call left: commit its writes within its deadline, then its counters.
+    fn keep(&self, plugin: &LoadedPlugin, collection: &str, output: CallOutput) -> Result<(), CallError> {
+        self.commit(&output.writes, output.deadline).map_err(|e| match e.downcast::<crate::capacity::Expired>() {
+            Ok(_) => CallError::Timeout { strategy: plugin.reference.clone(), deadline_ms: self.runtime.limits().deadline_ms },
+            Err(e) => CallError::Host(e),
+        })?;
+        let tenant = split_qualified(collection).0;
+        let mut counters = self.services.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counters.merge(tenant, &plugin.reference, output.counters, self.runtime.limits().max_counters);
+        Ok(())
+    }
+
+    /// Check, commit and apply a batch of writes, unless `deadline` passes first (then nothing
+    /// is written).
+    fn commit(&self, writes: &WriteBatch, deadline: Deadline) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.commit_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        deadline.check("the commit of the call's writes")?;
         self.services.indexes.check(writes)?;
+        deadline.check("the commit of the call's writes")?;
         self.services.store.commit(writes)?;
         self.services.indexes.apply(writes)
     }
 }
 
-/// The grants of a call on qualified collection `collection`: the route's, within its tenant.
-fn grants_for(collection: &str, route: &Route) -> Arc<CallGrants> {
+/// The grants of a call on qualified collection `collection`: the route's, within its tenant,
+/// and for an ingest the ids of the items it adds.
+fn grants_for(collection: &str, route: &Route, ingesting: Option<std::collections::HashSet<String>>) -> Arc<CallGrants> {
     let (tenant, name) = split_qualified(collection);
     let mut collections = route.grants.collections.clone();
     collections.insert(name.to_string());
-    Arc::new(CallGrants { tenant: tenant.to_string(), models: route.grants.models.clone(), collections })
+    Arc::new(CallGrants {
+        tenant: tenant.to_string(),
+        models: route.grants.models.clone(),
+        collections,
+        ingesting: ingesting.map(|ids| (collection.to_string(), ids)),
+    })
 }
 
 /// Split items so that each call stays within the batch and payload limits.

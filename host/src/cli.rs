@@ -3,7 +3,8 @@
 use crate::api::{HostConfig, Quarry, SearchRequest, SearchResponse};
 use crate::plugins::host_api::Grants;
 use crate::plugins::limits::Limits;
-use crate::plugins::registry::Route;
+use crate::plugins::registry::{Owner, Route};
+use crate::printable::printable;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -111,7 +112,7 @@ enum Command {
     },
     /// Print a JSON Schema.
     Schema {
-        #[arg(value_parser = ["model"])]
+        #[arg(value_parser = ["model", "limits"])]
         what: String,
     },
 }
@@ -119,16 +120,49 @@ enum Command {
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Validate a component against the contract, compile it and register it.
-    Add { file: PathBuf },
-    /// List registered strategy versions.
+    Add {
+        file: PathBuf,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+    /// List registered strategy versions (every tenant's, and shared ones), and quarantined ones.
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Show what a strategy version declares.
-    Describe { strategy: String },
-    /// Remove a strategy version that no route uses.
-    Remove { strategy: String },
+    /// Show what a strategy version declares, as its tenant's routes see it.
+    Describe {
+        strategy: String,
+        /// The tenant whose plugin (or, failing that, the shared one) to show [default: default]
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Remove a strategy version that no route uses (quarantined ones too).
+    Remove {
+        strategy: String,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+}
+
+/// Whose plugin: a tenant's own (the default tenant unless named), or shared by the operator.
+#[derive(Args, Clone)]
+struct OwnerArgs {
+    /// The tenant that owns the plugin [default: default]
+    #[arg(long, conflicts_with = "shared")]
+    tenant: Option<String>,
+    /// A plugin the operator shares with every tenant.
+    #[arg(long)]
+    shared: bool,
+}
+
+impl OwnerArgs {
+    fn owner(&self) -> Result<Owner> {
+        if self.shared {
+            return Ok(Owner::Shared);
+        }
+        Owner::tenant(self.tenant.as_deref().unwrap_or(crate::store::DEFAULT_TENANT))
+    }
 }
 
 #[derive(Subcommand)]
@@ -213,7 +247,7 @@ fn open(dir: &Path, verbose: bool) -> Result<Quarry> {
     let limits_path = dir.join("limits.json");
     if limits_path.is_file() {
         config.limits = serde_json::from_str::<Limits>(&std::fs::read_to_string(&limits_path)?)
-            .with_context(|| format!("{} is not valid (keys: deadline_ms, memory_bytes, max_hits, max_batch, max_payload_bytes, max_instances)", limits_path.display()))?;
+            .with_context(|| format!("{} is not valid; `quarry schema limits` prints what it may hold", limits_path.display()))?;
     }
     Quarry::open(config)
 }
@@ -221,51 +255,62 @@ fn open(dir: &Path, verbose: bool) -> Result<Quarry> {
 fn run(cli: Cli) -> Result<()> {
     let dir = data_dir(&cli);
     match cli.command {
-        Command::Schema { .. } => {
-            println!("{}", serde_json::to_string_pretty(&crate::models::manifest::schema())?);
+        Command::Schema { what } => {
+            let schema = match what.as_str() {
+                "limits" => serde_json::to_value(schemars::schema_for!(Limits))?,
+                _ => serde_json::to_value(crate::models::manifest::schema())?,
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(())
         }
         Command::Plugin(cmd) => {
             let host = open(&dir, cli.verbose)?;
             match cmd {
-                PluginCommand::Add { file } => {
-                    let p = host.add_plugin_file(&file)?;
-                    let sdk = p.sdk.as_deref().map_or(String::new(), |s| format!(" with {s}"));
-                    println!("added {} (built against {}{sdk}, sha256 {})", p.reference, p.contract, &p.sha256[..16]);
+                PluginCommand::Add { file, owner } => {
+                    let owner = owner.owner()?;
+                    let p = host.add_plugin_file_as(&owner, &file)?;
+                    let sdk = p.sdk.as_deref().map_or(String::new(), |s| format!(" with {}", printable(s, 64)));
+                    println!("added {} for {owner} (built against {}{sdk}, sha256 {})", p.reference, p.contract, &p.sha256[..16]);
                 }
                 PluginCommand::List { json } => {
                     let plugins = host.plugins();
+                    let quarantined = host.quarantined();
                     if json {
                         let rows: Vec<_> = plugins
                             .iter()
-                            .map(|p| serde_json::json!({"strategy": p.reference, "contract": p.contract, "sdk": p.sdk, "sha256": p.sha256, "description": p.descriptor.description}))
+                            .map(|(owner, p)| {
+                                serde_json::json!({"strategy": p.reference, "owner": owner, "contract": p.contract, "sdk": p.sdk, "sha256": p.sha256, "description": p.descriptor.description})
+                            })
                             .collect();
-                        println!("{}", serde_json::to_string_pretty(&rows)?);
-                    } else if plugins.is_empty() {
+                        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"plugins": rows, "quarantined": quarantined}))?);
+                    } else if plugins.is_empty() && quarantined.is_empty() {
                         println!("no strategies registered; add one with `quarry plugin add <file.wasm>`");
                     } else {
-                        for p in plugins {
-                            println!("{:<28} {:<24} {}", p.reference, p.contract, p.descriptor.description);
+                        for (owner, p) in plugins {
+                            println!("{:<28} {:<20} {:<24} {}", p.reference, owner.to_string(), p.contract, printable(&p.descriptor.description, 70));
+                        }
+                        for q in quarantined {
+                            println!("{:<28} {:<20} QUARANTINED: {}", printable(&q.reference, 28), q.owner.to_string(), printable(&q.reason, 200));
                         }
                     }
                 }
-                PluginCommand::Describe { strategy } => {
-                    let p = host.plugin(&strategy)?;
+                PluginCommand::Describe { strategy, tenant } => {
+                    let p = host.plugin_for(tenant.as_deref().unwrap_or(crate::store::DEFAULT_TENANT), &strategy)?;
                     let d = &p.descriptor;
-                    let schema: serde_json::Value = serde_json::from_str(&d.config_schema)?;
                     let fields: serde_json::Map<String, serde_json::Value> =
-                        d.fields.iter().map(|f| Ok((f.name.clone(), serde_json::to_value(f.schema())?))).collect::<Result<_>>()?;
+                        d.fields.iter().map(|(name, schema)| Ok((name.clone(), serde_json::to_value(schema)?))).collect::<Result<_>>()?;
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&serde_json::json!({
                             "strategy": p.reference, "contract": p.contract, "sdk": p.sdk, "sha256": p.sha256,
-                            "description": d.description, "models": d.models, "fields": fields, "config_schema": schema,
+                            "description": d.description, "models": d.models, "fields": fields, "config_schema": d.config_schema,
                         }))?
                     );
                 }
-                PluginCommand::Remove { strategy } => {
-                    host.remove_plugin(&strategy)?;
-                    println!("removed {strategy}");
+                PluginCommand::Remove { strategy, owner } => {
+                    let owner = owner.owner()?;
+                    host.remove_plugin_as(&owner, &strategy)?;
+                    println!("removed {} ({owner})", printable(&strategy, 128));
                 }
             }
             Ok(())
@@ -294,7 +339,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 RouteCommand::List => {
                     for (collection, route) in host.routes() {
-                        println!("{collection:<24} {:<24} config {} models [{}]", route.strategy, route.config, route.grants.models.iter().cloned().collect::<Vec<_>>().join(", "));
+                        let models = route.grants.models.iter().cloned().collect::<Vec<_>>().join(", ");
+                        println!("{collection:<24} {:<24} config {} models [{models}]", printable(&route.strategy, 64), printable(&route.config.to_string(), 200));
                     }
                 }
             }
@@ -388,13 +434,17 @@ fn ingest(host: &Quarry, collection: &str, source: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Widest id column a table shows; longer ids are cut with an ellipsis.
+const ID_COLUMN: usize = 40;
+
 fn print_table(query: &str, response: &SearchResponse) {
-    println!("query: {query}   (strategy {})", response.strategy);
-    let width = response.hits.iter().map(|h| h.id.chars().count()).max().unwrap_or(0).max(12);
+    println!("query: {}   (strategy {})", printable(query, 200), response.strategy);
+    let ids: Vec<String> = response.hits.iter().map(|h| printable(&h.id, ID_COLUMN)).collect();
+    let width = ids.iter().map(|id| id.chars().count()).max().unwrap_or(0).clamp(12, ID_COLUMN + 1);
     println!("{:>4}  {:>7}  {:<width$}  text", "rank", "score", "id");
-    for (rank, hit) in response.hits.iter().enumerate() {
-        let text: String = hit.text.as_deref().unwrap_or("").chars().take(70).collect();
-        println!("{:>4}  {:>7.4}  {:<width$}  {text}", rank + 1, hit.score, hit.id);
+    for (rank, (hit, id)) in response.hits.iter().zip(&ids).enumerate() {
+        let text = printable(hit.text.as_deref().unwrap_or(""), 70);
+        println!("{:>4}  {:>7.4}  {:<width$}  {text}", rank + 1, hit.score, id);
     }
     if response.hits.is_empty() {
         println!("      (no hits)");

@@ -4,10 +4,12 @@
 //! [`api::Quarry`] is the entry point; the `quarry` binary is a thin CLI over it ([`cli`]).
 
 pub mod api;
+pub mod capacity;
 pub mod cli;
 pub mod index;
 pub mod models;
 pub mod plugins;
+pub mod printable;
 pub mod sources;
 pub mod store;
 

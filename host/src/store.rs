@@ -338,6 +338,13 @@ impl Store {
             .collect()
     }
 
+    /// Whether the collection stores item `id`.
+    pub fn item_exists(&self, collection: &str, id: &str) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ITEMS)?;
+        Ok(table.get((collection, id))?.is_some())
+    }
+
     pub fn item_count(&self, collection: &str) -> Result<usize> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ITEMS)?;
@@ -519,9 +526,40 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Longest item id, in bytes.
+pub const MAX_ITEM_ID_BYTES: usize = 512;
+
+/// Item ids are shown in tables, logs and JSON: 1 to 512 bytes, without control or
+/// bidirectional-override characters. Any other character (spaces, slashes, any script) is fine.
+pub fn validate_item_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ITEM_ID_BYTES {
+        bail!(
+            "item id `{}` is {} bytes; ids must be 1 to {MAX_ITEM_ID_BYTES} bytes",
+            crate::printable::printable(id, 64),
+            id.len()
+        );
+    }
+    if id.chars().any(|c| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')) {
+        bail!("item id `{}` holds control characters; use printable text", crate::printable::printable(id, 64));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn item_ids_are_validated() {
+        assert!(validate_item_id("docs/2024 report.pdf").is_ok());
+        assert!(validate_item_id("写真-1").is_ok());
+        for bad in ["", "a\nb", "\u{1b}[2J", "x\u{202E}y"] {
+            assert!(validate_item_id(bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(MAX_ITEM_ID_BYTES + 1);
+        let err = validate_item_id(&long).unwrap_err().to_string();
+        assert!(err.contains("513 bytes") && err.len() < 200, "{err}");
+    }
 
     #[test]
     fn field_values_round_trip() {

@@ -4,6 +4,7 @@
 //!
 //! `cargo bench -p quarry-tests --bench model_batching`
 
+use quarry_host::capacity::Caller;
 use ort::session::Session;
 use ort::value::Tensor;
 use quarry_host::models::{ModelManifest, Models, environment};
@@ -95,7 +96,7 @@ fn main() {
     let (batch, direct) = ort_best(&dir.join("clip-vit-b32-image.onnx"), "pixel_values", &pixels, None);
     register("clip-vit-b32-image", batch);
     let images: Vec<Vec<u8>> = (0..CALLERS).map(png).collect();
-    let batched = concurrent(&|i| drop(models.embed_images("clip-vit-b32-image", std::slice::from_ref(&images[i])).unwrap()));
+    let batched = concurrent(&|i| drop(models.embed_images("clip-vit-b32-image", std::slice::from_ref(&images[i]), &Caller::host()).unwrap()));
     println!("    host batcher (max_batch {batch}), {CALLERS} concurrent callers, PNG decode + preprocess included: {batched:8.1} images/s");
     println!("    ratio batcher / best direct (batch {batch}): {:.3}   (goal >= 0.9)", batched / direct);
 
@@ -104,7 +105,7 @@ fn main() {
     let (batch, direct) = ort_best(&dir.join("clip-vit-b32-text.onnx"), "input_ids", &pixels, Some(&ids));
     register("clip-vit-b32-text", batch);
     let texts: Vec<String> = (0..CALLERS).map(|i| format!("a photo of object number {i} on a table")).collect();
-    let batched = concurrent(&|i| drop(models.embed_texts("clip-vit-b32-text", std::slice::from_ref(&texts[i])).unwrap()));
+    let batched = concurrent(&|i| drop(models.embed_texts("clip-vit-b32-text", std::slice::from_ref(&texts[i]), &Caller::host()).unwrap()));
     println!("    host batcher (max_batch {batch}), {CALLERS} concurrent callers, tokenizing included: {batched:8.1} queries/s");
     println!("    ratio batcher / best direct (batch {batch}): {:.3}   (goal >= 0.9)", batched / direct);
     let (runs, inputs) = models.run_stats("clip-vit-b32-text").unwrap();

@@ -2,6 +2,7 @@
 //!
 //! `cargo bench -p quarry-tests --bench plugin_calls`
 
+use quarry_host::capacity::Caller;
 use quarry_host::plugins::host_api::Query;
 use quarry_host::{Limits, NewItem, SearchRequest};
 use quarry_tests::{add_model, host_with, plugin, route};
@@ -81,7 +82,7 @@ fn main() {
     let mut kept_samples = Vec::new();
     let through_host = |q: &str| {
         let start = Instant::now();
-        let vector = host.models().embed_texts("minilm-l6", &[q.to_string()]).unwrap().remove(0);
+        let vector = host.models().embed_texts("minilm-l6", &[q.to_string()], &Caller::host()).unwrap().remove(0);
         let hits = host.nearest("docs", "embedding", &vector, 10, None).unwrap();
         // The same display data `search` returns.
         let hits = host.with_items("docs", hits.into_iter().map(|s| (s.id, s.score)).collect()).unwrap();

@@ -8,6 +8,8 @@
 - tiny-lm.onnx: a decoder-only language model with one attention layer, seeded random weights
   and a key/value cache (past_key_values.0.* in, present.0.* out), over the WordPiece vocabulary;
   tiny-lm-split.onnx + tiny-lm-split-with-past.onnx: the same in optimum's split layout.
+- slow-lm.onnx: a decoder-only model built to be slow (a deep stack of matrix multiplies per
+  token, a 64-code vocabulary), so a decoder step over long prefixes outlasts any call deadline.
 - slot-text-embeds.onnx (+ slot-text-lookup.onnx): the same encoder in the inputs_embeds layout,
   with its embedding layer as a separate graph.
 - cross-attributes.onnx: a cross-encoder scoring a (query, text) pair by the attribute words the
@@ -599,6 +601,44 @@ def tiny_lm(out_dir, tokenizer_json):
     )
 
 
+def slow_lm(out_dir, tokenizer_json, layers=128, dim=64, vocab=64):
+    """Token ids (any, taken mod the vocabulary) -> embeddings -> `layers` x (MatMul, Tanh) ->
+    logits. Each MatMul is small, so ONNX Runtime's terminate flag, checked between nodes, stops
+    a run soon after it is set."""
+    rng = np.random.default_rng(11)
+    w = lambda *shape: (rng.normal(0.0, 1.0, shape) / np.sqrt(shape[0])).astype(np.float32)
+    nodes = [helper.make_node("Mod", ["input_ids", "vocab"], ["ids"]), helper.make_node("Gather", ["embed", "ids"], ["x0"])]
+    inits = [numpy_helper.from_array(np.array(vocab, dtype=np.int64), "vocab"), numpy_helper.from_array(w(vocab, dim), "embed")]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"x{i + 1}"]))
+        inits.append(numpy_helper.from_array(w(dim, dim), f"w{i}"))
+    nodes.append(helper.make_node("MatMul", [f"x{layers}", "unembed"], ["logits"]))
+    inits.append(numpy_helper.from_array(w(dim, vocab), "unembed"))
+    graph = helper.make_graph(
+        nodes,
+        "slow_lm",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n", "t"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", "t", vocab])],
+        inits,
+    )
+    save(
+        graph,
+        out_dir,
+        "slow-lm",
+        {
+            "name": "slow-lm",
+            "role": "decoder",
+            "files": {"model": "slow-lm.onnx", "tokenizer": os.path.abspath(tokenizer_json)},
+            "inputs": {"input_ids": "input_ids"},
+            "output": {"name": "logits", "kind": "tokens"},
+            "tokenizer": {"max_length": 32},
+            "decoder": {"input_ids": "input_ids", "logits": "logits", "start_token": 1},
+            "normalize": False,
+        },
+    )
+
+
 def main():
     out_dir, tokenizer_json = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
@@ -608,6 +648,7 @@ def main():
     slot_text_embeds(out_dir, tokenizer_json)
     captioner(out_dir, tokenizer_json)
     tiny_lm(out_dir, tokenizer_json)
+    slow_lm(out_dir, tokenizer_json)
     cross_attributes(out_dir, tokenizer_json)
     color_image(out_dir)
 

@@ -19,6 +19,8 @@ const PLUGINS: &[&str] = &[
     "keyword-boost",
     "quarry-test-fields",
     "quarry-test-hostile",
+    "quarry-test-shifty",
+    "quarry-test-stuck-describe",
     "quarry-test-swap-v1",
     "quarry-test-swap-v2",
     "quarry-test-wrong-contract",

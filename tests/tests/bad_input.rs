@@ -1,5 +1,6 @@
 //! Bad input gets an error that says what happened and what to do, and loses nothing.
 
+use quarry_host::capacity::Caller;
 use quarry_host::{NewItem, SearchRequest};
 use quarry_tests::{add_model, host, plugin, root, route};
 use std::process::Command;
@@ -183,7 +184,7 @@ fn a_gpu_provider_missing_from_onnxruntime_is_explained() {
         let path = dir.path().join("gpu.json");
         std::fs::write(&path, manifest.to_string()).unwrap();
         host.add_model_file(&path).unwrap();
-        let err = host.models().embed_texts("minilm-gpu", &["hello".to_string()]).unwrap_err().to_string();
+        let err = host.models().embed_texts("minilm-gpu", &["hello".to_string()], &Caller::host()).unwrap_err().to_string();
         assert!(err.contains(&format!("the {name} execution provider")) && err.contains("onnxruntime-gpu"), "{err}");
     }
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();

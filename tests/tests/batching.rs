@@ -1,5 +1,6 @@
 //! Dynamic batching: concurrent callers share runs and get the results they would get alone.
 
+use quarry_host::capacity::Caller;
 use quarry_host::{NewItem, SearchRequest};
 use quarry_tests::{add_model, host, plugin, route};
 use std::sync::Arc;
@@ -10,14 +11,14 @@ fn sixty_four_concurrent_callers_get_their_own_results() {
     let host = Arc::new(host(dir.path()));
     add_model(&host, "minilm-l6");
     let texts: Vec<String> = (0..64).map(|i| format!("sentence number {i} is about {}", ["trains", "bread", "whales", "chess"][i % 4])).collect();
-    let alone: Vec<Vec<f32>> = texts.iter().map(|t| host.models().embed_texts("minilm-l6", std::slice::from_ref(t)).unwrap().remove(0)).collect();
+    let alone: Vec<Vec<f32>> = texts.iter().map(|t| host.models().embed_texts("minilm-l6", std::slice::from_ref(t), &Caller::host()).unwrap().remove(0)).collect();
     let (runs_before, inputs_before) = host.models().run_stats("minilm-l6").unwrap();
     assert_eq!((runs_before, inputs_before), (64, 64), "alone, each call is its own run");
 
     let together: Vec<Vec<f32>> = std::thread::scope(|scope| {
         let callers: Vec<_> = texts.iter().map(|t| {
             let host = host.clone();
-            scope.spawn(move || host.models().embed_texts("minilm-l6", std::slice::from_ref(t)).unwrap().remove(0))
+            scope.spawn(move || host.models().embed_texts("minilm-l6", std::slice::from_ref(t), &Caller::host()).unwrap().remove(0))
         }).collect();
         callers.into_iter().map(|c| c.join().unwrap()).collect()
     });

@@ -1,7 +1,8 @@
 //! Text-to-text retrieval through the `dense` WASM plugin on the real MiniLM models.
 
+use quarry_host::capacity::Caller;
 use quarry_host::cli::{DEMO_QUERIES, DEMO_SENTENCES};
-use quarry_host::plugins::host_api::FieldKind;
+use quarry_host::store::FieldKind;
 use quarry_host::{HostConfig, NewItem, Quarry, SearchRequest};
 use quarry_tests::{add_model, host, plugin, route};
 
@@ -63,7 +64,7 @@ fn search_through_the_plugin_equals_the_host_api_directly() {
     host.ingest("docs", sentences(), |_| {}).unwrap();
     let query = "a musician who learned on his own";
     let via_plugin = host.search("docs", &SearchRequest::text(query, 5)).unwrap();
-    let vector = host.models().embed_texts("minilm-l6", &[query.to_string()]).unwrap().remove(0);
+    let vector = host.models().embed_texts("minilm-l6", &[query.to_string()], &Caller::host()).unwrap().remove(0);
     let direct = host.nearest("docs", "embedding", &vector, 5, None).unwrap();
     assert_eq!(via_plugin.hits.iter().map(|h| (&h.id, h.score)).collect::<Vec<_>>(), direct.iter().map(|s| (&s.id, s.score)).collect::<Vec<_>>());
     assert_eq!(direct[0].id, "guitar");
@@ -76,7 +77,7 @@ fn the_third_party_example_is_queryable() {
     add_model(&host, "minilm-l6");
     let example = host.add_plugin(&plugin("keyword-boost")).unwrap();
     assert_eq!(example.reference, "keyword-boost@0.1.0");
-    let fields: Vec<(&str, FieldKind)> = example.descriptor.fields.iter().map(|f| (f.name.as_str(), f.kind)).collect();
+    let fields: Vec<(&str, FieldKind)> = example.descriptor.fields.iter().map(|(name, schema)| (name.as_str(), schema.kind)).collect();
     assert_eq!(fields, [("embedding", FieldKind::Vector), ("terms", FieldKind::Codes)]);
     host.set_route("docs", route("keyword-boost@0.1.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6", "candidates": 8}))).unwrap();
     host.ingest("docs", sentences(), |_| {}).unwrap();

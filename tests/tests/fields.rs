@@ -2,6 +2,7 @@
 //! and a restart.
 
 use quarry_host::plugins::CallError;
+use quarry_host::plugins::host_api::Query;
 use quarry_host::{NewItem, Quarry, SearchRequest};
 use quarry_tests::{add_model, host, plugin, route};
 use serde_json::json;
@@ -10,9 +11,12 @@ fn item(id: &str, meta: serde_json::Value) -> NewItem {
     NewItem { metadata: meta, ..NewItem::text(id, id) }
 }
 
+/// Run an operation of the `fields` plugin and return its raw hits: some operations answer
+/// with values (the codes after a prefix) rather than item ids, which `Quarry::search` would drop.
 fn op(host: &Quarry, params: serde_json::Value, k: u32) -> Vec<(String, f32)> {
-    let request = SearchRequest { params, ..SearchRequest::text("probe", k) };
-    host.search("c", &request).unwrap().hits.into_iter().map(|h| (h.id, h.score)).collect()
+    let (mut instance, ctx) = host.instance("c").unwrap();
+    let query = Query { text: Some("probe".into()), image: None, k, params: params.to_string() };
+    instance.search(&ctx, &query).unwrap().into_iter().map(|h| (h.id, h.score)).collect()
 }
 
 fn ids(hits: Vec<(String, f32)>) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! Decoder generation sessions on the designed captioner, and generative retrieval through a
 //! plugin: beam search constrained by the code trie decodes the right identifiers.
 
+use quarry_host::capacity::Caller;
 use quarry_host::{NewItem, SearchRequest};
 use quarry_tests::{add_test_model, host, plugin, route};
 use serde_json::json;
@@ -15,7 +16,7 @@ fn stepwise_log_probabilities_equal_one_full_pass() {
     let host = host(dir.path());
     add_test_model(&host, "captioner");
     let models = host.models();
-    let mut generation = models.start_generation("captioner", "a photo of a red circle").unwrap();
+    let mut generation = models.start_generation("captioner", "a photo of a red circle", &Caller::host()).unwrap();
     let step0 = generation.next_logprobs(&[vec![]]).unwrap().remove(0);
     let step1 = generation.next_logprobs(&[vec![2]]).unwrap().remove(0);
     let step2 = generation.next_logprobs(&[vec![2, 5]]).unwrap().remove(0);
@@ -41,8 +42,8 @@ fn dropping_a_session_frees_it() {
     let dir = tempfile::tempdir().unwrap();
     let host = host(dir.path());
     add_test_model(&host, "captioner");
-    let a = host.models().start_generation("captioner", "a blue square").unwrap();
-    let b = host.models().start_generation("captioner", "a green triangle").unwrap();
+    let a = host.models().start_generation("captioner", "a blue square", &Caller::host()).unwrap();
+    let b = host.models().start_generation("captioner", "a green triangle", &Caller::host()).unwrap();
     assert_eq!(host.models().live_generations("captioner"), 2);
     drop(a);
     assert_eq!(host.models().live_generations("captioner"), 1);
@@ -104,7 +105,7 @@ fn cached_steps_equal_full_passes(model: &str) {
     let dir = tempfile::tempdir().unwrap();
     let host = host(dir.path());
     add_test_model(&host, model);
-    let mut generation = host.models().start_generation(model, "the prompt comes first").unwrap();
+    let mut generation = host.models().start_generation(model, "the prompt comes first", &Caller::host()).unwrap();
     let mut stepwise = vec![generation.next_logprobs(&[vec![]]).unwrap().remove(0)];
     let prefix = [2000u32, 2017, 3899, 42];
     for len in 1..=prefix.len() {
@@ -118,7 +119,7 @@ fn cached_steps_equal_full_passes(model: &str) {
         assert!(max_diff(a, b) < 1e-4, "step {t}: cached and full passes differ by {}", max_diff(a, b));
     }
     // The prompt matters: another prompt gives other log-probabilities.
-    let mut other = host.models().start_generation(model, "a different prompt").unwrap();
+    let mut other = host.models().start_generation(model, "a different prompt", &Caller::host()).unwrap();
     assert!(max_diff(&other.next_logprobs(&[vec![]]).unwrap()[0], &stepwise[0]) > 1e-2);
 }
 
@@ -126,7 +127,7 @@ fn beams_follow_their_cache_rows(model: &str) {
     let dir = tempfile::tempdir().unwrap();
     let host = host(dir.path());
     add_test_model(&host, model);
-    let mut g = host.models().start_generation(model, "beam search").unwrap();
+    let mut g = host.models().start_generation(model, "beam search", &Caller::host()).unwrap();
     g.next_logprobs(&[vec![]]).unwrap();
     // Three beams grow out of the one cached row (gathered three times).
     let beams = [vec![5u32], vec![7], vec![9]];
@@ -173,7 +174,7 @@ fn a_cache_the_graph_does_not_have_is_explained() {
         let path = dir.path().join("bad.json");
         std::fs::write(&path, manifest.to_string()).unwrap();
         host.add_model_file(&path).unwrap();
-        let err = host.models().start_generation("tiny-lm", "x").err().expect("the cache does not fit the graph").to_string();
+        let err = host.models().start_generation("tiny-lm", "x", &Caller::host()).err().expect("the cache does not fit the graph").to_string();
         assert!(err.contains(expected) && err.contains("decoder.cache"), "{err}");
     }
 }

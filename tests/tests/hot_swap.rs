@@ -12,6 +12,9 @@ fn switching_a_route_50_times_under_load_fails_no_call() {
     host.add_plugin(&plugin("quarry-test-swap-v1")).unwrap();
     host.add_plugin(&plugin("quarry-test-swap-v2")).unwrap();
     host.set_route("live", route("swap@1.0.0", &[], serde_json::json!({}))).unwrap();
+    // The items each version answers with (the host keeps only hits for stored items).
+    let answers = ["served-by-1.0.0", "served-by-2.0.0"].map(|id| quarry_host::NewItem::text(id, id));
+    host.ingest("live", answers.to_vec(), |_| {}).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let searchers: Vec<_> = (0..4)
@@ -49,6 +52,6 @@ fn switching_a_route_50_times_under_load_fails_no_call() {
         assert!(calls > 0, "{version} never served");
         // Each version counted its own searches (the 50 checks after each switch included).
         let checks = 25;
-        assert_eq!(host.counters()[&format!("{version}/searches")], (calls + checks) as f64);
+        assert_eq!(host.counters()[&format!("default/{version}/searches")], (calls + checks) as f64);
     }
 }

@@ -1,6 +1,7 @@
 //! Images end to end on designed models: folder ingest of PNG and JPEG files, text-to-image and
 //! image-to-image search through the dense plugin, and per-patch image tokens.
 
+use quarry_host::capacity::Caller;
 use quarry_host::{SearchRequest, sources};
 use quarry_tests::{BLUE, GREEN, RED, add_test_model, host, picture, plugin, route};
 
@@ -36,7 +37,7 @@ fn image_tokens_are_normalised_patch_features() {
     let dir = tempfile::tempdir().unwrap();
     let host = host(dir.path());
     add_test_model(&host, "color-image");
-    let sets = host.models().image_tokens("color-image", &[picture(RED, true, image::ImageFormat::Png)]).unwrap();
+    let sets = host.models().image_tokens("color-image", &[picture(RED, true, image::ImageFormat::Png)], &Caller::host()).unwrap();
     let (dim, data) = &sets[0];
     assert_eq!((*dim, data.len() / dim), (3, 16), "4x4 patches of RGB means");
     for patch in data.chunks_exact(*dim) {
@@ -47,6 +48,6 @@ fn image_tokens_are_normalised_patch_features() {
     assert!(centre[0] > 0.9 && centre[1] < 0.2, "{centre:?}");
     let corner = &data[..3];
     assert!((corner[0] - corner[2]).abs() < 0.05, "{corner:?}");
-    let err = host.models().embed_images("color-image", &[b"not an image".to_vec()]).unwrap_err().to_string();
+    let err = host.models().embed_images("color-image", &[b"not an image".to_vec()], &Caller::host()).unwrap_err().to_string();
     assert!(err.contains("image 0") && err.contains("not a recognised image format"), "{err}");
 }

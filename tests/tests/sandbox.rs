@@ -17,15 +17,18 @@ fn sandboxed_host(dir: &std::path::Path) -> Quarry {
     host.add_plugin(&plugin("quarry-test-hostile")).unwrap();
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
     host.set_route("hostile", route("hostile@0.1.0", &["minilm-l6"], serde_json::json!({}))).unwrap();
+    // The hostile plugin reports values as the score of this item.
+    host.ingest("hostile", vec![NewItem::text("answer", "answer")], |_| {}).unwrap();
     host.set_route("docs", route("dense@0.1.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("docs", vec![NewItem::text("cat", "a cat sleeps on the sofa"), NewItem::text("sea", "waves crash on the shore")], |_| {}).unwrap();
     host
 }
 
-fn misbehave(host: &Quarry, what: &str, target: &str) -> (Result<Vec<String>, CallError>, Duration) {
+/// The hits' scores (the hostile plugin's answers), or the error, and how long the call took.
+fn misbehave(host: &Quarry, what: &str, target: &str) -> (Result<Vec<f32>, CallError>, Duration) {
     let request = SearchRequest { params: serde_json::json!({"target": target}), ..SearchRequest::text(what, 10) };
     let start = Instant::now();
-    let result = host.search("hostile", &request).map(|r| r.hits.into_iter().map(|h| h.id).collect());
+    let result = host.search("hostile", &request).map(|r| r.hits.into_iter().map(|h| h.score).collect());
     (result, start.elapsed())
 }
 
@@ -34,10 +37,10 @@ fn assert_still_serving(host: &Quarry) {
     let response = host.search("docs", &SearchRequest::text("ocean surf", 1)).unwrap();
     assert_eq!(response.hits[0].id, "sea");
     let (ping, _) = misbehave(host, "ping", "");
-    assert_eq!(ping.unwrap(), Vec::<String>::new());
+    assert_eq!(ping.unwrap(), Vec::<f32>::new());
 }
 
-fn strategy_error(result: Result<Vec<String>, CallError>) -> WitError {
+fn strategy_error(result: Result<Vec<f32>, CallError>) -> WitError {
     match result {
         Err(CallError::Strategy { error: WitErrorDisplay(e), .. }) => e,
         other => panic!("expected an error returned by the strategy, got {other:?}"),
@@ -137,7 +140,8 @@ fn no_files_environment_sockets_or_wall_clock() {
     assert!(err.contains("cannot connect"), "{err}");
     assert!(listener.accept().is_err(), "the plugin reached a socket on the host");
 
-    assert_eq!(misbehave(&host, "wall-clock", "").0.unwrap(), ["0"], "the wall clock is frozen at the epoch");
+    assert_eq!(misbehave(&host, "wall-clock", "").0.unwrap(), [0.0], "the wall clock is frozen at the epoch");
+    assert_eq!(misbehave(&host, "clock", "").0.unwrap(), [1.0], "the monotonic clock reads whole milliseconds");
     assert_still_serving(&host);
 }
 

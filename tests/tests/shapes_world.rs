@@ -3,6 +3,7 @@
 //! images, token sets hold the caption's words and the image's patches, composed queries (an
 //! image plus "make it blue") find the edited scene, and the decoder writes a caption's codes.
 
+use quarry_host::capacity::Caller;
 use quarry_host::{NewItem, SearchRequest};
 use quarry_tests::{
     SHAPES_WORLD_SEED, Scene, add_shapes_model, generate_shapes_world, host, plugin, route, shapes_edits, shapes_image, shapes_scenes,
@@ -99,8 +100,8 @@ fn every_caption_is_nearest_its_own_image() {
     add_shapes_model(&host, "shapes-image");
     let models = host.models();
     let captions: Vec<String> = w.scenes.iter().map(|s| s.caption.clone()).collect();
-    let texts = models.embed_texts("shapes-text", &captions).unwrap();
-    let images = models.embed_images("shapes-image", &w.images).unwrap();
+    let texts = models.embed_texts("shapes-text", &captions, &Caller::host()).unwrap();
+    let images = models.embed_images("shapes-image", &w.images, &Caller::host()).unwrap();
     assert_eq!((texts[0].len(), images[0].len()), (DIM, DIM));
     for (i, text) in texts.iter().enumerate() {
         let scores: Vec<f32> = images.iter().map(|image| dot(text, image)).collect();
@@ -135,8 +136,8 @@ fn token_sets_are_the_captions_words_and_the_images_patches() {
     add_shapes_model(&host, "shapes-image");
     let models = host.models();
     let captions: Vec<String> = w.scenes.iter().map(|s| s.caption.clone()).collect();
-    let text_sets = models.text_tokens("shapes-text", &captions).unwrap();
-    let image_sets = models.image_tokens("shapes-image", &w.images).unwrap();
+    let text_sets = models.text_tokens("shapes-text", &captions, &Caller::host()).unwrap();
+    let image_sets = models.image_tokens("shapes-image", &w.images, &Caller::host()).unwrap();
     for (caption, (dim, rows)) in captions.iter().zip(&text_sets) {
         assert_eq!(*dim, DIM);
         // Every word of the grammar is one CLIP token; start and end of text come around them,
@@ -218,14 +219,14 @@ fn composed_queries_find_the_edited_scene_through_lincir() {
     assert_eq!(first(red_circle, "is blue").0, pair.target);
     // The same through the models directly: phi(image) in the template, against every image.
     let api = host.models();
-    let image = api.embed_images("shapes-image", std::slice::from_ref(red_circle)).unwrap();
-    let slot = api.project("shapes-phi", &image).unwrap().remove(0);
-    let composed = api.embed_texts_with_slots("shapes-text-slots", &[("a photo of $ that is blue".to_string(), vec![slot])]).unwrap().remove(0);
-    let gallery = api.embed_images("shapes-image", &w.images).unwrap();
+    let image = api.embed_images("shapes-image", std::slice::from_ref(red_circle), &Caller::host()).unwrap();
+    let slot = api.project("shapes-phi", &image, &Caller::host()).unwrap().remove(0);
+    let composed = api.embed_texts_with_slots("shapes-text-slots", &[("a photo of $ that is blue".to_string(), vec![slot])], &Caller::host()).unwrap().remove(0);
+    let gallery = api.embed_images("shapes-image", &w.images, &Caller::host()).unwrap();
     let scores: Vec<f32> = gallery.iter().map(|g| dot(&composed, g)).collect();
     assert_eq!(w.scenes[argmax(&scores)].id, pair.target);
     // The text alone knows nothing of the circle: the image's other attributes come from phi.
-    let plain = api.embed_texts("shapes-text-slots", &["a photo of $ that is blue".to_string()]).unwrap().remove(0);
+    let plain = api.embed_texts("shapes-text-slots", &["a photo of $ that is blue".to_string()], &Caller::host()).unwrap().remove(0);
     assert!(dot(&plain, &gallery[w.index[&pair.target]]) < 0.5);
     // And the image alone finds itself.
     let request = SearchRequest { image: Some(red_circle.clone()), k: 1, ..Default::default() };
@@ -240,7 +241,7 @@ fn greedy_decoding_writes_each_captions_codes() {
     add_shapes_model(&host, "shapes-decoder");
     let models = host.models();
     for scene in &w.scenes {
-        let mut generation = models.start_generation("shapes-decoder", &scene.caption).unwrap();
+        let mut generation = models.start_generation("shapes-decoder", &scene.caption, &Caller::host()).unwrap();
         let mut prefix: Vec<u32> = Vec::new();
         let mut stepwise = Vec::new();
         while prefix.last() != Some(&EOS) && prefix.len() < 8 {
@@ -262,7 +263,7 @@ fn greedy_decoding_writes_each_captions_codes() {
     }
     // The self-attention layer is real: the prefix, not only the step, moves the log-probabilities
     // (yet never enough to change the designed choice).
-    let mut generation = models.start_generation("shapes-decoder", &w.scenes[0].caption).unwrap();
+    let mut generation = models.start_generation("shapes-decoder", &w.scenes[0].caption, &Caller::host()).unwrap();
     let a = generation.full_logprobs(&[2, 8]).unwrap().pop().unwrap();
     let b = generation.full_logprobs(&[4, 10]).unwrap().pop().unwrap();
     let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);

@@ -1,5 +1,6 @@
 //! Per-token features from the real MiniLM model, and the two-stage `tgdt` strategy over them.
 
+use quarry_host::capacity::Caller;
 use quarry_host::cli::{DEMO_QUERIES, DEMO_SENTENCES};
 use quarry_host::{NewItem, SearchRequest};
 use quarry_tests::{add_model, host, plugin, route};
@@ -10,7 +11,7 @@ fn text_tokens_have_one_normalised_row_per_real_token() {
     let host = host(dir.path());
     add_model(&host, "minilm-l6");
     let texts = ["hello world".to_string(), "a considerably longer sentence about trains".to_string()];
-    let sets = host.models().text_tokens("minilm-l6", &texts).unwrap();
+    let sets = host.models().text_tokens("minilm-l6", &texts, &Caller::host()).unwrap();
     assert_eq!(sets.len(), 2);
     // [CLS] hello world [SEP] = 4 tokens; padding of the shorter text is removed.
     let counts: Vec<usize> = sets.iter().map(|(dim, data)| data.len() / dim).collect();
@@ -25,7 +26,7 @@ fn text_tokens_have_one_normalised_row_per_real_token() {
         }
     }
     // The same text alone gives the same token rows as in a padded batch.
-    let alone = host.models().text_tokens("minilm-l6", &texts[..1]).unwrap();
+    let alone = host.models().text_tokens("minilm-l6", &texts[..1], &Caller::host()).unwrap();
     let max_diff = alone[0].1.iter().zip(&sets[0].1).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(max_diff < 1e-3, "padding changed the tokens by {max_diff}");
 }
@@ -35,7 +36,7 @@ fn a_pooled_only_model_explains_it_has_no_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let host = host(dir.path());
     add_model(&host, "paraphrase-minilm-l3");
-    let err = host.models().text_tokens("paraphrase-minilm-l3", &["x".to_string()]).unwrap_err().to_string();
+    let err = host.models().text_tokens("paraphrase-minilm-l3", &["x".to_string()], &Caller::host()).unwrap_err().to_string();
     assert!(err.contains("no per-token output") && err.contains("token_output"), "{err}");
 }
 
@@ -56,7 +57,7 @@ fn tgdt_reranks_global_candidates_by_late_interaction() {
     }
     // The fine stage only re-ranks what the coarse stage (6 global neighbours) found.
     let query = "someone learning an instrument";
-    let vector = host.models().embed_texts("minilm-l6", &[query.to_string()]).unwrap().remove(0);
+    let vector = host.models().embed_texts("minilm-l6", &[query.to_string()], &Caller::host()).unwrap().remove(0);
     let coarse: Vec<String> = host.nearest("docs", "global", &vector, 6, None).unwrap().into_iter().map(|s| s.id).collect();
     let fine = host.search("docs", &SearchRequest::text(query, 3)).unwrap().hits;
     assert_eq!(fine.len(), 3);

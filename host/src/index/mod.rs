@@ -200,9 +200,20 @@ impl Indexes {
         Ok(self.code_trie(collection, field)?.read().unwrap().items_with(codes))
     }
 
-    /// MaxSim of a query token set against candidates' token sets.
-    pub fn late_interaction(&self, collection: &str, field: &str, dim: usize, query: &[f32], candidates: &[String]) -> Result<Vec<Scored>> {
-        self.token_sets(collection, field)?.read().unwrap().max_sim(dim, query, candidates)
+    /// MaxSim of a query token set against candidates' token sets, within a work budget and a
+    /// deadline (see [`TokenSets::max_sim`]).
+    pub fn late_interaction(
+        &self,
+        collection: &str,
+        field: &str,
+        dim: usize,
+        query: &[f32],
+        candidates: &[String],
+        budget: tokens::MaxSimBudget,
+    ) -> Result<Vec<Scored>, tokens::MaxSimError> {
+        let sets = self.token_sets(collection, field).map_err(|e| tokens::MaxSimError::Invalid(format!("{e:#}")))?;
+        let sets = sets.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sets.max_sim(dim, query, candidates, budget)
     }
 
     /// Check a batch against the indexes before it is committed, so a bad vector fails the call

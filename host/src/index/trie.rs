@@ -94,13 +94,14 @@ impl CodeTrie {
         }
     }
 
-    /// Return a subtree whose counts all reached zero to the free list.
+    /// Return a subtree whose counts all reached zero to the free list. Iterative: a sequence
+    /// of millions of codes is a path of millions of nodes, too deep for the stack.
     fn release(&mut self, node: usize) {
-        let children: Vec<usize> = std::mem::take(&mut self.nodes[node].children).into_values().collect();
-        self.nodes[node].count = 0;
-        self.free.push(node);
-        for child in children {
-            self.release(child);
+        let mut stack = vec![node];
+        while let Some(node) = stack.pop() {
+            stack.extend(std::mem::take(&mut self.nodes[node].children).into_values());
+            self.nodes[node].count = 0;
+            self.free.push(node);
         }
     }
 }
@@ -151,6 +152,19 @@ mod tests {
         }
         assert!(trie.next_codes(&[]).is_empty());
         assert_eq!(trie.nodes[0].count, 0);
+        assert_eq!(trie.free.len() + 1, trie.nodes.len());
+    }
+
+    #[test]
+    fn a_very_long_sequence_is_replaced_and_removed_without_recursion() {
+        let mut trie = CodeTrie::default();
+        let long: Vec<u32> = (0..2_000_000).collect();
+        trie.upsert("long", &long);
+        assert_eq!(trie.next_codes(&long[..10]), [10]);
+        trie.upsert("long", &[1]);
+        assert_eq!(trie.next_codes(&[]), [1]);
+        trie.remove("long");
+        assert!(trie.next_codes(&[]).is_empty());
         assert_eq!(trie.free.len() + 1, trie.nodes.len());
     }
 

@@ -5,10 +5,13 @@
 
 use super::ModelError;
 use super::manifest::ModelManifest;
+use super::watchdog::Watched;
+use crate::capacity::{Caller, Deadline, Expired, FairShare};
 use anyhow::anyhow;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use std::borrow::Cow;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -63,6 +66,8 @@ pub(crate) struct Output {
 struct Job {
     inputs: Inputs,
     output: String,
+    tenant: Arc<str>,
+    deadline: Deadline,
     reply: mpsc::SyncSender<Result<Output, ModelError>>,
 }
 
@@ -80,11 +85,19 @@ struct Stats {
 
 impl Batcher {
     /// `token_embeddings`: the embedding layer of an inputs_embeds text encoder (see
-    /// [`SlotSpec`](super::manifest::SlotSpec)).
-    pub fn start(session: Session, token_embeddings: Option<Session>, manifest: &ModelManifest) -> std::io::Result<Self> {
+    /// [`SlotSpec`](super::manifest::SlotSpec)). Each run takes one of `compute`'s slots.
+    pub fn start(session: Session, token_embeddings: Option<Session>, manifest: &ModelManifest, compute: Arc<FairShare>) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
         let stats = Arc::new(Stats::default());
-        let worker = Worker { session, token_embeddings, manifest: manifest.clone(), queue, held: None, stats: stats.clone() };
+        let worker = Worker {
+            session,
+            token_embeddings,
+            manifest: manifest.clone(),
+            queue,
+            jobs: FairQueue::default(),
+            compute,
+            stats: stats.clone(),
+        };
         std::thread::Builder::new().name(format!("quarry-model-{}", manifest.name)).spawn(move || worker.serve())?;
         Ok(Batcher { jobs, stats })
     }
@@ -94,13 +107,23 @@ impl Batcher {
         (self.stats.runs.load(Ordering::Relaxed), self.stats.inputs.load(Ordering::Relaxed))
     }
 
-    /// Run `inputs` (alone or with other callers' inputs) and return this request's rows of `output`.
-    pub fn run(&self, inputs: Inputs, output: &str) -> Result<Output, ModelError> {
+    /// Run `inputs` (alone or with other callers' inputs) and return this request's rows of
+    /// `output`. The caller's compute slot is released while it waits, and it stops waiting at
+    /// its deadline (a run still going then is terminated once no caller of it is left).
+    pub fn run(&self, inputs: Inputs, output: &str, caller: &Caller) -> Result<Output, ModelError> {
+        caller.deadline.check("a model run")?;
         let (reply, answer) = mpsc::sync_channel(1);
-        self.jobs
-            .send(Job { inputs, output: output.to_string(), reply })
-            .map_err(|_| ModelError::Runtime(anyhow!("the model's worker has stopped")))?;
-        answer.recv().map_err(|_| ModelError::Runtime(anyhow!("the model's worker stopped during the run")))?
+        let job = Job { inputs, output: output.to_string(), tenant: caller.tenant.clone(), deadline: caller.deadline, reply };
+        self.jobs.send(job).map_err(|_| ModelError::Runtime(anyhow!("the model's worker has stopped")))?;
+        let answer = caller.waiting(|| match caller.deadline.remaining() {
+            None => answer.recv().map_err(|_| false),
+            Some(left) => answer.recv_timeout(left).map_err(|e| matches!(e, mpsc::RecvTimeoutError::Timeout)),
+        })?;
+        match answer {
+            Ok(result) => result,
+            Err(true) => Err(ModelError::Expired(Expired("a model run".into()))),
+            Err(false) => Err(ModelError::Runtime(anyhow!("the model's worker stopped during the run"))),
+        }
     }
 }
 
@@ -109,9 +132,87 @@ struct Worker {
     token_embeddings: Option<Session>,
     manifest: ModelManifest,
     queue: mpsc::Receiver<Job>,
-    /// A job that did not fit the previous batch; it leads the next one.
-    held: Option<Job>,
+    jobs: FairQueue,
+    compute: Arc<FairShare>,
     stats: Arc<Stats>,
+}
+
+/// Jobs received and not yet run, per tenant, oldest first.
+#[derive(Default)]
+struct FairQueue {
+    pending: BTreeMap<Arc<str>, VecDeque<Job>>,
+    /// The tenant whose job led the last run; the next run starts with the tenant after it.
+    last_served: Option<Arc<str>>,
+}
+
+impl FairQueue {
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    fn push(&mut self, job: Job) {
+        self.pending.entry(job.tenant.clone()).or_default().push_back(job);
+    }
+
+    fn rows(&self) -> usize {
+        self.pending.values().flatten().map(|j| j.inputs.len()).sum()
+    }
+
+    /// Tenants in serving order: the one after the last served first, round the ring.
+    fn tenant_order(&self) -> Vec<Arc<str>> {
+        let mut tenants: Vec<Arc<str>> = self.pending.keys().cloned().collect();
+        if let Some(last) = &self.last_served {
+            let after = tenants.iter().position(|t| t > last).unwrap_or(0);
+            tenants.rotate_left(after);
+        }
+        tenants
+    }
+
+    /// One run's jobs, taken round-robin across tenants, so a tenant with many queued jobs
+    /// cannot keep another's out of the next run. Jobs whose callers have gone are dropped.
+    fn next_batch(&mut self, max_batch: usize) -> Vec<Job> {
+        for queue in self.pending.values_mut() {
+            queue.retain(|job| {
+                let gone = job.deadline.expired();
+                if gone {
+                    let _ = job.reply.send(Err(ModelError::Expired(Expired("a wait for a model run".into()))));
+                }
+                !gone
+            });
+        }
+        self.pending.retain(|_, queue| !queue.is_empty());
+        let mut batch: Vec<Job> = Vec::new();
+        let mut rows = 0;
+        'fill: loop {
+            let mut took = false;
+            for tenant in self.tenant_order() {
+                let Some(queue) = self.pending.get_mut(&tenant) else { continue };
+                let Some(job) = queue.front() else { continue };
+                let fits = match batch.first() {
+                    None => true,
+                    Some(lead) => lead.inputs.joins(&job.inputs) && lead.output == job.output && rows + job.inputs.len() <= max_batch,
+                };
+                if !fits {
+                    continue;
+                }
+                let job = queue.pop_front().expect("front was Some");
+                if batch.is_empty() {
+                    self.last_served = Some(tenant.clone());
+                }
+                rows += job.inputs.len();
+                batch.push(job);
+                took = true;
+                if rows >= max_batch {
+                    break 'fill;
+                }
+            }
+            if !took {
+                break;
+            }
+        }
+        self.pending.retain(|_, queue| !queue.is_empty());
+        batch
+    }
 }
 
 impl Worker {
@@ -119,55 +220,73 @@ impl Worker {
         let max_batch = self.manifest.batch.max_batch;
         let delay = Duration::from_millis(self.manifest.batch.max_delay_ms);
         loop {
-            let first = match self.held.take().map(Ok).unwrap_or_else(|| self.queue.recv()) {
-                Ok(job) => job,
-                Err(_) => return,
-            };
-            let deadline = Instant::now() + delay;
-            let mut rows = first.inputs.len();
-            let mut batch = vec![first];
-            while rows < max_batch {
-                // Take what is queued now; wait for more only while the delay lasts.
-                let next = match self.queue.try_recv() {
-                    Ok(job) => Some(job),
-                    Err(_) => deadline.checked_duration_since(Instant::now()).and_then(|left| self.queue.recv_timeout(left).ok()),
-                };
-                let Some(job) = next else { break };
-                if batch[0].inputs.joins(&job.inputs) && rows + job.inputs.len() <= max_batch && job.output == batch[0].output {
-                    rows += job.inputs.len();
-                    batch.push(job);
-                } else {
-                    self.held = Some(job);
-                    break;
+            if self.jobs.is_empty() {
+                match self.queue.recv() {
+                    Ok(job) => self.jobs.push(job),
+                    Err(_) => return,
                 }
             }
-            self.run_batch(batch);
+            // Take what is queued now; wait for more only while the delay lasts.
+            let until = Instant::now() + delay;
+            loop {
+                let next = match self.queue.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(_) if self.jobs.rows() >= max_batch => None,
+                    Err(_) => until.checked_duration_since(Instant::now()).and_then(|left| self.queue.recv_timeout(left).ok()),
+                };
+                match next {
+                    Some(job) => self.jobs.push(job),
+                    None => break,
+                }
+            }
+            let batch = self.jobs.next_batch(max_batch);
+            if !batch.is_empty() {
+                self.run_batch(batch);
+            }
         }
     }
 
     fn run_batch(&mut self, batch: Vec<Job>) {
+        // The run computes for its callers: it takes a slot as the leading job's tenant, for as
+        // long as any caller still waits.
+        let deadline = batch.iter().map(|j| j.deadline).reduce(Deadline::latest).unwrap_or(Deadline::NONE);
+        let _slot = match self.compute.acquire(&batch[0].tenant, deadline) {
+            Ok(slot) => slot,
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(ModelError::Runtime(anyhow!("{e}"))));
+                }
+                return;
+            }
+        };
         let inputs: Vec<&Inputs> = batch.iter().map(|j| &j.inputs).collect();
-        match self.run(&inputs, &batch[0].output) {
+        match self.run(&inputs, &batch[0].output, deadline) {
             Ok(outputs) => {
                 for (job, output) in batch.into_iter().zip(outputs) {
                     let _ = job.reply.send(Ok(output));
                 }
             }
             // One caller's bad input must not fail the others: run each alone.
-            Err(_) if batch.len() > 1 => {
+            Err(ModelError::Runtime(_)) if batch.len() > 1 => {
                 for job in batch {
-                    let result = self.run(&[&job.inputs], &job.output).map(|mut o| o.remove(0));
+                    let result = self.run(&[&job.inputs], &job.output, job.deadline).map(|mut o| o.remove(0));
                     let _ = job.reply.send(result);
                 }
             }
             Err(e) => {
-                let _ = batch.into_iter().next().map(|job| job.reply.send(Err(e)));
+                let message = e.to_string();
+                let mut batch = batch.into_iter();
+                let _ = batch.next().map(|job| job.reply.send(Err(e)));
+                for job in batch {
+                    let _ = job.reply.send(Err(ModelError::Runtime(anyhow!("{message}"))));
+                }
             }
         }
     }
 
     /// One session run over the concatenated inputs; returns each request's rows.
-    fn run(&mut self, parts: &[&Inputs], output: &str) -> Result<Vec<Output>, ModelError> {
+    fn run(&mut self, parts: &[&Inputs], output: &str, deadline: Deadline) -> Result<Vec<Output>, ModelError> {
+        let watched = Watched::new(deadline)?;
         let name = &self.manifest.name;
         let counts: Vec<usize> = parts.iter().map(|p| p.len()).collect();
         let n: usize = counts.iter().sum();
@@ -201,7 +320,7 @@ impl Worker {
                 if let (Some(lookup), Some(slots)) = (&mut self.token_embeddings, slots) {
                     // inputs_embeds: look every token up, then put slot vectors in place.
                     let ids = tensor(ids)?;
-                    let looked_up = lookup.run(ort::inputs![ids]).map_err(|e| anyhow!("the token-embeddings graph of `{name}` failed: {e}"))?;
+                    let looked_up = lookup.run_with_options(ort::inputs![ids], watched.options()).map_err(|e| watched.explain(e, &format!("the token-embeddings graph of `{name}`")))?;
                     let (got, data) = looked_up[0].try_extract_tensor::<f32>().map_err(|e| anyhow!("token embeddings of `{name}` are not f32: {e}"))?;
                     if got[..] != [n as i64, seq as i64, slots.dim as i64] {
                         return Err(ModelError::Runtime(anyhow!(
@@ -270,7 +389,7 @@ impl Worker {
         }
         self.stats.runs.fetch_add(1, Ordering::Relaxed);
         self.stats.inputs.fetch_add(n as u64, Ordering::Relaxed);
-        let outputs = self.session.run(feed).map_err(|e| anyhow!("model `{name}` failed to run: {e}"))?;
+        let outputs = self.session.run_with_options(feed, watched.options()).map_err(|e| watched.explain(e, &format!("model `{name}`")))?;
         let value = outputs.get(output).ok_or_else(|| anyhow!("model `{name}` produced no output `{output}`"))?;
         let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("model `{name}` output `{output}` is not an f32 tensor: {e}"))?;
         if shape.first().copied() != Some(n as i64) {
@@ -304,7 +423,7 @@ mod tests {
         let mut manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
         manifest.batch.max_delay_ms = 200;
         let session = Session::builder(super::super::environment().unwrap()).unwrap().commit_from_file(&manifest.files.model).unwrap();
-        Batcher::start(session, None, &manifest).unwrap()
+        Batcher::start(session, None, &manifest, FairShare::new("compute slots", 2, None)).unwrap()
     }
 
     #[test]
@@ -320,7 +439,7 @@ mod tests {
                         let len = if bad { 600 } else { 3 + i };
                         let ids: Vec<i64> = (0..len).map(|t| if t == 0 { 101 } else { 2000 + t as i64 }).collect();
                         let row = TextRow { ids, mask: vec![1; len], ..Default::default() };
-                        (bad, batcher.run(Inputs::Text(vec![row]), "last_hidden_state"))
+                        (bad, batcher.run(Inputs::Text(vec![row]), "last_hidden_state", &Caller::host()))
                     })
                 })
                 .collect();
@@ -328,12 +447,60 @@ mod tests {
         });
         for (bad, result) in results {
             match (bad, result) {
-                (true, Err(e)) => assert!(e.to_string().contains("failed to run"), "{e}"),
+                (true, Err(e)) => assert!(e.to_string().contains("model `minilm-l6` failed"), "{e}"),
                 (false, Ok(out)) => assert_eq!((out.shape[0], out.shape[2]), (1, 384)),
                 (bad, other) => panic!("bad={bad}: {:?}", other.map(|o| o.shape)),
             }
         }
         let (runs, inputs) = batcher.stats();
         assert!(inputs > runs, "the callers never shared a run (runs {runs}, inputs {inputs})");
+    }
+
+    fn job(tenant: &str, rows: usize, deadline: Deadline) -> (Job, mpsc::Receiver<Result<Output, ModelError>>) {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let inputs = Inputs::Vectors { dim: 1, rows: vec![vec![0.0]; rows] };
+        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, reply }, answer)
+    }
+
+    #[test]
+    fn runs_take_jobs_round_robin_across_tenants() {
+        let mut queue = FairQueue::default();
+        for _ in 0..6 {
+            queue.push(job("flood", 4, Deadline::NONE).0);
+        }
+        queue.push(job("quiet", 1, Deadline::NONE).0);
+        // The first run is led by the first tenant in order and already holds quiet's job.
+        let tenants = |batch: &[Job]| batch.iter().map(|j| j.tenant.to_string()).collect::<Vec<_>>();
+        assert_eq!(tenants(&queue.next_batch(8)), ["flood", "quiet"]);
+        queue.push(job("quiet", 1, Deadline::NONE).0);
+        // The next run starts after the last leader: quiet goes first although flood queued earlier.
+        assert_eq!(tenants(&queue.next_batch(5)), ["quiet", "flood"]);
+        assert_eq!(queue.rows(), 16);
+    }
+
+    #[test]
+    fn callers_gone_past_their_deadline_are_dropped_and_told() {
+        let mut queue = FairQueue::default();
+        let (gone, answer) = job("a", 1, Deadline::at(Instant::now() - Duration::from_millis(1)));
+        queue.push(gone);
+        queue.push(job("b", 1, Deadline::NONE).0);
+        let batch = queue.next_batch(8);
+        assert_eq!(batch.len(), 1);
+        assert!(matches!(answer.try_recv(), Ok(Err(ModelError::Expired(_)))));
+    }
+
+    #[test]
+    fn a_caller_stops_waiting_at_its_deadline() {
+        let batcher = minilm();
+        let long: Vec<i64> = (0..400).map(|t| 2000 + t).collect();
+        let row = || TextRow { ids: long.clone(), mask: vec![1; long.len()], ..Default::default() };
+        let caller = Caller::host().with_deadline(Deadline::after(Duration::from_millis(1)));
+        let start = Instant::now();
+        let result = batcher.run(Inputs::Text((0..32).map(|_| row()).collect()), "last_hidden_state", &caller);
+        assert!(matches!(result, Err(ModelError::Expired(_))), "{:?}", result.map(|o| o.shape));
+        assert!(start.elapsed() < Duration::from_millis(150), "{:?}", start.elapsed());
+        // The worker is still serving.
+        let ok = batcher.run(Inputs::Text(vec![row()]), "last_hidden_state", &Caller::host()).unwrap();
+        assert_eq!(ok.shape[0], 1);
     }
 }

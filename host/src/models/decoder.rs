@@ -18,6 +18,8 @@
 
 use super::ModelError;
 use super::manifest::{CacheSpec, DecoderSpec, ExecutionProvider, ModelManifest};
+use super::watchdog::Watched;
+use crate::capacity::{Caller, Expired};
 use anyhow::{Result, anyhow, bail};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{Session, SessionInputValue};
@@ -25,7 +27,8 @@ use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementT
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// A decoder's sessions, shared by every generation on it.
 pub(crate) struct DecoderRuntime {
@@ -167,6 +170,26 @@ pub struct Generation {
     /// ...and where beam `i` of the last step sits in them: `(run, row)`.
     order: Vec<(usize, usize)>,
     stats: GenerationStats,
+    /// Whose deadline and compute slot the steps run under.
+    caller: Caller,
+    budget: DecoderBudget,
+    /// The vocabulary size, once known (declared by the export, or seen in a first run).
+    vocab: Option<usize>,
+}
+
+/// What one step may cost; see `limits.max_decoder_tokens` and `limits.max_payload_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderBudget {
+    /// Most tokens (prompt and prefix, over all prefixes) one step may run.
+    pub max_tokens: usize,
+    /// Most bytes of logits one run may produce, and one step may return.
+    pub max_logit_bytes: usize,
+}
+
+impl Default for DecoderBudget {
+    fn default() -> Self {
+        DecoderBudget { max_tokens: 65_536, max_logit_bytes: 64 << 20 }
+    }
 }
 
 impl Drop for Generation {
@@ -181,23 +204,9 @@ fn tensor<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 
     Tensor::from_array((shape, data)).map(Tensor::into_dyn).map_err(|e| ModelError::Runtime(anyhow!("{e}")))
 }
 
-/// Decoder logits on the host: `[rows, steps, vocab]`.
-struct Logits {
-    data: Vec<f32>,
-    steps: usize,
-    vocab: usize,
-}
-
-impl Logits {
-    fn log_softmax(&self, row: usize, step: usize) -> Vec<f32> {
-        let at = (row * self.steps + step) * self.vocab;
-        log_softmax(&self.data[at..at + self.vocab])
-    }
-}
-
 impl Generation {
     /// Open a session: encode `prompt_ids` once (encoder-decoder) or keep them (decoder-only).
-    pub(crate) fn start(runtime: Arc<DecoderRuntime>, manifest: &ModelManifest, prompt_ids: Vec<i64>) -> Result<Self, ModelError> {
+    pub(crate) fn start(runtime: Arc<DecoderRuntime>, manifest: &ModelManifest, prompt_ids: Vec<i64>, caller: &Caller) -> Result<Self, ModelError> {
         let spec = manifest.decoder.clone().expect("validated: decoders have a decoder section");
         let prompt = match &runtime.encoder {
             Some(encoder) => {
@@ -209,8 +218,9 @@ impl Generation {
                 if let Some(name) = &inputs.attention_mask {
                     feed.push((name.clone().into(), tensor(vec![1, n], mask.clone())?.into()));
                 }
-                let mut encoder = encoder.lock().unwrap();
-                let outputs = encoder.run(feed).map_err(|e| anyhow!("the encoder of `{}` failed: {e}", manifest.name))?;
+                let mut encoder = lock(encoder, caller)?;
+                let watched = Watched::new(caller.deadline)?;
+                let outputs = encoder.run_with_options(feed, watched.options()).map_err(|e| watched.explain(e, &format!("the encoder of `{}`", manifest.name)))?;
                 let value = outputs.get(manifest.output.name.as_str()).ok_or_else(|| anyhow!("the encoder of `{}` has no output `{}`", manifest.name, manifest.output.name))?;
                 let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("encoder output is not f32: {e}"))?;
                 let &[1, tokens, dim] = &shape[..] else {
@@ -221,7 +231,25 @@ impl Generation {
             None => Prompt::Tokens(prompt_ids),
         };
         runtime.live.fetch_add(1, Ordering::Relaxed);
-        Ok(Generation { runtime, spec, model: manifest.name.clone(), prompt, beams: 0, cache: Vec::new(), order: Vec::new(), stats: GenerationStats::default() })
+        let vocab = runtime.vocab.map(|v| v as usize);
+        Ok(Generation {
+            runtime,
+            spec,
+            model: manifest.name.clone(),
+            prompt,
+            beams: 0,
+            cache: Vec::new(),
+            order: Vec::new(),
+            stats: GenerationStats::default(),
+            caller: caller.clone(),
+            budget: DecoderBudget::default(),
+            vocab,
+        })
+    }
+
+    /// Bound what each step may cost.
+    pub fn set_budget(&mut self, budget: DecoderBudget) {
+        self.budget = budget;
     }
 
     pub fn stats(&self) -> GenerationStats {
@@ -234,9 +262,13 @@ impl Generation {
             self.beams = 0;
             return Ok(Vec::new());
         }
+        self.check_work(prefixes)?;
         let rows = if self.runtime.cache.is_none() {
-            let (logits, lengths) = self.run_full(prefixes, None)?;
-            lengths.iter().enumerate().map(|(row, &last)| logits.log_softmax(row, last)).collect()
+            let mut rows = Vec::with_capacity(prefixes.len());
+            for chunk in prefixes.chunks(self.chunk_rows(prefixes)?) {
+                rows.extend(self.run_full(chunk, None, &|last, _| last..=last)?.into_iter().flatten());
+            }
+            rows
         } else if let Some(parents) = self.parents(prefixes) {
             self.step_cached(prefixes, &parents)?
         } else {
@@ -249,9 +281,56 @@ impl Generation {
     /// Log-probabilities at every position of one full forward pass over `prefix`: row `t` is the
     /// distribution of the token after `prefix[..t]`.
     pub fn full_logprobs(&mut self, prefix: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let (logits, lengths) = self.run_full(std::slice::from_ref(&prefix.to_vec()), None)?;
-        let first = lengths[0] - prefix.len();
-        Ok((first..=lengths[0]).map(|step| logits.log_softmax(0, step)).collect())
+        let prefixes = [prefix.to_vec()];
+        self.check_work(&prefixes)?;
+        self.chunk_rows(&prefixes)?;
+        Ok(self.run_full(&prefixes, None, &|last, len| last - len..=last)?.remove(0))
+    }
+
+    /// Refuse a step whose prefixes (with the prompt before each, or the encoder states each
+    /// row is fed) exceed the token budget.
+    fn check_work(&self, prefixes: &[Vec<u32>]) -> Result<(), ModelError> {
+        let lead = match &self.prompt {
+            Prompt::Encoded { tokens, .. } => self.lead() + tokens,
+            Prompt::Tokens(_) => self.lead(),
+        };
+        let tokens = prefixes.iter().map(|p| lead.saturating_add(p.len())).fold(0usize, usize::saturating_add);
+        if tokens > self.budget.max_tokens {
+            return Err(ModelError::InvalidInput(format!(
+                "a decoder step over {} prefix(es) runs {tokens} tokens (prompt included), over the limit of {}; \
+                 send fewer or shorter prefixes, or raise `limits.max_decoder_tokens`",
+                prefixes.len(),
+                self.budget.max_tokens
+            )));
+        }
+        if let Some(vocab) = self.vocab {
+            let bytes = prefixes.len().saturating_mul(vocab).saturating_mul(4);
+            if bytes > self.budget.max_logit_bytes {
+                return Err(ModelError::InvalidInput(format!(
+                    "a decoder step over {} prefix(es) returns {bytes} bytes of log-probabilities (vocabulary {vocab}), over the limit of {}; \
+                     send fewer prefixes or raise `limits.max_payload_bytes`",
+                    prefixes.len(),
+                    self.budget.max_logit_bytes
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many of these prefixes one full pass may take, so its logits (rows x steps x
+    /// vocabulary) stay within the budget. Until the vocabulary is known, one.
+    fn chunk_rows(&self, prefixes: &[Vec<u32>]) -> Result<usize, ModelError> {
+        let Some(vocab) = self.vocab else { return Ok(1) };
+        let steps = self.lead() + prefixes.iter().map(Vec::len).max().unwrap_or(0);
+        let per_row = steps.saturating_mul(vocab).saturating_mul(4);
+        if per_row > self.budget.max_logit_bytes {
+            return Err(ModelError::InvalidInput(format!(
+                "a full decoder pass over a prefix of {steps} tokens (prompt included) makes {per_row} bytes of logits \
+                 (vocabulary {vocab}), over the limit of {}; use shorter prefixes or raise `limits.max_payload_bytes`",
+                self.budget.max_logit_bytes
+            )));
+        }
+        Ok((self.budget.max_logit_bytes / per_row.max(1)).max(1))
     }
 
     /// Keep the beams at these indices of the last step, in this order (an index may repeat).
@@ -335,11 +414,11 @@ impl Generation {
         self.order.clear();
         let past_len = self.lead() + prefixes[0].len() - 1;
         let ids = prefixes.iter().map(|p| i64::from(*p.last().expect("parents() only matches non-empty prefixes"))).collect();
-        let (logits, presents) = self.run_bound(ids, n, 1, past_len, Some(past))?;
+        let (logprobs, presents) = self.run_bound(ids, n, 1, past_len, Some(past), &[], &|_, _| 0..=0)?;
         self.stats.cached_runs += 1;
         self.cache.push(CachedRows { prefixes: prefixes.to_vec(), values: presents });
         self.order = (0..n).map(|r| (0, r)).collect();
-        Ok((0..n).map(|row| logits.log_softmax(row, 0)).collect())
+        Ok(logprobs.into_iter().flatten().collect())
     }
 
     /// Full passes for prefixes the cache cannot extend, one run per prefix length (rows of one
@@ -357,12 +436,15 @@ impl Generation {
         let mut out = vec![Vec::new(); prefixes.len()];
         for (_, rows) in by_length {
             let group: Vec<Vec<u32>> = rows.iter().map(|&i| prefixes[i].clone()).collect();
-            let mut presents = Vec::new();
-            let (logits, lengths) = self.run_full(&group, Some(&mut presents))?;
-            for (row, &i) in rows.iter().enumerate() {
-                out[i] = logits.log_softmax(row, lengths[row]);
+            let chunk = self.chunk_rows(&group)?;
+            for (group, rows) in group.chunks(chunk).zip(rows.chunks(chunk)) {
+                let mut presents = Vec::new();
+                let logprobs = self.run_full(group, Some(&mut presents), &|last, _| last..=last)?;
+                for (&i, mut row) in rows.iter().zip(logprobs) {
+                    out[i] = row.remove(0);
+                }
+                self.cache.push(CachedRows { prefixes: group.to_vec(), values: presents });
             }
-            self.cache.push(CachedRows { prefixes: group, values: presents });
         }
         self.order = prefixes.iter().map(|p| self.cache.iter().enumerate().find_map(|(g, c)| c.prefixes.iter().position(|q| q == p).map(|r| (g, r))).expect("every prefix was run")).collect();
         Ok(out)
@@ -406,10 +488,11 @@ impl Generation {
         Ok(out)
     }
 
-    /// Run the decoder over lead + prefix for each prefix (right-padded). Returns the logits and,
-    /// per prefix, the step whose logits predict the token after it. With a cache, the run
-    /// starts from an empty one and `presents` receives the cache it leaves.
-    fn run_full(&mut self, prefixes: &[Vec<u32>], presents: Option<&mut Vec<DynTensor>>) -> Result<(Logits, Vec<usize>), ModelError> {
+    /// Run the decoder over lead + prefix for each prefix (right-padded) and return, per prefix,
+    /// the log-probabilities at the steps `keep(last, len)` names, where `last` is the step
+    /// predicting the token after the prefix and `len` the prefix's length. With a cache, the
+    /// run starts from an empty one and `presents` receives the cache it leaves.
+    fn run_full(&mut self, prefixes: &[Vec<u32>], presents: Option<&mut Vec<DynTensor>>, keep: &Keep<'_>) -> Result<LogProbs, ModelError> {
         self.check_tokens(prefixes)?;
         let n = prefixes.len();
         let lead = self.lead();
@@ -424,30 +507,44 @@ impl Generation {
                 line[lead + i] = code as i64;
             }
         }
-        let lengths = prefixes.iter().map(|p| lead - 1 + p.len()).collect();
+        let picks: Vec<(usize, usize)> = prefixes.iter().map(|p| (lead - 1 + p.len(), p.len())).collect();
         self.stats.full_runs += 1;
         if self.runtime.cache.is_some() {
-            let (logits, values) = self.run_bound(ids, n, steps, 0, None)?;
+            let (logprobs, values) = self.run_bound(ids, n, steps, 0, None, prefixes, &|row, _| keep(picks[row].0, picks[row].1))?;
             if let Some(presents) = presents {
                 *presents = values;
             }
-            return Ok((logits, lengths));
+            return Ok(logprobs);
         }
         let mut feed: Feed = vec![(self.spec.input_ids.clone().into(), tensor(vec![n as i64, steps as i64], ids)?.into())];
         for (name, value) in self.extra_inputs(n, steps, 0)? {
             feed.push((name.into(), value.into()));
         }
-        let mut decoder = self.runtime.decoder.lock().unwrap();
-        let outputs = decoder.run(feed).map_err(|e| anyhow!("the decoder of `{}` failed: {e}", self.model))?;
+        let runtime = self.runtime.clone();
+        let mut decoder = lock(&runtime.decoder, &self.caller)?;
+        let watched = Watched::new(self.caller.deadline)?;
+        let outputs = decoder.run_with_options(feed, watched.options()).map_err(|e| watched.explain(e, &format!("the decoder of `{}`", self.model)))?;
         let value = outputs.get(self.spec.logits.as_str()).ok_or_else(|| anyhow!("the decoder of `{}` has no output `{}`", self.model, self.spec.logits))?;
-        Ok((self.logits(value, n, steps, prefixes)?, lengths))
+        self.logprobs(value, n, steps, prefixes, &|row, _| keep(picks[row].0, picks[row].1))
     }
 
     /// Run the decoder with I/O binding: `past` (or, for a full pass, none) in, logits to the host
     /// and the new cache left in the cache's memory.
-    fn run_bound(&self, ids: Vec<i64>, n: usize, steps: usize, past_len: usize, past: Option<Vec<DynTensor>>) -> Result<(Logits, Vec<DynTensor>), ModelError> {
-        let layout = self.runtime.cache.as_ref().expect("bound runs only with a cache");
-        let fail = |e: ort::Error| ModelError::Runtime(anyhow!("the decoder of `{}` failed: {e}", self.model));
+    #[allow(clippy::too_many_arguments)]
+    fn run_bound(
+        &mut self,
+        ids: Vec<i64>,
+        n: usize,
+        steps: usize,
+        past_len: usize,
+        past: Option<Vec<DynTensor>>,
+        prefixes: &[Vec<u32>],
+        keep: &Keep<'_>,
+    ) -> Result<(LogProbs, Vec<DynTensor>), ModelError> {
+        let runtime = self.runtime.clone();
+        let layout = runtime.cache.as_ref().expect("bound runs only with a cache");
+        let model = self.model.clone();
+        let fail = |e: ort::Error| ModelError::Runtime(anyhow!("the decoder of `{model}` failed: {e}"));
         let stepping = past.is_some();
         // Split exports start from no cache at all; single graphs from an empty one.
         let past: Option<Vec<DynTensor>> = match past {
@@ -466,11 +563,11 @@ impl Generation {
                     .collect::<Result<_, _>>()?,
             ),
         };
-        let graph = match (&self.runtime.with_past, stepping) {
+        let graph = match (&runtime.with_past, stepping) {
             (Some(with_past), true) => with_past,
-            _ => &self.runtime.decoder,
+            _ => &runtime.decoder,
         };
-        let mut session = graph.lock().unwrap();
+        let mut session = lock(graph, &self.caller)?;
         let takes = |name: &str| session.inputs().iter().any(|i| i.name() == name);
         let mut binding = session.create_binding().map_err(fail)?;
         binding.bind_input(self.spec.input_ids.clone(), &tensor(vec![n as i64, steps as i64], ids)?).map_err(fail)?;
@@ -490,9 +587,10 @@ impl Generation {
         for entry in layout.entries.iter().filter(|e| produced(e)) {
             binding.bind_output_to_device(entry.present.clone(), &device).map_err(fail)?;
         }
-        let mut outputs = session.run_binding(&binding).map_err(fail)?;
+        let watched = Watched::new(self.caller.deadline)?;
+        let mut outputs = session.run_binding_with_options(&binding, watched.options()).map_err(|e| watched.explain(e, &format!("the decoder of `{}`", self.model)))?;
         let value = outputs.remove(self.spec.logits.as_str()).ok_or_else(|| anyhow!("the decoder of `{}` has no output `{}`", self.model, self.spec.logits))?;
-        let logits = self.logits(&value, n, steps, &[])?;
+        let logprobs = self.logprobs(&value, n, steps, prefixes, keep)?;
         let mut carried = past.into_iter().flatten();
         let mut presents = Vec::with_capacity(layout.entries.len());
         for entry in &layout.entries {
@@ -510,7 +608,7 @@ impl Generation {
             }
             presents.push(value);
         }
-        Ok((logits, presents))
+        Ok((logprobs, presents))
     }
 
     /// Inputs besides the token ids: encoder states and mask, the decoder's attention mask and
@@ -537,21 +635,51 @@ impl Generation {
         Ok(extra)
     }
 
-    /// Check the logits' shape and copy them to a [`Logits`]; `prefixes`' tokens must be in
-    /// the vocabulary.
-    fn logits(&self, value: &DynValue, n: usize, steps: usize, prefixes: &[Vec<u32>]) -> Result<Logits, ModelError> {
+    /// Check the logits' shape and return, per row, the log-softmax of the steps `keep(row,
+    /// steps)` names (never the whole `[rows, steps, vocab]`); `prefixes`' tokens must be in the
+    /// vocabulary. Learns the vocabulary size.
+    fn logprobs(&mut self, value: &DynValue, n: usize, steps: usize, prefixes: &[Vec<u32>], keep: &Keep<'_>) -> Result<LogProbs, ModelError> {
         let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("logits of `{}` are not f32: {e}", self.model))?;
         let &[rows, got_steps, vocab] = &shape[..] else {
             return Err(ModelError::Runtime(anyhow!("`{}` returned logits of shape {shape:?}, not [batch, steps, vocab]", self.model)));
         };
-        if rows as usize != n || got_steps as usize != steps {
+        if rows as usize != n || got_steps as usize != steps || vocab <= 0 {
             return Err(ModelError::Runtime(anyhow!("`{}` returned logits {shape:?} for {n} prefixes of {steps} steps", self.model)));
         }
-        if let Some(bad) = prefixes.iter().flatten().find(|&&c| c as usize >= vocab as usize) {
+        let vocab = vocab as usize;
+        self.vocab = Some(vocab);
+        if let Some(bad) = prefixes.iter().flatten().find(|&&c| c as usize >= vocab) {
             return Err(ModelError::InvalidInput(format!("token {bad} is outside the decoder's vocabulary of {vocab}")));
         }
-        Ok(Logits { data: data.to_vec(), steps, vocab: vocab as usize })
+        Ok((0..n)
+            .map(|row| {
+                keep(row, steps)
+                    .map(|step| {
+                        let at = (row * steps + step) * vocab;
+                        log_softmax(&data[at..at + vocab])
+                    })
+                    .collect()
+            })
+            .collect())
     }
+}
+
+/// Log-probabilities per row, per kept step, over the vocabulary.
+type LogProbs = Vec<Vec<Vec<f32>>>;
+
+/// Which steps of a row's logits to keep: `(row or last step, prefix length or steps)` to steps.
+type Keep<'a> = dyn Fn(usize, usize) -> std::ops::RangeInclusive<usize> + 'a;
+
+/// Lock a session, waiting (with the caller's compute slot released) no longer than its deadline.
+fn lock<'a>(session: &'a Mutex<Session>, caller: &Caller) -> Result<MutexGuard<'a, Session>, ModelError> {
+    if let Some(guard) = session.try_lock() {
+        return Ok(guard);
+    }
+    let guard = caller.waiting(|| match caller.deadline.remaining() {
+        None => Some(session.lock()),
+        Some(left) => session.try_lock_for(left),
+    })?;
+    guard.ok_or_else(|| ModelError::Expired(Expired("a wait for a decoder".into())))
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f32> {

@@ -260,11 +260,20 @@ pub struct BatchLimits {
     /// queued while the previous run was busy still run together, and a lone request never waits.
     #[serde(default)]
     pub max_delay_ms: u64,
+    /// ONNX Runtime threads per run (intra-op). A run counts as one of the host's compute slots
+    /// whatever its threads, so 1 keeps tenants' shares of the CPU exact; raise it when one
+    /// large model's latency matters more than sharing.
+    #[serde(default = "one")]
+    pub threads: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        BatchLimits { max_batch: 32, max_delay_ms: 0 }
+        BatchLimits { max_batch: 32, max_delay_ms: 0, threads: 1 }
     }
 }
 

@@ -8,9 +8,11 @@ pub mod decoder;
 pub mod manifest;
 pub mod preprocess;
 mod tokenize;
+mod watchdog;
 
 pub use manifest::{ModelManifest, ModelRole, OutputKind, Pooling};
 
+use crate::capacity::{Caller, Expired, FairShare};
 use anyhow::{Result, anyhow, bail};
 use batcher::{Batcher, Inputs, TextRow};
 use decoder::{DecoderRuntime, Generation};
@@ -27,6 +29,8 @@ pub enum ModelError {
     NotFound(String),
     #[error("{0}")]
     InvalidInput(String),
+    #[error(transparent)]
+    Expired(#[from] Expired),
     #[error("{0:#}")]
     Runtime(anyhow::Error),
 }
@@ -110,13 +114,27 @@ enum Runtime {
 }
 
 /// The registered models, opened lazily on first use.
-#[derive(Default)]
 pub struct Models {
     manifests: RwLock<HashMap<String, ModelManifest>>,
     loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
+    /// Every model run takes one of these slots, fairly between tenants.
+    compute: Arc<FairShare>,
+}
+
+impl Default for Models {
+    /// Models whose runs share one compute slot per CPU core.
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Models::new(FairShare::new("compute slots", cores, None))
+    }
 }
 
 impl Models {
+    /// Models whose runs take slots of `compute` (shared with plugin calls).
+    pub fn new(compute: Arc<FairShare>) -> Self {
+        Models { manifests: Default::default(), loaded: Default::default(), compute }
+    }
+
     /// Register (or replace) a model. Its files are checked now; the session opens on first use.
     pub fn register(&self, manifest: ModelManifest) -> Result<()> {
         manifest.validate()?;
@@ -151,17 +169,17 @@ impl Models {
         if let Some(model) = loaded.get(name) {
             return Ok(model.clone());
         }
-        let model = Arc::new(open(manifest)?);
+        let model = Arc::new(open(manifest, &self.compute)?);
         loaded.insert(name.to_string(), model.clone());
         Ok(model)
     }
 
     /// Pooled (and, per manifest, normalised) embeddings of `texts`.
-    pub fn embed_texts(&self, model: &str, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn embed_texts(&self, model: &str, texts: &[String], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
         let model = self.get(model, ModelRole::TextEncoder)?;
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(model.manifest.batch.max_batch) {
-            out.extend(model.embed_texts(chunk)?);
+            out.extend(model.embed_texts(chunk, caller)?);
         }
         Ok(out)
     }
@@ -173,29 +191,30 @@ impl Models {
     }
 
     /// Embeddings of templates whose placeholder tokens take the given slot vectors.
-    pub fn embed_texts_with_slots(&self, model: &str, texts: &[(String, Vec<Vec<f32>>)]) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn embed_texts_with_slots(&self, model: &str, texts: &[(String, Vec<Vec<f32>>)], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
         let model = self.get(model, ModelRole::TextEncoder)?;
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(model.manifest.batch.max_batch) {
-            out.extend(model.embed_texts_with_slots(chunk)?);
+            out.extend(model.embed_texts_with_slots(chunk, caller)?);
         }
         Ok(out)
     }
 
     /// Open a generation session on a decoder: the prompt is tokenized and encoded once.
-    pub fn start_generation(&self, model: &str, prompt: &str) -> Result<Generation, ModelError> {
+    /// Steps run under `caller`'s deadline and compute slot.
+    pub fn start_generation(&self, model: &str, prompt: &str, caller: &Caller) -> Result<Generation, ModelError> {
         let model = self.get(model, ModelRole::Decoder)?;
         let Runtime::Decoder(runtime) = &model.runtime else { unreachable!("decoders have a decoder runtime") };
         let Inputs::Text(mut rows) = model.text_inputs(&[prompt.to_string()])? else { unreachable!("text_inputs makes text rows") };
-        Generation::start(runtime.clone(), &model.manifest, rows.remove(0).ids)
+        Generation::start(runtime.clone(), &model.manifest, rows.remove(0).ids, caller)
     }
 
     /// Relevance of each text to `query`, by a cross-encoder, in input order.
-    pub fn cross_score(&self, model: &str, query: &str, texts: &[String]) -> Result<Vec<f32>, ModelError> {
+    pub fn cross_score(&self, model: &str, query: &str, texts: &[String], caller: &Caller) -> Result<Vec<f32>, ModelError> {
         let model = self.get(model, ModelRole::CrossEncoder)?;
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(model.manifest.batch.max_batch) {
-            out.extend(model.cross_score(query, chunk)?);
+            out.extend(model.cross_score(query, chunk, caller)?);
         }
         Ok(out)
     }
@@ -209,41 +228,41 @@ impl Models {
     }
 
     /// Run a projector over vectors.
-    pub fn project(&self, model: &str, vectors: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn project(&self, model: &str, vectors: &[Vec<f32>], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
         let model = self.get(model, ModelRole::Projector)?;
         let mut out = Vec::with_capacity(vectors.len());
         for chunk in vectors.chunks(model.manifest.batch.max_batch) {
-            out.extend(model.project(chunk)?);
+            out.extend(model.project(chunk, caller)?);
         }
         Ok(out)
     }
 
     /// Per-token features of each text, padding removed: (dim, floats).
-    pub fn text_tokens(&self, model: &str, texts: &[String]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
+    pub fn text_tokens(&self, model: &str, texts: &[String], caller: &Caller) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
         let model = self.get(model, ModelRole::TextEncoder)?;
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(model.manifest.batch.max_batch) {
-            out.extend(model.text_tokens(chunk)?);
+            out.extend(model.text_tokens(chunk, caller)?);
         }
         Ok(out)
     }
 
     /// Per-patch features of each image: (dim, floats).
-    pub fn image_tokens(&self, model: &str, images: &[Vec<u8>]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
+    pub fn image_tokens(&self, model: &str, images: &[Vec<u8>], caller: &Caller) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
         let model = self.get(model, ModelRole::ImageEncoder)?;
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(model.manifest.batch.max_batch) {
-            out.extend(model.image_tokens(chunk)?);
+            out.extend(model.image_tokens(chunk, caller)?);
         }
         Ok(out)
     }
 
     /// Embeddings of encoded images (PNG, JPEG).
-    pub fn embed_images(&self, model: &str, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn embed_images(&self, model: &str, images: &[Vec<u8>], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
         let model = self.get(model, ModelRole::ImageEncoder)?;
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(model.manifest.batch.max_batch) {
-            out.extend(model.embed_images(chunk)?);
+            out.extend(model.embed_images(chunk, caller)?);
         }
         Ok(out)
     }
@@ -290,6 +309,8 @@ fn session(manifest: &ModelManifest, path: &Path) -> Result<Session> {
     // Idle ORT workers would otherwise spin after every run, taking cores from other callers
     // (plugins, tenants, the other models) on a shared host.
     Session::builder(env)
+        .and_then(|b| b.with_intra_threads(manifest.batch.threads.max(1)).map_err(Into::into))
+        .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
         .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
         .and_then(|b| b.with_inter_op_spinning(false).map_err(Into::into))
         .and_then(|b| b.with_execution_providers(providers).map_err(Into::into))
@@ -318,7 +339,7 @@ fn check_io(model: &str, session: &Session, inputs: &[&String], outputs: &[&Stri
     Ok(())
 }
 
-fn open(manifest: ModelManifest) -> Result<LoadedModel> {
+fn open(manifest: ModelManifest, compute: &Arc<FairShare>) -> Result<LoadedModel> {
     let text_inputs: Vec<&String> =
         [&manifest.inputs.input_ids, &manifest.inputs.attention_mask, &manifest.inputs.token_type_ids].into_iter().flatten().collect();
     let runtime = match manifest.role {
@@ -346,12 +367,12 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
                 Some(path) => {
                     let encoder = session(&manifest, path)?;
                     check_io(&manifest.name, &encoder, &text_inputs, &[&manifest.output.name])?;
-                    Some(Mutex::new(encoder))
+                    Some(parking_lot::Mutex::new(encoder))
                 }
                 None => None,
             };
             let vocab = decoder::declared_vocab(&decoder, &spec.logits);
-            Runtime::Decoder(Arc::new(DecoderRuntime { encoder, decoder: Mutex::new(decoder), with_past: with_past.map(Mutex::new), live: Default::default(), cache, vocab }))
+            Runtime::Decoder(Arc::new(DecoderRuntime { encoder, decoder: parking_lot::Mutex::new(decoder), with_past: with_past.map(parking_lot::Mutex::new), live: Default::default(), cache, vocab }))
         }
         role => {
             let main = session(&manifest, &manifest.files.model)?;
@@ -381,7 +402,7 @@ fn open(manifest: ModelManifest) -> Result<LoadedModel> {
             let mut outputs = vec![&manifest.output.name];
             outputs.extend(manifest.token_output.as_ref());
             check_io(&manifest.name, &main, &inputs, &outputs)?;
-            Runtime::Batched(Batcher::start(main, token_embeddings, &manifest)?)
+            Runtime::Batched(Batcher::start(main, token_embeddings, &manifest, compute.clone())?)
         }
     };
     let tokenizer = match manifest.role {
@@ -449,27 +470,27 @@ impl LoadedModel {
         Ok(Inputs::Pixels { side: p.crop as usize, rows })
     }
 
-    fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let out = self.batcher()?.run(self.text_inputs(texts)?, &self.manifest.output.name)?;
+    fn embed_texts(&self, texts: &[String], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
+        let out = self.batcher()?.run(self.text_inputs(texts)?, &self.manifest.output.name, caller)?;
         self.pool((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
     }
 
-    fn embed_images(&self, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let out = self.batcher()?.run(self.image_inputs(images)?, &self.manifest.output.name)?;
+    fn embed_images(&self, images: &[Vec<u8>], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
+        let out = self.batcher()?.run(self.image_inputs(images)?, &self.manifest.output.name, caller)?;
         self.pool((out.shape, out.data), images.len(), None)
     }
 
-    fn embed_texts_with_slots(&self, texts: &[(String, Vec<Vec<f32>>)]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let out = self.batcher()?.run(self.slotted_inputs(texts)?, &self.manifest.output.name)?;
+    fn embed_texts_with_slots(&self, texts: &[(String, Vec<Vec<f32>>)], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
+        let out = self.batcher()?.run(self.slotted_inputs(texts)?, &self.manifest.output.name, caller)?;
         self.pool((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
     }
 
-    fn cross_score(&self, query: &str, texts: &[String]) -> Result<Vec<f32>, ModelError> {
+    fn cross_score(&self, query: &str, texts: &[String], caller: &Caller) -> Result<Vec<f32>, ModelError> {
         let tokenizer = self.tokenizer.as_ref().expect("validated: cross-encoders have a tokenizer");
         let pairs: Vec<(String, String)> = texts.iter().map(|t| (query.to_string(), t.clone())).collect();
         let encoded = tokenizer.encode_pairs(&pairs).map_err(|e| ModelError::InvalidInput(format!("cannot tokenize: {e}")))?;
         let rows = encoded.into_iter().map(|[ids, mask, type_ids]| TextRow { ids, mask, type_ids, ..Default::default() }).collect();
-        let out = self.batcher()?.run(Inputs::Text(rows), &self.manifest.output.name)?;
+        let out = self.batcher()?.run(Inputs::Text(rows), &self.manifest.output.name, caller)?;
         let n = texts.len();
         if out.shape.first() != Some(&(n as i64)) || out.data.len() < n {
             return Err(ModelError::Runtime(anyhow!("cross-encoder `{}` returned {:?} for {n} pairs", self.manifest.name, out.shape)));
@@ -478,12 +499,12 @@ impl LoadedModel {
         Ok(out.data.chunks_exact(per_row).map(|row| row[0]).collect())
     }
 
-    fn project(&self, vectors: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn project(&self, vectors: &[Vec<f32>], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
         let dim = vectors.first().map_or(0, Vec::len);
         if let Some((i, v)) = vectors.iter().enumerate().find(|(_, v)| v.len() != dim) {
             return Err(ModelError::InvalidInput(format!("vector {i} has {} values but vector 0 has {dim}", v.len())));
         }
-        let out = self.batcher()?.run(Inputs::Vectors { dim, rows: vectors.to_vec() }, &self.manifest.output.name)?;
+        let out = self.batcher()?.run(Inputs::Vectors { dim, rows: vectors.to_vec() }, &self.manifest.output.name, caller)?;
         self.pool((out.shape, out.data), vectors.len(), None)
     }
 
@@ -497,14 +518,14 @@ impl LoadedModel {
     }
 
     /// Per-token states of each text, padding removed: (dim, tokens * dim floats).
-    fn text_tokens(&self, texts: &[String]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
-        let out = self.batcher()?.run(self.text_inputs(texts)?, self.token_output()?)?;
+    fn text_tokens(&self, texts: &[String], caller: &Caller) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
+        let out = self.batcher()?.run(self.text_inputs(texts)?, self.token_output()?, caller)?;
         self.split_tokens((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
     }
 
     /// Per-patch states of each image: (dim, patches * dim floats).
-    fn image_tokens(&self, images: &[Vec<u8>]) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
-        let out = self.batcher()?.run(self.image_inputs(images)?, self.token_output()?)?;
+    fn image_tokens(&self, images: &[Vec<u8>], caller: &Caller) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
+        let out = self.batcher()?.run(self.image_inputs(images)?, self.token_output()?, caller)?;
         self.split_tokens((out.shape, out.data), images.len(), None)
     }
 

@@ -5,10 +5,31 @@ use super::manifest::ImagePreprocess;
 use anyhow::{Context as _, Result};
 use image::imageops::FilterType;
 
+/// Most memory one decoded image may take (about 40 megapixels of RGB): a small compressed file
+/// can claim a huge canvas, and decoding must not take the host's memory with it.
+const MAX_DECODED_BYTES: u64 = 128 << 20;
+/// Longest side of an image the host decodes.
+const MAX_SIDE: u32 = 16_384;
+
 /// Decode an encoded image (PNG, JPEG) or explain why it cannot be.
 pub fn decode(bytes: &[u8]) -> Result<image::RgbImage> {
     let format = image::guess_format(bytes).context("not a recognised image format (PNG and JPEG are supported)")?;
-    let img = image::load_from_memory_with_format(bytes, format).with_context(|| format!("corrupt or truncated {format:?} image"))?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => anyhow::anyhow!(
+            "the {format:?} image is too large to decode (at most {MAX_SIDE} pixels a side and {} MiB decoded); resize it first",
+            MAX_DECODED_BYTES >> 20
+        ),
+        e => anyhow::Error::new(e).context(format!("corrupt or truncated {format:?} image")),
+    })?;
+    if img.width() == 0 || img.height() == 0 {
+        anyhow::bail!("the {format:?} image has no pixels");
+    }
     Ok(img.to_rgb8())
 }
 
@@ -65,5 +86,33 @@ mod tests {
         assert!(err.contains("corrupt or truncated Png"), "{err}");
         let err = format!("{:#}", decode(b"hello world").unwrap_err());
         assert!(err.contains("not a recognised image format"), "{err}");
+    }
+
+    /// A PNG whose header claims `side` x `side` pixels, with a valid header checksum.
+    fn png_claiming(side: u32) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &b in bytes {
+                crc ^= u32::from(b);
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                }
+            }
+            !crc
+        }
+        let mut bytes = png(&image::RgbImage::new(1, 1));
+        bytes[16..20].copy_from_slice(&side.to_be_bytes());
+        bytes[20..24].copy_from_slice(&side.to_be_bytes());
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_small_file_claiming_a_huge_canvas_is_refused() {
+        for side in [60_000, 9_000] {
+            let err = format!("{:#}", decode(&png_claiming(side)).unwrap_err());
+            assert!(err.contains("too large to decode"), "{side}: {err}");
+        }
     }
 }

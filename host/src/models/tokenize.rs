@@ -4,11 +4,33 @@
 use super::manifest::{ModelManifest, TokenizerKind};
 use anyhow::{Context as _, Result, anyhow};
 
+/// Bytes of text kept per token of a model's `max_length` before tokenizing. Real text needs
+/// far fewer (a token covers a word piece), so truncation still happens in the tokenizer, but
+/// a huge text never reaches it whole.
+const BYTES_PER_TOKEN: usize = 128;
+
+/// `text` cut to at most `max_bytes`, at a whitespace when one is near the cut, so the last
+/// word kept is whole.
+fn cut(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let near = end.saturating_sub(256);
+    match text[near..end].rfind(char::is_whitespace) {
+        Some(at) => &text[..near + at],
+        None => &text[..end],
+    }
+}
+
 /// One text's token ids and attention mask.
 pub(crate) type IdsAndMask = (Vec<i64>, Vec<i64>);
 
 pub(crate) enum TextTokenizer {
-    Hf(Box<tokenizers::Tokenizer>),
+    Hf { tokenizer: Box<tokenizers::Tokenizer>, max_length: usize },
     Clip { bpe: Box<instant_clip_tokenizer::Tokenizer>, max_length: usize },
 }
 
@@ -24,7 +46,7 @@ impl TextTokenizer {
                 t.with_padding(None);
                 t.with_truncation(Some(tokenizers::TruncationParams { max_length: spec.max_length, ..Default::default() }))
                     .map_err(|e| anyhow!("tokenizer for model `{}`: {e}", manifest.name))?;
-                Ok(TextTokenizer::Hf(Box::new(t)))
+                Ok(TextTokenizer::Hf { tokenizer: Box::new(t), max_length: spec.max_length })
             }
             TokenizerKind::ClipBpe => {
                 let bpe = match path {
@@ -42,9 +64,11 @@ impl TextTokenizer {
 
     /// Token ids and attention mask of each text, special tokens included, truncated, unpadded.
     pub fn encode(&self, texts: &[String]) -> Result<Vec<IdsAndMask>, String> {
+        let limit = self.max_bytes();
         match self {
-            TextTokenizer::Hf(t) => {
-                let encodings = t.encode_batch(texts.to_vec(), true).map_err(|e| e.to_string())?;
+            TextTokenizer::Hf { tokenizer: t, .. } => {
+                let texts: Vec<&str> = texts.iter().map(|text| cut(text, limit)).collect();
+                let encodings = t.encode_batch(texts, true).map_err(|e| e.to_string())?;
                 Ok(encodings
                     .iter()
                     .map(|e| (e.get_ids().iter().map(|&i| i as i64).collect(), e.get_attention_mask().iter().map(|&m| m as i64).collect()))
@@ -54,7 +78,7 @@ impl TextTokenizer {
                 .iter()
                 .map(|text| {
                     let mut tokens = vec![bpe.start_of_text()];
-                    bpe.encode(text, &mut tokens);
+                    bpe.encode(cut(text, limit), &mut tokens);
                     // Keep room for end-of-text, as CLIP's own tokenizer does when truncating.
                     tokens.truncate(max_length.saturating_sub(1).max(1));
                     tokens.push(bpe.end_of_text());
@@ -69,16 +93,24 @@ impl TextTokenizer {
     /// Token ids, attention mask and segment (token type) ids of each pair, joined as the
     /// tokenizer.json's post-processor says (`[CLS] a [SEP] b [SEP]` for BERT), truncated, unpadded.
     pub fn encode_pairs(&self, pairs: &[(String, String)]) -> Result<Vec<[Vec<i64>; 3]>, String> {
-        let TextTokenizer::Hf(t) = self else { return Err("CLIP BPE does not tokenize pairs of texts".into()) };
-        let encodings = t.encode_batch(pairs.to_vec(), true).map_err(|e| e.to_string())?;
+        let limit = self.max_bytes();
+        let TextTokenizer::Hf { tokenizer: t, .. } = self else { return Err("CLIP BPE does not tokenize pairs of texts".into()) };
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (cut(a, limit), cut(b, limit))).collect();
+        let encodings = t.encode_batch(pairs, true).map_err(|e| e.to_string())?;
         let long = |v: &[u32]| v.iter().map(|&i| i64::from(i)).collect();
         Ok(encodings.iter().map(|e| [long(e.get_ids()), long(e.get_attention_mask()), long(e.get_type_ids())]).collect())
+    }
+
+    /// Bytes of a text kept before tokenizing.
+    fn max_bytes(&self) -> usize {
+        let (TextTokenizer::Hf { max_length, .. } | TextTokenizer::Clip { max_length, .. }) = self;
+        max_length.saturating_mul(BYTES_PER_TOKEN).max(BYTES_PER_TOKEN)
     }
 
     /// The id of `token` if it is exactly one token.
     pub fn single_token(&self, token: &str) -> Option<i64> {
         match self {
-            TextTokenizer::Hf(t) => t.token_to_id(token).map(i64::from),
+            TextTokenizer::Hf { tokenizer: t, .. } => t.token_to_id(token).map(i64::from),
             TextTokenizer::Clip { bpe, .. } => {
                 let mut tokens = Vec::new();
                 bpe.encode(token, &mut tokens);
@@ -114,6 +146,20 @@ mod tests {
             execution_provider: Default::default(),
         };
         TextTokenizer::open(&manifest).unwrap()
+    }
+
+    #[test]
+    fn texts_are_cut_before_tokenizing_at_a_word() {
+        assert_eq!(cut("short", 100), "short");
+        assert_eq!(cut("one two three", 9), "one two");
+        assert_eq!(cut("ééé", 3), "é", "never inside a character");
+        // A 20 MB text costs what its first tokens cost.
+        let huge = "word ".repeat(4 << 20);
+        let t = clip(8);
+        let start = std::time::Instant::now();
+        let (ids, _) = t.encode(&[huge]).unwrap().remove(0);
+        assert_eq!(ids.len(), 8);
+        assert!(start.elapsed() < std::time::Duration::from_secs(1), "{:?}", start.elapsed());
     }
 
     #[test]

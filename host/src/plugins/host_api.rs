@@ -1,17 +1,24 @@
 //! The imports a strategy plugin calls: the host side of `quarry:retrieval@0.1.0`.
 //!
-//! Every call is checked against the route's [`Grants`] and the call's [`Limits`] before any
-//! work is done. Writes are buffered in the call's [`WriteBatch`] and committed when the call
-//! succeeds.
+//! Every import goes through [`CallState::guard`], which first checks the call's deadline
+//! (a passed deadline ends the call with a timeout, whatever the plugin does with errors), and
+//! turns a panic inside the host into that caller's error. Each import then checks the route's
+//! [`Grants`] and the call's [`Limits`] (batch sizes, bytes in, work, bytes written) before it
+//! does any work. Writes and counters are held by the call and kept only if it succeeds.
 
 use super::limits::{CallLimiter, Limits};
+use crate::capacity::{Caller, Deadline, Expired, Slot};
 use crate::index::Indexes;
 use crate::index::filter::Filter;
+use crate::index::tokens::{MaxSimBudget, MaxSimError};
+use crate::models::decoder::DecoderBudget;
 use crate::models::{ModelError, Models};
+use crate::printable::printable;
 use crate::store::{self, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -52,6 +59,10 @@ pub type GenerationSession = crate::models::decoder::Generation;
 /// Generation sessions one call may hold open at once.
 const MAX_GENERATIONS: usize = 64;
 
+/// Texts or images per model call when the host splits a token-returning request, so the
+/// output it gathers can be checked against the payload limit as it grows.
+const TOKEN_CHUNK: usize = 32;
+
 /// What a route lets its strategy touch, beyond the collection it serves.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -69,102 +80,270 @@ pub struct CallGrants {
     pub models: BTreeSet<String>,
     /// Bare collection names within `tenant`.
     pub collections: BTreeSet<String>,
+    /// An ingest's items, which the host stores when the call succeeds: the call may write
+    /// their fields although they are not stored yet. Keyed by qualified collection.
+    pub ingesting: Option<(String, HashSet<String>)>,
 }
+
+/// Counters reported by plugins, per tenant and plugin (`name@version`), then by name.
+#[derive(Debug, Default)]
+pub struct Counters {
+    by_plugin: HashMap<(String, String), HashMap<String, f64>>,
+}
+
+impl Counters {
+    /// Every counter as `tenant/name@version/counter`.
+    pub fn flatten(&self) -> HashMap<String, f64> {
+        let mut out = HashMap::new();
+        for ((tenant, plugin), counters) in &self.by_plugin {
+            for (name, value) in counters {
+                out.insert(format!("{tenant}/{plugin}/{name}"), *value);
+            }
+        }
+        out
+    }
+
+    /// Add a finished call's counters; names past `max_names` per tenant and plugin are dropped
+    /// (the host's own `quarry.*` counters do not count towards it).
+    pub fn merge(&mut self, tenant: &str, plugin: &str, staged: HashMap<String, f64>, max_names: usize) {
+        if staged.is_empty() {
+            return;
+        }
+        let counters = self.by_plugin.entry((tenant.to_string(), plugin.to_string())).or_default();
+        let mut names = plugin_names(counters);
+        for (name, value) in staged {
+            match counters.get_mut(&name) {
+                Some(total) => *total += value,
+                None if names < max_names || name.starts_with(HOST_COUNTER_PREFIX) => {
+                    names += usize::from(!name.starts_with(HOST_COUNTER_PREFIX));
+                    counters.insert(name, value);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn knows(&self, tenant: &str, plugin: &str, name: &str) -> (bool, usize) {
+        match self.by_plugin.get(&(tenant.to_string(), plugin.to_string())) {
+            Some(counters) => (counters.contains_key(name), plugin_names(counters)),
+            None => (false, 0),
+        }
+    }
+}
+
+/// How many of a plugin's counters are its own (not the host's `quarry.*` ones).
+fn plugin_names(counters: &HashMap<String, f64>) -> usize {
+    counters.keys().filter(|n| !n.starts_with(HOST_COUNTER_PREFIX)).count()
+}
+
+/// Counters the host keeps about plugins start with this; plugins' own counters cannot.
+pub const HOST_COUNTER_PREFIX: &str = "quarry.";
 
 /// Everything shared by all calls: models, the store and its indexes, metrics.
 pub struct HostServices {
     pub models: Arc<Models>,
     pub store: Arc<Store>,
     pub indexes: Arc<Indexes>,
-    /// Counters reported by plugins, keyed by `strategy/name`.
-    pub counters: Mutex<HashMap<String, f64>>,
+    pub counters: Mutex<Counters>,
     /// Print plugin log lines at or above this level to stderr.
     pub log_level: quarry::retrieval::log::Level,
 }
 
-/// The state of one plugin call: its sandbox, its grants and its pending writes.
+impl HostServices {
+    /// Add to a counter the host keeps about a plugin (for example, hits it returned for ids
+    /// the collection lacks). Host counters are named `quarry.*`, a prefix plugins cannot use,
+    /// and do not count against the plugin's cap on names.
+    pub fn count(&self, tenant: &str, plugin: &str, name: &str, value: f64) {
+        debug_assert!(name.starts_with(HOST_COUNTER_PREFIX));
+        let staged = HashMap::from([(name.to_string(), value)]);
+        self.counters.lock().unwrap_or_else(PoisonError::into_inner).merge(tenant, plugin, staged, usize::MAX);
+    }
+}
+
+/// What a call has spent of its per-call budgets.
+#[derive(Debug, Default)]
+struct Spent {
+    input_bytes: usize,
+    written_bytes: usize,
+    log_lines: usize,
+    log_bytes: usize,
+    /// Log lines dropped over the budget (reported once, when the budget is first hit).
+    log_dropped: bool,
+}
+
+/// The state of one plugin call: its sandbox, its grants, its budgets and its pending writes.
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limiter: CallLimiter,
     pub(super) stderr: MemoryOutputPipe,
     pub(super) writes: WriteBatch,
+    /// Counters this call reported, kept only if it succeeds.
+    pub(super) counters: HashMap<String, f64>,
     services: Arc<HostServices>,
     grants: Arc<CallGrants>,
     limits: Limits,
+    /// `name@version` of the strategy.
     strategy: String,
+    deadline: Deadline,
+    /// The call's compute slot, released while it waits on shared work.
+    slot: Option<Arc<Slot>>,
+    spent: Spent,
     generations: usize,
 }
 
-/// A wall clock stuck at the Unix epoch: plugins get no wall time unless the operator opts in.
-struct FrozenClock;
+/// How a host import ends when it does not answer: with an error the plugin sees, or by
+/// ending the whole call (its deadline passed).
+enum Fail {
+    Wit(WitError),
+    Expired(Expired),
+}
 
-impl wasmtime_wasi::HostWallClock for FrozenClock {
-    fn resolution(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(1)
+impl From<WitError> for Fail {
+    fn from(e: WitError) -> Self {
+        Fail::Wit(e)
     }
-    fn now(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
+}
+
+impl From<Expired> for Fail {
+    fn from(e: Expired) -> Self {
+        Fail::Expired(e)
     }
+}
+
+impl From<ModelError> for Fail {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Expired(e) => Fail::Expired(e),
+            ModelError::NotFound(_) => Fail::Wit(WitError::NotFound(e.to_string())),
+            ModelError::InvalidInput(m) => Fail::Wit(WitError::InvalidInput(m)),
+            ModelError::Runtime(_) => Fail::Wit(WitError::Model(e.to_string())),
+        }
+    }
+}
+
+impl From<MaxSimError> for Fail {
+    fn from(e: MaxSimError) -> Self {
+        match e {
+            MaxSimError::Expired(e) => Fail::Expired(e),
+            MaxSimError::Invalid(m) => Fail::Wit(WitError::InvalidInput(m)),
+        }
+    }
+}
+
+/// A host import panicked; the call that made it fails with this, and the host goes on.
+#[derive(Debug, thiserror::Error)]
+#[error("the host failed inside `{import}`: {message}")]
+pub struct HostFault {
+    pub import: &'static str,
+    pub message: String,
+}
+
+fn invalid(message: String) -> Fail {
+    Fail::Wit(WitError::InvalidInput(message))
 }
 
 impl CallState {
     pub fn new(services: Arc<HostServices>, grants: Arc<CallGrants>, limits: &Limits, strategy: &str) -> Self {
-        // No preopened directories, no environment, no network, no stdin; stderr is captured so
-        // that a panic message can be reported to the caller.
         let stderr = MemoryOutputPipe::new(16 << 10);
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stderr(stderr.clone()).wall_clock(FrozenClock).build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(super::wasi::MAX_RESOURCES);
         CallState {
-            wasi,
-            table: ResourceTable::new(),
+            wasi: super::wasi::context(stderr.clone()),
+            table,
             limiter: CallLimiter { memory_bytes: limits.memory_bytes, memory_cap_hit: false },
             stderr,
             writes: WriteBatch::default(),
+            counters: HashMap::new(),
             services,
             grants,
             limits: limits.clone(),
             strategy: strategy.to_string(),
+            deadline: Deadline::after(std::time::Duration::from_millis(limits.deadline_ms)),
+            slot: None,
+            spent: Spent::default(),
             generations: 0,
         }
     }
 
-    /// Hand a ready-made instance's state to a call with these grants.
-    pub(super) fn grant(&mut self, grants: Arc<CallGrants>) {
+    /// Hand a ready-made instance's state to a call with these grants, deadline and slot.
+    pub(super) fn begin_call(&mut self, grants: Arc<CallGrants>, deadline: Deadline, slot: Option<Arc<Slot>>) {
         self.grants = grants;
+        self.deadline = deadline;
+        self.slot = slot;
     }
 
     pub(super) fn services(&self) -> &Arc<HostServices> {
         &self.services
     }
 
-    fn model(&self, model: &str) -> Result<(), WitError> {
+    pub fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+
+    pub(super) fn slot(&self) -> Option<&Arc<Slot>> {
+        self.slot.as_ref()
+    }
+
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    pub(super) fn grants(&self) -> &Arc<CallGrants> {
+        &self.grants
+    }
+
+    fn caller(&self) -> Caller {
+        Caller { tenant: Arc::from(self.grants.tenant.as_str()), deadline: self.deadline, slot: self.slot.clone() }
+    }
+
+    /// Run one import: refuse it once the deadline has passed, and turn a panic into this
+    /// call's error.
+    fn guard<T>(&mut self, import: &'static str, body: impl FnOnce(&mut Self) -> Result<T, Fail>) -> Answer<T> {
+        if self.deadline.expired() {
+            return Err(wasmtime::Error::new(Expired(format!("a call to `{import}`"))));
+        }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| body(self))) {
+            Ok(Ok(value)) => Ok(Ok(value)),
+            Ok(Err(Fail::Wit(e))) => Ok(Err(e)),
+            Ok(Err(Fail::Expired(e))) => Err(wasmtime::Error::new(e)),
+            Err(panic) => {
+                let message = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+                Err(wasmtime::Error::new(HostFault { import, message }))
+            }
+        }
+    }
+
+    fn model(&self, model: &str) -> Result<(), Fail> {
         if !self.grants.models.contains(model) {
-            return Err(WitError::Denied(format!(
-                "strategy {} may not call model `{model}`: the route does not grant it (granted: {})",
+            return Err(Fail::Wit(WitError::Denied(format!(
+                "strategy {} may not call model `{}`: the route does not grant it (granted: {})",
                 self.strategy,
+                printable(model, 128),
                 list(&self.grants.models)
-            )));
+            ))));
         }
         Ok(())
     }
 
     /// Check a collection against the grants and return its store key. Names are relative to
     /// the call's tenant, so no name reaches another tenant's data.
-    fn collection(&self, collection: &str) -> Result<String, WitError> {
+    fn collection(&self, collection: &str) -> Result<String, Fail> {
         if !self.grants.collections.contains(collection) {
-            return Err(WitError::Denied(format!(
-                "strategy {} may not access collection `{collection}`: the route does not grant it (granted: {})",
+            return Err(Fail::Wit(WitError::Denied(format!(
+                "strategy {} may not access collection `{}`: the route does not grant it (granted: {})",
                 self.strategy,
+                printable(collection, 128),
                 list(&self.grants.collections)
-            )));
+            ))));
         }
         Ok(format!("{}/{collection}", self.grants.tenant))
     }
 
-    fn batch<T>(&self, what: &str, items: &[T]) -> Result<(), WitError> {
+    fn batch<T>(&self, what: &str, items: &[T]) -> Result<(), Fail> {
         if items.len() > self.limits.max_batch {
-            return Err(WitError::InvalidInput(format!(
-                "{what}: {} inputs in one call, over the limit of {}; send smaller batches",
+            return Err(invalid(format!(
+                "{what}: {} inputs in one call, over the limit of {}; send smaller batches or raise `limits.max_batch`",
                 items.len(),
                 self.limits.max_batch
             )));
@@ -172,14 +351,100 @@ impl CallState {
         Ok(())
     }
 
-    fn payload(&self, what: &str, bytes: usize) -> Result<(), WitError> {
+    fn payload(&self, what: &str, bytes: usize) -> Result<(), Fail> {
         if bytes > self.limits.max_payload_bytes {
-            return Err(WitError::InvalidInput(format!(
-                "{what}: {bytes} bytes in one call, over the limit of {} bytes",
+            return Err(invalid(format!(
+                "{what}: {bytes} bytes in one call, over the limit of {} bytes; send less or raise `limits.max_payload_bytes`",
                 self.limits.max_payload_bytes
             )));
         }
         Ok(())
+    }
+
+    /// Count texts or images sent to a model against the per-item and per-call input budgets.
+    fn inputs<'a>(&mut self, what: &str, items: impl Iterator<Item = &'a [u8]>) -> Result<(), Fail> {
+        let mut bytes = 0usize;
+        for (i, item) in items.enumerate() {
+            if item.len() > self.limits.max_item_bytes {
+                return Err(invalid(format!(
+                    "{what}: input {i} has {} bytes, over the limit of {} per text or image; shorten it or raise `limits.max_item_bytes`",
+                    item.len(),
+                    self.limits.max_item_bytes
+                )));
+            }
+            bytes += item.len();
+        }
+        let total = self.spent.input_bytes.saturating_add(bytes);
+        if total > self.limits.max_input_bytes {
+            return Err(invalid(format!(
+                "{what}: this call has sent {total} bytes of text and images to models, over the limit of {}; \
+                 send less per call or raise `limits.max_input_bytes`",
+                self.limits.max_input_bytes
+            )));
+        }
+        self.spent.input_bytes = total;
+        Ok(())
+    }
+
+    /// Count bytes against the call's write budget.
+    fn written(&mut self, what: &str, bytes: usize) -> Result<(), Fail> {
+        let total = self.spent.written_bytes.saturating_add(bytes);
+        if total > self.limits.max_write_bytes {
+            return Err(invalid(format!(
+                "{what}: this call would write {total} bytes, over the limit of {} per call; \
+                 write less per call or raise `limits.max_write_bytes`",
+                self.limits.max_write_bytes
+            )));
+        }
+        self.spent.written_bytes = total;
+        Ok(())
+    }
+
+    fn tokens(&self, what: &str, set: &TokenSet) -> Result<(), Fail> {
+        if set.dim == 0 || !set.data.len().is_multiple_of(set.dim as usize) {
+            return Err(invalid(format!("{what}: a token set of dimension {} cannot hold {} floats", set.dim, set.data.len())));
+        }
+        let count = set.data.len() / set.dim as usize;
+        if count > self.limits.max_tokens {
+            return Err(invalid(format!(
+                "{what}: a token set of {count} tokens, over the limit of {}; raise `limits.max_tokens`",
+                self.limits.max_tokens
+            )));
+        }
+        if set.data.iter().any(|x| !x.is_finite()) {
+            return Err(invalid(format!("{what}: the token set holds NaN or infinity")));
+        }
+        Ok(())
+    }
+
+    fn codes(&self, what: &str, codes: &[u32]) -> Result<(), Fail> {
+        if codes.len() > self.limits.max_codes {
+            return Err(invalid(format!(
+                "{what}: a code sequence of {} codes, over the limit of {}; raise `limits.max_codes`",
+                codes.len(),
+                self.limits.max_codes
+            )));
+        }
+        Ok(())
+    }
+
+    /// A field write may name only an item the collection stores, or one this ingest adds.
+    fn item_exists(&self, key: &str, collection: &str, id: &str) -> Result<(), Fail> {
+        store::validate_item_id(id).map_err(|e| invalid(format!("put-field: {e}")))?;
+        if let Some((ingest_key, ids)) = &self.grants.ingesting
+            && ingest_key == key
+            && ids.contains(id)
+        {
+            return Ok(());
+        }
+        match self.services.store.item_exists(key, id) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Fail::Wit(WitError::NotFound(format!(
+                "put-field: collection `{collection}` has no item `{}`; fields belong to stored items, so ingest the item first",
+                printable(id, 64)
+            )))),
+            Err(e) => Err(Fail::Wit(internal(e))),
+        }
     }
 }
 
@@ -191,16 +456,6 @@ fn internal(e: anyhow::Error) -> WitError {
     WitError::Internal(format!("{e:#}"))
 }
 
-impl From<ModelError> for WitError {
-    fn from(e: ModelError) -> Self {
-        match e {
-            ModelError::NotFound(_) => WitError::NotFound(e.to_string()),
-            ModelError::InvalidInput(m) => WitError::InvalidInput(m),
-            ModelError::Runtime(_) => WitError::Model(e.to_string()),
-        }
-    }
-}
-
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
@@ -209,62 +464,97 @@ impl WasiView for CallState {
 
 type Answer<T> = wasmtime::Result<Result<T, WitError>>;
 
+fn bytes_of(texts: &[String]) -> impl Iterator<Item = &[u8]> {
+    texts.iter().map(String::as_bytes)
+}
+
+fn floats(vectors: &[Vec<f32>]) -> usize {
+    vectors.iter().map(|v| v.len().saturating_mul(4)).fold(0, usize::saturating_add)
+}
+
 impl quarry::retrieval::types::Host for CallState {}
 
 impl quarry::retrieval::encoders::Host for CallState {
     fn embed_texts(&mut self, model: String, texts: Vec<String>) -> Answer<Vec<Vec<f32>>> {
-        Ok((|| {
-            self.model(&model)?;
-            self.batch("embed-texts", &texts)?;
-            Ok(self.services.models.embed_texts(&model, &texts)?)
-        })())
+        self.guard("embed-texts", |s| {
+            s.model(&model)?;
+            s.batch("embed-texts", &texts)?;
+            s.inputs("embed-texts", bytes_of(&texts))?;
+            Ok(s.services.models.embed_texts(&model, &texts, &s.caller())?)
+        })
     }
 
     fn embed_images(&mut self, model: String, images: Vec<Vec<u8>>) -> Answer<Vec<Vec<f32>>> {
-        Ok((|| {
-            self.model(&model)?;
-            self.batch("embed-images", &images)?;
-            self.payload("embed-images", images.iter().map(Vec::len).sum())?;
-            Ok(self.services.models.embed_images(&model, &images)?)
-        })())
+        self.guard("embed-images", |s| {
+            s.model(&model)?;
+            s.batch("embed-images", &images)?;
+            s.inputs("embed-images", images.iter().map(Vec::as_slice))?;
+            Ok(s.services.models.embed_images(&model, &images, &s.caller())?)
+        })
     }
 
     fn text_tokens(&mut self, model: String, texts: Vec<String>) -> Answer<Vec<TokenSet>> {
-        Ok((|| {
-            self.model(&model)?;
-            self.batch("text-tokens", &texts)?;
-            let sets = self.services.models.text_tokens(&model, &texts)?;
-            Ok(sets.into_iter().map(|(dim, data)| TokenSet { dim: dim as u32, data }).collect())
-        })())
+        self.guard("text-tokens", |s| {
+            s.model(&model)?;
+            s.batch("text-tokens", &texts)?;
+            s.inputs("text-tokens", bytes_of(&texts))?;
+            let mut out = Vec::with_capacity(texts.len());
+            let mut bytes = 0usize;
+            for chunk in texts.chunks(TOKEN_CHUNK) {
+                for (dim, data) in s.services.models.text_tokens(&model, chunk, &s.caller())? {
+                    bytes += data.len() * 4;
+                    out.push(TokenSet { dim: dim as u32, data });
+                }
+                s.payload("text-tokens result", bytes)?;
+            }
+            Ok(out)
+        })
     }
 
     fn image_tokens(&mut self, model: String, images: Vec<Vec<u8>>) -> Answer<Vec<TokenSet>> {
-        Ok((|| {
-            self.model(&model)?;
-            self.batch("image-tokens", &images)?;
-            self.payload("image-tokens", images.iter().map(Vec::len).sum())?;
-            let sets = self.services.models.image_tokens(&model, &images)?;
-            Ok(sets.into_iter().map(|(dim, data)| TokenSet { dim: dim as u32, data }).collect())
-        })())
+        self.guard("image-tokens", |s| {
+            s.model(&model)?;
+            s.batch("image-tokens", &images)?;
+            s.inputs("image-tokens", images.iter().map(Vec::as_slice))?;
+            let mut out = Vec::with_capacity(images.len());
+            let mut bytes = 0usize;
+            for chunk in images.chunks(TOKEN_CHUNK) {
+                for (dim, data) in s.services.models.image_tokens(&model, chunk, &s.caller())? {
+                    bytes += data.len() * 4;
+                    out.push(TokenSet { dim: dim as u32, data });
+                }
+                s.payload("image-tokens result", bytes)?;
+            }
+            Ok(out)
+        })
     }
 
     fn embed_texts_with_slots(&mut self, model: String, texts: Vec<quarry::retrieval::encoders::SlottedText>) -> Answer<Vec<Vec<f32>>> {
-        Ok((|| {
-            self.model(&model)?;
-            self.batch("embed-texts-with-slots", &texts)?;
-            self.payload("embed-texts-with-slots", texts.iter().flat_map(|t| &t.slots).map(|v| v.len() * 4).sum())?;
+        self.guard("embed-texts-with-slots", |s| {
+            s.model(&model)?;
+            s.batch("embed-texts-with-slots", &texts)?;
+            s.inputs("embed-texts-with-slots", texts.iter().map(|t| t.template.as_bytes()))?;
+            let slots: Vec<&Vec<f32>> = texts.iter().flat_map(|t| &t.slots).collect();
+            s.batch("embed-texts-with-slots slots", &slots)?;
+            s.payload("embed-texts-with-slots", slots.iter().map(|v| v.len().saturating_mul(4)).fold(0, usize::saturating_add))?;
+            if slots.iter().any(|v| v.iter().any(|x| !x.is_finite())) {
+                return Err(invalid("embed-texts-with-slots: a slot vector holds NaN or infinity".into()));
+            }
             let texts: Vec<(String, Vec<Vec<f32>>)> = texts.into_iter().map(|t| (t.template, t.slots)).collect();
-            Ok(self.services.models.embed_texts_with_slots(&model, &texts)?)
-        })())
+            Ok(s.services.models.embed_texts_with_slots(&model, &texts, &s.caller())?)
+        })
     }
 
     fn project(&mut self, model: String, vectors: Vec<Vec<f32>>) -> Answer<Vec<Vec<f32>>> {
-        Ok((|| {
-            self.model(&model)?;
-            self.batch("project", &vectors)?;
-            self.payload("project", vectors.iter().map(|v| v.len() * 4).sum())?;
-            Ok(self.services.models.project(&model, &vectors)?)
-        })())
+        self.guard("project", |s| {
+            s.model(&model)?;
+            s.batch("project", &vectors)?;
+            s.payload("project", floats(&vectors))?;
+            if vectors.iter().any(|v| v.is_empty() || v.iter().any(|x| !x.is_finite())) {
+                return Err(invalid("project: vectors must be non-empty and finite".into()));
+            }
+            Ok(s.services.models.project(&model, &vectors, &s.caller())?)
+        })
     }
 }
 
@@ -272,31 +562,34 @@ impl quarry::retrieval::decoders::Host for CallState {}
 
 impl quarry::retrieval::decoders::HostGeneration for CallState {
     fn start(&mut self, model: String, prompt: String) -> Answer<Resource<GenerationSession>> {
-        let generation = (|| {
-            self.model(&model)?;
-            if self.generations >= MAX_GENERATIONS {
-                return Err(WitError::InvalidInput(format!("a call may hold {MAX_GENERATIONS} generation sessions at once; drop finished ones")));
+        self.guard("generation.start", |s| {
+            s.model(&model)?;
+            if s.generations >= MAX_GENERATIONS {
+                return Err(invalid(format!("a call may hold {MAX_GENERATIONS} generation sessions at once; drop finished ones")));
             }
-            Ok(self.services.models.start_generation(&model, &prompt)?)
-        })();
-        Ok(match generation {
-            Ok(generation) => {
-                self.generations += 1;
-                Ok(self.table.push(generation)?)
-            }
-            Err(e) => Err(e),
+            s.inputs("generation.start", std::iter::once(prompt.as_bytes()))?;
+            let mut generation = s.services.models.start_generation(&model, &prompt, &s.caller())?;
+            generation.set_budget(DecoderBudget { max_tokens: s.limits.max_decoder_tokens, max_logit_bytes: s.limits.max_payload_bytes });
+            let resource = s.table.push(generation).map_err(|e| invalid(format!("generation.start: {e}")))?;
+            s.generations += 1;
+            Ok(resource)
         })
     }
 
     fn next_logprobs(&mut self, session: Resource<GenerationSession>, prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<f32>>> {
-        if let Err(e) = self.batch("next-logprobs", &prefixes) {
-            return Ok(Err(e));
-        }
-        Ok(self.table.get_mut(&session)?.next_logprobs(&prefixes).map_err(WitError::from))
+        self.guard("generation.next-logprobs", |s| {
+            s.batch("next-logprobs", &prefixes)?;
+            let generation = s.table.get_mut(&session).map_err(|e| invalid(format!("next-logprobs: {e}")))?;
+            Ok(generation.next_logprobs(&prefixes)?)
+        })
     }
 
     fn reorder(&mut self, session: Resource<GenerationSession>, beams: Vec<u32>) -> Answer<()> {
-        Ok(self.table.get_mut(&session)?.reorder(&beams).map_err(WitError::from))
+        self.guard("generation.reorder", |s| {
+            s.batch("reorder", &beams)?;
+            let generation = s.table.get_mut(&session).map_err(|e| invalid(format!("reorder: {e}")))?;
+            Ok(generation.reorder(&beams)?)
+        })
     }
 
     fn drop(&mut self, session: Resource<GenerationSession>) -> wasmtime::Result<()> {
@@ -308,21 +601,30 @@ impl quarry::retrieval::decoders::HostGeneration for CallState {
 
 impl quarry::retrieval::rankers::Host for CallState {
     fn late_interaction(&mut self, collection: String, field: String, query: TokenSet, candidates: Vec<String>) -> Answer<Vec<Hit>> {
-        Ok((|| {
-            let key = self.collection(&collection)?;
-            self.batch("late-interaction candidates", &candidates)?;
-            self.payload("late-interaction query", query.data.len() * 4)?;
-            let hits = self
+        self.guard("late-interaction", |s| {
+            let key = s.collection(&collection)?;
+            s.batch("late-interaction candidates", &candidates)?;
+            s.payload("late-interaction query", query.data.len().saturating_mul(4))?;
+            s.tokens("late-interaction query", &query)?;
+            let hits = s
                 .services
                 .indexes
-                .late_interaction(&key, &field, query.dim as usize, &query.data, &candidates)
-                .map_err(|e| WitError::InvalidInput(format!("late-interaction on `{collection}.{field}`: {e:#}")))?;
+                .late_interaction(&key, &field, query.dim as usize, &query.data, &candidates, MaxSimBudget { max_work: s.limits.max_maxsim_work, deadline: s.deadline })
+                .map_err(|e| match e {
+                    MaxSimError::Invalid(m) => MaxSimError::Invalid(format!("late-interaction on `{collection}.{}`: {m}", printable(&field, 128))),
+                    e => e,
+                })?;
             Ok(hits.into_iter().map(|s| Hit { id: s.id, score: s.score }).collect())
-        })())
+        })
     }
 
     fn cross_score(&mut self, model: String, query: String, texts: Vec<String>) -> Answer<Vec<f32>> {
-        Ok(self.model(&model).and_then(|()| Ok(self.services.models.cross_score(&model, &query, &texts)?)))
+        self.guard("cross-score", |s| {
+            s.model(&model)?;
+            s.batch("cross-score", &texts)?;
+            s.inputs("cross-score", std::iter::once(query.as_bytes()).chain(bytes_of(&texts)))?;
+            Ok(s.services.models.cross_score(&model, &query, &texts, &s.caller())?)
+        })
     }
 }
 
@@ -346,125 +648,155 @@ fn to_wit(value: store::FieldValue) -> WitFieldValue {
 
 fn payload_bytes(value: &WitFieldValue) -> usize {
     match value {
-        WitFieldValue::Vector(v) => v.len() * 4,
-        WitFieldValue::Tokens(t) => t.data.len() * 4,
-        WitFieldValue::Codes(c) => c.len() * 4,
+        WitFieldValue::Vector(v) => v.len().saturating_mul(4),
+        WitFieldValue::Tokens(t) => t.data.len().saturating_mul(4),
+        WitFieldValue::Codes(c) => c.len().saturating_mul(4),
         WitFieldValue::Blob(b) => b.len(),
     }
 }
 
 impl quarry::retrieval::collections::Host for CallState {
     fn put_field(&mut self, collection: String, id: String, field: String, value: WitFieldValue) -> Answer<()> {
-        Ok((|| {
-            let key = self.collection(&collection)?;
-            self.payload("put-field", payload_bytes(&value))?;
-            if let WitFieldValue::Tokens(t) = &value
-                && (t.dim == 0 || t.data.len() % t.dim as usize != 0)
-            {
-                return Err(WitError::InvalidInput(format!(
-                    "put-field `{field}` of `{id}`: a token set of dimension {} cannot hold {} floats",
-                    t.dim,
-                    t.data.len()
-                )));
+        self.guard("put-field", |s| {
+            let key = s.collection(&collection)?;
+            store::validate_name("field", &field).map_err(|e| invalid(format!("put-field: {e}")))?;
+            s.item_exists(&key, &collection, &id)?;
+            let size = payload_bytes(&value);
+            s.payload("put-field", size)?;
+            let what = || format!("put-field `{field}` of `{}`", printable(&id, 64));
+            match &value {
+                WitFieldValue::Vector(v) if v.is_empty() => return Err(invalid(format!("{}: the vector is empty", what()))),
+                WitFieldValue::Vector(v) if v.iter().any(|x| !x.is_finite()) => {
+                    return Err(invalid(format!("{}: the values include NaN or infinity", what())));
+                }
+                WitFieldValue::Tokens(t) => s.tokens(&what(), t)?,
+                WitFieldValue::Codes(c) => s.codes(&what(), c)?,
+                _ => {}
             }
-            store::validate_name("field", &field).map_err(|e| WitError::InvalidInput(e.to_string()))?;
-            let floats = match &value {
-                WitFieldValue::Vector(v) => v.as_slice(),
-                WitFieldValue::Tokens(t) => t.data.as_slice(),
-                _ => &[],
-            };
-            if matches!(&value, WitFieldValue::Vector(v) if v.is_empty()) {
-                return Err(WitError::InvalidInput(format!("put-field `{field}` of `{id}`: the vector is empty")));
-            }
-            if floats.iter().any(|x| !x.is_finite()) {
-                return Err(WitError::InvalidInput(format!("put-field `{field}` of `{id}`: the values include NaN or infinity")));
-            }
-            if id.is_empty() {
-                return Err(WitError::InvalidInput("put-field: item id is empty".into()));
-            }
-            self.writes.fields.push((key, id, field, to_store(value)));
+            s.written("put-field", size + id.len() + field.len())?;
+            s.writes.fields.push((key, id, field, to_store(value)));
             Ok(())
-        })())
+        })
     }
 
     fn get_field(&mut self, collection: String, id: String, field: String) -> Answer<Option<WitFieldValue>> {
-        Ok((|| {
-            let key = self.collection(&collection)?;
-            if let Some(pending) = self.writes.pending_field(&key, &id, &field) {
+        self.guard("get-field", |s| {
+            let key = s.collection(&collection)?;
+            if let Some(pending) = s.writes.pending_field(&key, &id, &field) {
                 return Ok(Some(to_wit(pending.clone())));
             }
-            let value = self.services.store.field(&key, &id, &field).map_err(internal)?;
+            let value = s.services.store.field(&key, &id, &field).map_err(internal)?;
             Ok(value.map(to_wit))
-        })())
+        })
     }
 
     fn nearest(&mut self, collection: String, field: String, query: Vec<f32>, k: u32, filter: Option<String>) -> Answer<Vec<Hit>> {
-        Ok((|| {
-            let key = self.collection(&collection)?;
-            let k = (k as usize).min(self.limits.max_hits);
-            let filter = filter
-                .map(|f| Filter::parse(&f))
-                .transpose()
-                .map_err(|e| WitError::InvalidInput(format!("nearest on `{collection}.{field}`: {e:#}")))?;
-            let hits = self
-                .services
-                .indexes
-                .nearest(&key, &field, &query, k, filter.as_ref())
-                .map_err(|e| WitError::InvalidInput(format!("nearest on `{collection}.{field}`: {e:#}")))?;
+        self.guard("nearest", |s| {
+            let key = s.collection(&collection)?;
+            let k = (k as usize).min(s.limits.max_hits);
+            let on = || format!("nearest on `{collection}.{}`", printable(&field, 128));
+            s.payload("nearest query", query.len().saturating_mul(4))?;
+            if query.is_empty() || query.iter().any(|x| !x.is_finite()) {
+                return Err(invalid(format!("{}: the query vector must be non-empty and finite", on())));
+            }
+            if let Some(f) = &filter {
+                s.payload("nearest filter", f.len())?;
+            }
+            let filter = filter.map(|f| Filter::parse(&f)).transpose().map_err(|e| invalid(format!("{}: {e:#}", on())))?;
+            let hits = s.services.indexes.nearest(&key, &field, &query, k, filter.as_ref()).map_err(|e| invalid(format!("{}: {e:#}", on())))?;
+            s.deadline.check("a nearest-neighbour search")?;
             Ok(hits.into_iter().map(|s| Hit { id: s.id, score: s.score }).collect())
-        })())
+        })
     }
 
     fn next_codes(&mut self, collection: String, field: String, prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<u32>>> {
-        Ok((|| {
-            let key = self.collection(&collection)?;
-            self.batch("next-codes", &prefixes)?;
-            self.services.indexes.next_codes(&key, &field, &prefixes).map_err(internal)
-        })())
+        self.guard("next-codes", |s| {
+            let key = s.collection(&collection)?;
+            s.batch("next-codes", &prefixes)?;
+            for prefix in &prefixes {
+                s.codes("next-codes prefix", prefix)?;
+            }
+            s.services.indexes.next_codes(&key, &field, &prefixes).map_err(|e| Fail::Wit(internal(e)))
+        })
     }
 
     fn items_with_codes(&mut self, collection: String, field: String, codes: Vec<u32>) -> Answer<Vec<String>> {
-        Ok((|| {
-            let key = self.collection(&collection)?;
-            self.services.indexes.items_with_codes(&key, &field, &codes).map_err(internal)
-        })())
+        self.guard("items-with-codes", |s| {
+            let key = s.collection(&collection)?;
+            s.codes("items-with-codes", &codes)?;
+            let ids = s.services.indexes.items_with_codes(&key, &field, &codes).map_err(|e| Fail::Wit(internal(e)))?;
+            if ids.len() > s.limits.max_hits {
+                return Err(invalid(format!(
+                    "items-with-codes: {} items share these codes, over the limit of {}; use longer codes or raise `limits.max_hits`",
+                    ids.len(),
+                    s.limits.max_hits
+                )));
+            }
+            Ok(ids)
+        })
     }
 
     fn put_blob(&mut self, collection: String, name: String, data: Vec<u8>) -> Answer<()> {
-        Ok((|| {
-            let key = self.collection(&collection)?;
-            self.payload("put-blob", data.len())?;
-            store::validate_name("blob", &name).map_err(|e| WitError::InvalidInput(e.to_string()))?;
-            self.writes.blobs.push((key, name, data));
+        self.guard("put-blob", |s| {
+            let key = s.collection(&collection)?;
+            s.payload("put-blob", data.len())?;
+            store::validate_name("blob", &name).map_err(|e| invalid(format!("put-blob: {e}")))?;
+            s.written("put-blob", data.len() + name.len())?;
+            s.writes.blobs.push((key, name, data));
             Ok(())
-        })())
+        })
     }
 
     fn get_blob(&mut self, collection: String, name: String) -> Answer<Option<Vec<u8>>> {
-        Ok((|| {
-            let key = self.collection(&collection)?;
-            if let Some(pending) = self.writes.pending_blob(&key, &name) {
+        self.guard("get-blob", |s| {
+            let key = s.collection(&collection)?;
+            if let Some(pending) = s.writes.pending_blob(&key, &name) {
                 return Ok(Some(pending.to_vec()));
             }
-            self.services.store.blob(&key, &name).map_err(internal)
-        })())
+            s.services.store.blob(&key, &name).map_err(|e| Fail::Wit(internal(e)))
+        })
     }
 }
 
 impl quarry::retrieval::log::Host for CallState {
     fn log(&mut self, level: quarry::retrieval::log::Level, message: String) -> wasmtime::Result<()> {
-        if level as u8 >= self.services.log_level as u8 {
-            let message: String = message.chars().take(2000).collect();
-            eprintln!("[{} {level:?}] {message}", self.strategy);
+        if (level as u8) < (self.services.log_level as u8) {
+            return Ok(());
         }
+        let spent = &mut self.spent;
+        // Checked before any work on the message: a plugin logging in a loop costs the host nothing.
+        if spent.log_lines >= self.limits.max_log_lines || spent.log_bytes.saturating_add(message.len().min(2000)) > self.limits.max_log_bytes {
+            if !std::mem::replace(&mut spent.log_dropped, true) {
+                eprintln!(
+                    "[{} {}] further log lines of this call dropped: over `limits.max_log_lines` ({}) or `limits.max_log_bytes` ({})",
+                    self.grants.tenant, self.strategy, self.limits.max_log_lines, self.limits.max_log_bytes
+                );
+            }
+            return Ok(());
+        }
+        let line = printable(&message, 2000);
+        spent.log_lines += 1;
+        spent.log_bytes += line.len();
+        eprintln!("[{} {} {level:?}] {line}", self.grants.tenant, self.strategy);
         Ok(())
     }
 
     fn counter(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
-        if value.is_finite() {
-            let key = format!("{}/{}", self.strategy, name.chars().take(200).collect::<String>());
-            *self.services.counters.lock().unwrap().entry(key).or_default() += value;
+        if !value.is_finite() {
+            return Ok(());
         }
+        let name = printable(&name, 200);
+        if name.starts_with(HOST_COUNTER_PREFIX) {
+            return Ok(());
+        }
+        if !self.counters.contains_key(&name) {
+            let counters = self.services.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            let (known, stored) = counters.knows(&self.grants.tenant, &self.strategy, &name);
+            if !known && stored + self.counters.len() >= self.limits.max_counters {
+                return Ok(());
+            }
+        }
+        *self.counters.entry(name).or_default() += value;
         Ok(())
     }
 }

@@ -2,23 +2,30 @@
 //! pre-linked components instantiated from a pooling allocator, and calls run under limits.
 //!
 //! Each call gets a fresh instance (about 10 µs from the pool), so a trap or a leak in one call
-//! cannot affect the next, and no state crosses tenants.
+//! cannot affect the next, and no state crosses tenants. A call is admitted within its tenant's
+//! share of the pool, computes in a fair share of the host's compute slots (yielding every epoch
+//! tick to tenants holding fewer), and ends at its deadline whatever it is doing.
 
 pub mod host_api;
 pub mod limits;
 pub mod registry;
+pub mod wasi;
 
+use crate::capacity::{Deadline, Expired, FairShare, Permit, Refused, Slot};
+use crate::printable::printable;
 use anyhow::{Context as _, Result, bail};
-use host_api::{CallGrants, CallState, Descriptor, HostServices, Plugin, PluginPre, WitError};
+use host_api::{CallGrants, CallState, HostFault, HostServices, Plugin, PluginPre, WitError};
 use limits::Limits;
+use registry::PluginDescriptor;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 /// The contract this host implements. Plugins built against any 0.1.x load.
 pub const CONTRACT_PACKAGE: &str = "quarry:retrieval";
@@ -28,8 +35,16 @@ const STRATEGY_EXPORT: &str = "quarry:retrieval/strategy@";
 /// Bytes of each pooled linear memory kept resident between instances.
 const KEEP_RESIDENT: usize = 512 << 10;
 
-/// How often the epoch advances; call deadlines are measured in these ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// How often the epoch advances. Running guest code checks its deadline and yields its compute
+/// slot (when another tenant waits) once per tick.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Most bytes a plugin's `describe` may return in all (names, description, schema).
+const MAX_DESCRIPTOR_BYTES: usize = 256 << 10;
+/// Most models or fields a descriptor may declare.
+const MAX_DECLARED: usize = 64;
+/// Longest description kept, in characters.
+const MAX_DESCRIPTION_CHARS: usize = 4096;
 
 /// Why a plugin call failed. Every variant leaves the host running.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +61,18 @@ pub enum CallError {
     Trapped { strategy: String, trap: String, detail: String },
     #[error("strategy {strategy} failed: {error}")]
     Strategy { strategy: String, error: WitErrorDisplay },
+    #[error("strategy {strategy} returned an invalid result: {message}")]
+    InvalidResult { strategy: String, message: String },
+    #[error("no capacity for the call: {0}")]
+    Capacity(String),
+    #[error("the host failed inside `{import}` while serving strategy {strategy}: {message}; this is a bug in Quarry (please report it); the host keeps serving")]
+    HostFault { strategy: String, import: &'static str, message: String },
     #[error("{0:#}")]
     Host(anyhow::Error),
 }
 
-/// A contract error with a readable `Display`.
+/// A contract error with a readable `Display`. The message is the plugin's own (or the host's,
+/// relayed): it is printed with control characters escaped and cut to a readable length.
 #[derive(Debug, Clone)]
 pub struct WitErrorDisplay(pub WitError);
 
@@ -64,7 +86,13 @@ impl std::fmt::Display for WitErrorDisplay {
             WitError::Model(m) => ("model error", m),
             WitError::Internal(m) => ("internal error", m),
         };
-        write!(f, "{kind}: {message}")
+        write!(f, "{kind}: {}", printable(message, 2000))
+    }
+}
+
+impl From<Refused> for CallError {
+    fn from(e: Refused) -> Self {
+        CallError::Capacity(e.to_string())
     }
 }
 
@@ -76,7 +104,8 @@ impl From<anyhow::Error> for CallError {
 
 /// A validated, compiled, pre-linked strategy.
 pub struct LoadedPlugin {
-    pub descriptor: Descriptor,
+    /// What `describe` returned when the plugin was added; never asked again.
+    pub descriptor: PluginDescriptor,
     /// `name@version`.
     pub reference: String,
     /// The contract version the plugin was built against (from its export name).
@@ -105,10 +134,21 @@ impl Drop for SpareBudget {
     }
 }
 
-/// A finished call's store, and the plugin to make a spare for.
+/// A finished call's store, the plugin to make a spare for, and the call's admission, given
+/// back once the store (and so its pool slot) is gone.
 struct Retired {
     store: Store<CallState>,
     refill: Option<Arc<LoadedPlugin>>,
+    _admission: Option<Permit>,
+}
+
+/// What a successful call leaves for the host to keep: its writes (not yet committed), its
+/// counters, and its deadline, which the commit must still meet.
+#[derive(Debug, Default)]
+pub struct CallOutput {
+    pub writes: crate::store::WriteBatch,
+    pub counters: HashMap<String, f64>,
+    pub deadline: Deadline,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -128,6 +168,10 @@ pub struct PluginRuntime {
     linker: Linker<CallState>,
     cache_dir: PathBuf,
     limits: Limits,
+    /// Concurrent calls, within the pool's room for calls, capped per tenant.
+    calls: Arc<FairShare>,
+    /// Compute slots, shared with model runs.
+    compute: Arc<FairShare>,
     compilations: AtomicU64,
     cache_hits: AtomicU64,
     reaper: Option<std::sync::mpsc::SyncSender<Retired>>,
@@ -146,7 +190,9 @@ impl Drop for PluginRuntime {
 }
 
 impl PluginRuntime {
-    pub fn new(cache_dir: PathBuf, limits: Limits) -> Result<Self> {
+    /// A runtime whose calls compute in `compute`'s slots (shared with the model runtime).
+    pub fn new(cache_dir: PathBuf, limits: Limits, compute: Arc<FairShare>) -> Result<Self> {
+        limits.validate()?;
         let mut config = Config::new();
         config.epoch_interruption(true);
         // Component-model async is not used; leaving it on doubles call and instantiation cost.
@@ -165,7 +211,7 @@ impl PluginRuntime {
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot start the WebAssembly engine")?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasi::add_to_linker(&mut linker)?;
         Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)?;
 
         let weak = engine.weak();
@@ -184,10 +230,12 @@ impl PluginRuntime {
         let spares = Arc::new(AtomicUsize::new(0));
         // Spares hold pool slots; leave most of the pool to calls.
         let max_spares = (limits.max_instances as usize / 4).max(1);
+        let calls = FairShare::new("concurrent calls", limits.max_instances as usize - max_spares, Some(limits.calls_per_tenant()));
         let reaper_thread = std::thread::Builder::new().name("quarry-reaper".into()).spawn(move || {
-            for Retired { store, refill } in finished {
+            for Retired { store, refill, _admission } in finished {
                 let services = store.data().services().clone();
                 drop(store);
+                drop(_admission);
                 let Some(plugin) = refill else { continue };
                 let mut slot = plugin.spare.lock().unwrap();
                 if slot.is_some() || spares.fetch_add(1, Ordering::Relaxed) >= max_spares {
@@ -210,6 +258,8 @@ impl PluginRuntime {
             linker,
             cache_dir,
             limits,
+            calls,
+            compute,
             compilations: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             reaper: Some(reaper),
@@ -226,34 +276,48 @@ impl PluginRuntime {
         (self.compilations.load(Ordering::Relaxed), self.cache_hits.load(Ordering::Relaxed))
     }
 
-    /// Validate, compile (or fetch from cache), pre-link and describe a component.
-    pub fn load(&self, bytes: &[u8], services: &Arc<HostServices>) -> Result<LoadedPlugin> {
+    /// Validate, compile (or fetch from cache) and pre-link a component new to the host, and run
+    /// its `describe` once, under the call limits, billed to `tenant`. The descriptor becomes part
+    /// of the plugin's identity: it is stored and never asked for again.
+    pub fn load_new(&self, bytes: &[u8], services: &Arc<HostServices>, tenant: &str) -> Result<LoadedPlugin> {
+        let mut plugin = self.prepare(bytes)?;
+        let grants = Arc::new(CallGrants { tenant: tenant.to_string(), ..Default::default() });
+        let (raw, _) = self
+            .run(&plugin, None, services, grants, self.limits.deadline_ms, |store, p| p.quarry_retrieval_strategy().call_describe(store).map(Ok))
+            .map_err(|e| anyhow::anyhow!("the plugin's `describe` failed: {e}"))?;
+        let descriptor = check_descriptor(raw)?;
+        plugin.reference = descriptor.reference();
+        plugin.descriptor = descriptor;
+        Ok(plugin)
+    }
+
+    /// Compile (or fetch from cache) and pre-link a stored plugin with the descriptor recorded
+    /// when it was added. Runs no plugin code.
+    pub fn load_stored(&self, bytes: &[u8], descriptor: PluginDescriptor) -> Result<LoadedPlugin> {
+        let mut plugin = self.prepare(bytes)?;
+        plugin.reference = descriptor.reference();
+        plugin.descriptor = descriptor;
+        Ok(plugin)
+    }
+
+    fn prepare(&self, bytes: &[u8]) -> Result<LoadedPlugin> {
         check_wasm_kind(bytes)?;
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = content_hash(bytes);
         let component = self.compile_cached(bytes, &sha256)?;
         let contract = self.check_contract(&component)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(anyhow::Error::from).context(
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}")).context(
             "the plugin needs imports this host does not provide; build it with quarry-sdk against quarry:retrieval@0.1",
         )?;
         let pre = PluginPre::new(pre)?;
-        let sdk = sdk_stamp(bytes);
-        let mut plugin = LoadedPlugin {
-            descriptor: placeholder_descriptor(),
+        Ok(LoadedPlugin {
+            descriptor: PluginDescriptor::default(),
             reference: "(loading)".into(),
             contract,
             sha256,
-            sdk,
+            sdk: sdk_stamp(bytes),
             pre,
             spare: Default::default(),
-        };
-        let descriptor = self
-            .run(&plugin, None, services, Arc::new(CallGrants::default()), |store, p| p.quarry_retrieval_strategy().call_describe(store).map(Ok))
-            .map_err(|e| anyhow::anyhow!("the plugin's `describe` failed: {e}"))?
-            .0;
-        check_descriptor(&descriptor)?;
-        plugin.reference = format!("{}@{}", descriptor.name, descriptor.version);
-        plugin.descriptor = descriptor;
-        Ok(plugin)
+        })
     }
 
     fn compile_cached(&self, bytes: &[u8], sha256: &str) -> Result<Component> {
@@ -319,21 +383,17 @@ impl PluginRuntime {
         fresh_store(&self.engine, &self.limits, &plugin.reference, services, grants)
     }
 
-    /// Reset the call deadline; a fresh store's epoch deadline must be set before it runs code.
-    fn arm_deadline(&self, store: &mut Store<CallState>) {
-        arm_deadline(store, &self.limits);
-    }
-
-    /// Run `f` on a fresh instance of `plugin` under this runtime's limits. On success, returns
-    /// the result and the writes the call made (not yet committed).
+    /// Run `f` on a fresh instance of `plugin` under this runtime's limits, with a deadline of
+    /// `deadline_ms`. On success, returns the result and what the call leaves to keep.
     pub fn call<R>(
         &self,
         plugin: &Arc<LoadedPlugin>,
         services: &Arc<HostServices>,
         grants: Arc<CallGrants>,
+        deadline_ms: u64,
         f: impl FnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<Result<R, WitError>>,
-    ) -> Result<(R, crate::store::WriteBatch), CallError> {
-        self.run(plugin, Some(plugin), services, grants, f)
+    ) -> Result<(R, CallOutput), CallError> {
+        self.run(plugin, Some(plugin), services, grants, deadline_ms, f)
     }
 
     fn run<R>(
@@ -342,24 +402,32 @@ impl PluginRuntime {
         refill: Option<&Arc<LoadedPlugin>>,
         services: &Arc<HostServices>,
         grants: Arc<CallGrants>,
+        deadline_ms: u64,
         f: impl FnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<Result<R, WitError>>,
-    ) -> Result<(R, crate::store::WriteBatch), CallError> {
-        let spare = plugin.spare.lock().unwrap().take();
+    ) -> Result<(R, CallOutput), CallError> {
+        let deadline = Deadline::after(Duration::from_millis(deadline_ms));
+        let tenant: Arc<str> = Arc::from(grants.tenant.as_str());
+        let admission = self.calls.acquire(&tenant, deadline).map_err(|e| self.refused(e, plugin, deadline_ms))?;
+        let compute = self.compute.acquire(&tenant, deadline).map_err(|e| self.refused(e, plugin, deadline_ms))?;
+        let slot = Slot::new(compute);
+        let spare = plugin.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         let (mut store, instance) = match spare {
-            Some(Spare { mut store, instance, .. }) => {
-                store.data_mut().grant(grants);
-                self.arm_deadline(&mut store);
-                (store, Ok(instance))
-            }
+            Some(Spare { store, instance, .. }) => (store, Ok(instance)),
             None => {
-                let mut store = self.new_store(plugin, services, grants);
+                let mut store = self.new_store(plugin, services, grants.clone());
                 let instance = plugin.pre.instantiate(&mut store);
                 (store, instance)
             }
         };
-        let outcome = instance.and_then(|instance| f(&mut store, &instance));
-        let result = self.finish(outcome, &mut store, &plugin.reference);
-        let retired = Retired { store, refill: refill.cloned() };
+        store.data_mut().begin_call(grants, deadline, Some(slot.clone()));
+        arm(&mut store);
+        let outcome = match instance {
+            Ok(instance) => Ok(f(&mut store, &instance)),
+            Err(e) => Err(CallError::Host(anyhow::anyhow!("cannot start an instance of {}: {e:#}", plugin.reference))),
+        };
+        slot.release();
+        let result = outcome.and_then(|outcome| self.finish(outcome, &mut store, &plugin.reference, deadline_ms));
+        let retired = Retired { store, refill: refill.cloned(), _admission: Some(admission) };
         // Inline when the reaper is behind, so retired instances never pile up.
         if let Some(Err(std::sync::mpsc::TrySendError::Full(r) | std::sync::mpsc::TrySendError::Disconnected(r))) =
             self.reaper.as_ref().map(|reaper| reaper.try_send(retired))
@@ -369,37 +437,59 @@ impl PluginRuntime {
         result
     }
 
+    /// A call that could not start: its tenant is at its limit, or the deadline passed while it
+    /// waited for room (that is a timeout like any other).
+    fn refused(&self, e: Refused, plugin: &LoadedPlugin, deadline_ms: u64) -> CallError {
+        match e {
+            Refused::Expired(_) => CallError::Timeout { strategy: plugin.reference.clone(), deadline_ms },
+            e => e.into(),
+        }
+    }
+
     fn finish<R>(
         &self,
         outcome: wasmtime::Result<Result<R, WitError>>,
         store: &mut Store<CallState>,
         strategy: &str,
-    ) -> Result<(R, crate::store::WriteBatch), CallError> {
+        deadline_ms: u64,
+    ) -> Result<(R, CallOutput), CallError> {
         match outcome {
-            Ok(Ok(value)) => Ok((value, std::mem::take(&mut store.data_mut().writes))),
+            Ok(Ok(value)) => {
+                let state = store.data_mut();
+                let output = CallOutput { writes: std::mem::take(&mut state.writes), counters: std::mem::take(&mut state.counters), deadline: state.deadline() };
+                Ok((value, output))
+            }
             Ok(Err(error)) => Err(CallError::Strategy { strategy: strategy.to_string(), error: WitErrorDisplay(error) }),
-            Err(e) => Err(self.classify(e, store.data(), strategy)),
+            Err(e) => Err(self.classify(e, store.data(), strategy, deadline_ms)),
         }
     }
 
     /// Instantiate `plugin` for many calls in a row (read-only: writes are discarded). A trap
     /// poisons the instance; take a new one after an error.
     pub fn instantiate<'a>(&'a self, plugin: &Arc<LoadedPlugin>, services: &Arc<HostServices>, grants: Arc<CallGrants>) -> Result<LiveInstance<'a>, CallError> {
+        let tenant: Arc<str> = Arc::from(grants.tenant.as_str());
+        let admission = self.calls.acquire(&tenant, Deadline::NONE)?;
         let mut store = self.new_store(plugin, services, grants);
         match plugin.pre.instantiate(&mut store) {
-            Ok(instance) => Ok(LiveInstance { runtime: self, plugin: plugin.clone(), store, instance }),
-            Err(e) => Err(self.classify(e, store.data(), &plugin.reference)),
+            Ok(instance) => Ok(LiveInstance { runtime: self, plugin: plugin.clone(), store, instance, tenant, _admission: admission }),
+            Err(e) => Err(CallError::Host(anyhow::anyhow!("cannot start an instance of {}: {e:#}", plugin.reference))),
         }
     }
 
-    fn classify(&self, error: wasmtime::Error, state: &CallState, strategy: &str) -> CallError {
+    fn classify(&self, error: wasmtime::Error, state: &CallState, strategy: &str, deadline_ms: u64) -> CallError {
         let strategy = strategy.to_string();
         if state.limiter.memory_cap_hit {
             return CallError::MemoryLimit { strategy, limit_bytes: self.limits.memory_bytes };
         }
-        let stderr = String::from_utf8_lossy(&state.stderr.contents()).trim().to_string();
+        if error.downcast_ref::<Expired>().is_some() {
+            return CallError::Timeout { strategy, deadline_ms };
+        }
+        if let Some(fault) = error.downcast_ref::<HostFault>() {
+            return CallError::HostFault { strategy, import: fault.import, message: printable(&fault.message, 2000) };
+        }
+        let stderr = printable(String::from_utf8_lossy(&state.stderr.contents()).trim(), 4000);
         match error.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => CallError::Timeout { strategy, deadline_ms: self.limits.deadline_ms },
+            Some(Trap::Interrupt) => CallError::Timeout { strategy, deadline_ms },
             Some(Trap::UnreachableCodeReached) if stderr.contains("panicked") => {
                 let message = stderr.lines().skip_while(|l| !l.contains("panicked")).nth(1).unwrap_or(&stderr).to_string();
                 CallError::Panicked { strategy, message }
@@ -423,13 +513,23 @@ pub struct LiveInstance<'a> {
     plugin: Arc<LoadedPlugin>,
     store: Store<CallState>,
     instance: Plugin,
+    tenant: Arc<str>,
+    _admission: Permit,
 }
 
 impl LiveInstance<'_> {
     pub fn search(&mut self, ctx: &host_api::CallContext, query: &host_api::Query) -> Result<Vec<host_api::Hit>, CallError> {
-        self.runtime.arm_deadline(&mut self.store);
+        let runtime = self.runtime;
+        let deadline_ms = runtime.limits.deadline_ms;
+        let deadline = Deadline::after(Duration::from_millis(deadline_ms));
+        let compute = runtime.compute.acquire(&self.tenant, deadline).map_err(|e| runtime.refused(e, &self.plugin, deadline_ms))?;
+        let slot = Slot::new(compute);
+        let grants = self.store.data().grants().clone();
+        self.store.data_mut().begin_call(grants, deadline, Some(slot.clone()));
+        arm(&mut self.store);
         let outcome = self.instance.quarry_retrieval_strategy().call_search(&mut self.store, ctx, query);
-        let result = self.runtime.finish(outcome, &mut self.store, &self.plugin.reference).map(|(hits, _)| hits);
+        slot.release();
+        let result = runtime.finish(outcome, &mut self.store, &self.plugin.reference, deadline_ms).map(|(hits, _)| hits);
         self.store.data_mut().writes = Default::default();
         result
     }
@@ -438,13 +538,25 @@ impl LiveInstance<'_> {
 fn fresh_store(engine: &Engine, limits: &Limits, strategy: &str, services: &Arc<HostServices>, grants: Arc<CallGrants>) -> Store<CallState> {
     let mut store = Store::new(engine, CallState::new(services.clone(), grants, limits, strategy));
     store.limiter(|s| &mut s.limiter);
-    store.epoch_deadline_trap();
-    arm_deadline(&mut store, limits);
+    // Every tick: stop at the deadline, and let a tenant holding fewer compute slots go first.
+    store.epoch_deadline_callback(|mut ctx| {
+        let state = ctx.data_mut();
+        let deadline = state.deadline();
+        if deadline.expired() {
+            return Err(Trap::Interrupt.into());
+        }
+        if let Some(slot) = state.slot() {
+            slot.yield_if_contended(deadline).map_err(wasmtime::Error::new)?;
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+    arm(&mut store);
     store
 }
 
-fn arm_deadline(store: &mut Store<CallState>, limits: &Limits) {
-    store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1);
+/// A store's epoch deadline must be set before it runs code; the callback re-arms it each tick.
+fn arm(store: &mut Store<CallState>) {
+    store.set_epoch_deadline(1);
 }
 
 fn compatible(version: &str) -> bool {
@@ -477,27 +589,54 @@ fn sdk_stamp(bytes: &[u8]) -> Option<String> {
     })
 }
 
-fn check_descriptor(d: &Descriptor) -> Result<()> {
+/// Check what `describe` returned and keep it as the plugin's descriptor: names the host uses
+/// as keys, strict semver, bounded sizes, and a config schema that is a JSON Schema object.
+fn check_descriptor(d: host_api::Descriptor) -> Result<PluginDescriptor> {
+    let size = d.name.len()
+        + d.version.len()
+        + d.description.len()
+        + d.config_schema.len()
+        + d.models.iter().map(String::len).sum::<usize>()
+        + d.fields.iter().map(|f| f.name.len()).sum::<usize>();
+    if size > MAX_DESCRIPTOR_BYTES {
+        bail!("the plugin's `describe` returned {size} bytes, over the limit of {MAX_DESCRIPTOR_BYTES}; keep the description and schema small");
+    }
     crate::store::validate_name("strategy", &d.name).context("the plugin's `describe` returned a bad name")?;
-    let parts: Vec<&str> = d.version.split(['.', '-', '+']).collect();
-    if parts.len() < 3 || !parts[..3].iter().all(|p| p.parse::<u64>().is_ok()) {
-        bail!("the plugin's `describe` returned version `{}`, which is not semver (MAJOR.MINOR.PATCH)", d.version);
+    let version = semver::Version::parse(&d.version).map_err(|e| {
+        anyhow::anyhow!("the plugin's `describe` returned version `{}`, which is not semver (MAJOR.MINOR.PATCH): {e}", printable(&d.version, 64))
+    })?;
+    if d.models.len() > MAX_DECLARED || d.fields.len() > MAX_DECLARED {
+        bail!("the plugin's `describe` declares {} models and {} fields; at most {MAX_DECLARED} of each", d.models.len(), d.fields.len());
     }
-    if serde_json::from_str::<serde_json::Value>(&d.config_schema).is_err() {
-        bail!("the plugin's `describe` returned a config schema that is not JSON");
+    for model in &d.models {
+        crate::store::validate_name("model role", model).context("the plugin's `describe` declares a bad model role")?;
     }
-    Ok(())
+    let mut names = std::collections::HashSet::new();
+    for field in &d.fields {
+        crate::store::validate_name("field", &field.name).context("the plugin's `describe` declares a bad field")?;
+        if !names.insert(field.name.as_str()) {
+            bail!("the plugin's `describe` declares field `{}` twice", field.name);
+        }
+    }
+    let schema: serde_json::Value = serde_json::from_str(&d.config_schema).context("the plugin's `describe` returned a config schema that is not JSON")?;
+    match schema.as_object() {
+        Some(object) if object.get("type").is_none_or(|t| t == "object") => {}
+        Some(_) => bail!("the plugin's `describe` returned a config schema whose `type` is not \"object\"; a route's config is a JSON object"),
+        None => bail!("the plugin's `describe` returned a config schema that is not a JSON Schema object (`{{\"type\": \"object\", ...}}`)"),
+    }
+    Ok(PluginDescriptor {
+        name: d.name,
+        version: version.to_string(),
+        description: d.description.chars().take(MAX_DESCRIPTION_CHARS).collect(),
+        models: d.models,
+        fields: d.fields.iter().map(|f| (f.name.clone(), f.schema())).collect(),
+        config_schema: schema,
+    })
 }
 
-fn placeholder_descriptor() -> Descriptor {
-    Descriptor {
-        name: String::new(),
-        version: String::new(),
-        description: String::new(),
-        models: Vec::new(),
-        fields: Vec::new(),
-        config_schema: String::new(),
-    }
+/// A component's identity on disk and in the compile cache: the SHA-256 of its bytes, in hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,10 +1,22 @@
-//! Registered strategy versions and the routes that pick one per collection.
+//! Registered strategy versions, who owns them, and the routes that pick one per collection.
 //!
-//! Versions are immutable and addressed as `name@version`. A route is swapped by replacing one
-//! `Arc`: a call holds the route and plugin it started with until it ends.
+//! Plugins belong to a tenant, or are shared by the operator with every tenant. A tenant's route
+//! to `name@version` runs that tenant's own plugin, or else the shared one; no tenant can run
+//! another's, and no tenant can take a shared plugin's name. Versions are immutable.
+//!
+//! A plugin is stored as its bytes and the descriptor its `describe` returned when it was
+//! added, both named by the bytes' SHA-256 (never by anything the plugin chose):
+//! `plugins/shared/<sha256>.{wasm,json}` and `plugins/tenants/<tenant>/<sha256>.{wasm,json}`.
+//! The stored descriptor is the plugin's identity; the host never asks the plugin again, so a
+//! start runs no plugin code. A stored plugin that no longer loads is quarantined: it is listed
+//! with the reason, refuses calls, and can be removed, while everything else serves.
+//!
+//! A route is swapped by replacing one `Arc`: a call holds the route and plugin it started with
+//! until it ends.
 
 use super::host_api::Grants;
 use super::LoadedPlugin;
+use crate::store::{FieldSchema, split_qualified, validate_name};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -15,7 +27,7 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    /// `name@version` of a registered strategy.
+    /// `name@version` of a strategy the collection's tenant owns, or a shared one.
     pub strategy: String,
     /// The strategy's config object (see its `describe` schema).
     #[serde(default = "empty_object")]
@@ -29,16 +41,121 @@ fn empty_object() -> serde_json::Value {
     serde_json::json!({})
 }
 
-/// Plugins by `name@version` and routes by collection, persisted under the data directory.
+/// Who a plugin belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Owner {
+    /// Published by the operator: every tenant may route to it.
+    Shared,
+    /// One tenant's own: only its routes may run it.
+    Tenant(String),
+}
+
+impl Owner {
+    /// A tenant, by a valid tenant name.
+    pub fn tenant(name: &str) -> Result<Self> {
+        validate_name("tenant", name)?;
+        Ok(Owner::Tenant(name.to_string()))
+    }
+
+    /// The tenant billed for work done for this owner (`describe` at `plugin add`).
+    pub fn billed_tenant(&self) -> &str {
+        match self {
+            Owner::Shared => crate::capacity::HOST_TENANT,
+            Owner::Tenant(t) => t,
+        }
+    }
+
+    fn dir(&self, plugins: &Path) -> PathBuf {
+        match self {
+            Owner::Shared => plugins.join("shared"),
+            Owner::Tenant(t) => plugins.join("tenants").join(t),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Shared => write!(f, "shared"),
+            Owner::Tenant(t) => write!(f, "tenant `{t}`"),
+        }
+    }
+}
+
+/// What a plugin's `describe` returned when it was added, checked and kept as its identity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginDescriptor {
+    pub name: String,
+    /// Strict semver.
+    pub version: String,
+    pub description: String,
+    /// Model roles the strategy reads from its config.
+    pub models: Vec<String>,
+    /// Fields the strategy reads or writes, as the store keeps them.
+    pub fields: Vec<(String, FieldSchema)>,
+    /// JSON Schema of the strategy's config object.
+    pub config_schema: serde_json::Value,
+}
+
+impl PluginDescriptor {
+    /// `name@version`.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// The record kept beside a stored plugin's bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredPlugin {
+    pub sha256: String,
+    pub contract: String,
+    pub sdk: Option<String>,
+    pub descriptor: PluginDescriptor,
+}
+
+/// A stored plugin the host could not load, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quarantined {
+    pub owner: Owner,
+    /// `name@version` when its record could be read, else the file it came from.
+    pub reference: String,
+    pub reason: String,
+    /// Its files, which removing it deletes.
+    pub files: Vec<PathBuf>,
+}
+
+/// A stored plugin found on disk at start.
+pub struct Found {
+    pub owner: Owner,
+    /// The record beside the bytes (`<sha256>.json`).
+    pub record: PathBuf,
+}
+
+type Key = (Owner, String);
+
+/// Plugins by owner and `name@version`, and routes by collection, persisted under the data
+/// directory.
 pub struct Registry {
     plugin_dir: PathBuf,
     routes_path: PathBuf,
-    plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
+    plugins: RwLock<BTreeMap<Key, Arc<LoadedPlugin>>>,
+    quarantined: RwLock<BTreeMap<Key, Quarantined>>,
     routes: RwLock<BTreeMap<String, Arc<Route>>>,
 }
 
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Registry {
-    /// Open the registry; the caller loads the stored plugins with [`Registry::stored_plugins`].
+    /// Open the registry; the caller loads the stored plugins ([`Registry::stored`]).
     pub fn open(data_dir: &Path) -> Result<Self> {
         let plugin_dir = data_dir.join("plugins");
         std::fs::create_dir_all(&plugin_dir).with_context(|| format!("cannot create {}", plugin_dir.display()))?;
@@ -51,88 +168,210 @@ impl Registry {
         Ok(Registry {
             plugin_dir,
             routes_path,
-            plugins: RwLock::new(BTreeMap::new()),
+            plugins: Default::default(),
+            quarantined: Default::default(),
             routes: RwLock::new(routes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
         })
     }
 
-    /// Paths of every stored plugin component.
-    pub fn stored_plugins(&self) -> Result<Vec<PathBuf>> {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.plugin_dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-            .collect();
-        paths.sort();
-        Ok(paths)
+    /// Every stored plugin record, shared ones first. Plugin files from before plugins had
+    /// owners are quarantined here: they cannot be loaded without running them.
+    pub fn stored(&self) -> Result<Vec<Found>> {
+        let mut found = Vec::new();
+        let records = |dir: &Path| -> Result<Vec<PathBuf>> {
+            let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+                Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+            };
+            paths.sort();
+            Ok(paths)
+        };
+        for record in records(&Owner::Shared.dir(&self.plugin_dir))? {
+            found.push(Found { owner: Owner::Shared, record });
+        }
+        let tenants = self.plugin_dir.join("tenants");
+        let mut tenant_dirs: Vec<PathBuf> = match std::fs::read_dir(&tenants) {
+            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", tenants.display())),
+        };
+        tenant_dirs.sort();
+        for dir in tenant_dirs {
+            let Some(owner) = dir.file_name().and_then(|n| n.to_str()).and_then(|n| Owner::tenant(n).ok()) else { continue };
+            for record in records(&dir)? {
+                found.push(Found { owner: owner.clone(), record });
+            }
+        }
+        for legacy in std::fs::read_dir(&self.plugin_dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "wasm")) {
+            let name = legacy.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let reason = format!("{} was stored by an older Quarry, without its descriptor; add it again with `quarry plugin add`", legacy.display());
+            self.quarantine(Owner::Tenant(crate::store::DEFAULT_TENANT.into()), name, reason, vec![legacy]);
+        }
+        Ok(found)
     }
 
-    /// Register a loaded plugin, storing its bytes. Re-adding identical bytes is a no-op;
-    /// different bytes under an existing `name@version` are refused.
-    pub fn add(&self, plugin: LoadedPlugin, bytes: Option<&[u8]>) -> Result<Arc<LoadedPlugin>> {
-        let mut plugins = self.plugins.write().unwrap();
-        if let Some(existing) = plugins.get(&plugin.reference) {
+    /// A stored plugin's record and bytes, checked against each other; or the name to
+    /// quarantine it under (its `name@version` once the record reads, else the file) and why not.
+    pub fn read_found(&self, found: &Found) -> Result<(StoredPlugin, Vec<u8>), (String, anyhow::Error)> {
+        let file = found.record.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let text = std::fs::read_to_string(&found.record).with_context(|| format!("cannot read {}", found.record.display())).map_err(|e| (file.clone(), e))?;
+        let stored: StoredPlugin = serde_json::from_str(&text).with_context(|| format!("{} is not a plugin record", found.record.display())).map_err(|e| (file, e))?;
+        let reference = stored.descriptor.reference();
+        let wasm = found.record.with_extension("wasm");
+        let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display())).map_err(|e| (reference.clone(), e))?;
+        let sha256 = super::content_hash(&bytes);
+        if sha256 != stored.sha256 || found.record.file_stem().and_then(|s| s.to_str()) != Some(sha256.as_str()) {
+            let e = anyhow::anyhow!("{} does not hold the bytes its record names (sha256 {sha256}); the file was changed or damaged", wasm.display());
+            return Err((reference, e));
+        }
+        Ok((stored, bytes))
+    }
+
+    /// Record a plugin that did not load.
+    pub fn quarantine(&self, owner: Owner, reference: String, reason: String, files: Vec<PathBuf>) {
+        let key = (owner.clone(), reference.clone());
+        write(&self.quarantined).insert(key, Quarantined { owner, reference, reason, files });
+    }
+
+    /// Record a stored plugin that did not load.
+    pub fn quarantine_found(&self, found: &Found, reference: String, reason: String) {
+        let files = vec![found.record.clone(), found.record.with_extension("wasm")];
+        self.quarantine(found.owner.clone(), reference, reason, files);
+    }
+
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        read(&self.quarantined).values().cloned().collect()
+    }
+
+    /// Register a loaded plugin for `owner`, storing its bytes and descriptor when `bytes` is
+    /// given (a new plugin; a stored one passes `None`). Re-adding identical bytes is a no-op;
+    /// other bytes under an existing `name@version` are refused.
+    pub fn add(&self, owner: &Owner, plugin: LoadedPlugin, bytes: Option<&[u8]>) -> Result<Arc<LoadedPlugin>> {
+        let mut plugins = write(&self.plugins);
+        let key = (owner.clone(), plugin.reference.clone());
+        if let Some(existing) = plugins.get(&key) {
             if existing.sha256 == plugin.sha256 {
                 return Ok(existing.clone());
             }
             bail!(
-                "{} is already registered with different contents; versions are immutable, so bump the version in the plugin's Cargo.toml",
+                "{} is already registered for {owner} with different contents; versions are immutable, so bump the version \
+                 the plugin's `describe` returns (with quarry-sdk, the `version` in its Cargo.toml) and add it again",
                 plugin.reference
             );
         }
-        if let Some(bytes) = bytes {
-            let path = self.plugin_dir.join(format!("{}.wasm", plugin.reference));
-            write_atomically(&path, bytes)?;
+        let name = &plugin.descriptor.name;
+        let quarantined = read(&self.quarantined);
+        let same_name = |o: &Owner, r: &str| r.split_once('@').is_some_and(|(n, _)| n == name) && o != owner;
+        let users: Vec<&Owner> = plugins.keys().chain(quarantined.keys()).filter(|(o, r)| same_name(o, r)).map(|(o, _)| o).collect();
+        match owner {
+            Owner::Tenant(_) if users.contains(&&Owner::Shared) => {
+                bail!("the name `{name}` belongs to a shared plugin; give your plugin another name")
+            }
+            Owner::Shared if !users.is_empty() => {
+                let tenants: Vec<String> = users.iter().map(|o| o.to_string()).collect();
+                bail!("the name `{name}` is already used by {}; publish the shared plugin under another name", tenants.join(", "))
+            }
+            _ => {}
         }
+        drop(quarantined);
+        if let Some(bytes) = bytes {
+            let dir = owner.dir(&self.plugin_dir);
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            write_atomically(&dir.join(format!("{}.wasm", plugin.sha256)), bytes)?;
+            let record = StoredPlugin { sha256: plugin.sha256.clone(), contract: plugin.contract.clone(), sdk: plugin.sdk.clone(), descriptor: plugin.descriptor.clone() };
+            // The record goes last: a start sees a plugin only once both files are whole.
+            write_atomically(&dir.join(format!("{}.json", plugin.sha256)), serde_json::to_string_pretty(&record)?.as_bytes())?;
+        }
+        write(&self.quarantined).remove(&key);
         let plugin = Arc::new(plugin);
-        plugins.insert(plugin.reference.clone(), plugin.clone());
+        plugins.insert(key, plugin.clone());
         Ok(plugin)
     }
 
-    pub fn get(&self, reference: &str) -> Result<Arc<LoadedPlugin>> {
-        let plugins = self.plugins.read().unwrap();
-        plugins.get(reference).cloned().with_context(|| {
-            let known: Vec<&String> = plugins.keys().collect();
-            format!(
-                "no strategy `{reference}` is registered (registered: {}); add it with `quarry plugin add <file.wasm>`",
-                if known.is_empty() { "none".to_string() } else { known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
-            )
-        })
+    /// `owner`'s plugin with these bytes, if it has one.
+    pub fn with_hash(&self, owner: &Owner, sha256: &str) -> Option<Arc<LoadedPlugin>> {
+        read(&self.plugins).iter().find(|((o, _), p)| o == owner && p.sha256 == sha256).map(|(_, p)| p.clone())
     }
 
-    pub fn list(&self) -> Vec<Arc<LoadedPlugin>> {
-        self.plugins.read().unwrap().values().cloned().collect()
+    /// The plugin a route in `tenant` means by `reference`: the tenant's own, else a shared one.
+    pub fn resolve(&self, tenant: &str, reference: &str) -> Result<(Owner, Arc<LoadedPlugin>)> {
+        let own = Owner::Tenant(tenant.to_string());
+        let plugins = read(&self.plugins);
+        for owner in [&own, &Owner::Shared] {
+            if let Some(plugin) = plugins.get(&(owner.clone(), reference.to_string())) {
+                return Ok((owner.clone(), plugin.clone()));
+            }
+        }
+        let quarantined = read(&self.quarantined);
+        for owner in [&own, &Owner::Shared] {
+            if let Some(q) = quarantined.get(&(owner.clone(), reference.to_string())) {
+                bail!("strategy `{reference}` ({owner}) is quarantined: {}; remove it or add a working version", q.reason);
+            }
+        }
+        let visible: Vec<&str> = plugins.keys().filter(|(o, _)| *o == own || *o == Owner::Shared).map(|(_, r)| r.as_str()).collect();
+        bail!(
+            "no strategy `{}` is registered for tenant `{tenant}` or shared (registered: {}); add it with `quarry plugin add <file.wasm>`",
+            crate::printable::printable(reference, 128),
+            if visible.is_empty() { "none".to_string() } else { visible.join(", ") }
+        )
     }
 
-    /// Remove a strategy version that no route uses.
-    pub fn remove(&self, reference: &str) -> Result<()> {
-        let routes = self.routes.read().unwrap();
-        let users: Vec<&String> = routes.iter().filter(|(_, r)| r.strategy == reference).map(|(c, _)| c).collect();
+    /// Every registered plugin with its owner.
+    pub fn list(&self) -> Vec<(Owner, Arc<LoadedPlugin>)> {
+        read(&self.plugins).iter().map(|((o, _), p)| (o.clone(), p.clone())).collect()
+    }
+
+    /// Remove `owner`'s `reference` (loaded or quarantined) and its files, unless a route uses it.
+    pub fn remove(&self, owner: &Owner, reference: &str) -> Result<()> {
+        let routes = read(&self.routes);
+        let users: Vec<&String> = routes
+            .iter()
+            .filter(|(collection, route)| {
+                route.strategy == reference
+                    && match owner {
+                        Owner::Shared => true,
+                        Owner::Tenant(t) => split_qualified(collection).0 == t,
+                    }
+            })
+            .map(|(c, _)| c)
+            .collect();
         if !users.is_empty() {
             bail!(
-                "{reference} still serves collection(s) {}; route them to another version first",
+                "{reference} ({owner}) still serves collection(s) {}; route them to another version first",
                 users.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             );
         }
-        if self.plugins.write().unwrap().remove(reference).is_none() {
-            bail!("no strategy `{reference}` is registered");
+        let key = (owner.clone(), reference.to_string());
+        let files = match write(&self.plugins).remove(&key) {
+            Some(plugin) => {
+                let dir = owner.dir(&self.plugin_dir);
+                vec![dir.join(format!("{}.json", plugin.sha256)), dir.join(format!("{}.wasm", plugin.sha256))]
+            }
+            None => match write(&self.quarantined).remove(&key) {
+                Some(q) => q.files,
+                None => bail!("no strategy `{}` is registered for {owner}", crate::printable::printable(reference, 128)),
+            },
+        };
+        // The record first: a start never sees a record without its bytes.
+        for path in files {
+            std::fs::remove_file(&path).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
         }
-        let path = self.plugin_dir.join(format!("{reference}.wasm"));
-        std::fs::remove_file(&path).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
         Ok(())
     }
 
     pub fn route(&self, collection: &str) -> Option<Arc<Route>> {
-        self.routes.read().unwrap().get(collection).cloned()
+        read(&self.routes).get(collection).cloned()
     }
 
     pub fn routes(&self) -> BTreeMap<String, Arc<Route>> {
-        self.routes.read().unwrap().clone()
+        read(&self.routes).clone()
     }
 
-    /// Point `collection` at a registered strategy version, atomically and durably.
+    /// Point `collection` at a strategy version, atomically and durably. The caller has checked
+    /// the strategy resolves within the collection's tenant.
     pub fn set_route(&self, collection: &str, route: Route) -> Result<()> {
-        self.get(&route.strategy)?;
-        let mut routes = self.routes.write().unwrap();
+        let mut routes = write(&self.routes);
         let mut next = routes.clone();
         next.insert(collection.to_string(), Arc::new(route));
         let plain: BTreeMap<&String, &Route> = next.iter().map(|(k, v)| (k, v.as_ref())).collect();

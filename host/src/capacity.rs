@@ -1,0 +1,417 @@
+//! Sharing one host between tenants: call deadlines, and fair shares of bounded capacity
+//! (concurrent plugin calls, compute slots).
+//!
+//! A [`FairShare`] hands out at most `capacity` permits. When it is full, a waiter from the
+//! tenant holding the fewest permits goes next (oldest first among equals), so a tenant that
+//! floods the host waits behind tenants that do not. A holder can [yield](Permit::yield_if_contended)
+//! to such a waiter and queue again: compute slots are yielded every epoch tick by running guest
+//! code, which is how a busy tenant's loops leave room for another tenant's searches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// When a piece of work must be done by; [`Deadline::NONE`] for host work without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    pub const NONE: Deadline = Deadline(None);
+
+    /// `duration` from now (none if that is past what an `Instant` can hold).
+    pub fn after(duration: Duration) -> Self {
+        Deadline(Instant::now().checked_add(duration))
+    }
+
+    pub fn at(instant: Instant) -> Self {
+        Deadline(Some(instant))
+    }
+
+    pub fn instant(&self) -> Option<Instant> {
+        self.0
+    }
+
+    /// Time left: `None` when unbounded, zero once passed.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.0.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    pub fn expired(&self) -> bool {
+        self.0.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// An error naming `work` if the deadline has passed.
+    pub fn check(&self, work: &str) -> Result<(), Expired> {
+        if self.expired() { Err(Expired(work.to_string())) } else { Ok(()) }
+    }
+
+    /// The later of two deadlines (unbounded wins): how long shared work may run for all its callers.
+    pub fn latest(self, other: Deadline) -> Deadline {
+        match (self.0, other.0) {
+            (Some(a), Some(b)) => Deadline(Some(a.max(b))),
+            _ => Deadline::NONE,
+        }
+    }
+}
+
+/// A call's deadline passed while the host was working for it (or waiting to).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the call's deadline passed during {0}")]
+pub struct Expired(pub String);
+
+/// Why a permit was not granted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Expired(#[from] Expired),
+    #[error("tenant `{tenant}` is at its {limit} {what}; wait for some to finish or raise `limits.max_calls_per_tenant`")]
+    TenantAtLimit { tenant: String, limit: usize, what: &'static str },
+}
+
+/// A bounded capacity shared fairly between tenants.
+pub struct FairShare {
+    /// What a permit is, for messages ("concurrent calls", "compute slots").
+    what: &'static str,
+    capacity: usize,
+    /// Most permits one tenant may hold; asking for more waits for one of its own to end.
+    per_tenant: Option<usize>,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    total: usize,
+    held: HashMap<Arc<str>, usize>,
+    /// Waiting tickets, oldest first, with their tenants.
+    waiting: BTreeMap<u64, Arc<str>>,
+    next_ticket: u64,
+}
+
+impl State {
+    fn held(&self, tenant: &str) -> usize {
+        self.held.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// The ticket that goes next: among tenants under `limit`, the one holding the fewest
+    /// permits; oldest among equals.
+    fn next_in_line(&self, limit: Option<usize>) -> Option<u64> {
+        self.waiting
+            .iter()
+            .filter(|(_, tenant)| limit.is_none_or(|limit| self.held(tenant) < limit))
+            .min_by_key(|(ticket, tenant)| (self.held(tenant), **ticket))
+            .map(|(ticket, _)| *ticket)
+    }
+
+    fn take(&mut self, tenant: &Arc<str>) {
+        self.total += 1;
+        *self.held.entry(tenant.clone()).or_default() += 1;
+    }
+
+    fn give_back(&mut self, tenant: &str) {
+        self.total -= 1;
+        if let Some(n) = self.held.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(tenant);
+            }
+        }
+    }
+}
+
+impl FairShare {
+    pub fn new(what: &'static str, capacity: usize, per_tenant: Option<usize>) -> Arc<Self> {
+        Arc::new(FairShare { what, capacity: capacity.max(1), per_tenant, state: Mutex::default(), freed: Condvar::new() })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Permits `tenant` holds now.
+    pub fn held(&self, tenant: &str) -> usize {
+        self.lock().held(tenant)
+    }
+
+    // A panic never happens under this lock, but a poisoned one must not take the host down.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A permit for `tenant`, waiting (fairly) until `deadline` when the share is full or the
+    /// tenant holds its limit.
+    pub fn acquire(self: &Arc<Self>, tenant: &Arc<str>, deadline: Deadline) -> Result<Permit, Refused> {
+        self.wait_turn(self.lock(), tenant, deadline).map_err(|e| match self.per_tenant {
+            Some(limit) if self.held(tenant) >= limit => Refused::TenantAtLimit { tenant: tenant.to_string(), limit, what: self.what },
+            _ => Refused::Expired(e),
+        })?;
+        Ok(Permit { share: self.clone(), tenant: tenant.clone(), held: true })
+    }
+
+    /// Take a permit for `tenant`, queueing behind fairer claims; on `Ok` the permit is held.
+    fn wait_turn(&self, mut state: MutexGuard<'_, State>, tenant: &Arc<str>, deadline: Deadline) -> Result<(), Expired> {
+        let under_limit = |state: &State| self.per_tenant.is_none_or(|limit| state.held(tenant) < limit);
+        if state.total < self.capacity && state.waiting.is_empty() && under_limit(&state) {
+            state.take(tenant);
+            return Ok(());
+        }
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.waiting.insert(ticket, tenant.clone());
+        loop {
+            if state.total < self.capacity && state.next_in_line(self.per_tenant) == Some(ticket) {
+                state.waiting.remove(&ticket);
+                state.take(tenant);
+                if state.total < self.capacity && !state.waiting.is_empty() {
+                    self.freed.notify_all();
+                }
+                return Ok(());
+            }
+            state = match deadline.remaining() {
+                None => self.freed.wait(state).unwrap_or_else(PoisonError::into_inner),
+                Some(left) if left.is_zero() => {
+                    state.waiting.remove(&ticket);
+                    // This ticket may have been next in line: let the others look again.
+                    self.freed.notify_all();
+                    return Err(Expired(format!("a wait for one of the host's {} {}", self.capacity, self.what)));
+                }
+                Some(left) => self.freed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0,
+            };
+        }
+    }
+
+    fn release(&self, tenant: &str) {
+        let mut state = self.lock();
+        state.give_back(tenant);
+        if !state.waiting.is_empty() {
+            self.freed.notify_all();
+        }
+    }
+}
+
+/// A permit of a [`FairShare`]; given back when dropped.
+pub struct Permit {
+    share: Arc<FairShare>,
+    tenant: Arc<str>,
+    held: bool,
+}
+
+impl Permit {
+    pub fn tenant(&self) -> &Arc<str> {
+        &self.tenant
+    }
+
+    /// Give the permit back for a while (the holder waits on other threads' work).
+    pub fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.share.release(&self.tenant);
+        }
+    }
+
+    /// Take the permit again after [`Permit::release`], queueing fairly until `deadline`.
+    pub fn reacquire(&mut self, deadline: Deadline) -> Result<(), Expired> {
+        if self.held {
+            return Ok(());
+        }
+        self.share.wait_turn(self.share.lock(), &self.tenant, deadline)?;
+        self.held = true;
+        Ok(())
+    }
+
+    /// If a tenant holding at least two fewer permits than this one is waiting, hand it this
+    /// permit and queue for another. Equal shares never trade places, so holders do not ping-pong.
+    pub fn yield_if_contended(&mut self, deadline: Deadline) -> Result<(), Expired> {
+        if !self.held {
+            return Ok(());
+        }
+        let mut state = self.share.lock();
+        let mine = state.held(&self.tenant);
+        if !state.waiting.values().any(|t| state.held(t) + 1 < mine) {
+            return Ok(());
+        }
+        state.give_back(&self.tenant);
+        self.share.freed.notify_all();
+        self.held = false;
+        self.share.wait_turn(state, &self.tenant, deadline)?;
+        self.held = true;
+        Ok(())
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A compute slot shared by a call's thread and what it blocks on (a WASI sleep): released while
+/// the call waits, taken again before it computes.
+pub struct Slot {
+    permit: Mutex<Option<Permit>>,
+}
+
+impl Slot {
+    pub fn new(permit: Permit) -> Arc<Self> {
+        Arc::new(Slot { permit: Mutex::new(Some(permit)) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Permit) -> T) -> Option<T> {
+        self.permit.lock().unwrap_or_else(PoisonError::into_inner).as_mut().map(f)
+    }
+
+    /// Give the slot back until [`Slot::released`] or a later call takes it again.
+    pub fn release(&self) {
+        self.with(Permit::release);
+    }
+
+    /// Run `wait` without holding the slot, then take it back before `deadline`.
+    pub fn released<T>(&self, deadline: Deadline, wait: impl FnOnce() -> T) -> Result<T, Expired> {
+        self.with(Permit::release);
+        let out = wait();
+        self.with(|p| p.reacquire(deadline)).unwrap_or(Ok(()))?;
+        Ok(out)
+    }
+
+    pub fn yield_if_contended(&self, deadline: Deadline) -> Result<(), Expired> {
+        self.with(|p| p.yield_if_contended(deadline)).unwrap_or(Ok(()))
+    }
+}
+
+/// Who host work is for: the tenant it is billed to, its deadline, and the compute slot to
+/// release while it waits on shared work (a model's batched run).
+#[derive(Clone)]
+pub struct Caller {
+    pub tenant: Arc<str>,
+    pub deadline: Deadline,
+    pub slot: Option<Arc<Slot>>,
+}
+
+impl Caller {
+    /// The host itself (the in-process API, tools, benchmarks): no deadline, no slot.
+    pub fn host() -> Self {
+        Caller { tenant: Arc::from(HOST_TENANT), deadline: Deadline::NONE, slot: None }
+    }
+
+    pub fn with_deadline(mut self, deadline: Deadline) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Run `wait` with the caller's slot released.
+    pub fn waiting<T>(&self, wait: impl FnOnce() -> T) -> Result<T, Expired> {
+        match &self.slot {
+            Some(slot) => slot.released(self.deadline, wait),
+            None => Ok(wait()),
+        }
+    }
+}
+
+/// The tenant name host-internal work is billed to; never a valid tenant name (see
+/// [`crate::store::validate_name`]), so no tenant can be confused with it.
+pub const HOST_TENANT: &str = "(host)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn tenant(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
+    #[test]
+    fn a_tenant_at_its_limit_waits_and_others_do_not() {
+        let share = FairShare::new("concurrent calls", 8, Some(2));
+        let (a, b) = (tenant("a"), tenant("b"));
+        let a1 = share.acquire(&a, Deadline::NONE).unwrap();
+        let _a2 = share.acquire(&a, Deadline::NONE).unwrap();
+        let soon = || Deadline::after(Duration::from_millis(30));
+        let err = share.acquire(&a, soon()).err().unwrap();
+        assert!(err.to_string().contains("tenant `a` is at its 2 concurrent calls"), "{err}");
+        // b is not held up by a's waiting call.
+        let _b1 = share.acquire(&b, soon()).unwrap();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| share.acquire(&a, Deadline::after(Duration::from_secs(5))).map(drop));
+            std::thread::sleep(Duration::from_millis(20));
+            drop(a1);
+            assert!(waiter.join().unwrap().is_ok(), "a waiting call takes a freed permit");
+        });
+    }
+
+    #[test]
+    fn a_full_share_waits_until_the_deadline() {
+        let share = FairShare::new("compute slots", 1, None);
+        let _held = share.acquire(&tenant("a"), Deadline::NONE).unwrap();
+        let start = Instant::now();
+        let err = share.acquire(&tenant("b"), Deadline::after(Duration::from_millis(50))).err().unwrap();
+        assert!(matches!(err, Refused::Expired(_)), "{err}");
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        assert_eq!(share.lock().waiting.len(), 0, "the expired waiter left the queue");
+    }
+
+    #[test]
+    fn the_tenant_holding_least_goes_first() {
+        let share = FairShare::new("compute slots", 2, None);
+        let (a, b) = (tenant("a"), tenant("b"));
+        let a1 = share.acquire(&a, Deadline::NONE).unwrap();
+        let _a2 = share.acquire(&a, Deadline::NONE).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        std::thread::scope(|scope| {
+            // a queues first, then b; when a slot frees, b (holding none) goes before a (holding one).
+            for (who, delay) in [(a.clone(), 0), (b.clone(), 20)] {
+                let (share, order) = (share.clone(), order.clone());
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(delay));
+                    let permit = share.acquire(&who, Deadline::NONE).unwrap();
+                    order.lock().unwrap().push(who.to_string());
+                    std::thread::sleep(Duration::from_millis(20));
+                    drop(permit);
+                });
+            }
+            std::thread::sleep(Duration::from_millis(60));
+            drop(a1);
+        });
+        assert_eq!(*order.lock().unwrap(), ["b", "a"]);
+    }
+
+    #[test]
+    fn yielding_balances_two_tenants_and_equal_shares_do_not_trade() {
+        let share = FairShare::new("compute slots", 2, None);
+        let (a, b) = (tenant("a"), tenant("b"));
+        let mut a1 = share.acquire(&a, Deadline::NONE).unwrap();
+        let mut a2 = share.acquire(&a, Deadline::NONE).unwrap();
+        let granted = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _b = share.acquire(&b, Deadline::NONE).unwrap();
+                granted.store(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(50));
+            });
+            while share.lock().waiting.is_empty() {
+                std::thread::yield_now();
+            }
+            // a holds 2 and b none: a yields one slot, and b takes it.
+            a1.yield_if_contended(Deadline::after(Duration::from_millis(20))).unwrap_err();
+            while granted.load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            assert_eq!((share.held("a"), share.held("b")), (1, 1));
+            // Now a holds 1 and b holds 1: nothing to yield.
+            a2.yield_if_contended(Deadline::NONE).unwrap();
+            assert_eq!(share.held("a"), 1);
+        });
+        a1.reacquire(Deadline::NONE).unwrap();
+        assert_eq!(share.held("a"), 2);
+    }
+
+    #[test]
+    fn deadlines() {
+        assert!(!Deadline::NONE.expired() && Deadline::NONE.remaining().is_none());
+        let past = Deadline::at(Instant::now() - Duration::from_millis(1));
+        assert!(past.expired() && past.remaining() == Some(Duration::ZERO));
+        assert!(past.check("a model run").unwrap_err().to_string().contains("during a model run"));
+        let soon = Deadline::after(Duration::from_secs(1));
+        assert_eq!(past.latest(soon), soon);
+        assert_eq!(soon.latest(Deadline::NONE), Deadline::NONE);
+    }
+}
