@@ -104,7 +104,7 @@ impl Quarry {
         config.limits.validate()?;
         std::fs::create_dir_all(data_dir.join("models")).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let store = Arc::new(Store::open(&data_dir.join("collections.redb"))?);
-        let compute = FairShare::new("compute slots", config.limits.compute_slots(), None);
+        let compute = FairShare::compute(config.limits.compute_slots());
         let models = Arc::new(Models::new(compute.clone()));
         let mut quarantined_models = Vec::new();
         for path in json_files(&data_dir.join("models"))? {

@@ -1,14 +1,16 @@
 //! Sharing one host between tenants: call deadlines, and fair shares of bounded capacity
 //! (concurrent plugin calls, compute slots).
 //!
-//! A [`FairShare`] hands out at most `capacity` permits. When it is full, a waiter from the
-//! tenant holding the fewest permits goes next (oldest first among equals), so a tenant that
-//! floods the host waits behind tenants that do not. A holder can [yield](Permit::yield_if_contended)
-//! to such a waiter and queue again: compute slots are yielded every epoch tick by running guest
-//! code, which is how a busy tenant's loops leave room for another tenant's searches.
+//! A [`FairShare`] hands out at most `capacity` permits. When it is full, a released permit goes
+//! straight to the claim whose tenant holds the fewest permits (among equals, the tenant served
+//! longest ago; within a tenant, its oldest claim), and only that claim's thread is woken. So a
+//! tenant that floods the host waits behind tenants that do not. A holder can
+//! [yield](Permit::yield_if_contended) to a tenant holding fewer and queue again: running guest
+//! code does so at every epoch tick, and a new claim on a full compute share makes the guests
+//! look at once, which is how one tenant's loops leave room for another tenant's searches.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// When a piece of work must be done by; [`Deadline::NONE`] for host work without one.
@@ -76,16 +78,30 @@ pub struct FairShare {
     /// Most permits one tenant may hold; asking for more waits for one of its own to end.
     per_tenant: Option<usize>,
     state: Mutex<State>,
-    freed: Condvar,
+    /// Called when a claim starts waiting on a full share, so holders that can yield (running
+    /// guest code) look at once instead of at their next tick.
+    on_contention: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 #[derive(Default)]
 struct State {
     total: usize,
     held: HashMap<Arc<str>, usize>,
-    /// Waiting tickets, oldest first, with their tenants.
-    waiting: BTreeMap<u64, Arc<str>>,
+    /// Waiting claims by ticket (oldest first).
+    waiting: BTreeMap<u64, Waiter>,
     next_ticket: u64,
+    /// When each tenant with permits or claims was last granted one (a count of grants), so
+    /// that among tenants holding as many, the one served longest ago goes next: round robin
+    /// between tenants, not between their claims.
+    last_grant: HashMap<Arc<str>, u64>,
+    grants: u64,
+}
+
+struct Waiter {
+    tenant: Arc<str>,
+    thread: std::thread::Thread,
+    /// Set when a releaser hands the claim a permit (already counted as the claim's).
+    granted: bool,
 }
 
 impl State {
@@ -93,19 +109,15 @@ impl State {
         self.held.get(tenant).copied().unwrap_or(0)
     }
 
-    /// The ticket that goes next: among tenants under `limit`, the one holding the fewest
-    /// permits; oldest among equals.
-    fn next_in_line(&self, limit: Option<usize>) -> Option<u64> {
-        self.waiting
-            .iter()
-            .filter(|(_, tenant)| limit.is_none_or(|limit| self.held(tenant) < limit))
-            .min_by_key(|(ticket, tenant)| (self.held(tenant), **ticket))
-            .map(|(ticket, _)| *ticket)
+    fn last_grant(&self, tenant: &str) -> u64 {
+        self.last_grant.get(tenant).copied().unwrap_or(0)
     }
 
     fn take(&mut self, tenant: &Arc<str>) {
         self.total += 1;
         *self.held.entry(tenant.clone()).or_default() += 1;
+        self.grants += 1;
+        self.last_grant.insert(tenant.clone(), self.grants);
     }
 
     fn give_back(&mut self, tenant: &str) {
@@ -114,14 +126,47 @@ impl State {
             *n -= 1;
             if *n == 0 {
                 self.held.remove(tenant);
+                if !self.waiting.values().any(|w| &*w.tenant == tenant) {
+                    self.last_grant.remove(tenant);
+                }
             }
+        }
+    }
+
+    /// Hand free permits to waiters: each to the claim whose tenant holds the fewest permits
+    /// (under `limit`); among equals, the tenant served longest ago; within a tenant, its oldest
+    /// claim. Only that claim's thread is woken.
+    fn hand_over(&mut self, capacity: usize, limit: Option<usize>) {
+        while self.total < capacity {
+            let next = self
+                .waiting
+                .iter()
+                .filter(|(_, w)| !w.granted && limit.is_none_or(|limit| self.held(&w.tenant) < limit))
+                .min_by_key(|(ticket, w)| (self.held(&w.tenant), self.last_grant(&w.tenant), **ticket))
+                .map(|(ticket, _)| *ticket);
+            let Some(ticket) = next else { return };
+            let tenant = self.waiting[&ticket].tenant.clone();
+            self.take(&tenant);
+            let waiter = self.waiting.get_mut(&ticket).expect("the ticket was just found");
+            waiter.granted = true;
+            waiter.thread.unpark();
         }
     }
 }
 
 impl FairShare {
     pub fn new(what: &'static str, capacity: usize, per_tenant: Option<usize>) -> Arc<Self> {
-        Arc::new(FairShare { what, capacity: capacity.max(1), per_tenant, state: Mutex::default(), freed: Condvar::new() })
+        Arc::new(FairShare { what, capacity: capacity.max(1), per_tenant, state: Mutex::default(), on_contention: OnceLock::new() })
+    }
+
+    /// `slots` compute slots, shared fairly, with no per-tenant cap.
+    pub fn compute(slots: usize) -> Arc<Self> {
+        FairShare::new("compute slots", slots, None)
+    }
+
+    /// Set what to call when a claim waits on a full share (once; later calls are ignored).
+    pub fn on_contention(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_contention.set(Box::new(hook));
     }
 
     pub fn capacity(&self) -> usize {
@@ -150,42 +195,43 @@ impl FairShare {
 
     /// Take a permit for `tenant`, queueing behind fairer claims; on `Ok` the permit is held.
     fn wait_turn(&self, mut state: MutexGuard<'_, State>, tenant: &Arc<str>, deadline: Deadline) -> Result<(), Expired> {
-        let under_limit = |state: &State| self.per_tenant.is_none_or(|limit| state.held(tenant) < limit);
-        if state.total < self.capacity && state.waiting.is_empty() && under_limit(&state) {
+        let under_limit = self.per_tenant.is_none_or(|limit| state.held(tenant) < limit);
+        if state.total < self.capacity && state.waiting.is_empty() && under_limit {
             state.take(tenant);
             return Ok(());
         }
         let ticket = state.next_ticket;
         state.next_ticket += 1;
-        state.waiting.insert(ticket, tenant.clone());
+        state.waiting.insert(ticket, Waiter { tenant: tenant.clone(), thread: std::thread::current(), granted: false });
+        state.hand_over(self.capacity, self.per_tenant);
+        let contended = !state.waiting[&ticket].granted;
+        drop(state);
+        if contended && let Some(hook) = self.on_contention.get() {
+            hook();
+        }
         loop {
-            if state.total < self.capacity && state.next_in_line(self.per_tenant) == Some(ticket) {
+            let mut state = self.lock();
+            if state.waiting[&ticket].granted {
                 state.waiting.remove(&ticket);
-                state.take(tenant);
-                if state.total < self.capacity && !state.waiting.is_empty() {
-                    self.freed.notify_all();
-                }
                 return Ok(());
             }
-            state = match deadline.remaining() {
-                None => self.freed.wait(state).unwrap_or_else(PoisonError::into_inner),
-                Some(left) if left.is_zero() => {
-                    state.waiting.remove(&ticket);
-                    // This ticket may have been next in line: let the others look again.
-                    self.freed.notify_all();
-                    return Err(Expired(format!("a wait for one of the host's {} {}", self.capacity, self.what)));
-                }
-                Some(left) => self.freed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0,
-            };
+            let left = deadline.remaining();
+            if left.is_some_and(|left| left.is_zero()) {
+                state.waiting.remove(&ticket);
+                return Err(Expired(format!("a wait for one of the host's {} {}", self.capacity, self.what)));
+            }
+            drop(state);
+            match left {
+                None => std::thread::park(),
+                Some(left) => std::thread::park_timeout(left),
+            }
         }
     }
 
     fn release(&self, tenant: &str) {
         let mut state = self.lock();
         state.give_back(tenant);
-        if !state.waiting.is_empty() {
-            self.freed.notify_all();
-        }
+        state.hand_over(self.capacity, self.per_tenant);
     }
 }
 
@@ -218,20 +264,23 @@ impl Permit {
         Ok(())
     }
 
-    /// If a tenant holding at least two fewer permits than this one is waiting, hand it this
-    /// permit and queue for another. Equal shares never trade places, so holders do not ping-pong.
+    /// If a tenant holding fewer permits than this one is waiting, hand it this permit and queue
+    /// for another. Called every epoch tick by running guest code, this time-slices slots
+    /// between tenants: a tenant with one slot more than another gives it up at the next tick, so
+    /// over time each tenant with work gets an equal share, and a lone waiter is never starved by
+    /// a holder that runs to its deadline.
     pub fn yield_if_contended(&mut self, deadline: Deadline) -> Result<(), Expired> {
         if !self.held {
             return Ok(());
         }
         let mut state = self.share.lock();
         let mine = state.held(&self.tenant);
-        if !state.waiting.values().any(|t| state.held(t) + 1 < mine) {
+        if !state.waiting.values().any(|w| !w.granted && state.held(&w.tenant) < mine) {
             return Ok(());
         }
         state.give_back(&self.tenant);
-        self.share.freed.notify_all();
         self.held = false;
+        state.hand_over(self.share.capacity, self.share.per_tenant);
         self.share.wait_turn(state, &self.tenant, deadline)?;
         self.held = true;
         Ok(())
@@ -375,33 +424,56 @@ mod tests {
     }
 
     #[test]
-    fn yielding_balances_two_tenants_and_equal_shares_do_not_trade() {
+    fn a_holder_yields_to_a_tenant_holding_fewer_and_the_waiter_is_signalled() {
         let share = FairShare::new("compute slots", 2, None);
+        let signalled = Arc::new(AtomicUsize::new(0));
+        let counter = signalled.clone();
+        share.on_contention(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
         let (a, b) = (tenant("a"), tenant("b"));
         let mut a1 = share.acquire(&a, Deadline::NONE).unwrap();
         let mut a2 = share.acquire(&a, Deadline::NONE).unwrap();
         let granted = AtomicUsize::new(0);
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                let _b = share.acquire(&b, Deadline::NONE).unwrap();
+                let _b = share.acquire(&b, Deadline::after(Duration::from_secs(5))).unwrap();
                 granted.store(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(50));
             });
-            while share.lock().waiting.is_empty() {
+            // A claim on a full share signals the holders (after it queues).
+            while signalled.load(Ordering::SeqCst) == 0 {
                 std::thread::yield_now();
             }
-            // a holds 2 and b none: a yields one slot, and b takes it.
+            // a holds 2 and b none: a yields one slot, and b takes it; a waits for another.
             a1.yield_if_contended(Deadline::after(Duration::from_millis(20))).unwrap_err();
             while granted.load(Ordering::SeqCst) == 0 {
                 std::thread::yield_now();
             }
             assert_eq!((share.held("a"), share.held("b")), (1, 1));
-            // Now a holds 1 and b holds 1: nothing to yield.
+            // Equal shares and no one waiting: nothing to yield.
             a2.yield_if_contended(Deadline::NONE).unwrap();
             assert_eq!(share.held("a"), 1);
         });
         a1.reacquire(Deadline::NONE).unwrap();
         assert_eq!(share.held("a"), 2);
+    }
+
+    #[test]
+    fn one_slot_is_time_sliced_not_held_to_the_end() {
+        let share = FairShare::new("compute slots", 1, None);
+        let (a, b) = (tenant("a"), tenant("b"));
+        let mut a1 = share.acquire(&a, Deadline::NONE).unwrap();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| share.acquire(&b, Deadline::after(Duration::from_secs(5))).map(drop));
+            while share.lock().waiting.is_empty() {
+                std::thread::yield_now();
+            }
+            // a holds the only slot and b holds none: at a's next tick, b goes.
+            a1.yield_if_contended(Deadline::after(Duration::from_secs(5))).unwrap();
+            assert!(waiter.join().unwrap().is_ok());
+        });
+        assert_eq!(share.held("a"), 1, "a got the slot back once b was done");
     }
 
     #[test]

@@ -125,7 +125,7 @@ impl Default for Models {
     /// Models whose runs share one compute slot per CPU core.
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Models::new(FairShare::new("compute slots", cores, None))
+        Models::new(FairShare::compute(cores))
     }
 }
 

@@ -19,7 +19,8 @@ pub struct Limits {
     pub max_batch: usize,
     /// Most bytes in one host call's argument or result (vectors, blobs, images, logits), both ways.
     pub max_payload_bytes: usize,
-    /// Plugin instances alive at once across the host (the pool size).
+    /// Plugin calls running at once across the host. The instance pool holds this many, plus
+    /// a quarter more as instances made ahead of calls, plus 16 being recycled.
     pub max_instances: u32,
     /// Most concurrent calls one tenant may have; a call past it is refused at once.
     /// 0 means a quarter of `max_instances`.
