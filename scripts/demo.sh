@@ -21,7 +21,7 @@ rm -rf "$data"
 quarry() { ./target/debug/quarry --data-dir "$data" "$@"; }
 for model in shapes-image shapes-text-slots shapes-phi; do quarry model add "$world/$model.json"; done
 quarry plugin add target/wasm32-wasip2/release/quarry_plugin_lincir.wasm
-quarry route set shapes --strategy lincir@0.1.0 \
+quarry route set shapes --strategy lincir@0.2.0 \
   --grant-model shapes-image --grant-model shapes-text-slots --grant-model shapes-phi \
   --config '{"text-model": "shapes-text-slots", "image-model": "shapes-image", "projector": "shapes-phi"}'
 quarry ingest shapes "$world/items.jsonl"

@@ -3,7 +3,8 @@
 use crate::capacity::{Deadline, FairShare};
 use crate::index::Indexes;
 use crate::models::{ModelManifest, Models};
-use crate::plugins::host_api::{CallContext, CallGrants, HostServices, Item, Query};
+use crate::plugins::contract::{CallContext, Item, PluginHit, Query};
+use crate::plugins::host_api::{CallGrants, HostServices, LogLevel};
 use crate::plugins::limits::Limits;
 use crate::plugins::registry::{Owner, Quarantined, Registry, Route, write_atomically};
 use crate::plugins::{CallError, CallOutput, LoadedPlugin, PluginRuntime};
@@ -55,6 +56,9 @@ impl SearchRequest {
 pub struct SearchHit {
     pub id: String,
     pub score: f32,
+    /// Named parts of the score the strategy reported (for example `global` and `local`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub features: std::collections::BTreeMap<String, f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     pub metadata: serde_json::Value,
@@ -113,7 +117,7 @@ impl Quarry {
                 quarantined_models.push(QuarantinedModel { manifest: path, reason: format!("{e:#}") });
             }
         }
-        let level = if config.verbose { crate::plugins::host_api::quarry::retrieval::log::Level::Debug } else { crate::plugins::host_api::quarry::retrieval::log::Level::Warn };
+        let level = if config.verbose { LogLevel::Debug } else { LogLevel::Warn };
         let services = Arc::new(HostServices {
             models,
             indexes: Arc::new(Indexes::new(store.clone())),
@@ -286,7 +290,7 @@ impl Quarry {
             let ingesting = batch.iter().map(|(i, _)| i.id.clone()).collect();
             let grants = grants_for(collection, &route, Some(ingesting));
             let ((), mut output) = self.runtime.call(&plugin, &self.services, grants, self.runtime.limits().deadline_ms, |store, p| {
-                p.quarry_retrieval_strategy().call_ingest(store, &ctx, &wit_items)
+                p.ingest(store, &ctx, &wit_items)
             })?;
             output.writes.items = batch
                 .into_iter()
@@ -317,7 +321,7 @@ impl Quarry {
         let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
         let ((), output) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), self.runtime.limits().deadline_ms, |store, p| {
-            p.quarry_retrieval_strategy().call_build(store, &ctx)
+            p.build(store, &ctx)
         })?;
         self.keep(&plugin, collection, output)
     }
@@ -329,6 +333,32 @@ impl Quarry {
     /// counted in the plugin's `quarry.unknown-hit-ids` counter); the host sorts the rest, best
     /// first, ties by id. `k` is capped at `limits.max_hits`.
     pub fn search(&self, collection: &str, request: &SearchRequest) -> Result<SearchResponse, CallError> {
+        self.answer(collection, request, |store, p, ctx, query| p.search(store, ctx, query))
+    }
+
+    /// Have the collection's routed strategy (or `request.strategy`) score `candidates` (item
+    /// ids) for the query, as a cascade's second stage does; checked like [`Quarry::search`].
+    /// Strategies that do not rerank answer `unsupported` (see their descriptor's `reranks`).
+    pub fn rerank(&self, collection: &str, request: &SearchRequest, candidates: &[String]) -> Result<SearchResponse, CallError> {
+        let limits = self.runtime.limits();
+        if candidates.len() > limits.max_batch {
+            return Err(CallError::Host(anyhow::anyhow!(
+                "{} candidates to rerank, over the limit of {}; send fewer or raise `limits.max_batch`",
+                candidates.len(),
+                limits.max_batch
+            )));
+        }
+        self.answer(collection, request, |store, p, ctx, query| p.rerank(store, ctx, query, candidates))
+    }
+
+    /// Run a query-answering export of the routed strategy and check, de-duplicate, sort and
+    /// annotate what it returns.
+    fn answer(
+        &self,
+        collection: &str,
+        request: &SearchRequest,
+        call: impl FnOnce(&mut wasmtime::Store<crate::plugins::host_api::CallState>, &crate::plugins::contract::Instance, &CallContext, &Query) -> crate::plugins::contract::Called<Vec<PluginHit>>,
+    ) -> Result<SearchResponse, CallError> {
         // Snapshot route and plugin now: a concurrent route switch does not affect this call.
         let route = self.route(collection)?;
         let collection = &qualify(collection)?;
@@ -341,28 +371,28 @@ impl Quarry {
         let params = if request.params.is_null() { "{}".to_string() } else { request.params.to_string() };
         let query = Query { text: request.text.clone(), image: request.image.clone(), k: k as u32, params };
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
-        let (hits, output) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), limits.deadline_ms, |store, p| {
-            p.quarry_retrieval_strategy().call_search(store, &ctx, &query)
-        })?;
+        let (hits, output) =
+            self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), limits.deadline_ms, |store, p| call(store, p, &ctx, &query))?;
         if hits.len() > limits.max_hits {
             return Err(CallError::ResultTooLarge { strategy: plugin.reference.clone(), what: "hits", count: hits.len(), limit: limits.max_hits });
         }
-        if let Some((i, hit)) = hits.iter().enumerate().find(|(_, h)| !h.score.is_finite()) {
-            return Err(CallError::InvalidResult {
-                strategy: plugin.reference.clone(),
-                message: format!("hit {i} (`{}`) has score {}; scores must be finite numbers", crate::printable::printable(&hit.id, 64), hit.score),
-            });
+        if let Err(message) = check_hits(&hits) {
+            return Err(CallError::InvalidResult { strategy: plugin.reference.clone(), message });
         }
-        let mut best: std::collections::HashMap<String, f32> = std::collections::HashMap::with_capacity(hits.len());
+        let mut best: std::collections::HashMap<String, PluginHit> = std::collections::HashMap::with_capacity(hits.len());
         for hit in hits {
-            let score = best.entry(hit.id).or_insert(hit.score);
-            *score = score.max(hit.score);
+            match best.get(&hit.id) {
+                Some(kept) if kept.score >= hit.score => {}
+                _ => {
+                    best.insert(hit.id.clone(), hit);
+                }
+            }
         }
-        let mut hits: Vec<(String, f32)> = best.into_iter().collect();
-        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut hits: Vec<PluginHit> = best.into_values().collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
         self.keep(&plugin, collection, output)?;
         let returned = hits.len();
-        let mut found = self.with_items(collection, hits)?;
+        let mut found = self.hits_with_items(collection, hits)?;
         let unknown = returned - found.len();
         if unknown > 0 {
             self.services.count(split_qualified(collection).0, &plugin.reference, "quarry.unknown-hit-ids", unknown as f64);
@@ -434,12 +464,18 @@ impl Quarry {
     /// Attach each hit's stored text and metadata (one read transaction); hits for ids the
     /// collection does not hold are left out.
     pub fn with_items(&self, collection: &str, hits: Vec<(String, f32)>) -> Result<Vec<SearchHit>> {
-        let ids: Vec<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
+        self.hits_with_items(collection, hits.into_iter().map(|(id, score)| PluginHit { id, score, features: Vec::new() }).collect())
+    }
+
+    fn hits_with_items(&self, collection: &str, hits: Vec<PluginHit>) -> Result<Vec<SearchHit>> {
+        let ids: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
         let items = self.services.store.items(&qualify(collection)?, &ids)?;
         Ok(hits
             .into_iter()
             .zip(items)
-            .filter_map(|((id, score), item)| item.map(|item| SearchHit { id, score, text: item.text, metadata: item.metadata }))
+            .filter_map(|(hit, item)| {
+                item.map(|item| SearchHit { id: hit.id, score: hit.score, features: hit.features.into_iter().collect(), text: item.text, metadata: item.metadata })
+            })
             .collect())
     }
 
@@ -479,6 +515,36 @@ impl Quarry {
         self.services.store.commit(writes)?;
         self.services.indexes.apply(writes)
     }
+}
+
+/// Most features one hit may carry.
+pub const MAX_FEATURES: usize = 16;
+
+/// Check what a strategy returned: finite scores, and at most [`MAX_FEATURES`] features per
+/// hit, each named like a field (1-64 characters) with a finite value.
+fn check_hits(hits: &[PluginHit]) -> Result<(), String> {
+    for (i, hit) in hits.iter().enumerate() {
+        let id = || crate::printable::printable(&hit.id, 64);
+        if !hit.score.is_finite() {
+            return Err(format!("hit {i} (`{}`) has score {}; scores must be finite numbers", id(), hit.score));
+        }
+        if hit.features.len() > MAX_FEATURES {
+            return Err(format!("hit {i} (`{}`) has {} features; at most {MAX_FEATURES}", id(), hit.features.len()));
+        }
+        for (name, value) in &hit.features {
+            if name.len() > 64 || crate::store::validate_name("feature", name).is_err() {
+                return Err(format!(
+                    "hit {i} (`{}`) has a feature named `{}`; use 1-64 characters from a-z, A-Z, 0-9, `-`, `_`, `.`",
+                    id(),
+                    crate::printable::printable(name, 64)
+                ));
+            }
+            if !value.is_finite() {
+                return Err(format!("hit {i} (`{}`) has feature `{name}` = {value}; features must be finite numbers", id()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The grants of a call on qualified collection `collection`: the route's, within its tenant,

@@ -460,6 +460,40 @@ impl Store {
         Ok(out)
     }
 
+    /// Values of one field in id order after `after` (from the first when none): at most
+    /// `limit`, and only while `accept` takes them. Returns the page and whether more follow.
+    pub fn scan_field_page(
+        &self,
+        collection: &str,
+        field: &str,
+        after: Option<&str>,
+        mut accept: impl FnMut(&str, &FieldValue) -> bool,
+        limit: usize,
+    ) -> Result<(Vec<(String, FieldValue)>, bool)> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FIELDS)?;
+        let mut out = Vec::new();
+        for entry in table.range((collection, field, after.unwrap_or(""))..)? {
+            let (k, v) = entry?;
+            let (c, f, id) = k.value();
+            if c != collection || f != field {
+                break;
+            }
+            if Some(id) == after {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let value = FieldValue::decode(v.value())?;
+            if !accept(id, &value) {
+                return Ok((out, true));
+            }
+            out.push((id.to_string(), value));
+        }
+        Ok((out, false))
+    }
+
     /// How many values one field of a collection holds.
     pub fn field_len(&self, collection: &str, field: &str) -> Result<usize> {
         let txn = self.db.begin_read()?;
@@ -607,6 +641,35 @@ mod tests {
         assert_eq!(store.item_count("t/a").unwrap(), 1);
         assert_eq!(store.item_count("t/b").unwrap(), 0);
         assert_eq!(store.collection("t/a").unwrap().unwrap().schema_version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn field_pages_follow_the_cursor_and_stop_where_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.ensure_collection("t/c").unwrap();
+        store.ensure_collection("t/d").unwrap();
+        let mut batch = WriteBatch::default();
+        for i in 0..10 {
+            batch.fields.push(("t/c".into(), format!("id-{i}"), "codes".into(), FieldValue::Codes(vec![i])));
+        }
+        batch.fields.push(("t/d".into(), "other".into(), "codes".into(), FieldValue::Codes(vec![99])));
+        store.commit(&batch).unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = store.scan_field_page("t/c", "codes", after.as_deref(), |_, _| true, 3).unwrap();
+            seen.extend(page.iter().map(|(id, _)| id.clone()));
+            after = page.last().map(|(id, _)| id.clone());
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen, (0..10).map(|i| format!("id-{i}")).collect::<Vec<_>>(), "every value once, in id order, no other collection's");
+        let (page, more) = store.scan_field_page("t/c", "codes", None, |id, _| id < "id-2", 100).unwrap();
+        assert_eq!((page.len(), more), (2, true), "`accept` ends the page early");
+        let (page, more) = store.scan_field_page("t/c", "codes", Some("id-9"), |_, _| true, 5).unwrap();
+        assert!(page.is_empty() && !more);
     }
 
     #[test]

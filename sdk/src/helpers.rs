@@ -92,7 +92,7 @@ pub fn reciprocal_rank_fusion(lists: &[Vec<Hit>], c: f32) -> Vec<Hit> {
             *fused.entry(hit.id.as_str()).or_default() += 1.0 / (c + rank as f32 + 1.0);
         }
     }
-    let mut out: Vec<Hit> = fused.into_iter().map(|(id, score)| Hit { id: id.to_string(), score }).collect();
+    let mut out: Vec<Hit> = fused.into_iter().map(|(id, score)| Hit::new(id, score)).collect();
     sort_hits(&mut out);
     out
 }
@@ -141,7 +141,7 @@ mod tests {
     use super::*;
 
     fn hit(id: &str, score: f32) -> Hit {
-        Hit { id: id.to_string(), score }
+        Hit::new(id, score)
     }
     fn ids(hits: &[Hit]) -> Vec<&str> {
         hits.iter().map(|h| h.id.as_str()).collect()

@@ -42,7 +42,7 @@ pub use serde_json;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/v0.1",
+        path: "../wit/v0.2",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "export_raw",
@@ -53,14 +53,15 @@ pub mod bindings {
 
 use bindings::exports::quarry::retrieval::strategy as exported;
 use bindings::quarry::retrieval::collections as host_collections;
+use bindings::quarry::retrieval::types as raw;
 use serde::de::DeserializeOwned;
 
-pub use bindings::quarry::retrieval::types::{Error, FieldKind, Hit, Metric, TokenSet};
-pub use exported::{FieldSpec, Item, Query};
+pub use bindings::quarry::retrieval::types::{Error, Feature, FieldKind, Hit, Item, Metric, Query, TokenSet};
+pub use exported::FieldSpec;
 pub use helpers::{beam_search, normalize_min_max, normalize_z, reciprocal_rank_fusion, top_k};
 
 /// The WIT package this SDK builds against. Hosts report it on `plugin add`.
-pub const CONTRACT: &str = "quarry:retrieval@0.1.0";
+pub const CONTRACT: &str = "quarry:retrieval@0.2.0";
 
 // Recorded in the component so tooling can tell which SDK built a plugin.
 #[cfg(target_arch = "wasm32")]
@@ -84,6 +85,25 @@ const fn sdk_stamp() -> [u8; SDK_STAMP_LEN] {
 /// Result of every fallible SDK call.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 
+impl Hit {
+    /// A hit for item `id`.
+    pub fn new(id: impl Into<String>, score: f32) -> Self {
+        Hit { id: id.into(), score, features: Vec::new() }
+    }
+
+    /// Add a named part of the score (for example `global` or `local`), so callers can see why
+    /// the hit ranked. The host takes at most 16, named like fields.
+    pub fn with_feature(mut self, name: &str, value: f32) -> Self {
+        self.features.push(Feature { name: name.to_string(), value });
+        self
+    }
+
+    /// The value of feature `name`, if the hit has it.
+    pub fn feature(&self, name: &str) -> Option<f32> {
+        self.features.iter().find(|f| f.name == name).map(|f| f.value)
+    }
+}
+
 impl Error {
     /// An argument or config value was wrong; say which and why.
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -92,6 +112,10 @@ impl Error {
     /// Any other failure, as a human-readable message.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())
+    }
+    /// A capability the strategy (or host) does not have.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Error::Unsupported(message.into())
     }
 }
 
@@ -106,6 +130,8 @@ pub struct Descriptor {
     pub fields: Vec<FieldSpec>,
     /// JSON Schema of the config object the strategy accepts.
     pub config_schema: serde_json::Value,
+    /// Whether [`Strategy::rerank`] scores candidates; set with [`Descriptor::reranks`].
+    pub reranks: bool,
 }
 
 impl Descriptor {
@@ -118,6 +144,7 @@ impl Descriptor {
             models: Vec::new(),
             fields: Vec::new(),
             config_schema: serde_json::json!({"type": "object"}),
+            reranks: false,
         }
     }
     pub fn description(mut self, text: &str) -> Self {
@@ -147,6 +174,12 @@ impl Descriptor {
         self.config_schema = schema;
         self
     }
+    /// Say that [`Strategy::rerank`] is implemented, so the strategy can be a cascade's second
+    /// stage.
+    pub fn reranks(mut self) -> Self {
+        self.reranks = true;
+        self
+    }
 }
 
 /// The collection and configuration a call runs under.
@@ -157,7 +190,7 @@ pub struct Context {
 
 impl Context {
     #[doc(hidden)]
-    pub fn from_raw(raw: exported::Context) -> Result<Self> {
+    pub fn from_raw(raw: raw::Context) -> Result<Self> {
         let config = if raw.config.trim().is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
@@ -252,6 +285,62 @@ impl Collection {
     pub fn get_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
         host_collections::get_blob(&self.name, name)
     }
+    /// One page of field `field`: at most `limit` values in id order after id `after`, and
+    /// the id to continue after (none at the end). See [`Collection::scan_all`].
+    pub fn scan(&self, field: &str, after: Option<&str>, limit: u32) -> Result<Page> {
+        host_collections::scan(&self.name, field, after, limit)
+    }
+    /// Every value of field `field`, page by page (`page_size` values a host call), in id order.
+    /// It reads what is committed, not this call's own writes.
+    pub fn scan_all(&self, field: &str, page_size: u32) -> Scan<'_> {
+        Scan { collection: self, field: field.to_string(), page_size, page: Vec::new().into_iter(), after: None, done: false }
+    }
+    /// Stored items by id (text and metadata), in order; `None` where the collection lacks one.
+    pub fn get_items(&self, ids: &[String]) -> Result<Vec<Option<StoredItem>>> {
+        host_collections::get_items(&self.name, ids)
+    }
+    /// How many items the collection stores.
+    pub fn count(&self) -> Result<u64> {
+        host_collections::count(&self.name)
+    }
+}
+
+pub use host_collections::{Entry, Page, StoredItem};
+
+/// The values of a field, page by page; see [`Collection::scan_all`].
+pub struct Scan<'a> {
+    collection: &'a Collection,
+    field: String,
+    page_size: u32,
+    page: std::vec::IntoIter<Entry>,
+    after: Option<String>,
+    done: bool,
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(entry) = self.page.next() {
+                return Some(Ok(entry));
+            }
+            if self.done {
+                return None;
+            }
+            match self.collection.scan(&self.field, self.after.as_deref(), self.page_size) {
+                Ok(page) => {
+                    self.done = page.next.is_none();
+                    self.after = page.next;
+                    self.page = page.entries.into_iter();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
 }
 
 /// The host's encoders. `model` names a model granted to the route.
@@ -295,6 +384,16 @@ pub mod decoders {
     pub use crate::bindings::quarry::retrieval::decoders::Generation;
 }
 
+/// Other strategies, called through the host (the route must grant them).
+pub mod strategies {
+    use super::{Hit, Query, Result};
+
+    /// Search `collection` with strategy `name@version`.
+    pub fn search(strategy: &str, collection: &str, query: &Query) -> Result<Vec<Hit>> {
+        crate::bindings::quarry::retrieval::strategies::search(strategy, collection, query)
+    }
+}
+
 /// Logging and counters, attributed to this plugin by the host.
 pub mod log {
     use crate::bindings::quarry::retrieval::log as host;
@@ -332,6 +431,12 @@ pub trait Strategy {
     }
     /// Up to `query.k` hits, best first.
     fn search(ctx: &Context, query: Query) -> Result<Vec<Hit>>;
+    /// Score `candidates` (item ids) for the query, best first, as a cascade's second stage.
+    /// Answers `unsupported` by default; a strategy that implements it says so with
+    /// [`Descriptor::reranks`].
+    fn rerank(_ctx: &Context, _query: Query, _candidates: Vec<String>) -> Result<Vec<Hit>> {
+        Err(Error::unsupported("this strategy does not rerank"))
+    }
 }
 
 /// Adapts a [`Strategy`] to the generated export trait; used by [`export_strategy!`].
@@ -348,16 +453,20 @@ impl<T: Strategy> exported::Guest for Exported<T> {
             models: d.models,
             fields: d.fields,
             config_schema: d.config_schema.to_string(),
+            reranks: d.reranks,
         }
     }
-    fn ingest(ctx: exported::Context, items: Vec<Item>) -> Result<()> {
+    fn ingest(ctx: raw::Context, items: Vec<Item>) -> Result<()> {
         T::ingest(&Context::from_raw(ctx)?, items)
     }
-    fn build(ctx: exported::Context) -> Result<()> {
+    fn build(ctx: raw::Context) -> Result<()> {
         T::build(&Context::from_raw(ctx)?)
     }
-    fn search(ctx: exported::Context, query: Query) -> Result<Vec<Hit>> {
+    fn search(ctx: raw::Context, query: Query) -> Result<Vec<Hit>> {
         T::search(&Context::from_raw(ctx)?, query)
+    }
+    fn rerank(ctx: raw::Context, query: Query, candidates: Vec<String>) -> Result<Vec<Hit>> {
+        T::rerank(&Context::from_raw(ctx)?, query, candidates)
     }
 }
 

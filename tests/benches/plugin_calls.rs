@@ -3,7 +3,7 @@
 //! `cargo bench -p quarry-tests --bench plugin_calls`
 
 use quarry_host::capacity::Caller;
-use quarry_host::plugins::host_api::Query;
+use quarry_host::plugins::contract::Query;
 use quarry_host::{Limits, NewItem, SearchRequest};
 use quarry_tests::{add_model, host_with, plugin, route};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ fn main() {
     host.add_plugin(&plugin("quarry-test-hostile")).unwrap();
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
     host.set_route("ping", route("hostile@0.1.0", &[], serde_json::json!({}))).unwrap();
-    host.set_route("docs", route("dense@0.1.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
 
     // One host→guest→host round trip: `search("ping")` on a kept instance makes one host call.
     let (mut instance, ctx) = host.instance("ping").unwrap();

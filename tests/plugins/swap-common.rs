@@ -19,7 +19,7 @@ impl Strategy for Swap {
             ctx.collection().get_blob("marker")?;
         }
         quarry_sdk::log::counter("searches", 1.0);
-        Ok(vec![Hit { id: format!("served-by-{VERSION}"), score: 1.0 }])
+        Ok(vec![Hit::new(format!("served-by-{VERSION}"), 1.0)])
     }
 }
 

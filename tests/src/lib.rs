@@ -19,6 +19,7 @@ const PLUGINS: &[&str] = &[
     "keyword-boost",
     "quarry-test-fields",
     "quarry-test-hostile",
+    "quarry-test-legacy-v01",
     "quarry-test-shifty",
     "quarry-test-stuck-describe",
     "quarry-test-swap-v1",

@@ -2,7 +2,7 @@
 //! and a restart.
 
 use quarry_host::plugins::CallError;
-use quarry_host::plugins::host_api::Query;
+use quarry_host::plugins::contract::Query;
 use quarry_host::{NewItem, Quarry, SearchRequest};
 use quarry_tests::{add_model, host, plugin, route};
 use serde_json::json;
@@ -92,7 +92,7 @@ fn dense_honours_metadata_filters() {
     let host = host(dir.path());
     add_model(&host, "minilm-l6");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    host.set_route("docs", route("dense@0.1.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     let docs = [
         ("cat-en", "a cat sleeps on the sofa", "en"),
         ("cat-de", "a cat naps on the couch", "de"),

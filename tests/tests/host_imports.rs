@@ -1,4 +1,5 @@
-//! Property test: every host import, called with arbitrary arguments (sizes at and past every
+//! Property test: every host import (of contract 0.2, whose bindings 0.1's share), called with
+//! arbitrary arguments (sizes at and past every
 //! limit, NaN and infinity, empty and enormous dimensions, control and path characters, unknown
 //! models, collections, fields and resources), answers with a result or a typed error. It never
 //! panics (which would be reported as a host fault), never aborts and never hangs.
@@ -7,8 +8,9 @@ use proptest::prelude::*;
 use quarry_host::capacity::Caller;
 use quarry_host::index::Indexes;
 use quarry_host::models::Models;
-use quarry_host::plugins::host_api::quarry::retrieval::{collections, decoders, encoders, log, rankers};
-use quarry_host::plugins::host_api::{CallGrants, CallState, Counters, HostFault, HostServices, TokenSet, WitError};
+use quarry_host::plugins::contract::v0_2::quarry::retrieval::types::{Error as WitError, Query, TokenSet};
+use quarry_host::plugins::contract::v0_2::quarry::retrieval::{collections, decoders, encoders, log, rankers, strategies};
+use quarry_host::plugins::host_api::{CallGrants, CallState, Counters, HostFault, HostServices, LogLevel};
 use quarry_host::store::{FieldValue, Store, StoredItem, WriteBatch};
 use quarry_host::Limits;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,7 +48,7 @@ fn services() -> &'static (Arc<HostServices>, tempfile::TempDir) {
             models.register(quarry_host::models::ModelManifest::load(&path).unwrap()).unwrap();
         }
         let indexes = Arc::new(Indexes::new(store.clone()));
-        let services = Arc::new(HostServices { models, store, indexes, counters: Mutex::new(Counters::default()), log_level: log::Level::Error });
+        let services = Arc::new(HostServices { models, store, indexes, counters: Mutex::new(Counters::default()), log_level: LogLevel::Error });
         (services, dir)
     })
 }
@@ -151,6 +153,10 @@ enum Call {
     ItemsWithCodes(String, String, Vec<u32>),
     PutBlob(String, String, usize),
     GetBlob(String, String),
+    Scan(String, String, Option<String>, u32),
+    GetItems(String, Vec<String>),
+    Count(String),
+    StrategySearch(String, String, Option<String>, u32),
     Log(String),
     Counter(String, f64),
 }
@@ -177,6 +183,10 @@ fn call() -> impl Strategy<Value = Call> {
         (name(), name(), codes()).prop_map(|(c, f, p)| Call::ItemsWithCodes(c, f, p)),
         (name(), name(), 0usize..3 << 20).prop_map(|(c, n, size)| Call::PutBlob(c, n, size)),
         (name(), name()).prop_map(|(c, n)| Call::GetBlob(c, n)),
+        (name(), name(), prop::option::of(name()), any::<u32>()).prop_map(|(c, f, after, limit)| Call::Scan(c, f, after, limit)),
+        (name(), prop::collection::vec(name(), 0..80)).prop_map(|(c, ids)| Call::GetItems(c, ids)),
+        name().prop_map(Call::Count),
+        (name(), name(), prop::option::of(text()), any::<u32>()).prop_map(|(s, c, t, k)| Call::StrategySearch(s, c, t, k)),
         ".{0,5000}".prop_map(Call::Log),
         (name(), prop_oneof![any::<f64>(), Just(f64::NAN)]).prop_map(|(n, v)| Call::Counter(n, v)),
     ]
@@ -229,6 +239,10 @@ fn run(state: &mut CallState, call: Call) -> Result<(), String> {
         Call::ItemsWithCodes(c, f, p) => outcome(state.items_with_codes(c, f, p)),
         Call::PutBlob(c, n, size) => outcome(state.put_blob(c, n, vec![1; size])),
         Call::GetBlob(c, n) => outcome(state.get_blob(c, n)),
+        Call::Scan(c, f, after, limit) => outcome(state.scan(c, f, after, limit)),
+        Call::GetItems(c, ids) => outcome(state.get_items(c, ids)),
+        Call::Count(c) => outcome(state.count(c)),
+        Call::StrategySearch(s, c, text, k) => outcome(strategies::Host::search(state, s, c, Query { text, image: None, k, params: "{}".into() })),
         Call::Log(m) => state.log(log::Level::Error, m).map_err(|e| format!("{e:#}")),
         Call::Counter(n, v) => state.counter(n, v).map_err(|e| format!("{e:#}")),
     }

@@ -8,9 +8,8 @@
 //!
 //! One test runs the whole corpus in turn, so the peak RSS it reads belongs to one case at a time.
 
-use quarry_host::plugins::host_api::WitError;
 use quarry_host::plugins::registry::Owner;
-use quarry_host::plugins::{CallError, WitErrorDisplay};
+use quarry_host::plugins::{CallError, StrategyError};
 use quarry_host::models::ModelManifest;
 use quarry_host::{Grants, Limits, NewItem, Quarry, Route, SearchRequest};
 use quarry_tests::{add_model, add_test_model, host_with, plugin, route};
@@ -92,7 +91,7 @@ fn setup(dir: &std::path::Path) -> Quarry {
     // 16 items with token sets of 4096 x 64: work for a late interaction to refuse.
     items.extend((0..16).map(|i| NewItem::text(&format!("big-{i}"), "tokens 4096 64")));
     host.ingest("acme/hostile", items, |_| {}).unwrap();
-    host.set_route("globex/docs", route("dense@0.1.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("globex/docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("globex/docs", vec![NewItem::text("cat", "a cat sleeps on the sofa"), NewItem::text("sea", "waves crash on the shore")], |_| {}).unwrap();
     host
 }
@@ -109,7 +108,7 @@ fn assert_bystander_served(host: &Quarry, after: &str) {
 }
 
 fn check(what: &str, result: Result<Vec<(String, f32)>, CallError>, expect: &Expect) {
-    let strategy_error = |e: &WitError| -> String { WitErrorDisplay(e.clone()).to_string() };
+    let strategy_error = |e: &StrategyError| -> String { e.to_string() };
     match (expect, &result) {
         (Expect::Timeout, Err(CallError::Timeout { deadline_ms: DEADLINE_MS, .. })) => {}
         (Expect::MemoryLimit, Err(CallError::MemoryLimit { .. })) => {}
@@ -117,10 +116,10 @@ fn check(what: &str, result: Result<Vec<(String, f32)>, CallError>, expect: &Exp
         (Expect::Trapped, Err(CallError::Trapped { .. })) => {}
         (Expect::TooLarge, Err(CallError::ResultTooLarge { .. })) => {}
         (Expect::InvalidResult, Err(CallError::InvalidResult { .. })) => {}
-        (Expect::Invalid(text), Err(CallError::Strategy { error: WitErrorDisplay(e @ WitError::InvalidInput(_)), .. }))
-        | (Expect::NotFound(text), Err(CallError::Strategy { error: WitErrorDisplay(e @ WitError::NotFound(_)), .. }))
-        | (Expect::Denied(text), Err(CallError::Strategy { error: WitErrorDisplay(e @ WitError::Denied(_)), .. }))
-        | (Expect::Failed(text), Err(CallError::Strategy { error: WitErrorDisplay(e), .. })) => {
+        (Expect::Invalid(text), Err(CallError::Strategy { error: e @ StrategyError::InvalidInput(_), .. }))
+        | (Expect::NotFound(text), Err(CallError::Strategy { error: e @ StrategyError::NotFound(_), .. }))
+        | (Expect::Denied(text), Err(CallError::Strategy { error: e @ StrategyError::Denied(_), .. }))
+        | (Expect::Failed(text), Err(CallError::Strategy { error: e, .. })) => {
             assert!(strategy_error(e).contains(text), "{what}: `{}` does not say `{text}`", strategy_error(e));
         }
         (Expect::Hits(want), Ok(hits)) => {
@@ -221,7 +220,7 @@ fn a_tenant_at_its_call_limit_waits_while_another_tenant_serves() {
     host.add_plugin_as(&Owner::tenant("acme").unwrap(), &plugin("quarry-test-hostile")).unwrap();
     host.add_plugin_as(&Owner::tenant("globex").unwrap(), &plugin("quarry-plugin-dense")).unwrap();
     host.set_route("acme/hostile", Route { strategy: "hostile@0.1.0".into(), config: json!({}), grants: Grants::default() }).unwrap();
-    host.set_route("globex/docs", route("dense@0.1.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("globex/docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("globex/docs", vec![NewItem::text("cat", "a cat sleeps on the sofa"), NewItem::text("sea", "waves crash on the shore")], |_| {}).unwrap();
     std::thread::scope(|scope| {
         // acme fills its two calls with sleepers; a third acme call waits for one of them.

@@ -1,7 +1,6 @@
 //! Misbehaving plugins get typed errors within their limits, and the host keeps serving.
 
-use quarry_host::plugins::{CallError, WitErrorDisplay};
-use quarry_host::plugins::host_api::WitError;
+use quarry_host::plugins::{CallError, StrategyError};
 use quarry_host::{Limits, NewItem, Quarry, SearchRequest};
 use quarry_tests::{add_model, host_with, plugin, route};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ fn sandboxed_host(dir: &std::path::Path) -> Quarry {
     host.set_route("hostile", route("hostile@0.1.0", &["minilm-l6"], serde_json::json!({}))).unwrap();
     // The hostile plugin reports values as the score of this item.
     host.ingest("hostile", vec![NewItem::text("answer", "answer")], |_| {}).unwrap();
-    host.set_route("docs", route("dense@0.1.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("docs", vec![NewItem::text("cat", "a cat sleeps on the sofa"), NewItem::text("sea", "waves crash on the shore")], |_| {}).unwrap();
     host
 }
@@ -40,9 +39,9 @@ fn assert_still_serving(host: &Quarry) {
     assert_eq!(ping.unwrap(), Vec::<f32>::new());
 }
 
-fn strategy_error(result: Result<Vec<f32>, CallError>) -> WitError {
+fn strategy_error(result: Result<Vec<f32>, CallError>) -> StrategyError {
     match result {
-        Err(CallError::Strategy { error: WitErrorDisplay(e), .. }) => e,
+        Err(CallError::Strategy { error: e, .. }) => e,
         other => panic!("expected an error returned by the strategy, got {other:?}"),
     }
 }
@@ -108,11 +107,11 @@ fn ungranted_models_and_collections_are_denied() {
     let dir = tempfile::tempdir().unwrap();
     let host = sandboxed_host(dir.path());
     match strategy_error(misbehave(&host, "ungranted-model", "").0) {
-        WitError::Denied(m) => assert!(m.contains("secret-model") && m.contains("minilm-l6"), "{m}"),
+        StrategyError::Denied(m) => assert!(m.contains("secret-model") && m.contains("minilm-l6"), "{m}"),
         other => panic!("{other:?}"),
     }
     match strategy_error(misbehave(&host, "other-collection", "docs").0) {
-        WitError::Denied(m) => assert!(m.contains("`docs`"), "{m}"),
+        StrategyError::Denied(m) => assert!(m.contains("`docs`"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert_still_serving(&host);

@@ -188,7 +188,7 @@ fn composed_queries_find_the_edited_scene_through_lincir() {
         "text-model": "shapes-text-slots", "image-model": "shapes-image", "projector": "shapes-phi",
         "template": "a photo of $ that {text}",
     });
-    host.set_route("world", route("lincir@0.1.0", &models, config)).unwrap();
+    host.set_route("world", route("lincir@0.2.0", &models, config)).unwrap();
     let items = w.scenes.iter().zip(&w.images).map(|(s, image)| NewItem { image: Some(image.clone()), ..NewItem::text(&s.id, &s.caption) }).collect();
     assert_eq!(host.ingest("world", items, |_| {}).unwrap().ingested, 180);
     let first = |image: &[u8], text: &str| {
@@ -311,7 +311,7 @@ fn the_cli_ingests_the_world_and_answers_text_image_and_composed_queries() {
     let steps: [&[&str]; 3] = [
         &["plugin", "add", &lincir],
         &[
-            "route", "set", "shapes", "--strategy", "lincir@0.1.0", "--grant-model", "shapes-image", "--grant-model", "shapes-text-slots", "--grant-model",
+            "route", "set", "shapes", "--strategy", "lincir@0.2.0", "--grant-model", "shapes-image", "--grant-model", "shapes-text-slots", "--grant-model",
             "shapes-phi", "--config", config,
         ],
         &["ingest", "shapes", &path("items.jsonl")],

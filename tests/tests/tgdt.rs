@@ -46,8 +46,8 @@ fn tgdt_reranks_global_candidates_by_late_interaction() {
     let host = host(dir.path());
     add_model(&host, "minilm-l6");
     let tgdt = host.add_plugin(&plugin("quarry-plugin-tgdt")).unwrap();
-    assert_eq!(tgdt.reference, "tgdt@0.1.0");
-    host.set_route("docs", route("tgdt@0.1.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6", "candidates": 6}))).unwrap();
+    assert_eq!(tgdt.reference, "tgdt@0.2.0");
+    host.set_route("docs", route("tgdt@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6", "candidates": 6}))).unwrap();
     host.ingest("docs", DEMO_SENTENCES.iter().map(|(id, t)| NewItem::text(id, t)).collect(), |_| {}).unwrap();
     for (query, expected) in DEMO_QUERIES {
         let response = host.search("docs", &SearchRequest::text(query, 3)).unwrap();

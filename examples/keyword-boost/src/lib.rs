@@ -65,7 +65,7 @@ impl Strategy for KeywordBoost {
                 Some(FieldValue::Codes(codes)) => wanted.iter().filter(|t| codes.binary_search(t).is_ok()).count(),
                 _ => 0,
             };
-            keyword.push(Hit { id: hit.id.clone(), score: overlap as f32 });
+            keyword.push(Hit::new(hit.id.clone(), overlap as f32));
         }
         let keyword = top_k(keyword, dense.len());
         Ok(top_k(reciprocal_rank_fusion(&[dense, keyword], 60.0), query.k as usize))

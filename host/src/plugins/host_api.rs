@@ -1,20 +1,24 @@
-//! The imports a strategy plugin calls: the host side of `quarry:retrieval@0.1.0`.
+//! The host side of the contract, independent of its version: what every host import does.
 //!
 //! Every import goes through [`CallState::guard`], which first checks the call's deadline
 //! (a passed deadline ends the call with a timeout, whatever the plugin does with errors), and
 //! turns a panic inside the host into that caller's error. Each import then checks the route's
 //! [`Grants`] and the call's [`Limits`] (batch sizes, bytes in, work, bytes written) before it
 //! does any work. Writes and counters are held by the call and kept only if it succeeds.
+//!
+//! The versioned bindings ([`super::contract`]) are thin: they convert each version's types to
+//! and from the host's and call these methods.
 
+use super::contract::StrategyError;
 use super::limits::{CallLimiter, Limits};
 use crate::capacity::{Caller, Deadline, Expired, Slot};
-use crate::index::Indexes;
 use crate::index::filter::Filter;
 use crate::index::tokens::{MaxSimBudget, MaxSimError};
+use crate::index::{Indexes, Scored};
 use crate::models::decoder::DecoderBudget;
 use crate::models::{ModelError, Models};
 use crate::printable::printable;
-use crate::store::{self, Store, WriteBatch};
+use crate::store::{self, FieldValue, Store, StoredItem, WriteBatch};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -23,34 +27,20 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-wasmtime::component::bindgen!({
-    path: "../wit/v0.1",
-    world: "plugin",
-    imports: { default: trappable },
-    with: { "quarry:retrieval/decoders.generation": GenerationSession },
-});
+/// A token set as imports pass it: `data.len() / dim` vectors of `dim` floats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokens {
+    pub dim: u32,
+    pub data: Vec<f32>,
+}
 
-pub use exports::quarry::retrieval::strategy::{Context as CallContext, Descriptor, FieldSpec, Item, Query};
-pub use quarry::retrieval::types::{FieldKind, Metric};
-use quarry::retrieval::collections::FieldValue as WitFieldValue;
-pub use quarry::retrieval::types::{Error as WitError, Hit, TokenSet};
-
-impl FieldSpec {
-    /// The store's view of a declared field.
-    pub fn schema(&self) -> store::FieldSchema {
-        let kind = match self.kind {
-            FieldKind::Vector => store::FieldKind::Vector,
-            FieldKind::Tokens => store::FieldKind::Tokens,
-            FieldKind::Codes => store::FieldKind::Codes,
-            FieldKind::Blob => store::FieldKind::Blob,
-        };
-        let metric = match self.metric {
-            None | Some(Metric::InnerProduct) => store::Metric::InnerProduct,
-            Some(Metric::Cosine) => store::Metric::Cosine,
-            Some(Metric::L2) => store::Metric::L2,
-        };
-        store::FieldSchema::new(kind, metric)
-    }
+/// Log levels, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
 }
 
 /// Host state behind a `generation` resource: the decoder session and its prompt state.
@@ -146,7 +136,7 @@ pub struct HostServices {
     pub indexes: Arc<Indexes>,
     pub counters: Mutex<Counters>,
     /// Print plugin log lines at or above this level to stderr.
-    pub log_level: quarry::retrieval::log::Level,
+    pub log_level: LogLevel,
 }
 
 impl HostServices {
@@ -194,13 +184,13 @@ pub struct CallState {
 
 /// How a host import ends when it does not answer: with an error the plugin sees, or by
 /// ending the whole call (its deadline passed).
-enum Fail {
-    Wit(WitError),
+pub(super) enum Fail {
+    Wit(StrategyError),
     Expired(Expired),
 }
 
-impl From<WitError> for Fail {
-    fn from(e: WitError) -> Self {
+impl From<StrategyError> for Fail {
+    fn from(e: StrategyError) -> Self {
         Fail::Wit(e)
     }
 }
@@ -215,9 +205,9 @@ impl From<ModelError> for Fail {
     fn from(e: ModelError) -> Self {
         match e {
             ModelError::Expired(e) => Fail::Expired(e),
-            ModelError::NotFound(_) => Fail::Wit(WitError::NotFound(e.to_string())),
-            ModelError::InvalidInput(m) => Fail::Wit(WitError::InvalidInput(m)),
-            ModelError::Runtime(_) => Fail::Wit(WitError::Model(e.to_string())),
+            ModelError::NotFound(_) => Fail::Wit(StrategyError::NotFound(e.to_string())),
+            ModelError::InvalidInput(m) => Fail::Wit(StrategyError::InvalidInput(m)),
+            ModelError::Runtime(_) => Fail::Wit(StrategyError::Model(e.to_string())),
         }
     }
 }
@@ -226,7 +216,7 @@ impl From<MaxSimError> for Fail {
     fn from(e: MaxSimError) -> Self {
         match e {
             MaxSimError::Expired(e) => Fail::Expired(e),
-            MaxSimError::Invalid(m) => Fail::Wit(WitError::InvalidInput(m)),
+            MaxSimError::Invalid(m) => Fail::Wit(StrategyError::InvalidInput(m)),
         }
     }
 }
@@ -240,8 +230,11 @@ pub struct HostFault {
 }
 
 fn invalid(message: String) -> Fail {
-    Fail::Wit(WitError::InvalidInput(message))
+    Fail::Wit(StrategyError::InvalidInput(message))
 }
+
+/// What a guarded import answers: a result for the plugin, or a trap that ends the call.
+pub(super) type Answer<T> = wasmtime::Result<Result<T, StrategyError>>;
 
 impl CallState {
     pub fn new(services: Arc<HostServices>, grants: Arc<CallGrants>, limits: &Limits, strategy: &str) -> Self {
@@ -299,7 +292,7 @@ impl CallState {
 
     /// Run one import: refuse it once the deadline has passed, and turn a panic into this
     /// call's error.
-    fn guard<T>(&mut self, import: &'static str, body: impl FnOnce(&mut Self) -> Result<T, Fail>) -> Answer<T> {
+    pub(super) fn guard<T>(&mut self, import: &'static str, body: impl FnOnce(&mut Self) -> Result<T, Fail>) -> Answer<T> {
         if self.deadline.expired() {
             return Err(wasmtime::Error::new(Expired(format!("a call to `{import}`"))));
         }
@@ -316,7 +309,7 @@ impl CallState {
 
     fn model(&self, model: &str) -> Result<(), Fail> {
         if !self.grants.models.contains(model) {
-            return Err(Fail::Wit(WitError::Denied(format!(
+            return Err(Fail::Wit(StrategyError::Denied(format!(
                 "strategy {} may not call model `{}`: the route does not grant it (granted: {})",
                 self.strategy,
                 printable(model, 128),
@@ -330,7 +323,7 @@ impl CallState {
     /// the call's tenant, so no name reaches another tenant's data.
     fn collection(&self, collection: &str) -> Result<String, Fail> {
         if !self.grants.collections.contains(collection) {
-            return Err(Fail::Wit(WitError::Denied(format!(
+            return Err(Fail::Wit(StrategyError::Denied(format!(
                 "strategy {} may not access collection `{}`: the route does not grant it (granted: {})",
                 self.strategy,
                 printable(collection, 128),
@@ -400,7 +393,7 @@ impl CallState {
         Ok(())
     }
 
-    fn tokens(&self, what: &str, set: &TokenSet) -> Result<(), Fail> {
+    fn tokens(&self, what: &str, set: &Tokens) -> Result<(), Fail> {
         if set.dim == 0 || !set.data.len().is_multiple_of(set.dim as usize) {
             return Err(invalid(format!("{what}: a token set of dimension {} cannot hold {} floats", set.dim, set.data.len())));
         }
@@ -439,11 +432,11 @@ impl CallState {
         }
         match self.services.store.item_exists(key, id) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(Fail::Wit(WitError::NotFound(format!(
+            Ok(false) => Err(Fail::Wit(StrategyError::NotFound(format!(
                 "put-field: collection `{collection}` has no item `{}`; fields belong to stored items, so ingest the item first",
                 printable(id, 64)
             )))),
-            Err(e) => Err(Fail::Wit(internal(e))),
+            Err(e) => Err(internal(e)),
         }
     }
 }
@@ -452,8 +445,8 @@ fn list(names: &BTreeSet<String>) -> String {
     if names.is_empty() { "none".to_string() } else { names.iter().cloned().collect::<Vec<_>>().join(", ") }
 }
 
-fn internal(e: anyhow::Error) -> WitError {
-    WitError::Internal(format!("{e:#}"))
+fn internal(e: anyhow::Error) -> Fail {
+    Fail::Wit(StrategyError::Internal(format!("{e:#}")))
 }
 
 impl WasiView for CallState {
@@ -462,7 +455,9 @@ impl WasiView for CallState {
     }
 }
 
-type Answer<T> = wasmtime::Result<Result<T, WitError>>;
+
+/// A page of a scan: entries in id order, and the id to continue after (none at the end).
+pub(super) type ScanPage = (Vec<(String, FieldValue)>, Option<String>);
 
 fn bytes_of(texts: &[String]) -> impl Iterator<Item = &[u8]> {
     texts.iter().map(String::as_bytes)
@@ -472,296 +467,289 @@ fn floats(vectors: &[Vec<f32>]) -> usize {
     vectors.iter().map(|v| v.len().saturating_mul(4)).fold(0, usize::saturating_add)
 }
 
-impl quarry::retrieval::types::Host for CallState {}
-
-impl quarry::retrieval::encoders::Host for CallState {
-    fn embed_texts(&mut self, model: String, texts: Vec<String>) -> Answer<Vec<Vec<f32>>> {
-        self.guard("embed-texts", |s| {
-            s.model(&model)?;
-            s.batch("embed-texts", &texts)?;
-            s.inputs("embed-texts", bytes_of(&texts))?;
-            Ok(s.services.models.embed_texts(&model, &texts, &s.caller())?)
-        })
-    }
-
-    fn embed_images(&mut self, model: String, images: Vec<Vec<u8>>) -> Answer<Vec<Vec<f32>>> {
-        self.guard("embed-images", |s| {
-            s.model(&model)?;
-            s.batch("embed-images", &images)?;
-            s.inputs("embed-images", images.iter().map(Vec::as_slice))?;
-            Ok(s.services.models.embed_images(&model, &images, &s.caller())?)
-        })
-    }
-
-    fn text_tokens(&mut self, model: String, texts: Vec<String>) -> Answer<Vec<TokenSet>> {
-        self.guard("text-tokens", |s| {
-            s.model(&model)?;
-            s.batch("text-tokens", &texts)?;
-            s.inputs("text-tokens", bytes_of(&texts))?;
-            let mut out = Vec::with_capacity(texts.len());
-            let mut bytes = 0usize;
-            for chunk in texts.chunks(TOKEN_CHUNK) {
-                for (dim, data) in s.services.models.text_tokens(&model, chunk, &s.caller())? {
-                    bytes += data.len() * 4;
-                    out.push(TokenSet { dim: dim as u32, data });
-                }
-                s.payload("text-tokens result", bytes)?;
-            }
-            Ok(out)
-        })
-    }
-
-    fn image_tokens(&mut self, model: String, images: Vec<Vec<u8>>) -> Answer<Vec<TokenSet>> {
-        self.guard("image-tokens", |s| {
-            s.model(&model)?;
-            s.batch("image-tokens", &images)?;
-            s.inputs("image-tokens", images.iter().map(Vec::as_slice))?;
-            let mut out = Vec::with_capacity(images.len());
-            let mut bytes = 0usize;
-            for chunk in images.chunks(TOKEN_CHUNK) {
-                for (dim, data) in s.services.models.image_tokens(&model, chunk, &s.caller())? {
-                    bytes += data.len() * 4;
-                    out.push(TokenSet { dim: dim as u32, data });
-                }
-                s.payload("image-tokens result", bytes)?;
-            }
-            Ok(out)
-        })
-    }
-
-    fn embed_texts_with_slots(&mut self, model: String, texts: Vec<quarry::retrieval::encoders::SlottedText>) -> Answer<Vec<Vec<f32>>> {
-        self.guard("embed-texts-with-slots", |s| {
-            s.model(&model)?;
-            s.batch("embed-texts-with-slots", &texts)?;
-            s.inputs("embed-texts-with-slots", texts.iter().map(|t| t.template.as_bytes()))?;
-            let slots: Vec<&Vec<f32>> = texts.iter().flat_map(|t| &t.slots).collect();
-            s.batch("embed-texts-with-slots slots", &slots)?;
-            s.payload("embed-texts-with-slots", slots.iter().map(|v| v.len().saturating_mul(4)).fold(0, usize::saturating_add))?;
-            if slots.iter().any(|v| v.iter().any(|x| !x.is_finite())) {
-                return Err(invalid("embed-texts-with-slots: a slot vector holds NaN or infinity".into()));
-            }
-            let texts: Vec<(String, Vec<Vec<f32>>)> = texts.into_iter().map(|t| (t.template, t.slots)).collect();
-            Ok(s.services.models.embed_texts_with_slots(&model, &texts, &s.caller())?)
-        })
-    }
-
-    fn project(&mut self, model: String, vectors: Vec<Vec<f32>>) -> Answer<Vec<Vec<f32>>> {
-        self.guard("project", |s| {
-            s.model(&model)?;
-            s.batch("project", &vectors)?;
-            s.payload("project", floats(&vectors))?;
-            if vectors.iter().any(|v| v.is_empty() || v.iter().any(|x| !x.is_finite())) {
-                return Err(invalid("project: vectors must be non-empty and finite".into()));
-            }
-            Ok(s.services.models.project(&model, &vectors, &s.caller())?)
-        })
+fn value_bytes(value: &FieldValue) -> usize {
+    match value {
+        FieldValue::Vector(v) => v.len().saturating_mul(4),
+        FieldValue::Tokens { data, .. } => data.len().saturating_mul(4),
+        FieldValue::Codes(c) => c.len().saturating_mul(4),
+        FieldValue::Blob(b) => b.len(),
     }
 }
 
-impl quarry::retrieval::decoders::Host for CallState {}
+/// What each host import does, whatever the contract version. The versioned bindings call these
+/// inside [`CallState::guard`].
+impl CallState {
+    pub(super) fn embed_texts(&mut self, model: &str, texts: &[String]) -> Result<Vec<Vec<f32>>, Fail> {
+        self.model(model)?;
+        self.batch("embed-texts", texts)?;
+        self.inputs("embed-texts", bytes_of(texts))?;
+        Ok(self.services.models.embed_texts(model, texts, &self.caller())?)
+    }
 
-impl quarry::retrieval::decoders::HostGeneration for CallState {
-    fn start(&mut self, model: String, prompt: String) -> Answer<Resource<GenerationSession>> {
-        self.guard("generation.start", |s| {
-            s.model(&model)?;
-            if s.generations >= MAX_GENERATIONS {
-                return Err(invalid(format!("a call may hold {MAX_GENERATIONS} generation sessions at once; drop finished ones")));
+    pub(super) fn embed_images(&mut self, model: &str, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, Fail> {
+        self.model(model)?;
+        self.batch("embed-images", images)?;
+        self.inputs("embed-images", images.iter().map(Vec::as_slice))?;
+        Ok(self.services.models.embed_images(model, images, &self.caller())?)
+    }
+
+    /// Token sets of texts or images, gathered a chunk at a time so the output is checked
+    /// against the payload limit as it grows.
+    fn token_sets<T>(
+        &mut self,
+        what: &str,
+        model: &str,
+        inputs: &[T],
+        run: impl Fn(&Models, &str, &[T], &Caller) -> Result<Vec<(usize, Vec<f32>)>, ModelError>,
+    ) -> Result<Vec<Tokens>, Fail> {
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut bytes = 0usize;
+        for chunk in inputs.chunks(TOKEN_CHUNK) {
+            for (dim, data) in run(&self.services.models, model, chunk, &self.caller())? {
+                bytes += data.len() * 4;
+                out.push(Tokens { dim: dim as u32, data });
             }
-            s.inputs("generation.start", std::iter::once(prompt.as_bytes()))?;
-            let mut generation = s.services.models.start_generation(&model, &prompt, &s.caller())?;
-            generation.set_budget(DecoderBudget { max_tokens: s.limits.max_decoder_tokens, max_logit_bytes: s.limits.max_payload_bytes });
-            let resource = s.table.push(generation).map_err(|e| invalid(format!("generation.start: {e}")))?;
-            s.generations += 1;
-            Ok(resource)
-        })
+            self.payload(what, bytes)?;
+        }
+        Ok(out)
     }
 
-    fn next_logprobs(&mut self, session: Resource<GenerationSession>, prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<f32>>> {
-        self.guard("generation.next-logprobs", |s| {
-            s.batch("next-logprobs", &prefixes)?;
-            let generation = s.table.get_mut(&session).map_err(|e| invalid(format!("next-logprobs: {e}")))?;
-            Ok(generation.next_logprobs(&prefixes)?)
-        })
+    pub(super) fn text_tokens(&mut self, model: &str, texts: &[String]) -> Result<Vec<Tokens>, Fail> {
+        self.model(model)?;
+        self.batch("text-tokens", texts)?;
+        self.inputs("text-tokens", bytes_of(texts))?;
+        self.token_sets("text-tokens result", model, texts, Models::text_tokens)
     }
 
-    fn reorder(&mut self, session: Resource<GenerationSession>, beams: Vec<u32>) -> Answer<()> {
-        self.guard("generation.reorder", |s| {
-            s.batch("reorder", &beams)?;
-            let generation = s.table.get_mut(&session).map_err(|e| invalid(format!("reorder: {e}")))?;
-            Ok(generation.reorder(&beams)?)
-        })
+    pub(super) fn image_tokens(&mut self, model: &str, images: &[Vec<u8>]) -> Result<Vec<Tokens>, Fail> {
+        self.model(model)?;
+        self.batch("image-tokens", images)?;
+        self.inputs("image-tokens", images.iter().map(Vec::as_slice))?;
+        self.token_sets("image-tokens result", model, images, Models::image_tokens)
     }
 
-    fn drop(&mut self, session: Resource<GenerationSession>) -> wasmtime::Result<()> {
+    pub(super) fn embed_texts_with_slots(&mut self, model: &str, texts: Vec<(String, Vec<Vec<f32>>)>) -> Result<Vec<Vec<f32>>, Fail> {
+        self.model(model)?;
+        self.batch("embed-texts-with-slots", &texts)?;
+        self.inputs("embed-texts-with-slots", texts.iter().map(|(template, _)| template.as_bytes()))?;
+        let slots: Vec<&Vec<f32>> = texts.iter().flat_map(|(_, slots)| slots).collect();
+        self.batch("embed-texts-with-slots slots", &slots)?;
+        self.payload("embed-texts-with-slots", slots.iter().map(|v| v.len().saturating_mul(4)).fold(0, usize::saturating_add))?;
+        if slots.iter().any(|v| v.iter().any(|x| !x.is_finite())) {
+            return Err(invalid("embed-texts-with-slots: a slot vector holds NaN or infinity".into()));
+        }
+        Ok(self.services.models.embed_texts_with_slots(model, &texts, &self.caller())?)
+    }
+
+    pub(super) fn project(&mut self, model: &str, vectors: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, Fail> {
+        self.model(model)?;
+        self.batch("project", vectors)?;
+        self.payload("project", floats(vectors))?;
+        if vectors.iter().any(|v| v.is_empty() || v.iter().any(|x| !x.is_finite())) {
+            return Err(invalid("project: vectors must be non-empty and finite".into()));
+        }
+        Ok(self.services.models.project(model, vectors, &self.caller())?)
+    }
+
+    pub(super) fn generation_start(&mut self, model: &str, prompt: &str) -> Result<Resource<GenerationSession>, Fail> {
+        self.model(model)?;
+        if self.generations >= MAX_GENERATIONS {
+            return Err(invalid(format!("a call may hold {MAX_GENERATIONS} generation sessions at once; drop finished ones")));
+        }
+        self.inputs("generation.start", std::iter::once(prompt.as_bytes()))?;
+        let mut generation = self.services.models.start_generation(model, prompt, &self.caller())?;
+        generation.set_budget(DecoderBudget { max_tokens: self.limits.max_decoder_tokens, max_logit_bytes: self.limits.max_payload_bytes });
+        let resource = self.table.push(generation).map_err(|e| invalid(format!("generation.start: {e}")))?;
+        self.generations += 1;
+        Ok(resource)
+    }
+
+    pub(super) fn next_logprobs(&mut self, session: &Resource<GenerationSession>, prefixes: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, Fail> {
+        self.batch("next-logprobs", prefixes)?;
+        let generation = self.table.get_mut(session).map_err(|e| invalid(format!("next-logprobs: {e}")))?;
+        Ok(generation.next_logprobs(prefixes)?)
+    }
+
+    pub(super) fn reorder(&mut self, session: &Resource<GenerationSession>, beams: &[u32]) -> Result<(), Fail> {
+        self.batch("reorder", beams)?;
+        let generation = self.table.get_mut(session).map_err(|e| invalid(format!("reorder: {e}")))?;
+        Ok(generation.reorder(beams)?)
+    }
+
+    pub(super) fn generation_drop(&mut self, session: Resource<GenerationSession>) -> wasmtime::Result<()> {
         self.table.delete(session)?;
         self.generations -= 1;
         Ok(())
     }
-}
 
-impl quarry::retrieval::rankers::Host for CallState {
-    fn late_interaction(&mut self, collection: String, field: String, query: TokenSet, candidates: Vec<String>) -> Answer<Vec<Hit>> {
-        self.guard("late-interaction", |s| {
-            let key = s.collection(&collection)?;
-            s.batch("late-interaction candidates", &candidates)?;
-            s.payload("late-interaction query", query.data.len().saturating_mul(4))?;
-            s.tokens("late-interaction query", &query)?;
-            let hits = s
-                .services
-                .indexes
-                .late_interaction(&key, &field, query.dim as usize, &query.data, &candidates, MaxSimBudget { max_work: s.limits.max_maxsim_work, deadline: s.deadline })
-                .map_err(|e| match e {
-                    MaxSimError::Invalid(m) => MaxSimError::Invalid(format!("late-interaction on `{collection}.{}`: {m}", printable(&field, 128))),
-                    e => e,
-                })?;
-            Ok(hits.into_iter().map(|s| Hit { id: s.id, score: s.score }).collect())
-        })
+    pub(super) fn late_interaction(&mut self, collection: &str, field: &str, query: &Tokens, candidates: &[String]) -> Result<Vec<Scored>, Fail> {
+        let key = self.collection(collection)?;
+        self.batch("late-interaction candidates", candidates)?;
+        self.payload("late-interaction query", query.data.len().saturating_mul(4))?;
+        self.tokens("late-interaction query", query)?;
+        let budget = MaxSimBudget { max_work: self.limits.max_maxsim_work, deadline: self.deadline };
+        let hits = self.services.indexes.late_interaction(&key, field, query.dim as usize, &query.data, candidates, budget).map_err(|e| match e {
+            MaxSimError::Invalid(m) => MaxSimError::Invalid(format!("late-interaction on `{collection}.{}`: {m}", printable(field, 128))),
+            e => e,
+        })?;
+        Ok(hits)
     }
 
-    fn cross_score(&mut self, model: String, query: String, texts: Vec<String>) -> Answer<Vec<f32>> {
-        self.guard("cross-score", |s| {
-            s.model(&model)?;
-            s.batch("cross-score", &texts)?;
-            s.inputs("cross-score", std::iter::once(query.as_bytes()).chain(bytes_of(&texts)))?;
-            Ok(s.services.models.cross_score(&model, &query, &texts, &s.caller())?)
-        })
+    pub(super) fn cross_score(&mut self, model: &str, query: &str, texts: &[String]) -> Result<Vec<f32>, Fail> {
+        self.model(model)?;
+        self.batch("cross-score", texts)?;
+        self.inputs("cross-score", std::iter::once(query.as_bytes()).chain(bytes_of(texts)))?;
+        Ok(self.services.models.cross_score(model, query, texts, &self.caller())?)
     }
-}
 
-fn to_store(value: WitFieldValue) -> store::FieldValue {
-    match value {
-        WitFieldValue::Vector(v) => store::FieldValue::Vector(v),
-        WitFieldValue::Tokens(t) => store::FieldValue::Tokens { dim: t.dim, data: t.data },
-        WitFieldValue::Codes(c) => store::FieldValue::Codes(c),
-        WitFieldValue::Blob(b) => store::FieldValue::Blob(b),
-    }
-}
-
-fn to_wit(value: store::FieldValue) -> WitFieldValue {
-    match value {
-        store::FieldValue::Vector(v) => WitFieldValue::Vector(v),
-        store::FieldValue::Tokens { dim, data } => WitFieldValue::Tokens(TokenSet { dim, data }),
-        store::FieldValue::Codes(c) => WitFieldValue::Codes(c),
-        store::FieldValue::Blob(b) => WitFieldValue::Blob(b),
-    }
-}
-
-fn payload_bytes(value: &WitFieldValue) -> usize {
-    match value {
-        WitFieldValue::Vector(v) => v.len().saturating_mul(4),
-        WitFieldValue::Tokens(t) => t.data.len().saturating_mul(4),
-        WitFieldValue::Codes(c) => c.len().saturating_mul(4),
-        WitFieldValue::Blob(b) => b.len(),
-    }
-}
-
-impl quarry::retrieval::collections::Host for CallState {
-    fn put_field(&mut self, collection: String, id: String, field: String, value: WitFieldValue) -> Answer<()> {
-        self.guard("put-field", |s| {
-            let key = s.collection(&collection)?;
-            store::validate_name("field", &field).map_err(|e| invalid(format!("put-field: {e}")))?;
-            s.item_exists(&key, &collection, &id)?;
-            let size = payload_bytes(&value);
-            s.payload("put-field", size)?;
-            let what = || format!("put-field `{field}` of `{}`", printable(&id, 64));
-            match &value {
-                WitFieldValue::Vector(v) if v.is_empty() => return Err(invalid(format!("{}: the vector is empty", what()))),
-                WitFieldValue::Vector(v) if v.iter().any(|x| !x.is_finite()) => {
-                    return Err(invalid(format!("{}: the values include NaN or infinity", what())));
-                }
-                WitFieldValue::Tokens(t) => s.tokens(&what(), t)?,
-                WitFieldValue::Codes(c) => s.codes(&what(), c)?,
-                _ => {}
+    pub(super) fn put_field(&mut self, collection: &str, id: String, field: String, value: FieldValue) -> Result<(), Fail> {
+        let key = self.collection(collection)?;
+        store::validate_name("field", &field).map_err(|e| invalid(format!("put-field: {e}")))?;
+        self.item_exists(&key, collection, &id)?;
+        let size = value_bytes(&value);
+        self.payload("put-field", size)?;
+        let what = || format!("put-field `{field}` of `{}`", printable(&id, 64));
+        match &value {
+            FieldValue::Vector(v) if v.is_empty() => return Err(invalid(format!("{}: the vector is empty", what()))),
+            FieldValue::Vector(v) if v.iter().any(|x| !x.is_finite()) => {
+                return Err(invalid(format!("{}: the values include NaN or infinity", what())));
             }
-            s.written("put-field", size + id.len() + field.len())?;
-            s.writes.fields.push((key, id, field, to_store(value)));
-            Ok(())
-        })
+            FieldValue::Tokens { dim, data } => self.tokens(&what(), &Tokens { dim: *dim, data: data.clone() })?,
+            FieldValue::Codes(c) => self.codes(&what(), c)?,
+            _ => {}
+        }
+        self.written("put-field", size + id.len() + field.len())?;
+        self.writes.fields.push((key, id, field, value));
+        Ok(())
     }
 
-    fn get_field(&mut self, collection: String, id: String, field: String) -> Answer<Option<WitFieldValue>> {
-        self.guard("get-field", |s| {
-            let key = s.collection(&collection)?;
-            if let Some(pending) = s.writes.pending_field(&key, &id, &field) {
-                return Ok(Some(to_wit(pending.clone())));
-            }
-            let value = s.services.store.field(&key, &id, &field).map_err(internal)?;
-            Ok(value.map(to_wit))
-        })
+    pub(super) fn get_field(&mut self, collection: &str, id: &str, field: &str) -> Result<Option<FieldValue>, Fail> {
+        let key = self.collection(collection)?;
+        if let Some(pending) = self.writes.pending_field(&key, id, field) {
+            return Ok(Some(pending.clone()));
+        }
+        self.services.store.field(&key, id, field).map_err(internal)
     }
 
-    fn nearest(&mut self, collection: String, field: String, query: Vec<f32>, k: u32, filter: Option<String>) -> Answer<Vec<Hit>> {
-        self.guard("nearest", |s| {
-            let key = s.collection(&collection)?;
-            let k = (k as usize).min(s.limits.max_hits);
-            let on = || format!("nearest on `{collection}.{}`", printable(&field, 128));
-            s.payload("nearest query", query.len().saturating_mul(4))?;
-            if query.is_empty() || query.iter().any(|x| !x.is_finite()) {
-                return Err(invalid(format!("{}: the query vector must be non-empty and finite", on())));
-            }
-            if let Some(f) = &filter {
-                s.payload("nearest filter", f.len())?;
-            }
-            let filter = filter.map(|f| Filter::parse(&f)).transpose().map_err(|e| invalid(format!("{}: {e:#}", on())))?;
-            let hits = s.services.indexes.nearest(&key, &field, &query, k, filter.as_ref()).map_err(|e| invalid(format!("{}: {e:#}", on())))?;
-            s.deadline.check("a nearest-neighbour search")?;
-            Ok(hits.into_iter().map(|s| Hit { id: s.id, score: s.score }).collect())
-        })
+    pub(super) fn nearest(&mut self, collection: &str, field: &str, query: &[f32], k: u32, filter: Option<&str>) -> Result<Vec<Scored>, Fail> {
+        let key = self.collection(collection)?;
+        let k = (k as usize).min(self.limits.max_hits);
+        let on = || format!("nearest on `{collection}.{}`", printable(field, 128));
+        self.payload("nearest query", query.len().saturating_mul(4))?;
+        if query.is_empty() || query.iter().any(|x| !x.is_finite()) {
+            return Err(invalid(format!("{}: the query vector must be non-empty and finite", on())));
+        }
+        if let Some(f) = filter {
+            self.payload("nearest filter", f.len())?;
+        }
+        let filter = filter.map(Filter::parse).transpose().map_err(|e| invalid(format!("{}: {e:#}", on())))?;
+        let hits = self.services.indexes.nearest(&key, field, query, k, filter.as_ref()).map_err(|e| invalid(format!("{}: {e:#}", on())))?;
+        self.deadline.check("a nearest-neighbour search")?;
+        Ok(hits)
     }
 
-    fn next_codes(&mut self, collection: String, field: String, prefixes: Vec<Vec<u32>>) -> Answer<Vec<Vec<u32>>> {
-        self.guard("next-codes", |s| {
-            let key = s.collection(&collection)?;
-            s.batch("next-codes", &prefixes)?;
-            for prefix in &prefixes {
-                s.codes("next-codes prefix", prefix)?;
-            }
-            s.services.indexes.next_codes(&key, &field, &prefixes).map_err(|e| Fail::Wit(internal(e)))
-        })
+    pub(super) fn next_codes(&mut self, collection: &str, field: &str, prefixes: &[Vec<u32>]) -> Result<Vec<Vec<u32>>, Fail> {
+        let key = self.collection(collection)?;
+        self.batch("next-codes", prefixes)?;
+        for prefix in prefixes {
+            self.codes("next-codes prefix", prefix)?;
+        }
+        self.services.indexes.next_codes(&key, field, prefixes).map_err(internal)
     }
 
-    fn items_with_codes(&mut self, collection: String, field: String, codes: Vec<u32>) -> Answer<Vec<String>> {
-        self.guard("items-with-codes", |s| {
-            let key = s.collection(&collection)?;
-            s.codes("items-with-codes", &codes)?;
-            let ids = s.services.indexes.items_with_codes(&key, &field, &codes).map_err(|e| Fail::Wit(internal(e)))?;
-            if ids.len() > s.limits.max_hits {
-                return Err(invalid(format!(
-                    "items-with-codes: {} items share these codes, over the limit of {}; use longer codes or raise `limits.max_hits`",
-                    ids.len(),
-                    s.limits.max_hits
-                )));
-            }
-            Ok(ids)
-        })
+    pub(super) fn items_with_codes(&mut self, collection: &str, field: &str, codes: &[u32]) -> Result<Vec<String>, Fail> {
+        let key = self.collection(collection)?;
+        self.codes("items-with-codes", codes)?;
+        let ids = self.services.indexes.items_with_codes(&key, field, codes).map_err(internal)?;
+        if ids.len() > self.limits.max_hits {
+            return Err(invalid(format!(
+                "items-with-codes: {} items share these codes, over the limit of {}; use longer codes or raise `limits.max_hits`",
+                ids.len(),
+                self.limits.max_hits
+            )));
+        }
+        Ok(ids)
     }
 
-    fn put_blob(&mut self, collection: String, name: String, data: Vec<u8>) -> Answer<()> {
-        self.guard("put-blob", |s| {
-            let key = s.collection(&collection)?;
-            s.payload("put-blob", data.len())?;
-            store::validate_name("blob", &name).map_err(|e| invalid(format!("put-blob: {e}")))?;
-            s.written("put-blob", data.len() + name.len())?;
-            s.writes.blobs.push((key, name, data));
-            Ok(())
-        })
+    pub(super) fn put_blob(&mut self, collection: &str, name: String, data: Vec<u8>) -> Result<(), Fail> {
+        let key = self.collection(collection)?;
+        self.payload("put-blob", data.len())?;
+        store::validate_name("blob", &name).map_err(|e| invalid(format!("put-blob: {e}")))?;
+        self.written("put-blob", data.len() + name.len())?;
+        self.writes.blobs.push((key, name, data));
+        Ok(())
     }
 
-    fn get_blob(&mut self, collection: String, name: String) -> Answer<Option<Vec<u8>>> {
-        self.guard("get-blob", |s| {
-            let key = s.collection(&collection)?;
-            if let Some(pending) = s.writes.pending_blob(&key, &name) {
-                return Ok(Some(pending.to_vec()));
-            }
-            s.services.store.blob(&key, &name).map_err(|e| Fail::Wit(internal(e)))
-        })
+    pub(super) fn get_blob(&mut self, collection: &str, name: &str) -> Result<Option<Vec<u8>>, Fail> {
+        let key = self.collection(collection)?;
+        if let Some(pending) = self.writes.pending_blob(&key, name) {
+            return Ok(Some(pending.to_vec()));
+        }
+        self.services.store.blob(&key, name).map_err(internal)
     }
-}
 
-impl quarry::retrieval::log::Host for CallState {
-    fn log(&mut self, level: quarry::retrieval::log::Level, message: String) -> wasmtime::Result<()> {
-        if (level as u8) < (self.services.log_level as u8) {
-            return Ok(());
+    /// A page of a field: at most `limit` values (and `max_batch`), cut early at the payload limit.
+    pub(super) fn scan(&mut self, collection: &str, field: &str, after: Option<&str>, limit: u32) -> Result<ScanPage, Fail> {
+        let key = self.collection(collection)?;
+        let limit = (limit as usize).min(self.limits.max_batch);
+        if limit == 0 {
+            return Err(invalid("scan: `limit` is 0; ask for at least one value".into()));
+        }
+        let mut bytes = 0usize;
+        let max_bytes = self.limits.max_payload_bytes;
+        let deadline = self.deadline;
+        let (entries, more) = self
+            .services
+            .store
+            .scan_field_page(&key, field, after, |id, value| {
+                let size = id.len() + value_bytes(value);
+                // Always take one entry, so a page of a huge value still moves the cursor.
+                let fits = bytes == 0 || bytes + size <= max_bytes;
+                bytes += size;
+                fits && !deadline.expired()
+            }, limit)
+            .map_err(internal)?;
+        deadline.check("a scan")?;
+        if let Some((_, first)) = entries.first()
+            && entries.len() == 1
+            && value_bytes(first) > max_bytes
+        {
+            return Err(invalid(format!(
+                "scan of `{collection}.{}`: one value has {} bytes, over the limit of {max_bytes}; raise `limits.max_payload_bytes`",
+                printable(field, 128),
+                value_bytes(first)
+            )));
+        }
+        let next = if more { entries.last().map(|(id, _)| id.clone()) } else { None };
+        Ok((entries, next))
+    }
+
+    pub(super) fn get_items(&mut self, collection: &str, ids: &[String]) -> Result<Vec<Option<StoredItem>>, Fail> {
+        let key = self.collection(collection)?;
+        self.batch("get-items", ids)?;
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let items = self.services.store.items(&key, &refs).map_err(internal)?;
+        let bytes = items.iter().flatten().map(|i| i.id.len() + i.text.as_ref().map_or(0, String::len) + i.metadata.to_string().len()).fold(0, usize::saturating_add);
+        self.payload("get-items result", bytes)?;
+        Ok(items)
+    }
+
+    pub(super) fn count(&mut self, collection: &str) -> Result<u64, Fail> {
+        let key = self.collection(collection)?;
+        self.services.store.item_count(&key).map(|n| n as u64).map_err(internal)
+    }
+
+    /// Strategy-to-strategy calls are not backed yet (the experiments and pipelines work brings them).
+    pub(super) fn call_strategy(&mut self, strategy: &str) -> Result<Vec<Scored>, Fail> {
+        Err(Fail::Wit(StrategyError::Unsupported(format!(
+            "calling another strategy (`{}`) through the host is not backed by this host yet",
+            printable(strategy, 128)
+        ))))
+    }
+
+    pub(super) fn log(&mut self, level: LogLevel, message: &str) {
+        if level < self.services.log_level {
+            return;
         }
         let spent = &mut self.spent;
         // Checked before any work on the message: a plugin logging in a loop costs the host nothing.
@@ -772,31 +760,29 @@ impl quarry::retrieval::log::Host for CallState {
                     self.grants.tenant, self.strategy, self.limits.max_log_lines, self.limits.max_log_bytes
                 );
             }
-            return Ok(());
+            return;
         }
-        let line = printable(&message, 2000);
+        let line = printable(message, 2000);
         spent.log_lines += 1;
         spent.log_bytes += line.len();
         eprintln!("[{} {} {level:?}] {line}", self.grants.tenant, self.strategy);
-        Ok(())
     }
 
-    fn counter(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
+    pub(super) fn counter(&mut self, name: &str, value: f64) {
         if !value.is_finite() {
-            return Ok(());
+            return;
         }
-        let name = printable(&name, 200);
+        let name = printable(name, 200);
         if name.starts_with(HOST_COUNTER_PREFIX) {
-            return Ok(());
+            return;
         }
         if !self.counters.contains_key(&name) {
             let counters = self.services.counters.lock().unwrap_or_else(PoisonError::into_inner);
             let (known, stored) = counters.knows(&self.grants.tenant, &self.strategy, &name);
             if !known && stored + self.counters.len() >= self.limits.max_counters {
-                return Ok(());
+                return;
             }
         }
         *self.counters.entry(name).or_default() += value;
-        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! share of the pool, computes in a fair share of the host's compute slots (yielding every epoch
 //! tick to tenants holding fewer), and ends at its deadline whatever it is doing.
 
+pub mod contract;
 pub mod host_api;
 pub mod limits;
 pub mod registry;
@@ -14,7 +15,9 @@ pub mod wasi;
 use crate::capacity::{Deadline, Expired, FairShare, Permit, Refused, Slot};
 use crate::printable::printable;
 use anyhow::{Context as _, Result, bail};
-use host_api::{CallGrants, CallState, HostFault, HostServices, Plugin, PluginPre, WitError};
+use contract::{Called, Instance, Pre};
+pub use contract::StrategyError;
+use host_api::{CallGrants, CallState, HostFault, HostServices};
 use limits::Limits;
 use registry::PluginDescriptor;
 use sha2::{Digest, Sha256};
@@ -27,10 +30,6 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
-/// The contract this host implements. Plugins built against any 0.1.x load.
-pub const CONTRACT_PACKAGE: &str = "quarry:retrieval";
-pub const CONTRACT_VERSION: &str = "0.1.0";
-const STRATEGY_EXPORT: &str = "quarry:retrieval/strategy@";
 
 /// Bytes of each pooled linear memory kept resident (zeroed, not decommitted) between instances.
 /// A Rust plugin's first megabyte is its stack, then its data and heap: at 512 KiB, a fresh
@@ -63,7 +62,7 @@ pub enum CallError {
     #[error("strategy {strategy} crashed ({trap}){detail}")]
     Trapped { strategy: String, trap: String, detail: String },
     #[error("strategy {strategy} failed: {error}")]
-    Strategy { strategy: String, error: WitErrorDisplay },
+    Strategy { strategy: String, error: StrategyError },
     #[error("strategy {strategy} returned an invalid result: {message}")]
     InvalidResult { strategy: String, message: String },
     #[error("no capacity for the call: {0}")]
@@ -72,25 +71,6 @@ pub enum CallError {
     HostFault { strategy: String, import: &'static str, message: String },
     #[error("{0:#}")]
     Host(anyhow::Error),
-}
-
-/// A contract error with a readable `Display`. The message is the plugin's own (or the host's,
-/// relayed): it is printed with control characters escaped and cut to a readable length.
-#[derive(Debug, Clone)]
-pub struct WitErrorDisplay(pub WitError);
-
-impl std::fmt::Display for WitErrorDisplay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (kind, message) = match &self.0 {
-            WitError::Unsupported(m) => ("unsupported", m),
-            WitError::Denied(m) => ("denied", m),
-            WitError::InvalidInput(m) => ("invalid input", m),
-            WitError::NotFound(m) => ("not found", m),
-            WitError::Model(m) => ("model error", m),
-            WitError::Internal(m) => ("internal error", m),
-        };
-        write!(f, "{kind}: {}", printable(message, 2000))
-    }
 }
 
 impl From<Refused> for CallError {
@@ -117,7 +97,7 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// The SDK that built the plugin, as it stamped itself into the component (if it did).
     pub sdk: Option<String>,
-    pre: PluginPre<CallState>,
+    pre: Pre,
     /// An instance made ahead of time by the reaper, so a call does not wait for instantiation.
     spare: std::sync::Mutex<Option<Spare>>,
 }
@@ -125,7 +105,7 @@ pub struct LoadedPlugin {
 /// A ready instance waiting for its call; counts against the runtime's spare budget while alive.
 struct Spare {
     store: Store<CallState>,
-    instance: Plugin,
+    instance: Instance,
     _budget: SpareBudget,
 }
 
@@ -218,7 +198,7 @@ impl PluginRuntime {
 
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker)?;
-        Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)?;
+        contract::add_to_linker(&mut linker)?;
 
         // A claim waiting for a compute slot makes running guests look at once (their epoch
         // callback yields to it), rather than at their next tick.
@@ -295,7 +275,7 @@ impl PluginRuntime {
         let mut plugin = self.prepare(bytes)?;
         let grants = Arc::new(CallGrants { tenant: tenant.to_string(), ..Default::default() });
         let (raw, _) = self
-            .run(&plugin, None, services, grants, self.limits.deadline_ms, |store, p| p.quarry_retrieval_strategy().call_describe(store).map(Ok))
+            .run(&plugin, None, services, grants, self.limits.deadline_ms, |store, p| p.describe(store).map(Ok))
             .map_err(|e| anyhow::anyhow!("the plugin's `describe` failed: {e}"))?;
         let descriptor = check_descriptor(raw)?;
         plugin.reference = descriptor.reference();
@@ -316,11 +296,11 @@ impl PluginRuntime {
         check_wasm_kind(bytes)?;
         let sha256 = content_hash(bytes);
         let component = self.compile_cached(bytes, &sha256)?;
-        let contract = self.check_contract(&component)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}")).context(
-            "the plugin needs imports this host does not provide; build it with quarry-sdk against quarry:retrieval@0.1",
-        )?;
-        let pre = PluginPre::new(pre)?;
+        let version = self.check_contract(&component)?;
+        let pre = Pre::new(&self.linker, &component, version).with_context(|| {
+            format!("the plugin needs imports this host does not provide; build it with quarry-sdk against {}", contract::supported())
+        })?;
+        let contract = format!("{}@{version}", contract::PACKAGE);
         Ok(LoadedPlugin {
             descriptor: PluginDescriptor::default(),
             reference: "(loading)".into(),
@@ -356,39 +336,23 @@ impl PluginRuntime {
         Ok(component)
     }
 
-    /// Find the exported strategy interface and check its contract version.
-    fn check_contract(&self, component: &Component) -> Result<String> {
+    /// Find the exported strategy interface and its contract version, and check the component
+    /// imports nothing of the contract from another version.
+    fn check_contract(&self, component: &Component) -> Result<&'static str> {
         let ty = component.component_type();
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        let Some(export) = exports.iter().find(|name| name.starts_with(STRATEGY_EXPORT)) else {
-            bail!(
-                "the component does not export `{STRATEGY_EXPORT}{CONTRACT_VERSION}` (it exports: {}); \
-                 is it a Quarry strategy? Export one with `quarry_sdk::export_strategy!`",
-                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
-            );
-        };
-        let version = &export[STRATEGY_EXPORT.len()..];
-        if !compatible(version) {
-            bail!(
-                "the plugin was built against {CONTRACT_PACKAGE}@{version}, but this host implements \
-                 {CONTRACT_PACKAGE}@{CONTRACT_VERSION} (any 0.1.x loads); rebuild it with a matching quarry-sdk \
-                 or run it on a host that supports {version}"
-            );
-        }
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let version = contract::exported_version(&exports)?;
         for (name, _) in ty.imports(&self.engine) {
-            if name.starts_with("quarry:") && !name.starts_with(&format!("{CONTRACT_PACKAGE}/")) {
-                bail!("the plugin imports `{name}`, which this host does not provide");
+            if name.starts_with("quarry:") && !name.starts_with(&format!("{}/", contract::PACKAGE)) {
+                bail!("the plugin imports `{}`, which this host does not provide", printable(name, 100));
             }
-            if let Some(v) = name.strip_prefix(CONTRACT_PACKAGE).and_then(|rest| rest.split('@').nth(1))
-                && !compatible(v)
+            if let Some(v) = name.strip_prefix(contract::PACKAGE).and_then(|rest| rest.split('@').nth(1))
+                && contract::line_of(v) != Some(version)
             {
-                bail!("the plugin imports `{name}`, but this host implements {CONTRACT_PACKAGE}@{CONTRACT_VERSION}");
+                bail!("the plugin exports its strategy for {}@{version} but imports `{}`; build it against one version", contract::PACKAGE, printable(name, 100));
             }
         }
-        Ok(format!("{CONTRACT_PACKAGE}@{version}"))
+        Ok(version)
     }
 
     fn new_store(&self, plugin: &LoadedPlugin, services: &Arc<HostServices>, grants: Arc<CallGrants>) -> Store<CallState> {
@@ -403,7 +367,7 @@ impl PluginRuntime {
         services: &Arc<HostServices>,
         grants: Arc<CallGrants>,
         deadline_ms: u64,
-        f: impl FnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<Result<R, WitError>>,
+        f: impl FnOnce(&mut Store<CallState>, &Instance) -> Called<R>,
     ) -> Result<(R, CallOutput), CallError> {
         self.run(plugin, Some(plugin), services, grants, deadline_ms, f)
     }
@@ -415,7 +379,7 @@ impl PluginRuntime {
         services: &Arc<HostServices>,
         grants: Arc<CallGrants>,
         deadline_ms: u64,
-        f: impl FnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<Result<R, WitError>>,
+        f: impl FnOnce(&mut Store<CallState>, &Instance) -> Called<R>,
     ) -> Result<(R, CallOutput), CallError> {
         let deadline = Deadline::after(Duration::from_millis(deadline_ms));
         let tenant: Arc<str> = Arc::from(grants.tenant.as_str());
@@ -463,7 +427,7 @@ impl PluginRuntime {
 
     fn finish<R>(
         &self,
-        outcome: wasmtime::Result<Result<R, WitError>>,
+        outcome: Called<R>,
         store: &mut Store<CallState>,
         strategy: &str,
         deadline_ms: u64,
@@ -474,7 +438,7 @@ impl PluginRuntime {
                 let output = CallOutput { writes: std::mem::take(&mut state.writes), counters: std::mem::take(&mut state.counters), deadline: state.deadline() };
                 Ok((value, output))
             }
-            Ok(Err(error)) => Err(CallError::Strategy { strategy: strategy.to_string(), error: WitErrorDisplay(error) }),
+            Ok(Err(error)) => Err(CallError::Strategy { strategy: strategy.to_string(), error }),
             Err(e) => Err(self.classify(e, store.data(), strategy, deadline_ms)),
         }
     }
@@ -527,13 +491,13 @@ pub struct LiveInstance<'a> {
     runtime: &'a PluginRuntime,
     plugin: Arc<LoadedPlugin>,
     store: Store<CallState>,
-    instance: Plugin,
+    instance: Instance,
     tenant: Arc<str>,
     _admission: Permit,
 }
 
 impl LiveInstance<'_> {
-    pub fn search(&mut self, ctx: &host_api::CallContext, query: &host_api::Query) -> Result<Vec<host_api::Hit>, CallError> {
+    pub fn search(&mut self, ctx: &contract::CallContext, query: &contract::Query) -> Result<Vec<contract::PluginHit>, CallError> {
         let runtime = self.runtime;
         let deadline_ms = runtime.limits.deadline_ms;
         let deadline = Deadline::after(Duration::from_millis(deadline_ms));
@@ -542,7 +506,7 @@ impl LiveInstance<'_> {
         let grants = self.store.data().grants().clone();
         self.store.data_mut().begin_call(grants, deadline, Some(slot.clone()));
         arm(&mut self.store);
-        let outcome = self.instance.quarry_retrieval_strategy().call_search(&mut self.store, ctx, query);
+        let outcome = self.instance.search(&mut self.store, ctx, query);
         slot.release();
         let result = runtime.finish(outcome, &mut self.store, &self.plugin.reference, deadline_ms).map(|(hits, _)| hits);
         self.store.data_mut().writes = Default::default();
@@ -586,10 +550,6 @@ fn run_in_the_background() {
     }
 }
 
-fn compatible(version: &str) -> bool {
-    let mut parts = version.split('.');
-    matches!((parts.next(), parts.next()), (Some("0"), Some("1")))
-}
 
 /// Tell a core module, a component and a non-wasm file apart before compiling.
 fn check_wasm_kind(bytes: &[u8]) -> Result<()> {
@@ -618,13 +578,13 @@ fn sdk_stamp(bytes: &[u8]) -> Option<String> {
 
 /// Check what `describe` returned and keep it as the plugin's descriptor: names the host uses
 /// as keys, strict semver, bounded sizes, and a config schema that is a JSON Schema object.
-fn check_descriptor(d: host_api::Descriptor) -> Result<PluginDescriptor> {
+fn check_descriptor(d: contract::RawDescriptor) -> Result<PluginDescriptor> {
     let size = d.name.len()
         + d.version.len()
         + d.description.len()
         + d.config_schema.len()
         + d.models.iter().map(String::len).sum::<usize>()
-        + d.fields.iter().map(|f| f.name.len()).sum::<usize>();
+        + d.fields.iter().map(|(name, _)| name.len()).sum::<usize>();
     if size > MAX_DESCRIPTOR_BYTES {
         bail!("the plugin's `describe` returned {size} bytes, over the limit of {MAX_DESCRIPTOR_BYTES}; keep the description and schema small");
     }
@@ -639,10 +599,10 @@ fn check_descriptor(d: host_api::Descriptor) -> Result<PluginDescriptor> {
         crate::store::validate_name("model role", model).context("the plugin's `describe` declares a bad model role")?;
     }
     let mut names = std::collections::HashSet::new();
-    for field in &d.fields {
-        crate::store::validate_name("field", &field.name).context("the plugin's `describe` declares a bad field")?;
-        if !names.insert(field.name.as_str()) {
-            bail!("the plugin's `describe` declares field `{}` twice", field.name);
+    for (name, _) in &d.fields {
+        crate::store::validate_name("field", name).context("the plugin's `describe` declares a bad field")?;
+        if !names.insert(name.as_str()) {
+            bail!("the plugin's `describe` declares field `{name}` twice");
         }
     }
     let schema: serde_json::Value = serde_json::from_str(&d.config_schema).context("the plugin's `describe` returned a config schema that is not JSON")?;
@@ -656,8 +616,9 @@ fn check_descriptor(d: host_api::Descriptor) -> Result<PluginDescriptor> {
         version: version.to_string(),
         description: d.description.chars().take(MAX_DESCRIPTION_CHARS).collect(),
         models: d.models,
-        fields: d.fields.iter().map(|f| (f.name.clone(), f.schema())).collect(),
+        fields: d.fields,
         config_schema: schema,
+        reranks: d.reranks,
     })
 }
 
@@ -684,8 +645,14 @@ mod tests {
     }
 
     #[test]
-    fn contract_versions_within_0_1_are_compatible() {
-        assert!(compatible("0.1.0") && compatible("0.1.7"));
-        assert!(!compatible("0.2.0") && !compatible("1.0.0") && !compatible("0"));
+    fn contract_versions_are_told_apart() {
+        let export = |v: &str| vec![format!("quarry:retrieval/strategy@{v}")];
+        assert_eq!(contract::exported_version(&export("0.1.0")).unwrap(), "0.1.0");
+        assert_eq!(contract::exported_version(&export("0.1.7")).unwrap(), "0.1.0");
+        assert_eq!(contract::exported_version(&export("0.2.3")).unwrap(), "0.2.0");
+        let err = contract::exported_version(&export("2.0.0")).unwrap_err().to_string();
+        assert!(err.contains("quarry:retrieval@2.0.0") && err.contains("@0.1.x and quarry:retrieval@0.2.x"), "{err}");
+        assert!(contract::exported_version(&["wasi:cli/run@0.2.0".into()]).unwrap_err().to_string().contains("export_strategy!"));
+        assert!(contract::line_of("0.2").is_none() && contract::line_of("0.1.0/../x").is_none());
     }
 }

@@ -97,6 +97,9 @@ pub struct PluginDescriptor {
     pub fields: Vec<(String, FieldSchema)>,
     /// JSON Schema of the strategy's config object.
     pub config_schema: serde_json::Value,
+    /// Whether the strategy's `rerank` scores candidates (0.2 plugins that say so).
+    #[serde(default)]
+    pub reranks: bool,
 }
 
 impl PluginDescriptor {

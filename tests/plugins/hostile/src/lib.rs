@@ -81,7 +81,7 @@ impl Strategy for Hostile {
     }
 
     fn search(ctx: &Context, query: Query) -> Result<Vec<Hit>> {
-        let answer = |score: f32| Ok(vec![Hit { id: "answer".into(), score }]);
+        let answer = |score: f32| Ok(vec![Hit::new("answer", score)]);
         let c = ctx.collection();
         match query.text.as_deref().unwrap_or_default() {
             // One host round trip and nothing else.
@@ -100,7 +100,7 @@ impl Strategy for Hostile {
             }
             "panic" => panic!("the hostile plugin panicked on purpose"),
             "recurse" => answer(recurse(0) as f32),
-            "huge" => Ok((0..200_000).map(|i| Hit { id: format!("h{i}"), score: 0.0 }).collect()),
+            "huge" => Ok((0..200_000).map(|i| Hit::new(format!("h{i}"), 0.0)).collect()),
             // Blocking in the host: a sleep (a WASI poll), and one that never ends.
             "sleep" => {
                 std::thread::sleep(std::time::Duration::from_secs(20));
@@ -215,13 +215,13 @@ impl Strategy for Hostile {
                 answer(1.0)
             }
             // What a strategy returns: non-finite scores, duplicates, unknown and hostile ids.
-            "nan-score" => Ok(vec![Hit { id: target(&query), score: f32::NAN }]),
-            "inf-score" => Ok(vec![Hit { id: target(&query), score: f32::INFINITY }]),
+            "nan-score" => Ok(vec![Hit::new(target(&query), f32::NAN)]),
+            "inf-score" => Ok(vec![Hit::new(target(&query), f32::INFINITY)]),
             "duplicates" => {
                 let id = target(&query);
-                Ok(vec![Hit { id: id.clone(), score: 0.1 }, Hit { id: "unknown-id".into(), score: 5.0 }, Hit { id: id.clone(), score: 0.9 }, Hit { id, score: 0.5 }])
+                Ok(vec![Hit::new(id.clone(), 0.1), Hit::new("unknown-id", 5.0), Hit::new(id.clone(), 0.9), Hit::new(id, 0.5)])
             }
-            "huge-id" => Ok(vec![Hit { id: "x".repeat(65_536), score: 1.0 }, Hit { id: "red\u{1b}[31m".into(), score: 0.5 }]),
+            "huge-id" => Ok(vec![Hit::new("x".repeat(65_536), 1.0), Hit::new("red\u{1b}[31m", 0.5)]),
             "clock" => {
                 let now = std::time::Instant::now();
                 let mut readings = Vec::new();
