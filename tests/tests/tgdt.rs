@@ -47,18 +47,20 @@ fn tgdt_reranks_global_candidates_by_late_interaction() {
     add_model(&host, "minilm-l6");
     let tgdt = host.add_plugin(&plugin("quarry-plugin-tgdt")).unwrap();
     assert_eq!(tgdt.reference, "tgdt@0.2.0");
-    host.set_route("docs", route("tgdt@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6", "candidates": 6}))).unwrap();
+    host.set_route("docs", route("tgdt@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6", "candidates": {"texts": 6}}))).unwrap();
     host.ingest("docs", DEMO_SENTENCES.iter().map(|(id, t)| NewItem::text(id, t)).collect(), |_| {}).unwrap();
     for (query, expected) in DEMO_QUERIES {
         let response = host.search("docs", &SearchRequest::text(query, 3)).unwrap();
         assert_eq!(response.hits[0].id, *expected, "{query}: {:?}", response.hits);
-        // Scores are MaxSim sums over the query's tokens, so they exceed any single cosine.
-        assert!(response.hits[0].score > 1.0, "{:?}", response.hits[0]);
+        // final = global + 10 x local, local a MaxSim sum over the query's content tokens.
+        let hit = &response.hits[0];
+        let (global, local) = (hit.features["global"], hit.features["local"]);
+        assert!((hit.score - (global + 10.0 * local)).abs() < 1e-3 && local > 1.0, "{hit:?}");
     }
     // The fine stage only re-ranks what the coarse stage (6 global neighbours) found.
     let query = "someone learning an instrument";
     let vector = host.models().embed_texts("minilm-l6", &[query.to_string()], &Caller::host()).unwrap().remove(0);
-    let coarse: Vec<String> = host.nearest("docs", "global", &vector, 6, None).unwrap().into_iter().map(|s| s.id).collect();
+    let coarse: Vec<String> = host.nearest("docs", "text-global", &vector, 6, None).unwrap().into_iter().map(|s| s.id).collect();
     let fine = host.search("docs", &SearchRequest::text(query, 3)).unwrap().hits;
     assert_eq!(fine.len(), 3);
     assert!(fine.iter().all(|h| coarse.contains(&h.id)), "{fine:?} not within {coarse:?}");
