@@ -222,6 +222,11 @@ impl Quarry {
         Ok(manifest)
     }
 
+    /// The limits plugins run under.
+    pub fn limits(&self) -> &Limits {
+        self.runtime.limits()
+    }
+
     pub fn models(&self) -> &Models {
         &self.services.models
     }
@@ -320,7 +325,7 @@ impl Quarry {
         let collection = &qualify(collection)?;
         let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
-        let ((), output) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), self.runtime.limits().deadline_ms, |store, p| {
+        let ((), output) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), self.runtime.limits().build_deadline_ms, |store, p| {
             p.build(store, &ctx)
         })?;
         self.keep(&plugin, collection, output)
@@ -456,6 +461,11 @@ impl Quarry {
         Ok(existed)
     }
 
+    /// A collection-level artifact a strategy stored (for example a codebook), if present.
+    pub fn blob(&self, collection: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.services.store.blob(&qualify(collection)?, name)
+    }
+
     /// Every stored item of a collection, in id order.
     pub fn items(&self, collection: &str) -> Result<Vec<StoredItem>> {
         self.services.store.scan_items(&qualify(collection)?)
@@ -493,7 +503,7 @@ impl Quarry {
     /// Keep what a successful call left: commit its writes within its deadline, then its counters.
     fn keep(&self, plugin: &LoadedPlugin, collection: &str, output: CallOutput) -> Result<(), CallError> {
         self.commit(&output.writes, output.deadline).map_err(|e| match e.downcast::<crate::capacity::Expired>() {
-            Ok(_) => CallError::Timeout { strategy: plugin.reference.clone(), deadline_ms: self.runtime.limits().deadline_ms },
+            Ok(_) => CallError::Timeout { strategy: plugin.reference.clone(), deadline_ms: output.deadline_ms },
             Err(e) => CallError::Host(e),
         })?;
         let tenant = split_qualified(collection).0;

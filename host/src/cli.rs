@@ -1,6 +1,8 @@
 //! The `quarry` command line: a thin layer over [`crate::api::Quarry`].
 
 use crate::api::{HostConfig, Quarry, SearchRequest, SearchResponse};
+use crate::eval::{EvalSet, StrategySpec};
+use std::collections::BTreeMap;
 use crate::plugins::host_api::Grants;
 use crate::plugins::limits::Limits;
 use crate::plugins::registry::{Owner, Route};
@@ -43,6 +45,9 @@ enum Command {
         #[command(flatten)]
         route: Option<RouteArgs>,
     },
+    /// Have a collection's strategy build its collection-level artifacts (a codebook, ...) from
+    /// what was ingested; run it after ingest.
+    Build { collection: String },
     /// Search a collection by text, by image (`--image`), or both (composed retrieval).
     Search {
         collection: String,
@@ -110,10 +115,82 @@ enum Command {
         #[arg(long)]
         model: Option<PathBuf>,
     },
+    /// Score strategies on an evaluation set with the metrics their papers use: Recall@K,
+    /// CIRCO's mAP@K, CIRR's Recall_subset@K, FashionIQ's R@10/R@50, and query latency.
+    Eval(EvalArgs),
     /// Print a JSON Schema.
     Schema {
         #[arg(value_parser = ["model", "limits"])]
         what: String,
+    },
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(subcommand)]
+    set: EvalSetCommand,
+    /// The strategies to score: a JSON array of {"name", "strategy": "name@version", "models",
+    /// "config", "params", "query": "both"|"text"|"image", "build", "query-params"} (the shapes
+    /// world has its own).
+    #[arg(long, global = true)]
+    strategies: Option<PathBuf>,
+    /// Print the results as JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print these strategies side by side, e.g. --compare dense,tgdt.
+    #[arg(long, global = true)]
+    compare: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum EvalSetCommand {
+    /// The shapes world's splits (fine, composed, generative) and the strategies each compares.
+    Shapes {
+        /// A world written by tests/models/shapes_world.py.
+        world: PathBuf,
+        /// Only these splits.
+        #[arg(long, value_parser = crate::eval::shapes::SPLITS)]
+        split: Vec<String>,
+    },
+    /// Flickr30K or COCO in a Karpathy split file: text→image and image→text.
+    Karpathy {
+        /// dataset_flickr30k.json or dataset_coco.json.
+        annotations: PathBuf,
+        images: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: quarry_eval::datasets::karpathy::KarpathySplit,
+    },
+    /// CIRR: the folder holding captions/ and image_splits/, and the image folder.
+    Cirr {
+        annotations: PathBuf,
+        images: PathBuf,
+        #[arg(long, default_value = "val")]
+        split: quarry_eval::datasets::cirr::CirrSplit,
+    },
+    /// CIRCO: the folder holding annotations/, and the COCO unlabeled2017 image folder.
+    Circo {
+        annotations: PathBuf,
+        images: PathBuf,
+        #[arg(long, default_value = "val")]
+        split: quarry_eval::datasets::circo::CircoSplit,
+    },
+    /// FashionIQ: the folder holding captions/ and image_splits/, and the image folder.
+    Fashioniq {
+        annotations: PathBuf,
+        images: PathBuf,
+        #[arg(long, default_value = "val")]
+        split: quarry_eval::datasets::fashioniq::FashionIqSplit,
+        /// Only these categories [default: dress, shirt, toptee].
+        #[arg(long)]
+        category: Vec<quarry_eval::datasets::fashioniq::FashionIqCategory>,
+    },
+    /// Your own set: a folder with gallery.jsonl ({"id", "text"?, "file"?}) and queries.jsonl
+    /// ({"id", "text"?, "image"?, "reference"?, "relevant": [ids]}), scored by Recall@K.
+    Jsonl {
+        folder: PathBuf,
+        /// Image paths are relative to this folder [default: FOLDER].
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
 }
 
@@ -353,6 +430,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             ingest(&host, &collection, &source)
         }
+        Command::Build { collection } => {
+            let host = open(&dir, cli.verbose)?;
+            let start = std::time::Instant::now();
+            host.build(&collection)?;
+            println!("built {collection} in {:.1} s", start.elapsed().as_secs_f64());
+            Ok(())
+        }
         Command::Search { collection, query, image, strategy, k, params, filter, json } => {
             let host = open(&dir, cli.verbose)?;
             let mut params: serde_json::Value = match params {
@@ -411,8 +495,138 @@ fn run(cli: Cli) -> Result<()> {
             println!("deleted {existed} of {} item(s) from {collection}", ids.len());
             Ok(())
         }
+        Command::Eval(args) => eval(&open(&dir, cli.verbose)?, args),
         Command::Demo { plugin, model } => demo(&dir, plugin, model, cli.verbose),
     }
+}
+
+/// The sets `quarry eval` was asked for, each with the strategies to score on it.
+fn eval_sets(host: &Quarry, set: EvalSetCommand, strategies: Option<Vec<StrategySpec>>) -> Result<Vec<(EvalSet, Vec<StrategySpec>)>> {
+    use quarry_eval::datasets as ds;
+    let need = |what: &str| {
+        strategies.clone().with_context(|| {
+            format!("{what} needs --strategies FILE: a JSON array of {{\"name\", \"strategy\": \"name@version\", \"models\", \"config\"}}")
+        })
+    };
+    Ok(match set {
+        EvalSetCommand::Shapes { world, split } => {
+            crate::eval::shapes::register_models(host, &world)?;
+            let splits: Vec<&str> = if split.is_empty() { crate::eval::shapes::SPLITS.to_vec() } else { split.iter().map(String::as_str).collect() };
+            let mut out = Vec::new();
+            for name in splits {
+                let specs = strategies.clone().unwrap_or_else(|| crate::eval::shapes::strategies(name));
+                out.push((crate::eval::shapes::split(&world, name)?, specs));
+            }
+            out
+        }
+        EvalSetCommand::Karpathy { annotations, images, split } => {
+            let specs = need("karpathy")?;
+            let dataset = ds::karpathy::load(&annotations, &images, split)?;
+            vec![(crate::eval::karpathy::text_to_image(&dataset), specs.clone()), (crate::eval::karpathy::image_to_text(&dataset), specs)]
+        }
+        EvalSetCommand::Cirr { annotations, images, split } => {
+            vec![(crate::eval::cirr::set(&ds::cirr::load(&annotations, &images, split)?)?, need("cirr")?)]
+        }
+        EvalSetCommand::Circo { annotations, images, split } => {
+            vec![(crate::eval::circo::set(&ds::circo::load(&annotations, &images, split)?)?, need("circo")?)]
+        }
+        EvalSetCommand::Fashioniq { annotations, images, split, category } => {
+            let specs = need("fashioniq")?;
+            let categories = if category.is_empty() { ds::fashioniq::FashionIqCategory::ALL.to_vec() } else { category };
+            let mut out = Vec::new();
+            for c in categories {
+                let dataset = ds::fashioniq::load(&annotations, &images, c, split)?;
+                out.push((crate::eval::fashioniq::set(&dataset, c.as_str())?, specs.clone()));
+            }
+            out
+        }
+        EvalSetCommand::Jsonl { folder, root } => {
+            let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "jsonl".into());
+            let key: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(24).collect();
+            let set = crate::eval::jsonl::load(&name, key.trim_matches('-'), root.as_deref().unwrap_or(&folder), &folder)?;
+            vec![(set, need("jsonl")?)]
+        }
+    })
+}
+
+fn eval(host: &Quarry, args: EvalArgs) -> Result<()> {
+    use crate::eval::{Progress, score, score_fashioniq};
+    use quarry_eval::report;
+    let strategies = match &args.strategies {
+        Some(path) => Some(StrategySpec::parse_list(
+            &std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        )?),
+        None => None,
+    };
+    let sets = eval_sets(host, args.set, strategies)?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})").expect("valid template").progress_chars("=> "),
+    );
+    // Results per set, in the order run; FashionIQ categories are scored together at the end.
+    let mut results: Vec<Vec<report::StrategyResult>> = Vec::new();
+    let mut fashioniq: BTreeMap<String, Vec<(usize, crate::eval::Answers)>> = BTreeMap::new();
+    for (index, (set, specs)) in sets.iter().enumerate() {
+        let mut set_results = Vec::new();
+        for spec in specs {
+            let answers = crate::eval::run(host, set, spec, |p| match p {
+                Progress::Ingested { done, total } => {
+                    bar.set_message(format!("{} · {}: ingesting", set.name, spec.name));
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+                Progress::Building => bar.set_message(format!("{} · {}: building", set.name, spec.name)),
+                Progress::Queried { done, total } => {
+                    bar.set_message(format!("{} · {}: querying", set.name, spec.name));
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            });
+            let answers = match answers {
+                Ok(a) => a,
+                Err(e) => {
+                    bar.finish_and_clear();
+                    return Err(e);
+                }
+            };
+            if matches!(set.scoring, crate::eval::Scoring::FashionIq { .. }) {
+                fashioniq.entry(spec.name.clone()).or_default().push((index, answers));
+            } else {
+                set_results.push(score(set, &spec.name, &answers)?);
+            }
+        }
+        results.push(set_results);
+    }
+    bar.finish_and_clear();
+    if !fashioniq.is_empty() {
+        let mut combined = Vec::new();
+        for (name, runs) in &fashioniq {
+            let categories: Vec<(&EvalSet, &crate::eval::Answers)> = runs.iter().map(|(i, a)| (&sets[*i].0, a)).collect();
+            combined.push(score_fashioniq(&categories, name)?);
+        }
+        results.retain(|r| !r.is_empty());
+        results.push(combined);
+    }
+    if args.json {
+        println!("{}", report::to_json(&results.concat())?);
+        return Ok(());
+    }
+    let mut compared = false;
+    for set_results in &results {
+        match &args.compare {
+            Some(list) => {
+                let Ok(picked) = report::select_for_comparison(set_results, list) else { continue };
+                println!("{}", set_results.first().map(|r| r.dataset.as_str()).unwrap_or_default());
+                println!("{}", report::render_comparison(&picked));
+                compared = true;
+            }
+            None => set_results.iter().for_each(|r| println!("{}", report::render_table(r))),
+        }
+    }
+    if let (Some(list), false) = (&args.compare, compared) {
+        let names: Vec<&str> = results.iter().flatten().map(|r| r.strategy.as_str()).collect();
+        bail!("no evaluated set has every strategy in --compare {list}; the strategies run were: {}", names.join(", "));
+    }
+    Ok(())
 }
 
 fn ingest(host: &Quarry, collection: &str, source: &Path) -> Result<()> {

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod capacity;
 pub mod cli;
+pub mod eval;
 pub mod index;
 pub mod models;
 pub mod plugins;

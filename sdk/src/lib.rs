@@ -474,9 +474,21 @@ impl<T: Strategy> exported::Guest for Exported<T> {
 #[macro_export]
 macro_rules! export_strategy {
     ($strategy:ty) => {
+        // Only a wasm component has these exports; a native build (the plugin's unit tests)
+        // would hand the linker symbol names it cannot take.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             type QuarryExportedStrategy = $crate::Exported<$strategy>;
             $crate::bindings::export_raw!(QuarryExportedStrategy with_types_in $crate::bindings);
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            // Natively nothing calls the strategy; naming its entry points keeps them live.
+            let _ = <$strategy as $crate::Strategy>::describe;
+            let _ = <$strategy as $crate::Strategy>::ingest;
+            let _ = <$strategy as $crate::Strategy>::build;
+            let _ = <$strategy as $crate::Strategy>::search;
+            let _ = <$strategy as $crate::Strategy>::rerank;
         };
     };
 }

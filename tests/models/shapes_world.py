@@ -15,6 +15,16 @@ Writes into OUT_DIR:
 - shapes-image.onnx, shapes-text.onnx, shapes-text-slots.onnx, shapes-phi.onnx,
   shapes-decoder-encoder.onnx + shapes-decoder.onnx, each with a JSON manifest (NAME.json) that
   the host loads.
+- splits/{fine,composed,generative}/{gallery,queries}.jsonl: evaluation splits (`quarry eval
+  shapes`), each testing one thing; image paths are relative to OUT_DIR:
+  - fine: scenes of a large shape and a small one in a neighbouring corner; the three scenes of
+    a group differ only in the small shape's colour, and no two scenes share their colour and
+    position words. A global embedding (its colour the mean of the shapes') barely tells a
+    group apart; token-level matching does.
+  - composed: the base scenes as the gallery; queries are a reference scene and a modification
+    of one or two attributes ("make it blue and move it to the center").
+  - generative: every combination drawn four times (other backgrounds, jitter, formats), so
+    identifiers learned from image embeddings collide; a caption's four drawings are relevant.
 
 Scenes come in families: a centre scene and up to four neighbours, each differing from the centre
 in one attribute kind (colour, shape, size, position). A family shares its background and its
@@ -748,6 +758,115 @@ def decoder(out_dir, bpe):
     })
 
 
+def save_image(img, path, rng):
+    """PNG or JPEG at random; returns the file name used (relative to the path's folder)."""
+    if rng.random() < 0.5:
+        path += ".png"
+        img.save(path, format="PNG")
+    else:
+        path += ".jpg"
+        img.save(path, format="JPEG", quality=int(rng.integers(80, 96)))
+    return path
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as out:
+        for row in rows:
+            out.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def jitter_of(rng):
+    return (int(rng.integers(-JITTER_PX, JITTER_PX + 1)), int(rng.integers(-JITTER_PX, JITTER_PX + 1)),
+            float(rng.uniform(1 - JITTER_SCALE, 1 + JITTER_SCALE)))
+
+
+def fine_split(out_dir, rng):
+    """Groups of three scenes: a large shape in one corner and a small one in a neighbouring
+    corner, differing only in the small shape's colour. Patch tokens carry a patch's own colour
+    and position (shape and size are the whole image's), so every scene has its own set of
+    colour and position words: large shapes are red, green or blue, small ones yellow, purple or
+    orange, and each side of the picture (top, bottom, left, right) holds one group per large
+    colour. A query's only near distractors are its group's, one small attribute away."""
+    folder = os.path.join(out_dir, "splits", "fine")
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    gallery, queries = [], []
+    large_colours, small_colours = list(COLOURS)[:3], list(COLOURS)[3:]
+    sides = [("top left", "top right"), ("bottom right", "bottom left"), ("bottom left", "top left"), ("top right", "bottom right")]
+    groups = [(c, side) for c in large_colours for side in sides]
+    for g, (large_colour, (large_at, small_at)) in enumerate(groups):
+        big = dict(colour=large_colour, shape=SHAPES[rng.integers(3)], size="large", position=large_at)
+        small_shape = SHAPES[rng.integers(3)]
+        canvas = background(BACKGROUNDS[g % len(BACKGROUNDS)], rng)
+        jitter = jitter_of(rng)
+        for colour in small_colours:
+            small = dict(colour=colour, shape=small_shape, size="small", position=small_at)
+            img = Image.fromarray(np.asarray(draw(big, canvas, jitter)))
+            img = draw(small, np.asarray(img), jitter)
+            sid = f"fine-{g:02d}-{colour}"
+            file = os.path.relpath(save_image(img, os.path.join(folder, "images", sid), rng), out_dir)
+            text = f"{caption(big)} and {caption(small)}"
+            gallery.append({"id": sid, "file": file, "caption": text})
+            queries.append({"id": sid, "text": text, "relevant": [sid]})
+    write_jsonl(os.path.join(folder, "gallery.jsonl"), gallery)
+    write_jsonl(os.path.join(folder, "queries.jsonl"), queries)
+
+
+def composed_split(out_dir, rng, scenes, edits, two=90, one=60):
+    """Composed queries over the base scenes: a reference image and a modification of one
+    attribute (the base world's edits) or two ("make it blue and move it to the center")."""
+    folder = os.path.join(out_dir, "splits", "composed")
+    os.makedirs(folder, exist_ok=True)
+    by_id = {s["id"]: s for s in scenes}
+    gallery = [{"id": s["id"], "file": s["file"], "caption": s["caption"]} for s in scenes]
+    queries = []
+    for i in rng.permutation(len(edits))[:one]:
+        e = edits[i]
+        queries.append({"id": f"one-{len(queries):03d}", "text": e["text"], "image": by_id[e["source"]]["file"],
+                        "reference": e["source"], "relevant": [e["target"]]})
+    for n in range(two):
+        source = scenes[rng.integers(len(scenes))]
+        a = dict(source["attributes"])
+        kinds = [KINDS[k] for k in sorted(rng.choice(len(KINDS), 2, replace=False))]
+        parts = []
+        for kind in kinds:
+            options = [v for v in VALUES[kind] if v != a[kind]]
+            a[kind] = options[rng.integers(len(options))]
+            parts.append(edit_text(kind, a[kind]))
+        queries.append({"id": f"two-{n:03d}", "text": " and ".join(parts), "image": source["file"],
+                        "reference": source["id"], "relevant": [scene_id(a)]})
+    write_jsonl(os.path.join(folder, "gallery.jsonl"), gallery)
+    write_jsonl(os.path.join(folder, "queries.jsonl"), queries)
+
+
+def generative_split(out_dir, rng, copies=4):
+    """Every combination drawn `copies` times on other backgrounds, with other jitter and
+    formats: items whose identifiers collide. A caption's drawings are its relevant items."""
+    folder = os.path.join(out_dir, "splits", "generative")
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    gallery, queries = [], []
+    combos = [dict(colour=c, shape=s, size=z, position=p) for c in COLOURS for s in SHAPES for z in SIZES for p in POSITIONS]
+    for a in combos:
+        ids = []
+        for copy in range(copies):
+            sid = f"{scene_id(a)}-{copy}"
+            img = draw(a, background(BACKGROUNDS[rng.integers(len(BACKGROUNDS))], rng), jitter_of(rng))
+            file = os.path.relpath(save_image(img, os.path.join(folder, "images", sid), rng), out_dir)
+            gallery.append({"id": sid, "file": file, "caption": caption(a)})
+            ids.append(sid)
+        queries.append({"id": scene_id(a), "text": caption(a), "relevant": ids})
+    write_jsonl(os.path.join(folder, "gallery.jsonl"), gallery)
+    write_jsonl(os.path.join(folder, "queries.jsonl"), queries)
+
+
+def build_splits(out_dir, seed):
+    """The evaluation splits, from their own random stream (the base world does not change)."""
+    rng = np.random.default_rng(seed + 1_000_003)
+    read = lambda name: [json.loads(line) for line in open(os.path.join(out_dir, f"{name}.jsonl"))]
+    fine_split(out_dir, rng)
+    composed_split(out_dir, rng, read("scenes"), read("edits"))
+    generative_split(out_dir, rng)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
@@ -757,6 +876,7 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     bpe = ClipBpe(args.clip_vocab)
     build_world(args.out_dir, np.random.default_rng(args.seed))
+    build_splits(args.out_dir, args.seed)
     text_tower(args.out_dir, bpe)
     text_slots_tower(args.out_dir, bpe)
     image_tower(args.out_dir)

@@ -13,6 +13,7 @@ pub fn root() -> PathBuf {
 }
 
 const PLUGINS: &[&str] = &[
+    "quarry-plugin-avg",
     "quarry-plugin-dense",
     "quarry-plugin-lincir",
     "quarry-plugin-tgdt",

@@ -11,6 +11,9 @@ pub struct Limits {
     /// Wall-clock deadline of one call, host work included (model runs, scans, the final
     /// commit), in milliseconds.
     pub deadline_ms: u64,
+    /// Deadline of a `build` call (learning codebooks and the like takes longer than a search),
+    /// in milliseconds.
+    pub build_deadline_ms: u64,
     /// Linear memory one plugin instance may use, in bytes.
     pub memory_bytes: usize,
     /// Most hits a search may return.
@@ -55,6 +58,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             deadline_ms: 10_000,
+            build_deadline_ms: 600_000,
             memory_bytes: 256 << 20,
             max_hits: 10_000,
             max_batch: 4_096,
@@ -97,6 +101,7 @@ impl Limits {
     pub fn validate(&self) -> anyhow::Result<()> {
         let positive = [
             ("deadline_ms", self.deadline_ms as usize),
+            ("build_deadline_ms", self.build_deadline_ms as usize),
             ("memory_bytes", self.memory_bytes),
             ("max_batch", self.max_batch),
             ("max_payload_bytes", self.max_payload_bytes),

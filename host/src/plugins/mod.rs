@@ -51,7 +51,7 @@ const MAX_DESCRIPTION_CHARS: usize = 4096;
 /// Why a plugin call failed. Every variant leaves the host running.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("strategy {strategy} ran past its {deadline_ms} ms deadline and was stopped; raise `limits.deadline_ms` if it needs longer")]
+    #[error("strategy {strategy} ran past its {deadline_ms} ms deadline and was stopped; if it needs longer, raise `limits.deadline_ms` (`limits.build_deadline_ms` for builds)")]
     Timeout { strategy: String, deadline_ms: u64 },
     #[error("strategy {strategy} tried to grow its memory past the {limit_bytes}-byte cap and was stopped; raise `limits.memory_bytes` or send smaller batches")]
     MemoryLimit { strategy: String, limit_bytes: usize },
@@ -134,6 +134,8 @@ pub struct CallOutput {
     pub writes: crate::store::WriteBatch,
     pub counters: HashMap<String, f64>,
     pub deadline: Deadline,
+    /// The deadline's length, for messages.
+    pub deadline_ms: u64,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -435,7 +437,7 @@ impl PluginRuntime {
         match outcome {
             Ok(Ok(value)) => {
                 let state = store.data_mut();
-                let output = CallOutput { writes: std::mem::take(&mut state.writes), counters: std::mem::take(&mut state.counters), deadline: state.deadline() };
+                let output = CallOutput { writes: std::mem::take(&mut state.writes), counters: std::mem::take(&mut state.counters), deadline: state.deadline(), deadline_ms };
                 Ok((value, output))
             }
             Ok(Err(error)) => Err(CallError::Strategy { strategy: strategy.to_string(), error }),

@@ -15,6 +15,8 @@
 //! non-additive one share one search. Ties break towards the lexicographically smaller
 //! sequence, so results are deterministic.
 
+#![forbid(unsafe_code)]
+
 use std::cmp::Ordering;
 use std::convert::Infallible;
 use std::fmt;

@@ -46,6 +46,8 @@
 //! `max_sample · dim` floats), about four codebooks' worth of floats, and
 //! `sample · L · 16` bytes of bookkeeping.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::fmt;
 

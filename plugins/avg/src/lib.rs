@@ -1,6 +1,6 @@
 //! `avg`: generative retrieval with visual-token ("voken") identifiers, after AVG
-//! (reference code: github.com/HongruCai/AVG). This crate is the plugin-independent core:
-//! pure Rust, no dependencies, tested natively, and small enough in memory to run inside
+//! (reference code: github.com/HongruCai/AVG). [`strategy`] is the plugin; [`codebook`] and
+//! [`beam`] are its core: pure Rust, tested natively, and small enough in memory to run inside
 //! a capped wasm sandbox.
 //!
 //! How the pieces fit:
@@ -16,8 +16,8 @@
 //! Where the trie lives (host collection or memory) and where the decoder runs (host) are
 //! left to the caller through the [`beam::Trie`] and [`beam::Scorer`] traits.
 
-#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod beam;
 pub mod codebook;
+pub mod strategy;
