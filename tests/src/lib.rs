@@ -18,6 +18,7 @@ const PLUGINS: &[&str] = &[
     "quarry-plugin-lincir",
     "quarry-plugin-tgdt",
     "keyword-boost",
+    "quarry-test-avg-synthetic",
     "quarry-test-fields",
     "quarry-test-hostile",
     "quarry-test-legacy-v01",

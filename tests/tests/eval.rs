@@ -90,3 +90,74 @@ fn each_shapes_split_ranks_its_strategies_as_the_papers_do() {
         assert!(recall(avg, 10) >= 0.9 * dense, "{} R@10 {} < 0.9 x dense {dense}", avg.strategy, recall(avg, 10));
     }
 }
+
+/// `quarry eval cirr` over files in CIRR's layout (the shapes world's edits as CIRR pairs):
+/// the loader, the host and the report together, as a user runs it.
+#[test]
+fn the_cli_scores_a_cirr_layout_and_compares_strategies() {
+    let world = shapes_world();
+    let dir = tempfile::tempdir().unwrap();
+    let quarry = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_quarry-e2e")).arg("--data-dir").arg(dir.path().join("data")).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for p in ["dense", "lincir"] {
+        let (ok, _, err) = quarry(&["plugin", "add", &quarry_tests::plugin_dir().join(format!("quarry_plugin_{p}.wasm")).display().to_string()]);
+        assert!(ok, "{err}");
+    }
+    for model in ["shapes-image", "shapes-text", "shapes-text-slots", "shapes-phi"] {
+        let (ok, _, err) = quarry(&["model", "add", &world.join(format!("{model}.json")).display().to_string()]);
+        assert!(ok, "{err}");
+    }
+    let scenes = quarry_tests::shapes_scenes(world);
+    let edits = quarry_tests::shapes_edits(world);
+    let annotations = dir.path().join("cirr");
+    std::fs::create_dir_all(annotations.join("captions")).unwrap();
+    std::fs::create_dir_all(annotations.join("image_splits")).unwrap();
+    let split: serde_json::Map<String, serde_json::Value> = scenes.iter().map(|s| (s.id.clone(), format!("./{}", s.file).into())).collect();
+    std::fs::write(annotations.join("image_splits/split.rc2.val.json"), serde_json::to_string(&split).unwrap()).unwrap();
+    let pairs: Vec<serde_json::Value> = edits
+        .iter()
+        .take(12)
+        .enumerate()
+        .map(|(n, e)| {
+            let others: Vec<&str> = scenes.iter().map(|s| s.id.as_str()).filter(|id| *id != e.source && *id != e.target).skip(n * 4).take(4).collect();
+            serde_json::json!({"pairid": n, "reference": e.source, "target_hard": e.target, "caption": e.text,
+                               "img_set": {"members": [e.source.as_str(), e.target.as_str(), others[0], others[1], others[2], others[3]]}})
+        })
+        .collect();
+    std::fs::write(annotations.join("captions/cap.rc2.val.json"), serde_json::to_string(&pairs).unwrap()).unwrap();
+    let specs = dir.path().join("strategies.json");
+    std::fs::write(
+        &specs,
+        r#"[{"name": "lincir", "strategy": "lincir@0.2.0", "models": ["shapes-text-slots", "shapes-image", "shapes-phi"], "query-params": ["reference"],
+             "config": {"text-model": "shapes-text-slots", "image-model": "shapes-image", "projector": "shapes-phi"}},
+            {"name": "text-only", "strategy": "dense@0.2.0", "models": ["shapes-text", "shapes-image"], "query": "text",
+             "config": {"text-model": "shapes-text", "image-model": "shapes-image"}}]"#,
+    )
+    .unwrap();
+    let (ann, images, specs) = (annotations.display().to_string(), world.display().to_string(), specs.display().to_string());
+
+    let (ok, out, err) = quarry(&["eval", "cirr", &ann, &images, "--strategies", &specs, "--json"]);
+    assert!(ok, "{err}");
+    let results = quarry_eval::report::from_json(&out).unwrap();
+    assert_eq!(results.iter().map(|r| r.strategy.as_str()).collect::<Vec<_>>(), ["lincir", "text-only"]);
+    let metric = |r: &StrategyResult, name: &str| r.metrics.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no {name}")).value;
+    assert_eq!(results[0].queries, 12);
+    assert_eq!((metric(&results[0], "Recall@1"), metric(&results[0], "Recall_subset@1")), (1.0, 1.0));
+    assert!(metric(&results[1], "Recall@1") < 1.0 && results[1].latency.is_some());
+
+    // A rerun only queries; --compare puts the named strategies side by side.
+    let (ok, out, err) = quarry(&["eval", "cirr", &ann, &images, "--strategies", &specs, "--compare", "text-only,lincir"]);
+    assert!(ok, "{err}");
+    let header = out.lines().find(|l| l.starts_with("metric")).unwrap();
+    assert!(header.find("text-only").unwrap() < header.find("lincir").unwrap(), "{out}");
+    assert!(out.contains("Recall_subset@3") && out.contains("latency p99"), "{out}");
+
+    let (ok, _, err) = quarry(&["eval", "cirr", &ann, &images, "--strategies", &specs, "--compare", "lincir,avg"]);
+    assert!(!ok && err.contains("--compare lincir,avg") && err.contains("lincir, text-only"), "{err}");
+    let (ok, _, err) = quarry(&["eval", "cirr", &ann, &images]);
+    assert!(!ok && err.contains("needs --strategies FILE"), "{err}");
+    let (ok, _, err) = quarry(&["eval", "cirr", &ann, &images, "--split", "test1", "--strategies", &specs]);
+    assert!(!ok && err.contains("test1"), "{err}");
+}

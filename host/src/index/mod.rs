@@ -44,6 +44,23 @@ pub struct Indexes {
     tokens: Loaded<TokenSets>,
     /// Item metadata by collection, for filters.
     metadata: RwLock<HashMap<String, Metadata>>,
+    /// Recently read collection blobs (a codebook that every query of a strategy reads).
+    blobs: RwLock<BlobCache>,
+}
+
+/// Blobs by (collection, name), up to [`BlobCache::MAX_BYTES`] in all; emptied when full.
+#[derive(Default)]
+struct BlobCache {
+    bytes: usize,
+    blobs: HashMap<(String, String), Arc<[u8]>>,
+    /// Bumped by every blob write, so a read that raced a write does not cache what it read.
+    generation: u64,
+}
+
+impl BlobCache {
+    const MAX_BYTES: usize = 64 << 20;
+    /// Larger blobs are read from the store every time.
+    const MAX_BLOB: usize = 4 << 20;
 }
 
 /// Find or build the index of one field. Building holds the map's write lock, so a commit's
@@ -71,6 +88,7 @@ impl Indexes {
             codes: Default::default(),
             tokens: Default::default(),
             metadata: Default::default(),
+            blobs: Default::default(),
         }
     }
 
@@ -189,6 +207,51 @@ impl Indexes {
         }
     }
 
+    /// `id`'s vector on `field` as it was written, from memory, when the field's index is loaded
+    /// and holds vectors unchanged (f32, not normalised for cosine); `None` means "ask the
+    /// store". A re-ranker reading its candidates' vectors then makes no store reads.
+    pub fn written_vector(&self, collection: &str, field: &str, id: &str) -> Option<Vec<f32>> {
+        let index = self.vectors.read().unwrap().get(&(collection.to_string(), field.to_string()))?.clone();
+        let index = index.read().unwrap();
+        if index.precision() != Precision::F32 || index.metric() == Metric::Cosine {
+            return None;
+        }
+        index.stored(id).map(|v| v.into_owned())
+    }
+
+    /// Load a vector field's index if it is not in memory yet (after a store read found the field
+    /// holds vectors), so later reads of it are served by [`Indexes::written_vector`].
+    pub fn load_vector_field(&self, collection: &str, field: &str) {
+        // A field that cannot be loaded is read from the store, as before.
+        let _ = self.vectors(collection, field);
+    }
+
+    /// A collection blob, from memory when it was read before and has not changed since.
+    pub fn blob(&self, collection: &str, name: &str) -> Result<Option<Arc<[u8]>>> {
+        let key = (collection.to_string(), name.to_string());
+        let generation = {
+            let cache = self.blobs.read().unwrap();
+            if let Some(blob) = cache.blobs.get(&key) {
+                return Ok(Some(blob.clone()));
+            }
+            cache.generation
+        };
+        let Some(blob) = self.store.blob(collection, name)? else { return Ok(None) };
+        let blob: Arc<[u8]> = blob.into();
+        let mut cache = self.blobs.write().unwrap();
+        if blob.len() <= BlobCache::MAX_BLOB && cache.generation == generation {
+            if cache.bytes + blob.len() > BlobCache::MAX_BYTES {
+                cache.blobs.clear();
+                cache.bytes = 0;
+            }
+            cache.bytes += blob.len();
+            if let Some(old) = cache.blobs.insert(key, blob.clone()) {
+                cache.bytes -= old.len();
+            }
+        }
+        Ok(Some(blob))
+    }
+
     /// For each prefix, the codes that follow it on a code field.
     pub fn next_codes(&self, collection: &str, field: &str, prefixes: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
         let trie = self.code_trie(collection, field)?;
@@ -260,6 +323,15 @@ impl Indexes {
                 FieldValue::Codes(c) => self.code_trie(collection, field)?.write().unwrap().upsert(id, c),
                 FieldValue::Tokens { dim, data } => self.token_sets(collection, field)?.write().unwrap().upsert(id, *dim as usize, data),
                 FieldValue::Blob(_) => {}
+            }
+        }
+        if !batch.blobs.is_empty() {
+            let mut cache = self.blobs.write().unwrap();
+            cache.generation += 1;
+            for (collection, name, _) in &batch.blobs {
+                if let Some(old) = cache.blobs.remove(&(collection.clone(), name.clone())) {
+                    cache.bytes -= old.len();
+                }
             }
         }
         for (collection, item) in &batch.items {
@@ -359,6 +431,31 @@ mod tests {
 
     fn ids(hits: &[Scored]) -> Vec<&str> {
         hits.iter().map(|h| h.id.as_str()).collect()
+    }
+
+    #[test]
+    fn cached_blobs_and_in_memory_vectors_follow_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let c = "t/c";
+        store.declare_fields(c, &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::L2))]).unwrap();
+        let indexes = Indexes::new(store.clone());
+        let blob = |bytes: &[u8]| WriteBatch { blobs: vec![(c.to_string(), "book".to_string(), bytes.to_vec())], ..Default::default() };
+        assert!(indexes.blob(c, "book").unwrap().is_none());
+        commit(&store, &indexes, &blob(b"one")).unwrap();
+        assert_eq!(&*indexes.blob(c, "book").unwrap().unwrap(), b"one");
+        commit(&store, &indexes, &blob(b"two")).unwrap();
+        assert_eq!(&*indexes.blob(c, "book").unwrap().unwrap(), b"two", "a rewrite replaces the cached copy");
+
+        let v = vec![0.5f32, -0.25, 3.0];
+        commit(&store, &indexes, &vector_batch(c, [("item-1".to_string(), v.clone())])).unwrap();
+        // A commit loads the field's index (applying a write needs it), so reads hit memory.
+        indexes.load_vector_field(c, "emb");
+        assert_eq!(indexes.written_vector(c, "emb", "item-1"), Some(v));
+        commit(&store, &indexes, &vector_batch(c, [("item-1".to_string(), vec![1.0, 2.0, 3.0])])).unwrap();
+        assert_eq!(indexes.written_vector(c, "emb", "item-1"), Some(vec![1.0, 2.0, 3.0]));
+        indexes.remove(c, &["item-1".to_string()]);
+        assert_eq!(indexes.written_vector(c, "emb", "item-1"), None);
     }
 
     #[test]

@@ -1,13 +1,22 @@
 //! Code sequences of one field as a prefix trie: "which codes may follow this prefix", the
 //! search space of constrained (generative) decoding, and "which items have this sequence".
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 #[derive(Debug, Default)]
 struct Node {
-    children: BTreeMap<u32, usize>,
+    /// Child codes, ascending, and the child nodes at the same positions: "which codes follow"
+    /// is then a copy of one slice, the question a beam search asks at every step.
+    codes: Vec<u32>,
+    children: Vec<usize>,
     /// Items whose sequence has this node's prefix; a node at zero is unlinked and reused.
     count: usize,
+}
+
+impl Node {
+    fn child(&self, code: u32) -> Option<usize> {
+        self.codes.binary_search(&code).ok().map(|i| self.children[i])
+    }
 }
 
 #[derive(Debug)]
@@ -31,11 +40,13 @@ impl CodeTrie {
         let mut node = 0;
         self.nodes[0].count += 1;
         for &code in codes {
-            node = match self.nodes[node].children.get(&code) {
-                Some(&child) => child,
-                None => {
+            node = match self.nodes[node].codes.binary_search(&code) {
+                Ok(i) => self.nodes[node].children[i],
+                Err(i) => {
                     let child = self.alloc();
-                    self.nodes[node].children.insert(code, child);
+                    let parent = &mut self.nodes[node];
+                    parent.codes.insert(i, code);
+                    parent.children.insert(i, child);
                     child
                 }
             };
@@ -56,10 +67,12 @@ impl CodeTrie {
         let mut node = 0;
         self.nodes[0].count -= 1;
         for code in codes {
-            let child = self.nodes[node].children[&code];
+            let i = self.nodes[node].codes.binary_search(&code).expect("a stored sequence is in the trie");
+            let child = self.nodes[node].children[i];
             self.nodes[child].count -= 1;
             if self.nodes[child].count == 0 {
-                self.nodes[node].children.remove(&code);
+                self.nodes[node].codes.remove(i);
+                self.nodes[node].children.remove(i);
                 self.release(child);
                 return;
             }
@@ -70,13 +83,13 @@ impl CodeTrie {
     /// The codes that follow `prefix` in some item's sequence, ascending.
     pub fn next_codes(&self, prefix: &[u32]) -> Vec<u32> {
         let mut node = 0;
-        for code in prefix {
-            match self.nodes[node].children.get(code) {
-                Some(&child) => node = child,
+        for &code in prefix {
+            match self.nodes[node].child(code) {
+                Some(child) => node = child,
                 None => return Vec::new(),
             }
         }
-        self.nodes[node].children.keys().copied().collect()
+        self.nodes[node].codes.clone()
     }
 
     /// The items whose sequence is exactly `codes`, in id order.
@@ -99,7 +112,8 @@ impl CodeTrie {
     fn release(&mut self, node: usize) {
         let mut stack = vec![node];
         while let Some(node) = stack.pop() {
-            stack.extend(std::mem::take(&mut self.nodes[node].children).into_values());
+            stack.extend(std::mem::take(&mut self.nodes[node].children));
+            self.nodes[node].codes = Vec::new();
             self.nodes[node].count = 0;
             self.free.push(node);
         }

@@ -628,7 +628,14 @@ impl CallState {
         if let Some(pending) = self.writes.pending_field(&key, id, field) {
             return Ok(Some(pending.clone()));
         }
-        self.services.store.field(&key, id, field).map_err(internal)
+        if let Some(vector) = self.services.indexes.written_vector(&key, field, id) {
+            return Ok(Some(FieldValue::Vector(vector)));
+        }
+        let value = self.services.store.field(&key, id, field).map_err(internal)?;
+        if let Some(FieldValue::Vector(_)) = value {
+            self.services.indexes.load_vector_field(&key, field);
+        }
+        Ok(value)
     }
 
     pub(super) fn nearest(&mut self, collection: &str, field: &str, query: &[f32], k: u32, filter: Option<&str>) -> Result<Vec<Scored>, Fail> {
@@ -685,7 +692,7 @@ impl CallState {
         if let Some(pending) = self.writes.pending_blob(&key, name) {
             return Ok(Some(pending.to_vec()));
         }
-        self.services.store.blob(&key, name).map_err(internal)
+        Ok(self.services.indexes.blob(&key, name).map_err(internal)?.map(|b| b.to_vec()))
     }
 
     /// A page of a field: at most `limit` values (and `max_batch`), cut early at the payload limit.

@@ -134,7 +134,14 @@ pub fn beam_search<T: Trie, S: Scorer>(
                 live.len()
             )));
         }
-        let mut candidates: Vec<(f32, usize, u32)> = Vec::new();
+        let order = |a: &(f32, usize, u32), b: &(f32, usize, u32)| -> Ordering {
+            b.0.total_cmp(&a.0)
+                .then_with(|| live[a.1].cmp(&live[b.1]))
+                .then(a.2.cmp(&b.2))
+        };
+        // The best `width` so far, in order: most candidates lose to the worst kept at one
+        // comparison, so a step costs about one comparison per allowed code.
+        let mut candidates: Vec<(f32, usize, u32)> = Vec::with_capacity(width + 1);
         for (i, (row, codes)) in rows.iter().zip(&live_allowed).enumerate() {
             if row.len() != codes.len() {
                 return Err(BeamError::Malformed(format!(
@@ -148,19 +155,15 @@ pub fn beam_search<T: Trie, S: Scorer>(
                     return Err(BeamError::Malformed(format!("NaN score at step {step}")));
                 }
                 // + 0.0 turns -0.0 into 0.0 so that total_cmp sees them as the tie they are.
-                candidates.push((s + 0.0, i, code));
+                let candidate = (s + 0.0, i, code);
+                if candidates.len() == width && order(&candidate, &candidates[width - 1]) != Ordering::Less {
+                    continue;
+                }
+                let at = candidates.partition_point(|kept| order(kept, &candidate) == Ordering::Less);
+                candidates.insert(at, candidate);
+                candidates.truncate(width);
             }
         }
-        let order = |a: &(f32, usize, u32), b: &(f32, usize, u32)| -> Ordering {
-            b.0.total_cmp(&a.0)
-                .then_with(|| live[a.1].cmp(&live[b.1]))
-                .then(a.2.cmp(&b.2))
-        };
-        if candidates.len() > width {
-            candidates.select_nth_unstable_by(width - 1, order);
-            candidates.truncate(width);
-        }
-        candidates.sort_unstable_by(order);
         prefixes = candidates
             .iter()
             .map(|&(_, i, code)| {
