@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine (scripts/setup.sh), builds the host and the plugins, and runs two demos:
-# `quarry demo` (dense text retrieval with the real MiniLM), then the shapes world (text-to-image
-# and composed image retrieval with the `lincir` plugin on designed CLIP-signature models).
+# `quarry demo` (dense text retrieval with the real MiniLM), the shapes world (text-to-image
+# and composed image retrieval with the `lincir` plugin on designed CLIP-signature models), and
+# `quarry eval shapes` (dense, tgdt, lincir and avg scored on the shapes world's splits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --locked --release --target wasm32-wasip2 -p quarry-plugin-dense -p quarry-plugin-lincir
+cargo build --locked --release --target wasm32-wasip2 -p quarry-plugin-dense -p quarry-plugin-lincir -p quarry-plugin-tgdt -p quarry-plugin-avg
 cargo build --locked -p quarry-host
 ./target/debug/quarry demo "$@"
 
 echo
 echo "Shapes world demo: 180 generated scenes, searched by caption and by image + modification text."
 world=target/shapes-world/demo
-if [ ! -f "$world/items.jsonl" ]; then
+if [ ! -f "$world/splits/generative/queries.jsonl" ]; then
   vendor/venv/bin/python tests/models/shapes_world.py "$world" --seed 7 \
     --clip-vocab vendor/models/clip-bpe/bpe_simple_vocab_16e6.txt.gz
 fi
@@ -27,3 +28,10 @@ quarry route set shapes --strategy lincir@0.2.0 \
 quarry ingest shapes "$world/items.jsonl"
 quarry search shapes "a small green triangle at the top right" -k 3
 quarry search shapes "is blue" --image "$world/images/$(ls "$world/images" | grep '^large-red-circle-center\.')" -k 3
+
+echo
+echo "Evaluation: each shapes split scored with the metrics the papers use (quarry eval shapes)."
+for plugin in dense tgdt avg; do quarry plugin add "target/wasm32-wasip2/release/quarry_plugin_$plugin.wasm" > /dev/null; done
+quarry eval shapes "$world" --split fine --compare dense,tgdt
+quarry eval shapes "$world" --split composed --compare lincir,image-only,text-only
+quarry eval shapes "$world" --split generative --compare dense,avg
