@@ -89,6 +89,17 @@ fn each_shapes_split_ranks_its_strategies_as_the_papers_do() {
     for avg in &r[1..] {
         assert!(recall(avg, 10) >= 0.9 * dense, "{} R@10 {} < 0.9 x dense {dense}", avg.strategy, recall(avg, 10));
     }
+
+    // What a user gets wrong with avg is said plainly.
+    let avg_route = |config: serde_json::Value| quarry_tests::route("avg@0.1.0", &["shapes-image", "shapes-text"], config);
+    host.set_route("empty", avg_route(serde_json::json!({"image-model": "shapes-image", "text-model": "shapes-text"}))).unwrap();
+    let err = host.build("empty").unwrap_err().to_string();
+    assert!(err.contains("ingest images before building"), "{err}");
+    let err = host.search("empty", &SearchRequest::text("a red circle", 4)).unwrap_err().to_string();
+    assert!(err.contains("run `quarry build`"), "{err}");
+    host.set_route(&collection, avg_route(serde_json::json!({"image-model": "shapes-image", "text-model": "shapes-text", "beam": 1_000_000_000}))).unwrap();
+    let err = host.search(&collection, &SearchRequest::text("a red circle", 4)).unwrap_err().to_string();
+    assert!(err.contains("`beam` and `sequences` 1-1000"), "{err}");
 }
 
 /// `quarry eval cirr` over files in CIRR's layout (the shapes world's edits as CIRR pairs):

@@ -229,7 +229,14 @@ pub fn run(host: &Quarry, set: &EvalSet, spec: &StrategySpec, mut progress: impl
     Ok(answers)
 }
 
+/// Image files past this are refused before reading (a wrong path can name anything).
+const MAX_IMAGE_FILE: u64 = 128 << 20;
+
 fn read_image(path: &std::path::Path) -> Result<Vec<u8>> {
+    let size = std::fs::metadata(path).with_context(|| format!("cannot read image {}", path.display()))?.len();
+    if size > MAX_IMAGE_FILE {
+        bail!("{} is {size} bytes; eval reads images up to {MAX_IMAGE_FILE} bytes", path.display());
+    }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
     crate::models::preprocess::decode(&bytes).with_context(|| format!("{} is not a readable image", path.display()))?;
     Ok(bytes)

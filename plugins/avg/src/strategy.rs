@@ -29,6 +29,11 @@ const IDENTIFIER: &str = "identifier";
 const CODEBOOK: &str = "avg-codebook";
 /// Values per `scan` page while building.
 const PAGE: u32 = 512;
+/// Bounds on the config, so a typo is an error rather than a build that cannot finish.
+const MAX_K: usize = 65_536;
+const MAX_BEAM: usize = 1_000;
+const MAX_SAMPLE: usize = 1 << 20;
+const MAX_ITERATIONS: usize = 1_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -72,9 +77,17 @@ fn sample() -> usize {
 
 fn config(ctx: &Context) -> Result<Config> {
     let config: Config = serde_json::from_value(ctx.config().clone()).map_err(|e| Error::invalid(format!("route config: {e}")))?;
-    if !(1..=codebook::MAX_LEVELS).contains(&config.levels) || config.k == 0 || config.beam == 0 || config.sequences == 0 || config.sample == 0 {
+    let within = |value: usize, max: usize| (1..=max).contains(&value);
+    if !within(config.levels, codebook::MAX_LEVELS)
+        || !within(config.k, MAX_K)
+        || !within(config.beam, MAX_BEAM)
+        || !within(config.sequences, MAX_BEAM)
+        || !within(config.sample, MAX_SAMPLE)
+        || config.iterations > MAX_ITERATIONS
+    {
         return Err(Error::invalid(format!(
-            "route config: `levels` must be 1-{}, and `k`, `beam`, `sequences` and `sample` at least 1",
+            "route config: `levels` must be 1-{}, `k` 1-{MAX_K}, `beam` and `sequences` 1-{MAX_BEAM}, `sample` 1-{MAX_SAMPLE} \
+             and `iterations` 0-{MAX_ITERATIONS}",
             codebook::MAX_LEVELS
         )));
     }
@@ -143,11 +156,11 @@ impl Strategy for Avg {
                     "decoder": {"type": "string", "description": "generates identifiers from the query text; zero-shot scoring without one"},
                     "decoder-offset": {"type": "integer", "minimum": 0, "default": 0, "description": "the decoder's token for code 0"},
                     "levels": {"type": "integer", "minimum": 1, "maximum": codebook::MAX_LEVELS, "default": 4, "description": "codes per identifier (L)"},
-                    "k": {"type": "integer", "minimum": 1, "default": 1024, "description": "codewords (K), fewer for small collections"},
-                    "beam": {"type": "integer", "minimum": 1, "default": 10},
-                    "sequences": {"type": "integer", "minimum": 1, "default": 10, "description": "identifiers a search returns"},
-                    "sample": {"type": "integer", "minimum": 1, "default": 4096, "description": "embeddings the codebook is learned from"},
-                    "iterations": {"type": "integer", "minimum": 0, "default": 10, "description": "Lloyd iterations per stage"}
+                    "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 1024, "description": "codewords (K), fewer for small collections"},
+                    "beam": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM, "default": 10},
+                    "sequences": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM, "default": 10, "description": "identifiers a search returns"},
+                    "sample": {"type": "integer", "minimum": 1, "maximum": MAX_SAMPLE, "default": 4096, "description": "embeddings the codebook is learned from"},
+                    "iterations": {"type": "integer", "minimum": 0, "maximum": MAX_ITERATIONS, "default": 10, "description": "Lloyd iterations per stage"}
                 },
                 "required": ["image-model", "text-model"],
                 "additionalProperties": false
