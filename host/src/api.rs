@@ -96,6 +96,7 @@ pub struct Quarry {
     /// Serialises check-commit-apply so indexes and store agree.
     commit_lock: Mutex<()>,
     quarantined_models: Vec<QuarantinedModel>,
+    compute_meter: Arc<crate::capacity::ComputeMeter>,
 }
 
 impl Quarry {
@@ -109,6 +110,7 @@ impl Quarry {
         std::fs::create_dir_all(data_dir.join("models")).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let store = Arc::new(Store::open(&data_dir.join("collections.redb"))?);
         let compute = FairShare::compute(config.limits.compute_slots());
+        let compute_meter = compute.meter().expect("compute slots are metered").clone();
         let models = Arc::new(Models::new(compute.clone()));
         let mut quarantined_models = Vec::new();
         for path in json_files(&data_dir.join("models"))? {
@@ -141,7 +143,7 @@ impl Quarry {
         for q in registry.quarantined().iter().filter(|q| q.reason.contains("older Quarry")) {
             eprintln!("quarry: quarantined plugin: {}", q.reason);
         }
-        Ok(Quarry { data_dir, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models })
+        Ok(Quarry { data_dir, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models, compute_meter })
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -466,6 +468,11 @@ impl Quarry {
         self.services.store.blob(&qualify(collection)?, name)
     }
 
+    /// One stored item, if the collection holds it.
+    pub fn item(&self, collection: &str, id: &str) -> Result<Option<StoredItem>> {
+        Ok(self.services.store.items(&qualify(collection)?, &[id])?.pop().flatten())
+    }
+
     /// Every stored item of a collection, in id order.
     pub fn items(&self, collection: &str) -> Result<Vec<StoredItem>> {
         self.services.store.scan_items(&qualify(collection)?)
@@ -492,6 +499,12 @@ impl Quarry {
     /// Number of items stored in a collection.
     pub fn item_count(&self, collection: &str) -> Result<usize> {
         self.services.store.item_count(&qualify(collection)?)
+    }
+
+    /// Compute time `tenant` used since the host started: its calls' time on a compute slot
+    /// (guest code and host work on the call's thread) plus its share of batched model runs.
+    pub fn compute_used(&self, tenant: &str) -> std::time::Duration {
+        self.compute_meter.used(tenant)
     }
 
     /// Counters plugins reported (and the host kept for them), keyed by

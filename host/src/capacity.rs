@@ -81,6 +81,40 @@ pub struct FairShare {
     /// Called when a claim starts waiting on a full share, so holders that can yield (running
     /// guest code) look at once instead of at their next tick.
     on_contention: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Time permits were held, per tenant (compute slots are metered; see [`ComputeMeter`]).
+    meter: Option<Arc<ComputeMeter>>,
+}
+
+/// Compute time used per tenant: the time its calls held a compute slot (guest code and host
+/// work done on the call's thread) plus its share of batched model runs, apportioned by rows.
+/// Cumulative since the host started; a quota reads the growth between two looks.
+#[derive(Default)]
+pub struct ComputeMeter {
+    used: Mutex<HashMap<Arc<str>, Duration>>,
+}
+
+impl ComputeMeter {
+    pub fn charge(&self, tenant: &Arc<str>, time: Duration) {
+        *self.used.lock().unwrap_or_else(PoisonError::into_inner).entry(tenant.clone()).or_default() += time;
+    }
+
+    /// Split `time` between tenants in proportion to their `(tenant, rows)` shares.
+    pub fn apportion<'a>(&self, time: Duration, shares: impl IntoIterator<Item = (&'a Arc<str>, usize)>) {
+        let shares: Vec<(&Arc<str>, usize)> = shares.into_iter().collect();
+        let total: usize = shares.iter().map(|(_, rows)| rows).sum();
+        if total == 0 {
+            return;
+        }
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        for (tenant, rows) in shares {
+            *used.entry(tenant.clone()).or_default() += time.mul_f64(rows as f64 / total as f64);
+        }
+    }
+
+    /// Compute time `tenant` used so far.
+    pub fn used(&self, tenant: &str) -> Duration {
+        self.used.lock().unwrap_or_else(PoisonError::into_inner).get(tenant).copied().unwrap_or_default()
+    }
 }
 
 #[derive(Default)]
@@ -156,12 +190,25 @@ impl State {
 
 impl FairShare {
     pub fn new(what: &'static str, capacity: usize, per_tenant: Option<usize>) -> Arc<Self> {
-        Arc::new(FairShare { what, capacity: capacity.max(1), per_tenant, state: Mutex::default(), on_contention: OnceLock::new() })
+        Arc::new(FairShare { what, capacity: capacity.max(1), per_tenant, state: Mutex::default(), on_contention: OnceLock::new(), meter: None })
     }
 
-    /// `slots` compute slots, shared fairly, with no per-tenant cap.
+    /// `slots` compute slots, shared fairly, with no per-tenant cap; the time each tenant holds
+    /// them is metered.
     pub fn compute(slots: usize) -> Arc<Self> {
-        FairShare::new("compute slots", slots, None)
+        Arc::new(FairShare {
+            what: "compute slots",
+            capacity: slots.max(1),
+            per_tenant: None,
+            state: Mutex::default(),
+            on_contention: OnceLock::new(),
+            meter: Some(Arc::default()),
+        })
+    }
+
+    /// The meter of the time tenants held permits, for metered shares.
+    pub fn meter(&self) -> Option<&Arc<ComputeMeter>> {
+        self.meter.as_ref()
     }
 
     /// Set what to call when a claim waits on a full share (once; later calls are ignored).
@@ -190,7 +237,15 @@ impl FairShare {
             Some(limit) if self.held(tenant) >= limit => Refused::TenantAtLimit { tenant: tenant.to_string(), limit, what: self.what },
             _ => Refused::Expired(e),
         })?;
-        Ok(Permit { share: self.clone(), tenant: tenant.clone(), held: true })
+        Ok(Permit { share: self.clone(), tenant: tenant.clone(), held: true, metered: true, since: Instant::now() })
+    }
+
+    /// [`FairShare::acquire`] for work whose time the holder charges itself (a batched run
+    /// apportions it between its callers).
+    pub fn acquire_unmetered(self: &Arc<Self>, tenant: &Arc<str>, deadline: Deadline) -> Result<Permit, Refused> {
+        let mut permit = self.acquire(tenant, deadline)?;
+        permit.metered = false;
+        Ok(permit)
     }
 
     /// Take a permit for `tenant`, queueing behind fairer claims; on `Ok` the permit is held.
@@ -240,6 +295,9 @@ pub struct Permit {
     share: Arc<FairShare>,
     tenant: Arc<str>,
     held: bool,
+    metered: bool,
+    /// When the permit was last taken.
+    since: Instant,
 }
 
 impl Permit {
@@ -250,7 +308,14 @@ impl Permit {
     /// Give the permit back for a while (the holder waits on other threads' work).
     pub fn release(&mut self) {
         if std::mem::take(&mut self.held) {
+            self.charge();
             self.share.release(&self.tenant);
+        }
+    }
+
+    fn charge(&self) {
+        if self.metered && let Some(meter) = &self.share.meter {
+            meter.charge(&self.tenant, self.since.elapsed());
         }
     }
 
@@ -261,6 +326,7 @@ impl Permit {
         }
         self.share.wait_turn(self.share.lock(), &self.tenant, deadline)?;
         self.held = true;
+        self.since = Instant::now();
         Ok(())
     }
 
@@ -280,9 +346,11 @@ impl Permit {
         }
         state.give_back(&self.tenant);
         self.held = false;
+        self.charge();
         state.hand_over(self.share.capacity, self.share.per_tenant);
         self.share.wait_turn(state, &self.tenant, deadline)?;
         self.held = true;
+        self.since = Instant::now();
         Ok(())
     }
 }
@@ -366,6 +434,31 @@ mod tests {
 
     fn tenant(name: &str) -> Arc<str> {
         Arc::from(name)
+    }
+
+    #[test]
+    fn compute_slots_meter_the_time_each_tenant_holds_them() {
+        let share = FairShare::compute(2);
+        let meter = share.meter().unwrap().clone();
+        let (a, b) = (tenant("a"), tenant("b"));
+        let mut held = share.acquire(&a, Deadline::NONE).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        held.release();
+        // Released time is not charged.
+        std::thread::sleep(Duration::from_millis(100));
+        held.reacquire(Deadline::NONE).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(held);
+        let used = meter.used("a");
+        assert!(used >= Duration::from_millis(50) && used < Duration::from_millis(150), "{used:?}");
+        // A batched run charges its callers by rows, not the tenant it queued as.
+        let run = share.acquire_unmetered(&b, Deadline::NONE).unwrap();
+        drop(run);
+        assert_eq!(meter.used("b"), Duration::ZERO);
+        meter.apportion(Duration::from_millis(90), [(&a, 1), (&b, 2)]);
+        assert_eq!(meter.used("b"), Duration::from_millis(60));
+        assert!(meter.used("a") >= used + Duration::from_millis(30));
+        assert!(FairShare::new("calls", 1, None).meter().is_none());
     }
 
     #[test]

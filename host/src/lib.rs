@@ -1,11 +1,11 @@
 //! Quarry's native host: runs retrieval strategies as sandboxed WebAssembly components and
 //! owns what they orchestrate: models ([`models`]), collections ([`store`], [`index`]).
 //!
-//! [`api::Quarry`] is the entry point; the `quarry` binary is a thin CLI over it ([`cli`]).
+//! [`api::Quarry`] is the entry point; the `quarry` binary (`quarry-cli`) and the HTTP service
+//! (`quarry-server`) are thin layers over it.
 
 pub mod api;
 pub mod capacity;
-pub mod cli;
 pub mod eval;
 pub mod index;
 pub mod models;

@@ -26,9 +26,9 @@ fn main() {
     host.add_plugin_as(&Owner::tenant("globex").unwrap(), &plugin("quarry-plugin-dense")).unwrap();
     host.set_route("acme/hostile", route("hostile@0.1.0", &[], json!({}))).unwrap();
     host.set_route("globex/docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
-    let sentences: Vec<NewItem> = quarry_host::cli::DEMO_SENTENCES.iter().map(|(id, text)| NewItem::text(id, text)).collect();
+    let sentences: Vec<NewItem> = quarry_cli::DEMO_SENTENCES.iter().map(|(id, text)| NewItem::text(id, text)).collect();
     host.ingest("globex/docs", sentences, |_| {}).unwrap();
-    let queries: Vec<&str> = quarry_host::cli::DEMO_QUERIES.iter().map(|(q, _)| *q).collect();
+    let queries: Vec<&str> = quarry_cli::DEMO_QUERIES.iter().map(|(q, _)| *q).collect();
 
     let searches = |label: &str| {
         for q in &queries {
@@ -38,7 +38,7 @@ fn main() {
             .map(|i| {
                 let start = Instant::now();
                 let response = host.search("globex/docs", &SearchRequest::text(queries[i % queries.len()], 3)).unwrap();
-                assert_eq!(response.hits[0].id, quarry_host::cli::DEMO_QUERIES[i % queries.len()].1, "{label}: a wrong answer");
+                assert_eq!(response.hits[0].id, quarry_cli::DEMO_QUERIES[i % queries.len()].1, "{label}: a wrong answer");
                 start.elapsed()
             })
             .collect();

@@ -38,14 +38,14 @@ fn concurrent_plugin_searches_are_batched_and_correct() {
     add_model(&host, "minilm-l6");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
     host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
-    host.ingest("docs", quarry_host::cli::DEMO_SENTENCES.iter().map(|(id, t)| NewItem::text(id, t)).collect(), |_| {}).unwrap();
+    host.ingest("docs", quarry_cli::DEMO_SENTENCES.iter().map(|(id, t)| NewItem::text(id, t)).collect(), |_| {}).unwrap();
     let (runs_before, _) = host.models().run_stats("minilm-l6").unwrap();
     let tops: Vec<(String, String)> = std::thread::scope(|scope| {
         let callers: Vec<_> = (0..64)
             .map(|i| {
                 let host = host.clone();
                 scope.spawn(move || {
-                    let (query, expected) = quarry_host::cli::DEMO_QUERIES[i % quarry_host::cli::DEMO_QUERIES.len()];
+                    let (query, expected) = quarry_cli::DEMO_QUERIES[i % quarry_cli::DEMO_QUERIES.len()];
                     let hits = host.search("docs", &SearchRequest::text(query, 1)).unwrap().hits;
                     (hits[0].id.clone(), expected.to_string())
                 })

@@ -83,9 +83,9 @@ fn a_plugin_built_against_0_1_loads_serves_and_is_held_to_its_grants() {
     assert_eq!((legacy.reference.as_str(), legacy.contract.as_str()), ("legacy@0.1.0", "quarry:retrieval@0.1.0"));
     assert_eq!(legacy.sdk, None, "built without the SDK");
     host.set_route("old", route("legacy@0.1.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
-    let items = quarry_host::cli::DEMO_SENTENCES.iter().map(|(id, text)| NewItem::text(id, text)).collect();
+    let items = quarry_cli::DEMO_SENTENCES.iter().map(|(id, text)| NewItem::text(id, text)).collect();
     host.ingest("old", items, |_| {}).unwrap();
-    for (query, expected) in quarry_host::cli::DEMO_QUERIES {
+    for (query, expected) in quarry_cli::DEMO_QUERIES {
         let response = host.search("old", &SearchRequest::text(query, 3)).unwrap();
         assert_eq!(response.strategy, "legacy@0.1.0");
         assert_eq!(response.hits[0].id, *expected, "{query}");

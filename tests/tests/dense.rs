@@ -1,7 +1,7 @@
 //! Text-to-text retrieval through the `dense` WASM plugin on the real MiniLM models.
 
 use quarry_host::capacity::Caller;
-use quarry_host::cli::{DEMO_QUERIES, DEMO_SENTENCES};
+use quarry_cli::{DEMO_QUERIES, DEMO_SENTENCES};
 use quarry_host::store::FieldKind;
 use quarry_host::{HostConfig, NewItem, Quarry, SearchRequest};
 use quarry_tests::{add_model, host, plugin, route};

@@ -1,7 +1,7 @@
 //! Per-token features from the real MiniLM model, and the two-stage `tgdt` strategy over them.
 
 use quarry_host::capacity::Caller;
-use quarry_host::cli::{DEMO_QUERIES, DEMO_SENTENCES};
+use quarry_cli::{DEMO_QUERIES, DEMO_SENTENCES};
 use quarry_host::{NewItem, SearchRequest};
 use quarry_tests::{add_model, host, plugin, route};
 

@@ -250,7 +250,7 @@ impl Worker {
         // The run computes for its callers: it takes a slot as the leading job's tenant, for as
         // long as any caller still waits.
         let deadline = batch.iter().map(|j| j.deadline).reduce(Deadline::latest).unwrap_or(Deadline::NONE);
-        let _slot = match self.compute.acquire(&batch[0].tenant, deadline) {
+        let _slot = match self.compute.acquire_unmetered(&batch[0].tenant, deadline) {
             Ok(slot) => slot,
             Err(e) => {
                 for job in batch {
@@ -260,7 +260,13 @@ impl Worker {
             }
         };
         let inputs: Vec<&Inputs> = batch.iter().map(|j| &j.inputs).collect();
-        match self.run(&inputs, &batch[0].output, deadline) {
+        // Each caller is charged the run's time in proportion to its rows.
+        let started = Instant::now();
+        let ran = self.run(&inputs, &batch[0].output, deadline);
+        if let Some(meter) = self.compute.meter() {
+            meter.apportion(started.elapsed(), batch.iter().map(|j| (&j.tenant, j.inputs.len())));
+        }
+        match ran {
             Ok(outputs) => {
                 for (job, output) in batch.into_iter().zip(outputs) {
                     let _ = job.reply.send(Ok(output));
@@ -269,7 +275,11 @@ impl Worker {
             // One caller's bad input must not fail the others: run each alone.
             Err(ModelError::Runtime(_)) if batch.len() > 1 => {
                 for job in batch {
+                    let started = Instant::now();
                     let result = self.run(&[&job.inputs], &job.output, job.deadline).map(|mut o| o.remove(0));
+                    if let Some(meter) = self.compute.meter() {
+                        meter.charge(&job.tenant, started.elapsed());
+                    }
                     let _ = job.reply.send(result);
                 }
             }

@@ -1,4 +1,4 @@
 //! The `quarry` CLI, built inside the test package so end-to-end tests can run it as a process.
 fn main() -> std::process::ExitCode {
-    quarry_host::cli::main()
+    quarry_cli::main()
 }

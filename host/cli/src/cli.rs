@@ -118,9 +118,12 @@ enum Command {
     /// Score strategies on an evaluation set with the metrics their papers use: Recall@K,
     /// CIRCO's mAP@K, CIRR's Recall_subset@K, FashionIQ's R@10/R@50, and query latency.
     Eval(EvalArgs),
+    /// Serve the HTTP API for many tenants (see the README's "Serving"); stops on SIGTERM or
+    /// Ctrl-C after requests in flight finish.
+    Serve(quarry_server::config::ServeArgs),
     /// Print a JSON Schema.
     Schema {
-        #[arg(value_parser = ["model", "limits"])]
+        #[arg(value_parser = ["model", "limits", "server"])]
         what: String,
     },
 }
@@ -335,10 +338,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Schema { what } => {
             let schema = match what.as_str() {
                 "limits" => serde_json::to_value(schemars::schema_for!(Limits))?,
+                "server" => quarry_server::config::schema(),
                 _ => serde_json::to_value(crate::models::manifest::schema())?,
             };
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(())
+        }
+        Command::Serve(args) => {
+            let config = args.config()?;
+            quarry_server::serve(open(&dir, cli.verbose)?, config)
         }
         Command::Plugin(cmd) => {
             let host = open(&dir, cli.verbose)?;

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    quarry_host::cli::main()
+    quarry_cli::main()
 }

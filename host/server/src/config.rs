@@ -1,0 +1,198 @@
+//! The server's configuration: a JSON file (`quarry schema server` prints its schema), then
+//! flags and environment variables over it.
+
+use anyhow::{Context as _, Result, bail};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How `quarry serve` listens, authenticates, limits and logs.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on. Loopback by default: put a TLS-terminating proxy in front
+    /// before listening on a public address.
+    pub listen: String,
+    /// SHA-256 (64 hex digits) of the admin API key. The `QUARRY_ADMIN_KEY` environment
+    /// variable (the key itself) takes precedence. With neither, the first start makes a key,
+    /// prints it once and keeps its hash in `<data_dir>/server/admin-key.sha256`.
+    pub admin_key_sha256: Option<String>,
+    /// Largest request body in bytes (JSON and NDJSON).
+    pub max_body_bytes: usize,
+    /// Largest plugin upload in bytes.
+    pub max_plugin_bytes: usize,
+    /// Seconds in-flight requests may take to finish after SIGTERM or Ctrl-C.
+    pub shutdown_grace_seconds: u64,
+    /// `text` or `json` log lines on stderr.
+    pub log_format: LogFormat,
+    /// The quotas of tenants that have none of their own.
+    pub default_quotas: Quotas,
+    /// Most distinct values a metrics label keeps (tenants, strategies, models); later ones
+    /// are counted under `other`.
+    pub max_label_values: usize,
+    /// Most jobs (builds, background ingests) a tenant may have queued or running.
+    pub max_jobs_per_tenant: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:7700".into(),
+            admin_key_sha256: None,
+            max_body_bytes: 16 << 20,
+            max_plugin_bytes: 64 << 20,
+            shutdown_grace_seconds: 30,
+            log_format: LogFormat::Text,
+            default_quotas: Quotas::default(),
+            max_label_values: 1000,
+            max_jobs_per_tenant: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What one tenant may use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Sustained requests per second (a token bucket).
+    pub requests_per_second: f64,
+    /// Requests the bucket holds: how far a burst may go above the sustained rate.
+    pub burst: f64,
+    /// Requests in flight at once.
+    pub concurrent_calls: u32,
+    /// Compute seconds per second: guest time on a compute slot plus the tenant's share of
+    /// model inference, together (1.0 is one core's worth).
+    pub compute_per_second: f64,
+    /// Compute seconds the budget holds for bursts.
+    pub compute_burst_seconds: f64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas { requests_per_second: 50.0, burst: 100.0, concurrent_calls: 8, compute_per_second: 1.0, compute_burst_seconds: 10.0 }
+    }
+}
+
+impl Quotas {
+    pub fn validate(&self) -> Result<()> {
+        for (key, value, max) in [
+            ("requests_per_second", self.requests_per_second, 1e6),
+            ("burst", self.burst, 1e7),
+            ("compute_per_second", self.compute_per_second, 4096.0),
+            ("compute_burst_seconds", self.compute_burst_seconds, 86_400.0),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= max) {
+                bail!("quota `{key}` is {value}; it must be a number above 0 and at most {max}");
+            }
+        }
+        if self.burst < 1.0 {
+            bail!("quota `burst` is {}; it must be at least 1 request", self.burst);
+        }
+        if !(1..=10_000).contains(&self.concurrent_calls) {
+            bail!("quota `concurrent_calls` is {}; it must be 1-10000", self.concurrent_calls);
+        }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    /// Read a configuration file (JSON); unknown keys are refused.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read server config {}", path.display()))?;
+        let config: ServerConfig = serde_json::from_str(&text)
+            .with_context(|| format!("server config {} is not valid; `quarry schema server` prints what it may hold", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.listen.parse::<std::net::SocketAddr>().with_context(|| format!("`listen` is `{}`; give an address and port such as 127.0.0.1:7700", self.listen))?;
+        if let Some(hash) = &self.admin_key_sha256
+            && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            bail!("`admin_key_sha256` must be 64 hex digits (the SHA-256 of the admin key, e.g. from `printf %s KEY | sha256sum`)");
+        }
+        if self.max_body_bytes < 1024 || self.max_plugin_bytes < 1024 {
+            bail!("`max_body_bytes` and `max_plugin_bytes` must be at least 1024");
+        }
+        if self.max_label_values == 0 || self.max_jobs_per_tenant == 0 {
+            bail!("`max_label_values` and `max_jobs_per_tenant` must be at least 1");
+        }
+        self.default_quotas.validate().context("in `default_quotas`")
+    }
+}
+
+/// The JSON Schema of the configuration file.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(ServerConfig)).expect("a schema serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.json");
+        std::fs::write(&path, r#"{"listn": "127.0.0.1:1"}"#).unwrap();
+        let err = format!("{:#}", ServerConfig::load(&path).unwrap_err());
+        assert!(err.contains("unknown field `listn`"), "{err}");
+        std::fs::write(&path, r#"{"listen": "127.0.0.1:9", "default_quotas": {"burst": 0.5}}"#).unwrap();
+        let config = ServerConfig::load(&path).unwrap();
+        assert_eq!(config.default_quotas.requests_per_second, 50.0, "unset keys keep their defaults");
+        let err = format!("{:#}", config.validate().unwrap_err());
+        assert!(err.contains("`burst`"), "{err}");
+        let mut config = ServerConfig::default();
+        config.default_quotas.compute_per_second = f64::NAN;
+        assert!(format!("{:#}", config.validate().unwrap_err()).contains("compute_per_second"));
+        config = ServerConfig { listen: "localhost".into(), ..Default::default() };
+        assert!(format!("{:#}", config.validate().unwrap_err()).contains("address and port"));
+        assert!(schema()["properties"]["default_quotas"].is_object());
+    }
+}
+
+/// `quarry serve`'s flags: each overrides the config file's key, and reads an environment
+/// variable when the flag is not given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// A JSON config file (`quarry schema server` prints its schema).
+    #[arg(long, env = "QUARRY_SERVER_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Address and port to listen on [default: 127.0.0.1:7700]
+    #[arg(long, env = "QUARRY_LISTEN")]
+    pub listen: Option<String>,
+    /// Log lines as text or JSON.
+    #[arg(long, env = "QUARRY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Seconds requests in flight may take to finish after SIGTERM.
+    #[arg(long, env = "QUARRY_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The config file (or the defaults) with the flags and environment over it, validated.
+    pub fn config(&self) -> Result<ServerConfig> {
+        let mut config = match &self.config {
+            Some(path) => ServerConfig::load(path)?,
+            None => ServerConfig::default(),
+        };
+        if let Some(listen) = &self.listen {
+            config.listen = listen.clone();
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
+        if let Some(grace) = self.shutdown_grace_seconds {
+            config.shutdown_grace_seconds = grace;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}

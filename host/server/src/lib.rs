@@ -1,0 +1,281 @@
+//! `quarry serve`: Quarry's multi-tenant HTTP service, a thin layer over the in-process API
+//! ([`quarry_host::Quarry`]). No HTTP type reaches below this crate.
+//!
+//! - [`routes`]: the endpoints; the router and the OpenAPI document come from one route table.
+//! - [`control`]: tenants, keys, model grants and quotas, behind the [`control::ControlPlane`] trait.
+//! - [`quota`]: request rate, requests in flight and one compute budget per tenant.
+//! - [`metrics`]: Prometheus metrics with capped label values.
+
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod jobs;
+pub mod keys;
+pub mod metrics;
+pub mod quota;
+pub mod routes;
+
+use crate::config::ServerConfig;
+use crate::control::{ControlPlane, EmbeddedControlPlane, Tenant};
+use crate::error::ApiError;
+use anyhow::{Context as _, Result};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use quarry_host::Quarry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Who is calling, from the request's API key.
+#[derive(Clone)]
+pub enum Caller {
+    Admin,
+    Tenant(Arc<Tenant>),
+}
+
+impl Caller {
+    pub fn label(&self) -> &str {
+        match self {
+            Caller::Admin => "(admin)",
+            Caller::Tenant(t) => &t.name,
+        }
+    }
+
+    /// The tenant, for endpoints that act on a tenant's own resources.
+    pub fn tenant(&self) -> Result<&Tenant, ApiError> {
+        match self {
+            Caller::Tenant(t) => Ok(t),
+            Caller::Admin => Err(ApiError::forbidden("this endpoint acts on a tenant's own resources; call it with the tenant's API key")),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Tenant(_) => Err(ApiError::forbidden("this endpoint is for the operator; call it with the admin key")),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub quarry: Arc<Quarry>,
+    pub control: Arc<dyn ControlPlane>,
+    pub config: ServerConfig,
+    admin_sha256: String,
+    pub quotas: quota::QuotaBook,
+    pub metrics: metrics::Metrics,
+    pub jobs: jobs::Jobs,
+    /// Cleared when shutdown begins, so `/readyz` turns load balancers away.
+    ready: AtomicBool,
+}
+
+pub type Shared = Arc<AppState>;
+
+impl AppState {
+    /// State over an open host. `admin_sha256` is the SHA-256 (hex) of the admin key.
+    pub fn new(quarry: Arc<Quarry>, control: Arc<dyn ControlPlane>, config: ServerConfig, admin_sha256: String) -> Shared {
+        let metrics = metrics::Metrics::new(config.max_label_values);
+        Arc::new(AppState {
+            quarry,
+            control,
+            admin_sha256,
+            quotas: quota::QuotaBook::default(),
+            metrics,
+            jobs: jobs::Jobs::new(config.max_jobs_per_tenant),
+            config,
+            ready: AtomicBool::new(true),
+        })
+    }
+
+    fn quotas_of(&self, tenant: &Tenant) -> config::Quotas {
+        tenant.quotas.clone().unwrap_or_else(|| self.config.default_quotas.clone())
+    }
+
+    fn authenticate(&self, request: &Request) -> Result<Caller, ApiError> {
+        let unauthorized = |why: &str| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("{why}; send `Authorization: Bearer <api key>` (the operator creates tenant keys with POST /v1/tenants)"),
+            )
+        };
+        let value = request.headers().get(header::AUTHORIZATION).ok_or_else(|| unauthorized("no API key"))?;
+        let key = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).ok_or_else(|| unauthorized("the Authorization header is not `Bearer <api key>`"))?;
+        if key.len() > 256 {
+            return Err(unauthorized("the API key is not valid"));
+        }
+        let hash = keys::hash(key);
+        if keys::same(&hash, &self.admin_sha256) {
+            return Ok(Caller::Admin);
+        }
+        match self.control.tenant_by_key(&hash).map_err(ApiError::internal)? {
+            Some(tenant) => Ok(Caller::Tenant(Arc::new(tenant))),
+            None => Err(unauthorized("the API key is not valid")),
+        }
+    }
+}
+
+/// Run blocking host work off the async workers.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(ApiError::internal)
+}
+
+/// Every `/v1` request and `/metrics`: authenticate, admit under the tenant's quotas, record
+/// metrics and a log line.
+async fn gate(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request.extensions().get::<MatchedPath>().map_or("(unmatched)", |m| m.as_str()).to_string();
+    let method = request.method().to_string();
+    let caller = match state.authenticate(&request) {
+        Ok(caller) => caller,
+        Err(e) => {
+            state.metrics.request("(none)", &route, &method, e.status.as_u16(), started.elapsed());
+            return e.into_response();
+        }
+    };
+    let mut admitted = None;
+    if let Caller::Tenant(tenant) = &caller {
+        let used = state.quarry.compute_used(&tenant.name);
+        // Writes and queries (POST, PUT) run plugins and models; reads never wait on the budget.
+        let computes = matches!(*request.method(), axum::http::Method::POST | axum::http::Method::PUT);
+        match state.quotas.admit(&tenant.name, &state.quotas_of(tenant), used, computes) {
+            Ok(in_flight) => admitted = Some(in_flight),
+            Err(exceeded) => {
+                state.metrics.quota_rejected(&tenant.name, exceeded.quota());
+                state.metrics.request(&tenant.name, &route, &method, 429, started.elapsed());
+                let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", exceeded.message(&tenant.name));
+                e.quota = Some(exceeded.quota());
+                e.retry_after = Some(exceeded.retry_after_seconds());
+                return e.into_response();
+            }
+        }
+    }
+    let label = caller.label().to_string();
+    request.extensions_mut().insert(caller);
+    let response = next.run(request).await;
+    drop(admitted);
+    let status = response.status().as_u16();
+    state.metrics.request(&label, &route, &method, status, started.elapsed());
+    tracing::info!(tenant = %label, %method, %route, status, ms = started.elapsed().as_secs_f64() * 1e3, "request");
+    response
+}
+
+/// Echo the caller's `x-request-id` (if printable and short) or make one, on every response
+/// and in the request's log lines.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let given = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()));
+    let id = match given {
+        Some(id) => id.to_string(),
+        None => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).expect("the OS random source works");
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    };
+    let value = HeaderValue::from_str(&id).expect("checked: visible ASCII");
+    request.headers_mut().insert("x-request-id", value.clone());
+    let span = tracing::info_span!("request", id = %id);
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    response.headers_mut().insert("x-request-id", value);
+    response
+}
+
+/// The admin key's hash: from `QUARRY_ADMIN_KEY`, the config, or a key made (and printed once)
+/// at the first start and kept in `<dir>/admin-key.sha256`.
+fn admin_key_hash(config: &ServerConfig, dir: &std::path::Path) -> Result<String> {
+    if let Ok(key) = std::env::var("QUARRY_ADMIN_KEY") {
+        if key.len() < 16 {
+            anyhow::bail!("QUARRY_ADMIN_KEY is shorter than 16 characters; use a long random key (`openssl rand -base64 32`)");
+        }
+        return Ok(keys::hash(&key));
+    }
+    if let Some(hash) = &config.admin_key_sha256 {
+        return Ok(hash.to_ascii_lowercase());
+    }
+    let path = dir.join("admin-key.sha256");
+    if let Ok(hash) = std::fs::read_to_string(&path) {
+        return Ok(hash.trim().to_string());
+    }
+    let key = keys::generate();
+    quarry_host::plugins::registry::write_atomically(&path, keys::hash(&key).as_bytes())?;
+    eprintln!("quarry serve: made the admin key (shown once; its hash is in {}):\n{key}", path.display());
+    Ok(keys::hash(&key))
+}
+
+/// Log to stderr, as text or JSON lines.
+pub fn init_logging(format: config::LogFormat) {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    let _ = match format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Serve `quarry` with `config` until SIGTERM or Ctrl-C; then stop accepting, let requests in
+/// flight and running jobs finish (up to `shutdown_grace_seconds`), and return.
+pub fn serve(quarry: Quarry, config: ServerConfig) -> Result<()> {
+    config.validate()?;
+    init_logging(config.log_format);
+    let dir = quarry.data_dir().join("server");
+    let control = Arc::new(EmbeddedControlPlane::open(&dir)?);
+    let admin = admin_key_hash(&config, &dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let grace = Duration::from_secs(config.shutdown_grace_seconds);
+        let state = AppState::new(Arc::new(quarry), control, config, admin);
+        eprintln!("quarry serve: listening on http://{}", listener.local_addr()?);
+        run(listener, state, shutdown_signal(), grace).await
+    })
+}
+
+/// Serve on `listener` until `stop` resolves, then drain within `grace`.
+pub async fn run(listener: tokio::net::TcpListener, state: Shared, stop: impl std::future::Future<Output = ()> + Send + 'static, grace: Duration) -> Result<()> {
+    let (router, _) = routes::router(state.clone());
+    let draining = state.clone();
+    let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        stop.await;
+        draining.ready.store(false, Ordering::Release);
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        let _ = stopped_tx.send(true);
+    });
+    let mut stopped = stopped_rx.clone();
+    let deadline = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served.context("the HTTP server failed")?,
+        () = deadline => tracing::warn!("requests were still running {} s after shutdown began; stopping anyway", grace.as_secs()),
+    }
+    // Jobs run on blocking threads and commit batch by batch: wait for them within what is
+    // left of the grace period; a job cut short keeps every batch it committed.
+    let until = Instant::now() + grace;
+    while state.jobs.running() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,208 @@
+//! Prometheus metrics (the `prometheus-client` crate), labelled by tenant, route, strategy and
+//! model. Tenants upload strategies, so every label's values are capped: past the cap, new
+//! values are counted as `other`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    tenant: String,
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    tenant: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    tenant: String,
+    strategy: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StrategyLabels {
+    tenant: String,
+    strategy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    tenant: String,
+    quota: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency() -> Histogram {
+    // 0.25 ms to about 8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Keeps at most `max` distinct values of one label.
+struct LabelCap {
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl LabelCap {
+    fn new(max: usize) -> Self {
+        LabelCap { max, seen: Mutex::default() }
+    }
+
+    fn value(&self, value: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_string());
+            return value.to_string();
+        }
+        "other".to_string()
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Histograms<RouteLabels>,
+    calls: Family<CallLabels, Counter>,
+    call_seconds: Histograms<StrategyLabels>,
+    quota_rejections: Family<QuotaLabels, Counter>,
+    compute_seconds: Family<TenantLabels, Counter<f64, AtomicU64>>,
+    model_runs: Family<ModelLabels, Counter>,
+    model_inputs: Family<ModelLabels, Counter>,
+    /// What the cumulative counters above were last advanced to.
+    reported: Mutex<Reported>,
+    tenants: LabelCap,
+    strategies: LabelCap,
+    models: LabelCap,
+}
+
+#[derive(Default)]
+struct Reported {
+    compute: HashMap<String, f64>,
+    models: HashMap<String, (u64, u64)>,
+}
+
+impl Metrics {
+    pub fn new(max_label_values: usize) -> Self {
+        let mut registry = Registry::with_prefix("quarry");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by tenant, route, method and status", requests.clone());
+        let request_seconds: Histograms<RouteLabels> = Family::new_with_constructor(latency);
+        registry.register("http_request_seconds", "HTTP request latency by tenant and route", request_seconds.clone());
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register("strategy_calls", "Strategy calls (search, ingest, build) by tenant, strategy version and outcome", calls.clone());
+        let call_seconds: Histograms<StrategyLabels> = Family::new_with_constructor(latency);
+        registry.register("strategy_call_seconds", "Strategy call latency by tenant and strategy version", call_seconds.clone());
+        let quota_rejections = Family::<QuotaLabels, Counter>::default();
+        registry.register("quota_rejections", "Requests refused with 429, by tenant and quota", quota_rejections.clone());
+        let compute_seconds = Family::<TenantLabels, Counter<f64, AtomicU64>>::default();
+        registry.register("compute_seconds", "Compute used by tenant: guest time plus its share of model inference", compute_seconds.clone());
+        let model_runs = Family::<ModelLabels, Counter>::default();
+        registry.register("model_runs", "Batched model runs by model", model_runs.clone());
+        let model_inputs = Family::<ModelLabels, Counter>::default();
+        registry.register("model_inputs", "Inputs in batched model runs by model (divide by runs for the mean batch size)", model_inputs.clone());
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            calls,
+            call_seconds,
+            quota_rejections,
+            compute_seconds,
+            model_runs,
+            model_inputs,
+            reported: Mutex::default(),
+            tenants: LabelCap::new(max_label_values),
+            strategies: LabelCap::new(max_label_values),
+            models: LabelCap::new(max_label_values),
+        }
+    }
+
+    pub fn request(&self, tenant: &str, route: &str, method: &str, status: u16, took: Duration) {
+        let tenant = self.tenants.value(tenant);
+        self.requests.get_or_create(&RequestLabels { tenant: tenant.clone(), route: route.to_string(), method: method.to_string(), status }).inc();
+        self.request_seconds.get_or_create(&RouteLabels { tenant, route: route.to_string() }).observe(took.as_secs_f64());
+    }
+
+    pub fn call(&self, tenant: &str, strategy: &str, outcome: &str, took: Duration) {
+        let (tenant, strategy) = (self.tenants.value(tenant), self.strategies.value(strategy));
+        self.calls.get_or_create(&CallLabels { tenant: tenant.clone(), strategy: strategy.clone(), outcome: outcome.to_string() }).inc();
+        self.call_seconds.get_or_create(&StrategyLabels { tenant, strategy }).observe(took.as_secs_f64());
+    }
+
+    pub fn quota_rejected(&self, tenant: &str, quota: &str) {
+        self.quota_rejections.get_or_create(&QuotaLabels { tenant: self.tenants.value(tenant), quota: quota.to_string() }).inc();
+    }
+
+    /// The text exposition, after bringing the cumulative host figures up to date.
+    pub fn render(&self, compute: &[(String, f64)], models: &[(String, u64, u64)]) -> String {
+        {
+            let mut reported = self.reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (tenant, seconds) in compute {
+                let last = reported.compute.entry(tenant.clone()).or_default();
+                if *seconds > *last {
+                    self.compute_seconds.get_or_create(&TenantLabels { tenant: self.tenants.value(tenant) }).inc_by(*seconds - *last);
+                    *last = *seconds;
+                }
+            }
+            for (model, runs, inputs) in models {
+                let last = reported.models.entry(model.clone()).or_default();
+                let label = ModelLabels { model: self.models.value(model) };
+                self.model_runs.get_or_create(&label).inc_by(runs.saturating_sub(last.0));
+                self.model_inputs.get_or_create(&label).inc_by(inputs.saturating_sub(last.1));
+                *last = (*runs.max(&last.0), *inputs.max(&last.1));
+            }
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_past_the_cap_are_counted_as_other() {
+        let metrics = Metrics::new(2);
+        for strategy in ["a@1", "b@1", "c@1", "d@1"] {
+            metrics.call("t", strategy, "ok", Duration::from_millis(3));
+        }
+        let text = metrics.render(&[("t".into(), 1.5)], &[("m".into(), 2, 5)]);
+        assert!(text.contains(r#"quarry_strategy_calls_total{tenant="t",strategy="b@1",outcome="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"quarry_strategy_calls_total{tenant="t",strategy="other",outcome="ok"} 2"#), "{text}");
+        assert!(text.contains(r#"quarry_compute_seconds_total{tenant="t"} 1.5"#), "{text}");
+        // A second scrape advances counters by the growth only.
+        let text = metrics.render(&[("t".into(), 2.0)], &[("m".into(), 3, 9)]);
+        assert!(text.contains(r#"quarry_compute_seconds_total{tenant="t"} 2.0"#), "{text}");
+        assert!(text.contains(r#"quarry_model_inputs_total{model="m"} 9"#), "{text}");
+    }
+}
