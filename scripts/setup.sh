@@ -73,4 +73,11 @@ if [ ! -x "$VENDOR/venv/bin/python" ] || ! "$VENDOR/venv/bin/python" -c "import 
   python3 -m venv "$VENDOR/venv"
   "$VENDOR/venv/bin/python" -m pip install --quiet "onnx==1.23.2" "numpy>=1.26,<3" "pillow==13.0.0" "openapi-spec-validator==0.8.4" "prometheus-client==0.23.1" >&2
 fi
+# `--bench`: the HTTP load generator the serving benchmark drives (Debian's wrk).
+if [ "${1:-}" = "--bench" ] && ! command -v wrk >/dev/null; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi
+  { $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk; } >/dev/null 2>&1 ||
+    { echo "setup: could not install wrk; install it (apt-get install wrk) and run again" >&2; exit 1; }
+fi
 echo "setup: wasm32-wasip2 target, ONNX Runtime $ORT_VERSION and MiniLM models are in place ($VENDOR/)" >&2

@@ -2,6 +2,8 @@
 //! temporary directories, register the real MiniLM models, build the designed test models and
 //! the shapes world.
 
+pub mod server;
+
 use quarry_host::{Grants, HostConfig, Limits, Quarry, Route};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -36,10 +36,30 @@ pub(crate) enum Inputs {
 }
 
 impl Inputs {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Inputs::Text(rows) => rows.len(),
             Inputs::Pixels { rows, .. } | Inputs::Vectors { rows, .. } => rows.len(),
+        }
+    }
+
+    /// The rows in runs of at most `max` (one run for a request that fits).
+    pub(crate) fn split(self, max: usize) -> Vec<Inputs> {
+        fn chunks<T>(rows: Vec<T>, max: usize) -> Vec<Vec<T>> {
+            let mut out = Vec::with_capacity(rows.len().div_ceil(max.max(1)));
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                out.push(rows.by_ref().take(max.max(1)).collect());
+            }
+            out
+        }
+        if self.len() <= max {
+            return vec![self];
+        }
+        match self {
+            Inputs::Text(rows) => chunks(rows, max).into_iter().map(Inputs::Text).collect(),
+            Inputs::Pixels { side, rows } => chunks(rows, max).into_iter().map(|rows| Inputs::Pixels { side, rows }).collect(),
+            Inputs::Vectors { dim, rows } => chunks(rows, max).into_iter().map(|rows| Inputs::Vectors { dim, rows }).collect(),
         }
     }
 
@@ -110,20 +130,40 @@ impl Batcher {
     /// Run `inputs` (alone or with other callers' inputs) and return this request's rows of
     /// `output`. The caller's compute slot is released while it waits, and it stops waiting at
     /// its deadline (a run still going then is terminated once no caller of it is left).
+    #[cfg(test)]
     pub fn run(&self, inputs: Inputs, output: &str, caller: &Caller) -> Result<Output, ModelError> {
+        Ok(self.run_parts(vec![inputs], output, caller)?.pop().expect("one part in, one out"))
+    }
+
+    /// [`Batcher::run`] for a request split into parts (each at most a run's rows): all parts
+    /// queue at once as the caller's jobs, so a large request takes its runs in turn with other
+    /// tenants' jobs instead of holding the model for one long run. Outputs in part order.
+    pub fn run_parts(&self, parts: Vec<Inputs>, output: &str, caller: &Caller) -> Result<Vec<Output>, ModelError> {
         caller.deadline.check("a model run")?;
-        let (reply, answer) = mpsc::sync_channel(1);
-        let job = Job { inputs, output: output.to_string(), tenant: caller.tenant.clone(), deadline: caller.deadline, reply };
-        self.jobs.send(job).map_err(|_| ModelError::Runtime(anyhow!("the model's worker has stopped")))?;
-        let answer = caller.waiting(|| match caller.deadline.remaining() {
-            None => answer.recv().map_err(|_| false),
-            Some(left) => answer.recv_timeout(left).map_err(|e| matches!(e, mpsc::RecvTimeoutError::Timeout)),
-        })?;
-        match answer {
-            Ok(result) => result,
-            Err(true) => Err(ModelError::Expired(Expired("a model run".into()))),
-            Err(false) => Err(ModelError::Runtime(anyhow!("the model's worker stopped during the run"))),
+        let mut answers = Vec::with_capacity(parts.len());
+        for inputs in parts {
+            let (reply, answer) = mpsc::sync_channel(1);
+            let job = Job { inputs, output: output.to_string(), tenant: caller.tenant.clone(), deadline: caller.deadline, reply };
+            self.jobs.send(job).map_err(|_| ModelError::Runtime(anyhow!("the model's worker has stopped")))?;
+            answers.push(answer);
         }
+        let answers = caller.waiting(|| {
+            answers
+                .into_iter()
+                .map(|answer| match caller.deadline.remaining() {
+                    None => answer.recv().map_err(|_| false),
+                    Some(left) => answer.recv_timeout(left).map_err(|e| matches!(e, mpsc::RecvTimeoutError::Timeout)),
+                })
+                .collect::<Vec<_>>()
+        })?;
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(result) => result,
+                Err(true) => Err(ModelError::Expired(Expired("a model run".into()))),
+                Err(false) => Err(ModelError::Runtime(anyhow!("the model's worker stopped during the run"))),
+            })
+            .collect()
     }
 }
 
@@ -470,6 +510,24 @@ mod tests {
         let (reply, answer) = mpsc::sync_channel(1);
         let inputs = Inputs::Vectors { dim: 1, rows: vec![vec![0.0]; rows] };
         (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, reply }, answer)
+    }
+
+    #[test]
+    fn a_large_request_runs_in_parts_that_take_turns_with_other_tenants() {
+        let parts = Inputs::Vectors { dim: 1, rows: vec![vec![0.0]; 100] }.split(32);
+        assert_eq!(parts.iter().map(Inputs::len).collect::<Vec<_>>(), [32, 32, 32, 4]);
+        assert_eq!(Inputs::Text((0..5).map(|_| TextRow::default()).collect()).split(32).len(), 1);
+        let mut queue = FairQueue::default();
+        for part in parts {
+            let (mut big, _) = job("big", 0, Deadline::NONE);
+            big.inputs = part;
+            queue.push(big);
+        }
+        queue.push(job("small", 1, Deadline::NONE).0);
+        let tenants = |batch: &[Job]| batch.iter().map(|j| (j.tenant.to_string(), j.inputs.len())).collect::<Vec<_>>();
+        // The small job waits for one part of the large request, not for all of it.
+        assert_eq!(tenants(&queue.next_batch(32)), [("big".to_string(), 32)]);
+        assert_eq!(tenants(&queue.next_batch(32)), [("small".to_string(), 1)]);
     }
 
     #[test]

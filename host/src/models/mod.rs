@@ -14,7 +14,7 @@ pub use manifest::{ModelManifest, ModelRole, OutputKind, Pooling};
 
 use crate::capacity::{Caller, Expired, FairShare};
 use anyhow::{Result, anyhow, bail};
-use batcher::{Batcher, Inputs, TextRow};
+use batcher::{Batcher, Inputs, Output, TextRow};
 use decoder::{DecoderRuntime, Generation};
 use tokenize::TextTokenizer;
 use ort::session::Session;
@@ -470,19 +470,33 @@ impl LoadedModel {
         Ok(Inputs::Pixels { side: p.crop as usize, rows })
     }
 
+    /// Run `inputs` in parts of at most the manifest's `max_batch` rows (see
+    /// [`Batcher::run_parts`]) and turn each part's output into its rows' results with `rows`.
+    fn run_rows<T>(&self, inputs: Inputs, output: &str, caller: &Caller, rows: impl Fn(Output, usize) -> Result<Vec<T>, ModelError>) -> Result<Vec<T>, ModelError> {
+        let parts = inputs.split(self.manifest.batch.max_batch.max(1));
+        let sizes: Vec<usize> = parts.iter().map(Inputs::len).collect();
+        let outputs = self.batcher()?.run_parts(parts, output, caller)?;
+        let mut all = Vec::with_capacity(sizes.iter().sum());
+        for (out, n) in outputs.into_iter().zip(sizes) {
+            all.extend(rows(out, n)?);
+        }
+        Ok(all)
+    }
+
+    fn pooled(&self, out: Output, n: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.pool((out.shape, out.data), n, out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
+    }
+
     fn embed_texts(&self, texts: &[String], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
-        let out = self.batcher()?.run(self.text_inputs(texts)?, &self.manifest.output.name, caller)?;
-        self.pool((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
+        self.run_rows(self.text_inputs(texts)?, &self.manifest.output.name, caller, |out, n| self.pooled(out, n))
     }
 
     fn embed_images(&self, images: &[Vec<u8>], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
-        let out = self.batcher()?.run(self.image_inputs(images)?, &self.manifest.output.name, caller)?;
-        self.pool((out.shape, out.data), images.len(), None)
+        self.run_rows(self.image_inputs(images)?, &self.manifest.output.name, caller, |out, n| self.pooled(out, n))
     }
 
     fn embed_texts_with_slots(&self, texts: &[(String, Vec<Vec<f32>>)], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
-        let out = self.batcher()?.run(self.slotted_inputs(texts)?, &self.manifest.output.name, caller)?;
-        self.pool((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
+        self.run_rows(self.slotted_inputs(texts)?, &self.manifest.output.name, caller, |out, n| self.pooled(out, n))
     }
 
     fn cross_score(&self, query: &str, texts: &[String], caller: &Caller) -> Result<Vec<f32>, ModelError> {
@@ -490,13 +504,13 @@ impl LoadedModel {
         let pairs: Vec<(String, String)> = texts.iter().map(|t| (query.to_string(), t.clone())).collect();
         let encoded = tokenizer.encode_pairs(&pairs).map_err(|e| ModelError::InvalidInput(format!("cannot tokenize: {e}")))?;
         let rows = encoded.into_iter().map(|[ids, mask, type_ids]| TextRow { ids, mask, type_ids, ..Default::default() }).collect();
-        let out = self.batcher()?.run(Inputs::Text(rows), &self.manifest.output.name, caller)?;
-        let n = texts.len();
-        if out.shape.first() != Some(&(n as i64)) || out.data.len() < n {
-            return Err(ModelError::Runtime(anyhow!("cross-encoder `{}` returned {:?} for {n} pairs", self.manifest.name, out.shape)));
-        }
-        let per_row = out.data.len() / n;
-        Ok(out.data.chunks_exact(per_row).map(|row| row[0]).collect())
+        self.run_rows(Inputs::Text(rows), &self.manifest.output.name, caller, |out, n| {
+            if out.shape.first() != Some(&(n as i64)) || out.data.len() < n {
+                return Err(ModelError::Runtime(anyhow!("cross-encoder `{}` returned {:?} for {n} pairs", self.manifest.name, out.shape)));
+            }
+            let per_row = out.data.len() / n;
+            Ok(out.data.chunks_exact(per_row).map(|row| row[0]).collect())
+        })
     }
 
     fn project(&self, vectors: &[Vec<f32>], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
@@ -504,8 +518,7 @@ impl LoadedModel {
         if let Some((i, v)) = vectors.iter().enumerate().find(|(_, v)| v.len() != dim) {
             return Err(ModelError::InvalidInput(format!("vector {i} has {} values but vector 0 has {dim}", v.len())));
         }
-        let out = self.batcher()?.run(Inputs::Vectors { dim, rows: vectors.to_vec() }, &self.manifest.output.name, caller)?;
-        self.pool((out.shape, out.data), vectors.len(), None)
+        self.run_rows(Inputs::Vectors { dim, rows: vectors.to_vec() }, &self.manifest.output.name, caller, |out, n| self.pooled(out, n))
     }
 
     fn token_output(&self) -> Result<&str, ModelError> {
@@ -519,14 +532,14 @@ impl LoadedModel {
 
     /// Per-token states of each text, padding removed: (dim, tokens * dim floats).
     fn text_tokens(&self, texts: &[String], caller: &Caller) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
-        let out = self.batcher()?.run(self.text_inputs(texts)?, self.token_output()?, caller)?;
-        self.split_tokens((out.shape, out.data), texts.len(), out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
+        self.run_rows(self.text_inputs(texts)?, self.token_output()?, caller, |out, n| {
+            self.split_tokens((out.shape, out.data), n, out.mask.as_ref().map(|(m, seq)| (m.as_slice(), *seq)))
+        })
     }
 
     /// Per-patch states of each image: (dim, patches * dim floats).
     fn image_tokens(&self, images: &[Vec<u8>], caller: &Caller) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
-        let out = self.batcher()?.run(self.image_inputs(images)?, self.token_output()?, caller)?;
-        self.split_tokens((out.shape, out.data), images.len(), None)
+        self.run_rows(self.image_inputs(images)?, self.token_output()?, caller, |out, n| self.split_tokens((out.shape, out.data), n, None))
     }
 
     fn split_tokens(&self, (shape, data): (Vec<i64>, Vec<f32>), n: usize, mask: Option<(&[i64], usize)>) -> Result<Vec<(usize, Vec<f32>)>, ModelError> {
