@@ -392,3 +392,17 @@ macro_rules! shared_collections {
 }
 
 pub(crate) use {shared_collections, shared_imports};
+
+#[cfg(test)]
+mod tests {
+    /// The SDK ships its own copy of the current contract (so the published crate builds alone);
+    /// it must be the frozen `wit/v0.2` this host implements, byte for byte.
+    #[test]
+    fn the_sdk_carries_the_contract_this_host_implements() {
+        let frozen = include_bytes!("../../../../wit/v0.2/retrieval.wit");
+        let in_sdk = include_bytes!("../../../../sdk/wit/retrieval.wit");
+        assert!(frozen == in_sdk, "sdk/wit/retrieval.wit differs from wit/v0.2/retrieval.wit; copy wit/v0.2/retrieval.wit over it");
+        let sdk_lib = include_str!("../../../../sdk/src/lib.rs");
+        assert!(sdk_lib.contains("pub const CONTRACT: &str = \"quarry:retrieval@0.2.0\";"), "the SDK's CONTRACT names the contract it carries");
+    }
+}
