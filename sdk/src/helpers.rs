@@ -202,7 +202,7 @@ mod tests {
         assert_eq!(ids(&out), ["b", "c", "a"]);
         assert_eq!(out.capacity(), 3, "room for the hits given, not for k");
         // An iterator that cannot say its length up front.
-        let out = top_k(hits.iter().cloned().filter(|h| h.id != "c"), u32::MAX as usize);
+        let out = top_k(hits.iter().filter(|h| h.id != "c").cloned(), u32::MAX as usize);
         assert_eq!(ids(&out), ["b", "a"]);
         assert!(out.capacity() <= 4, "capacity {}", out.capacity());
         assert_eq!(ids(&top_k(hits, 2)), ["b", "c"]);
