@@ -69,6 +69,21 @@ pub struct SearchResponse {
     /// The `name@version` that answered.
     pub strategy: String,
     pub hits: Vec<SearchHit>,
+    /// What the host changed about the request, for example a `k` over `limits.max_hits`
+    /// answered with fewer hits.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A collection of a tenant, as `quarry collections` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CollectionInfo {
+    /// The collection's name within its tenant.
+    pub name: String,
+    /// Items stored.
+    pub items: usize,
+    /// The `name@version` its route points at, if it has one.
+    pub strategy: Option<String>,
 }
 
 /// The outcome of an ingest.
@@ -235,11 +250,33 @@ impl Quarry {
 
     /// Route `collection` to a strategy version. Calls in flight finish on the version they began with.
     /// The granted models are opened now, so calls are not billed for loading them.
+    ///
+    /// The route's config is checked against the strategy's config schema first; a config it
+    /// refuses (a misspelt key, a wrong type) is an error naming the key, and nothing changes.
     pub fn set_route(&self, collection: &str, route: Route) -> Result<()> {
         let collection = &qualify(collection)?;
+        self.check_route(collection, &route)?;
+        self.registry.set_route(collection, route)
+    }
+
+    /// Everything [`Quarry::set_route`] checks and prepares, short of saving the route: the
+    /// grants, the config against the strategy's schema, the granted models (opened now), and the
+    /// strategy's fields (declared on the collection).
+    fn check_route(&self, collection: &str, route: &Route) -> Result<()> {
         for granted in &route.grants.collections {
             crate::store::validate_name("granted collection", granted)
                 .context("granted collections are names within the route's tenant, without a `tenant/` prefix")?;
+        }
+        let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
+        if !route.config.is_object() {
+            bail!("the route config for {} must be a JSON object", plugin.reference);
+        }
+        if let Err(problems) = plugin.schemas()?.check_config(&route.config) {
+            bail!(
+                "the route config does not fit {}'s config schema: {problems}; nothing was changed (`quarry plugin describe {}` shows the schema)",
+                plugin.reference,
+                plugin.reference
+            );
         }
         for model in &route.grants.models {
             if !self.services.models.contains(model) {
@@ -247,10 +284,31 @@ impl Quarry {
             }
             self.services.models.warm(model).with_context(|| format!("the route grants model `{model}`, which cannot be opened"))?;
         }
-        let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
         let fields: Vec<(String, FieldSchema)> = plugin.descriptor.fields.clone();
-        self.services.store.declare_fields(collection, &fields).with_context(|| format!("cannot route `{collection}` to {}", route.strategy))?;
-        self.registry.set_route(collection, route)
+        self.services.store.declare_fields(collection, &fields).with_context(|| format!("cannot route `{collection}` to {}", route.strategy))
+    }
+
+    /// The default tenant's collections, with their item counts and routes.
+    pub fn collections(&self) -> Result<Vec<CollectionInfo>> {
+        self.collections_of(crate::store::DEFAULT_TENANT)
+    }
+
+    /// `tenant`'s collections, in name order, with their item counts and routes.
+    pub fn collections_of(&self, tenant: &str) -> Result<Vec<CollectionInfo>> {
+        crate::store::validate_name("tenant", tenant)?;
+        let routes = self.registry.routes();
+        self.services
+            .store
+            .collection_names(tenant)?
+            .into_iter()
+            .map(|key| {
+                Ok(CollectionInfo {
+                    items: self.services.store.item_count(&key)?,
+                    strategy: routes.get(&key).map(|r| r.strategy.clone()),
+                    name: split_qualified(&key).1.to_string(),
+                })
+            })
+            .collect()
     }
 
     pub fn route(&self, collection: &str) -> Result<Arc<Route>> {
@@ -268,8 +326,24 @@ impl Quarry {
     /// or not at all, so an interrupted ingest can simply be run again: items the same strategy
     /// version already indexed with the same content are skipped. `progress` is told how many
     /// items are done (skipped or landed).
-    pub fn ingest(&self, collection: &str, items: Vec<NewItem>, mut progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
+    pub fn ingest(&self, collection: &str, items: Vec<NewItem>, progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
         let route = self.route(collection)?;
+        self.ingest_routed(collection, route, items, progress)
+    }
+
+    /// [`Quarry::ingest`] under `route`, which becomes the collection's route only when the
+    /// ingest succeeds: checked as [`Quarry::set_route`] checks it, and not saved when the ingest
+    /// fails (batches that landed before the failure stay, and running the same ingest again
+    /// skips them).
+    pub fn ingest_with_route(&self, collection: &str, route: Route, items: Vec<NewItem>, progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
+        let key = qualify(collection)?;
+        self.check_route(&key, &route)?;
+        let report = self.ingest_routed(collection, Arc::new(route.clone()), items, progress)?;
+        self.registry.set_route(&key, route)?;
+        Ok(report)
+    }
+
+    fn ingest_routed(&self, collection: &str, route: Arc<Route>, items: Vec<NewItem>, mut progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
         let collection = &qualify(collection)?;
         let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
         for item in &items {
@@ -338,7 +412,11 @@ impl Quarry {
     /// What the strategy returns is checked: a NaN or infinite score fails the call; duplicate
     /// ids keep their best score; hits for ids the collection does not hold are dropped (and
     /// counted in the plugin's `quarry.unknown-hit-ids` counter); the host sorts the rest, best
-    /// first, ties by id. `k` is capped at `limits.max_hits`.
+    /// first, ties by id. `k` is capped at `limits.max_hits`, with a note in the response.
+    ///
+    /// A query with neither text nor image, or with only a blank text, is refused; beside an
+    /// image, a blank text is left out. Query parameters the strategy does not declare (see
+    /// [`crate::plugins::schema`]) are refused, naming them.
     pub fn search(&self, collection: &str, request: &SearchRequest) -> Result<SearchResponse, CallError> {
         self.answer(collection, request, |store, p, ctx, query| p.search(store, ctx, query))
     }
@@ -373,10 +451,22 @@ impl Quarry {
         if request.text.is_none() && request.image.is_none() {
             return Err(CallError::Host(anyhow::anyhow!("a query needs text, an image, or both")));
         }
+        // A blank text says nothing: refused alone, left out beside an image.
+        let blank = request.text.as_deref().is_some_and(|t| t.trim().is_empty());
+        if blank && request.image.is_none() {
+            return Err(CallError::Host(anyhow::anyhow!("the query text is empty; send some text, an image, or both")));
+        }
+        let text = if blank { None } else { request.text.clone() };
+        let params_value = if request.params.is_null() { serde_json::json!({}) } else { request.params.clone() };
+        plugin.schemas()?.check_params(&params_value).map_err(|problem| CallError::Host(anyhow::anyhow!("{}: {problem}", plugin.reference)))?;
         let limits = self.runtime.limits();
         let k = (request.k as usize).min(limits.max_hits);
-        let params = if request.params.is_null() { "{}".to_string() } else { request.params.to_string() };
-        let query = Query { text: request.text.clone(), image: request.image.clone(), k: k as u32, params };
+        let mut notes = Vec::new();
+        if k < request.k as usize {
+            notes.push(format!("k = {} is over this host's limit (`limits.max_hits`); answered with at most {k} hits", request.k));
+        }
+        let params = params_value.to_string();
+        let query = Query { text, image: request.image.clone(), k: k as u32, params };
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
         let (hits, output) =
             self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), limits.deadline_ms, |store, p| call(store, p, &ctx, &query))?;
@@ -405,7 +495,7 @@ impl Quarry {
             self.services.count(split_qualified(collection).0, &plugin.reference, "quarry.unknown-hit-ids", unknown as f64);
         }
         found.truncate(k);
-        Ok(SearchResponse { strategy: plugin.reference.clone(), hits: found })
+        Ok(SearchResponse { strategy: plugin.reference.clone(), hits: found, notes })
     }
 
     /// A live instance of the collection's routed strategy, for many searches in a row without

@@ -14,7 +14,7 @@ pub mod printable;
 pub mod sources;
 pub mod store;
 
-pub use api::{HostConfig, IngestReport, Quarry, SearchHit, SearchRequest, SearchResponse};
+pub use api::{CollectionInfo, HostConfig, IngestReport, Quarry, SearchHit, SearchRequest, SearchResponse};
 pub use plugins::registry::Route;
 pub use plugins::host_api::Grants;
 pub use plugins::limits::Limits;

@@ -345,6 +345,23 @@ impl Store {
         Ok(table.get((collection, id))?.is_some())
     }
 
+    /// The qualified names (`tenant/name`) of `tenant`'s collections, in name order.
+    pub fn collection_names(&self, tenant: &str) -> Result<Vec<String>> {
+        let prefix = format!("{tenant}/");
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COLLECTIONS)?;
+        let mut names = Vec::new();
+        for entry in table.range(prefix.as_str()..)? {
+            let (key, _) = entry?;
+            let key = key.value();
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            names.push(key.to_string());
+        }
+        Ok(names)
+    }
+
     pub fn item_count(&self, collection: &str) -> Result<usize> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ITEMS)?;

@@ -35,24 +35,31 @@ impl Ord for MinByScore {
 }
 
 /// The `k` best hits, best first; ties broken by id so results are deterministic.
-/// Runs in O(n log k).
+/// Runs in O(n log k), and never reserves room for more hits than it is given: any `k` is safe,
+/// `usize::MAX` included.
 pub fn top_k(hits: impl IntoIterator<Item = Hit>, k: usize) -> Vec<Hit> {
     if k == 0 {
         return Vec::new();
     }
-    let mut heap = BinaryHeap::with_capacity(k + 1);
+    let hits = hits.into_iter();
+    let mut heap = BinaryHeap::with_capacity(hits.size_hint().0.min(k));
     for hit in hits {
-        heap.push(MinByScore(hit));
-        if heap.len() > k {
-            heap.pop();
+        if heap.len() < k {
+            heap.push(MinByScore(hit));
+        } else if let Some(mut worst) = heap.peek_mut() {
+            // Replace the worst kept hit when the new one ranks before it.
+            let candidate = MinByScore(hit);
+            if candidate < *worst {
+                *worst = candidate;
+            }
         }
     }
-    let mut out: Vec<Hit> = heap.into_iter().map(|h| h.0).collect();
+    let mut out: Vec<Hit> = heap.into_vec().into_iter().map(|h| h.0).collect();
     sort_hits(&mut out);
     out
 }
 
-/// Sort hits best first, ties by id.
+/// Sort hits best first (NaN scores last), ties by id.
 pub fn sort_hits(hits: &mut [Hit]) {
     hits.sort_by(|a, b| by_score_desc(a.score, b.score).then_with(|| a.id.cmp(&b.id)));
 }
@@ -85,22 +92,33 @@ pub fn normalize_z(hits: &mut [Hit]) {
 
 /// Reciprocal-rank fusion: each list adds `1 / (c + rank)` (rank from 1) to an id's score.
 /// `c = 60` is the value from Cormack et al. Returns the fused hits best first.
+///
+/// Equal fused scores are ordered by the lists, never by id: the hit ranked higher in the first
+/// list goes first (a hit a list lacks ranks after every hit it holds), then the second list
+/// decides, and so on. Pass the list you trust most first.
 pub fn reciprocal_rank_fusion(lists: &[Vec<Hit>], c: f32) -> Vec<Hit> {
-    let mut fused: HashMap<&str, f32> = HashMap::new();
-    for list in lists {
+    // Per id: the fused score and its rank in each list (usize::MAX where absent).
+    let mut fused: HashMap<&str, (f32, Vec<usize>)> = HashMap::new();
+    for (l, list) in lists.iter().enumerate() {
         for (rank, hit) in list.iter().enumerate() {
-            *fused.entry(hit.id.as_str()).or_default() += 1.0 / (c + rank as f32 + 1.0);
+            let entry = fused.entry(hit.id.as_str()).or_insert_with(|| (0.0, vec![usize::MAX; lists.len()]));
+            entry.0 += 1.0 / (c + rank as f32 + 1.0);
+            entry.1[l] = entry.1[l].min(rank);
         }
     }
-    let mut out: Vec<Hit> = fused.into_iter().map(|(id, score)| Hit::new(id, score)).collect();
-    sort_hits(&mut out);
-    out
+    let mut out: Vec<(&str, (f32, Vec<usize>))> = fused.into_iter().collect();
+    out.sort_by(|(a_id, (a, a_ranks)), (b_id, (b, b_ranks))| {
+        by_score_desc(*a, *b).then_with(|| a_ranks.cmp(b_ranks)).then_with(|| a_id.cmp(b_id))
+    });
+    out.into_iter().map(|(id, (score, _))| Hit::new(id, score)).collect()
 }
 
 /// One finished or running beam: its token sequence and summed log-probability.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Beam {
+    /// The tokens chosen, first step first.
     pub tokens: Vec<u32>,
+    /// The sum of their log-probabilities.
     pub logprob: f32,
 }
 
@@ -175,6 +193,31 @@ mod tests {
         let mut flat = vec![hit("a", 3.0), hit("b", 3.0)];
         normalize_min_max(&mut flat);
         assert_eq!(flat[0].score, 1.0);
+    }
+
+    #[test]
+    fn top_k_never_reserves_more_than_it_returns() {
+        let hits = vec![hit("a", 1.0), hit("b", 3.0), hit("c", 2.0)];
+        let out = top_k(hits.clone(), usize::MAX);
+        assert_eq!(ids(&out), ["b", "c", "a"]);
+        assert_eq!(out.capacity(), 3, "room for the hits given, not for k");
+        // An iterator that cannot say its length up front.
+        let out = top_k(hits.iter().filter(|h| h.id != "c").cloned(), u32::MAX as usize);
+        assert_eq!(ids(&out), ["b", "a"]);
+        assert!(out.capacity() <= 4, "capacity {}", out.capacity());
+        assert_eq!(ids(&top_k(hits, 2)), ["b", "c"]);
+    }
+
+    #[test]
+    fn rrf_breaks_ties_by_the_first_list_not_by_id() {
+        // z and a tie on fused score (each first in one list); the first list ranks z first.
+        let dense = vec![hit("z", 0.9), hit("a", 0.8)];
+        let keyword = vec![hit("a", 2.0), hit("z", 1.0)];
+        assert_eq!(ids(&reciprocal_rank_fusion(&[dense.clone(), keyword.clone()], 60.0)), ["z", "a"]);
+        assert_eq!(ids(&reciprocal_rank_fusion(&[keyword, dense], 60.0)), ["a", "z"]);
+        // Hits only the second list holds, tied, keep that list's order.
+        let only = reciprocal_rank_fusion(&[vec![], vec![hit("y", 1.0)], vec![hit("b", 1.0)]], 60.0);
+        assert_eq!(ids(&only), ["y", "b"], "y is in the earlier list");
     }
 
     #[test]

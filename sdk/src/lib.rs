@@ -32,6 +32,26 @@
 //!
 //! quarry_sdk::export_strategy!(Dense);
 //! ```
+//!
+//! # Versions
+//!
+//! A strategy is known to hosts as `name@version`, from [`Strategy::describe`], and a version is
+//! immutable once a host holds it: to change a strategy, bump the version you pass to
+//! [`Descriptor::new`] (or pass `env!("CARGO_PKG_VERSION")` and bump it in `Cargo.toml`).
+//!
+//! # When the host calls what
+//!
+//! - [`Strategy::describe`] once, at `quarry plugin add`; the host keeps what it returns.
+//! - [`Strategy::ingest`] for each batch of items an ingest adds (the host has stored the items).
+//! - [`Strategy::build`] only when asked (`quarry build <collection>`, after ingest), for
+//!   collection-level artifacts such as a codebook; never on its own.
+//! - [`Strategy::search`] per query, and [`Strategy::rerank`] when the strategy is a cascade's
+//!   second stage.
+//!
+//! Each call gets a fresh instance, and its writes land together when it succeeds and not at all
+//! when it fails.
+
+#![deny(missing_docs)]
 
 pub mod helpers;
 
@@ -42,7 +62,7 @@ pub use serde_json;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/v0.2",
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "export_raw",
@@ -123,19 +143,36 @@ impl Error {
 /// What a strategy is and what it needs; returned by [`Strategy::describe`].
 #[derive(Debug, Clone)]
 pub struct Descriptor {
+    /// The strategy's name: 1-128 characters from a-z, A-Z, 0-9, `-`, `_`, `.`.
     pub name: String,
+    /// Its version, strict semver (`MAJOR.MINOR.PATCH`). A host keeps `name@version` immutable:
+    /// bump it to ship a change.
     pub version: String,
+    /// One line on what the strategy does, shown by `quarry plugin list`.
     pub description: String,
+    /// Model roles the strategy reads from its config (a route grants the models they name).
     pub models: Vec<String>,
+    /// Fields the strategy writes or reads, with their kinds; the host declares them on the
+    /// collection when a route is set.
     pub fields: Vec<FieldSpec>,
     /// JSON Schema of the config object the strategy accepts.
     pub config_schema: serde_json::Value,
     /// Whether [`Strategy::rerank`] scores candidates; set with [`Descriptor::reranks`].
     pub reranks: bool,
+    /// JSON Schema of the query parameters the strategy reads (`Query::params`), if any; set
+    /// with [`Descriptor::query_param`] or [`Descriptor::query_params`].
+    pub query_params: Option<serde_json::Value>,
 }
+
+/// The config-schema key under which a descriptor's query parameters travel to the host.
+pub const QUERY_PARAMS_KEY: &str = "x-quarry-query-params";
 
 impl Descriptor {
     /// A descriptor for `name@version` with no models, fields or config.
+    ///
+    /// `version` is where a strategy's version is written: a host refuses different bytes under
+    /// a `name@version` it already holds, so bump it here (or in `Cargo.toml`, when you pass
+    /// `env!("CARGO_PKG_VERSION")`) for every change you ship.
     pub fn new(name: &str, version: &str) -> Self {
         Descriptor {
             name: name.to_string(),
@@ -145,8 +182,10 @@ impl Descriptor {
             fields: Vec::new(),
             config_schema: serde_json::json!({"type": "object"}),
             reranks: false,
+            query_params: None,
         }
     }
+    /// Set the one-line description.
     pub fn description(mut self, text: &str) -> Self {
         self.description = text.to_string();
         self
@@ -170,6 +209,9 @@ impl Descriptor {
         self.fields.push(FieldSpec { name: name.to_string(), kind, metric: None });
         self
     }
+    /// Set the JSON Schema of the route config (an object schema). Hosts check a route's config
+    /// against it when the route is set, so declare every key you read and set
+    /// `"additionalProperties": false` to have misspelt keys refused there, not at search.
     pub fn config_schema(mut self, schema: serde_json::Value) -> Self {
         self.config_schema = schema;
         self
@@ -179,6 +221,33 @@ impl Descriptor {
     pub fn reranks(mut self) -> Self {
         self.reranks = true;
         self
+    }
+    /// Declare a query parameter the strategy reads, with the JSON Schema of its value.
+    ///
+    /// Hosts refuse a query carrying a parameter the strategy does not declare (naming it), so
+    /// a caller never believes a parameter such as `filter` was applied when it was ignored. A
+    /// strategy that declares none takes none.
+    pub fn query_param(mut self, name: &str, schema: serde_json::Value) -> Self {
+        let params = self.query_params.get_or_insert_with(|| serde_json::json!({"type": "object", "properties": {}}));
+        if let Some(properties) = params.get_mut("properties").and_then(serde_json::Value::as_object_mut) {
+            properties.insert(name.to_string(), schema);
+        }
+        self
+    }
+    /// Declare the query parameters as one object schema. Keys it does not list under
+    /// `properties` are refused unless it sets `additionalProperties` (to anything but `false`).
+    pub fn query_params(mut self, schema: serde_json::Value) -> Self {
+        self.query_params = Some(schema);
+        self
+    }
+    /// The config schema as hosts receive it: [`Descriptor::config_schema`] with the query
+    /// parameters under [`QUERY_PARAMS_KEY`].
+    pub fn wire_schema(&self) -> serde_json::Value {
+        let mut schema = self.config_schema.clone();
+        if let (Some(params), Some(object)) = (&self.query_params, schema.as_object_mut()) {
+            object.insert(QUERY_PARAMS_KEY.to_string(), params.clone());
+        }
+        schema
     }
 }
 
@@ -250,15 +319,26 @@ impl Collection {
     pub fn new(name: &str) -> Self {
         Collection { name: name.to_string() }
     }
+    /// The collection's name, as routes and grants use it.
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// Store `vector` as vector field `field` of item `id`, replacing any previous value.
+    ///
+    /// The field must be declared in the descriptor ([`Descriptor::vector_field`]); the item
+    /// must be stored, or be one the calling `ingest` adds. Every vector of a field has the same
+    /// length and finite values. The write lands when the call succeeds.
     pub fn put_vector(&self, id: &str, field: &str, vector: Vec<f32>) -> Result<()> {
         host_collections::put_field(&self.name, id, field, &FieldValue::Vector(vector))
     }
+    /// Store `value` as field `field` of item `id`, replacing any previous value: a vector, a
+    /// token set ([`FieldKind::Tokens`]) or a code sequence ([`FieldKind::Codes`]), matching the
+    /// kind the descriptor declares. The same rules as [`Collection::put_vector`] apply.
     pub fn put_field(&self, id: &str, field: &str, value: &FieldValue) -> Result<()> {
         host_collections::put_field(&self.name, id, field, value)
     }
+    /// Read field `field` of item `id`: `None` when the item or the value is absent. Sees this
+    /// call's own writes.
     pub fn get_field(&self, id: &str, field: &str) -> Result<Option<FieldValue>> {
         host_collections::get_field(&self.name, id, field)
     }
@@ -279,9 +359,17 @@ impl Collection {
     pub fn next_codes(&self, field: &str, prefixes: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
         host_collections::next_codes(&self.name, field, prefixes)
     }
+    /// Store a collection-level artifact (a codebook, a vocabulary) as blob `name`, replacing
+    /// any previous one.
+    ///
+    /// Blob names are 1-128 characters from a-z, A-Z, 0-9, `-`, `_`, `.`, not starting with `.`.
+    /// The data counts against the call's payload and bytes-written limits; the write lands when
+    /// the call succeeds. [`Strategy::build`] is the usual place to write blobs.
     pub fn put_blob(&self, name: &str, data: &[u8]) -> Result<()> {
         host_collections::put_blob(&self.name, name, data)
     }
+    /// Read blob `name` (see [`Collection::put_blob`]): `None` when absent. Sees this call's own
+    /// writes.
     pub fn get_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
         host_collections::get_blob(&self.name, name)
     }
@@ -349,6 +437,7 @@ pub mod encoders {
     use crate::bindings::quarry::retrieval::encoders as host;
     pub use host::SlottedText;
 
+    /// Embed texts, one vector each, in order.
     pub fn embed_texts(model: &str, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         host::embed_texts(model, texts)
     }
@@ -357,18 +446,24 @@ pub mod encoders {
         let mut out = host::embed_texts(model, &[text.to_string()])?;
         out.pop().ok_or_else(|| crate::Error::internal("host returned no embedding"))
     }
+    /// Embed encoded images (PNG, JPEG, ...), one vector each, in order.
     pub fn embed_images(model: &str, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
         host::embed_images(model, images)
     }
+    /// Per-token feature sets of texts (for late interaction), one set each.
     pub fn text_tokens(model: &str, texts: &[String]) -> Result<Vec<crate::TokenSet>> {
         host::text_tokens(model, texts)
     }
+    /// Per-patch feature sets of encoded images, one set each.
     pub fn image_tokens(model: &str, images: &[Vec<u8>]) -> Result<Vec<crate::TokenSet>> {
         host::image_tokens(model, images)
     }
+    /// Embed templates whose placeholders take the given slot vectors (LinCIR's pseudo-word);
+    /// the model must be slot-capable.
     pub fn embed_texts_with_slots(model: &str, texts: &[SlottedText]) -> Result<Vec<Vec<f32>>> {
         host::embed_texts_with_slots(model, texts)
     }
+    /// Map vectors through a projector model (for example LinCIR's φ), one output each.
     pub fn project(model: &str, vectors: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         host::project(model, vectors)
     }
@@ -399,15 +494,19 @@ pub mod log {
     use crate::bindings::quarry::retrieval::log as host;
     pub use host::Level;
 
+    /// Log at debug level.
     pub fn debug(message: &str) {
         host::log(Level::Debug, message)
     }
+    /// Log at info level.
     pub fn info(message: &str) {
         host::log(Level::Info, message)
     }
+    /// Log at warn level.
     pub fn warn(message: &str) {
         host::log(Level::Warn, message)
     }
+    /// Log at error level.
     pub fn error(message: &str) {
         host::log(Level::Error, message)
     }
@@ -422,10 +521,14 @@ pub mod log {
 /// A fresh instance serves each call, so a strategy keeps no state between calls: anything that
 /// must persist goes into the collection.
 pub trait Strategy {
+    /// What the strategy is and needs. The host asks once, at `quarry plugin add`, and keeps
+    /// the answer as the plugin's identity.
     fn describe() -> Descriptor;
     /// Index a batch of items; the host has already stored the items themselves.
     fn ingest(ctx: &Context, items: Vec<Item>) -> Result<()>;
-    /// Build collection-level artifacts after ingest. Does nothing by default.
+    /// Build collection-level artifacts from what was ingested (a codebook, statistics). The
+    /// host runs it only when asked (`quarry build <collection>`, usually after an ingest), under
+    /// its own, longer deadline. Does nothing by default.
     fn build(_ctx: &Context) -> Result<()> {
         Ok(())
     }
@@ -446,13 +549,14 @@ pub struct Exported<T>(core::marker::PhantomData<T>);
 impl<T: Strategy> exported::Guest for Exported<T> {
     fn describe() -> exported::Descriptor {
         let d = T::describe();
+        let config_schema = d.wire_schema().to_string();
         exported::Descriptor {
             name: d.name,
             version: d.version,
             description: d.description,
             models: d.models,
             fields: d.fields,
-            config_schema: d.config_schema.to_string(),
+            config_schema,
             reranks: d.reranks,
         }
     }
@@ -491,4 +595,22 @@ macro_rules! export_strategy {
             let _ = <$strategy as $crate::Strategy>::rerank;
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn declared_query_params_travel_inside_the_config_schema() {
+        let plain = Descriptor::new("s", "1.0.0").config_schema(json!({"type": "object", "additionalProperties": false}));
+        assert_eq!(plain.wire_schema(), json!({"type": "object", "additionalProperties": false}));
+        let d = plain.query_param("filter", json!({"type": "object"})).query_param("limit", json!({"type": "integer"}));
+        let wire = d.wire_schema();
+        assert_eq!(wire["additionalProperties"], false);
+        assert_eq!(wire[QUERY_PARAMS_KEY], json!({"type": "object", "properties": {"filter": {"type": "object"}, "limit": {"type": "integer"}}}));
+        let open = Descriptor::new("s", "1.0.0").query_params(json!({"type": "object", "additionalProperties": true}));
+        assert_eq!(open.wire_schema()[QUERY_PARAMS_KEY]["additionalProperties"], true);
+    }
 }

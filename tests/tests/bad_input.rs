@@ -139,13 +139,21 @@ fn the_cli_ingests_a_folder_reports_bad_files_and_searches() {
     std::fs::write(folder.join("cat.txt"), "a cat sleeps on the sofa").unwrap();
     std::fs::write(folder.join("sea.txt"), "waves crash on the shore").unwrap();
     std::fs::write(folder.join("broken.png"), b"\x89PNG\r\n\x1a\ngarbage").unwrap();
+    // A file that cannot be read fails the ingest before anything is stored...
     let out = quarry(&data).arg("ingest").arg("docs").arg(&folder).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an ingest with unreadable files exits non-zero");
+    assert!(stderr.contains("cannot read") && stderr.contains("broken.png") && stderr.contains("--allow-skips"), "{stderr}");
+    assert!(stderr.contains("nothing was ingested"), "{stderr}");
+    assert_eq!(host(&data).item_count("docs").unwrap(), 0);
+    // ...unless --allow-skips says to ingest the rest.
+    let out = quarry(&data).arg("ingest").arg("docs").arg(&folder).arg("--allow-skips").output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("skipped") && stderr.contains("broken.png"), "{stderr}");
     assert!(stdout.contains("ingested 2 item(s) into docs; skipped 1"), "{stdout}");
     // Running it again re-embeds nothing: both items are unchanged.
-    let out = quarry(&data).arg("ingest").arg("docs").arg(&folder).output().unwrap();
+    let out = quarry(&data).arg("ingest").arg("docs").arg(&folder).arg("--allow-skips").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("ingested 0 item(s) into docs; 2 unchanged; skipped 1"), "{stdout}");
 

@@ -199,6 +199,18 @@ fn bad_requests_get_a_4xx_that_says_what_to_fix_and_the_server_keeps_serving() {
     assert_eq!((status, out["items"].as_u64()), (200, Some(3)), "{out}");
     let (status, out) = search(&server, &key, "docs", "launching spacecraft");
     assert_eq!((status, out["hits"][0]["id"].as_str()), (200, Some("rocket")), "{out}");
+    // A k over the host's max_hits is answered with a note, and an undeclared parameter is refused.
+    let (status, out, _) = call("POST", &server.url("/v1/collections/docs/search"), Some(&key), json_body(&json!({"text": "x", "k": 4_000_000_000u32})));
+    assert_eq!(status, 200, "{out}");
+    assert!(out["notes"][0].as_str().unwrap().contains("max_hits"), "{out}");
+    let (status, out, _) = call("POST", &server.url("/v1/collections/docs/search"), Some(&key), json_body(&json!({"text": "x", "params": {"colour": "red"}})));
+    assert_eq!(status, 400, "{out}");
+    assert!(out["error"]["message"].as_str().unwrap().contains("colour"), "{out}");
+    // A route config the plugin's schema refuses is a 400 naming the key, and the route stays.
+    let (status, out, _) = call("PUT", &server.url("/v1/collections/docs/route"), Some(&key), json_body(&json!({"strategy": "dense@0.2.0", "config": {"text-modle": "minilm-l6"}, "models": ["minilm-l6"]})));
+    assert_eq!(status, 400, "{out}");
+    assert!(out["error"]["message"].as_str().unwrap().contains("text-modle"), "{out}");
+    assert_eq!(search(&server, &key, "docs", "launching spacecraft").0, 200);
 }
 
 #[test]

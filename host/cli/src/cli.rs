@@ -41,9 +41,23 @@ enum Command {
         collection: String,
         /// A folder, or a .jsonl file of {"id", "text", "image", "metadata"} lines.
         source: PathBuf,
-        /// Set the collection's route first (same options as `route set`).
+        /// Route the collection to this strategy (same options as `route set`); the route is
+        /// saved only if the ingest succeeds.
         #[command(flatten)]
         route: Option<RouteArgs>,
+        /// Ingest what can be read even when some files or lines cannot (they are listed). Without
+        /// it, an unreadable file or line stops the ingest before anything is stored.
+        #[arg(long)]
+        allow_skips: bool,
+    },
+    /// List a tenant's collections with their item counts and routes.
+    Collections {
+        /// The tenant whose collections to list [default: default]
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Have a collection's strategy build its collection-level artifacts (a codebook, ...) from
     /// what was ingested; run it after ingest.
@@ -60,13 +74,14 @@ enum Command {
         /// Answer with this `name@version` instead of the routed one.
         #[arg(long)]
         strategy: Option<String>,
+        /// How many hits; the host answers at most `limits.max_hits` and says so.
         #[arg(short, default_value_t = 10)]
         k: u32,
         /// Per-query parameters for the strategy, a JSON object.
         #[arg(long)]
         params: Option<String>,
-        /// Keep only items whose metadata meets this filter, e.g. '{"lang": "en"}'
-        /// (sets `params.filter`; the `dense` strategy honours it).
+        /// Keep only items whose metadata meets this filter, e.g. '{"lang": "en"}' (sets
+        /// `params.filter`; strategies that do not declare `filter`, such as `tgdt`, refuse it).
         #[arg(long)]
         filter: Option<String>,
         /// Print JSON instead of a table.
@@ -431,12 +446,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Ingest { collection, source, route } => {
+        Command::Ingest { collection, source, route, allow_skips } => {
             let host = open(&dir, cli.verbose)?;
-            if let Some(route) = route {
-                host.set_route(&collection, route.route()?)?;
+            let route = route.map(|r| r.route()).transpose()?;
+            ingest(&host, &collection, &source, route, allow_skips)
+        }
+        Command::Collections { tenant, json } => {
+            let host = open(&dir, cli.verbose)?;
+            let tenant = tenant.as_deref().unwrap_or(crate::store::DEFAULT_TENANT);
+            let collections = host.collections_of(tenant)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&collections)?);
+            } else if collections.is_empty() {
+                println!("tenant `{tenant}` has no collections; create one with `quarry ingest <collection> <source> --strategy <name@version>`");
+            } else {
+                println!("{:<32} {:>10}  route", "collection", "items");
+                for c in collections {
+                    println!("{:<32} {:>10}  {}", c.name, c.items, c.strategy.as_deref().map_or("(none)".to_string(), |s| printable(s, 64)));
+                }
             }
-            ingest(&host, &collection, &source)
+            Ok(())
         }
         Command::Build { collection } => {
             let host = open(&dir, cli.verbose)?;
@@ -465,6 +494,9 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&response)?);
             } else {
+                for note in &response.notes {
+                    eprintln!("note: {note}");
+                }
                 let shown = match (&query, &image) {
                     (Some(text), Some(path)) => format!("{} + \"{text}\"", path.display()),
                     (Some(text), None) => text.clone(),
@@ -637,17 +669,30 @@ fn eval(host: &Quarry, args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn ingest(host: &Quarry, collection: &str, source: &Path) -> Result<()> {
+/// Ingest `source` into `collection`, under `route` when given (saved only if the ingest
+/// succeeds). Files or lines that cannot be read stop it before anything is stored, unless
+/// `allow_skips`.
+fn ingest(host: &Quarry, collection: &str, source: &Path, route: Option<Route>, allow_skips: bool) -> Result<()> {
     let read = crate::sources::read(source)?;
     for skipped in &read.skipped {
-        eprintln!("skipped {}: {}", skipped.source, skipped.reason);
+        eprintln!("{} {}: {}", if allow_skips { "skipped" } else { "cannot read" }, skipped.source, skipped.reason);
+    }
+    if !read.skipped.is_empty() && !allow_skips {
+        bail!(
+            "{} of {} file(s) or line(s) cannot be read (listed above); nothing was ingested. Fix them, or pass --allow-skips to ingest the rest",
+            read.skipped.len(),
+            read.skipped.len() + read.items.len()
+        );
     }
     let total = read.items.len();
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} items ({eta})").expect("valid template").progress_chars("=> "),
     );
     bar.set_message(format!("ingesting into {collection}"));
-    let report = host.ingest(collection, read.items, |done| bar.set_position(done as u64));
+    let report = match route {
+        Some(route) => host.ingest_with_route(collection, route, read.items, |done| bar.set_position(done as u64)),
+        None => host.ingest(collection, read.items, |done| bar.set_position(done as u64)),
+    };
     bar.finish_and_clear();
     let report = report?;
     let unchanged = if report.unchanged == 0 { String::new() } else { format!("; {} unchanged", report.unchanged) };
@@ -734,7 +779,7 @@ fn demo(dir: &Path, plugin: Option<PathBuf>, model: Option<PathBuf>, verbose: bo
     for (id, text) in DEMO_SENTENCES {
         std::fs::write(folder.join(format!("{id}.txt")), text)?;
     }
-    ingest(&host, "demo", &folder)?;
+    ingest(&host, "demo", &folder, None, false)?;
     println!();
     let mut correct = 0;
     for (query, expected) in DEMO_QUERIES {
@@ -758,6 +803,51 @@ mod tests {
         let mut argv = vec!["quarry", "--data-dir", dir.to_str().unwrap()];
         argv.extend_from_slice(args);
         run(Cli::try_parse_from(argv)?)
+    }
+
+    /// Every `quarry ...` command the host suggests in an error or a hint, with its placeholders
+    /// filled in, parses as a command of this CLI.
+    #[test]
+    fn suggested_commands_are_valid() {
+        let sources = [
+            include_str!("api.rs"),
+            include_str!("cli.rs"),
+            include_str!("store.rs"),
+            include_str!("sources.rs"),
+            include_str!("models/mod.rs"),
+            include_str!("models/manifest.rs"),
+            include_str!("index/flat.rs"),
+            include_str!("index/mod.rs"),
+            include_str!("plugins/mod.rs"),
+            include_str!("plugins/registry.rs"),
+            include_str!("plugins/contract/mod.rs"),
+            include_str!("eval/mod.rs"),
+            include_str!("eval/shapes.rs"),
+            include_str!("../../plugins/avg/src/strategy.rs"),
+        ];
+        let mut checked = 0;
+        for source in sources {
+            for line in source.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                for (i, part) in line.split('`').enumerate() {
+                    // Odd parts are inside backticks.
+                    if i % 2 == 0 || !part.starts_with("quarry ") {
+                        continue;
+                    }
+                    let filled: Vec<String> = part
+                        .split_whitespace()
+                        .skip(1)
+                        .map(|word| if word.starts_with('<') || word.starts_with('{') { "x".to_string() } else { word.to_string() })
+                        .collect();
+                    let mut argv = vec!["quarry".to_string()];
+                    argv.extend(filled);
+                    if let Err(e) = Cli::try_parse_from(&argv) {
+                        panic!("`{part}` is suggested but does not parse: {e}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 10, "found only {checked} suggestions; did the search break?");
     }
 
     #[test]

@@ -703,6 +703,9 @@ struct SearchView {
     /// The `name@version` that answered.
     strategy: String,
     hits: Vec<HitView>,
+    /// What the host changed about the request, such as a `k` over the host's `max_hits`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -747,6 +750,7 @@ async fn search(State(state): State<Shared>, Extension(caller): Extension<Caller
     Ok(Json(SearchView {
         strategy: answer.strategy,
         hits: answer.hits.into_iter().map(|h| HitView { id: h.id, score: h.score, features: h.features, text: h.text, metadata: h.metadata }).collect(),
+        notes: answer.notes,
     }))
 }
 

@@ -10,6 +10,7 @@ pub mod contract;
 pub mod host_api;
 pub mod limits;
 pub mod registry;
+pub mod schema;
 pub mod wasi;
 
 use crate::capacity::{Deadline, Expired, FairShare, Permit, Refused, Slot};
@@ -100,6 +101,19 @@ pub struct LoadedPlugin {
     pre: Pre,
     /// An instance made ahead of time by the reaper, so a call does not wait for instantiation.
     spare: std::sync::Mutex<Option<Spare>>,
+    /// The descriptor's config schema, compiled on first use.
+    schemas: std::sync::OnceLock<Result<Arc<schema::Schemas>, String>>,
+}
+
+impl LoadedPlugin {
+    /// The plugin's config schema and query-parameter declaration, compiled (once). A schema
+    /// recorded by an older host that this one cannot use is an error naming the plugin.
+    pub fn schemas(&self) -> Result<Arc<schema::Schemas>> {
+        self.schemas
+            .get_or_init(|| schema::compile(&self.descriptor.config_schema).map(Arc::new).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(|e| anyhow::anyhow!("{}'s config schema cannot be used: {e}; add a fixed version of the plugin", self.reference))
+    }
 }
 
 /// A ready instance waiting for its call; counts against the runtime's spare budget while alive.
@@ -311,6 +325,7 @@ impl PluginRuntime {
             sdk: sdk_stamp(bytes),
             pre,
             spare: Default::default(),
+            schemas: Default::default(),
         })
     }
 
@@ -608,11 +623,7 @@ fn check_descriptor(d: contract::RawDescriptor) -> Result<PluginDescriptor> {
         }
     }
     let schema: serde_json::Value = serde_json::from_str(&d.config_schema).context("the plugin's `describe` returned a config schema that is not JSON")?;
-    match schema.as_object() {
-        Some(object) if object.get("type").is_none_or(|t| t == "object") => {}
-        Some(_) => bail!("the plugin's `describe` returned a config schema whose `type` is not \"object\"; a route's config is a JSON object"),
-        None => bail!("the plugin's `describe` returned a config schema that is not a JSON Schema object (`{{\"type\": \"object\", ...}}`)"),
-    }
+    schema::compile(&schema).context("the plugin's `describe` returned a config schema the host cannot use")?;
     Ok(PluginDescriptor {
         name: d.name,
         version: version.to_string(),

@@ -208,7 +208,7 @@ impl Registry {
         }
         for legacy in std::fs::read_dir(&self.plugin_dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "wasm")) {
             let name = legacy.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            let reason = format!("{} was stored by an older Quarry, without its descriptor; add it again with `quarry plugin add`", legacy.display());
+            let reason = format!("{} was stored by an older Quarry, without its descriptor; add it again with `quarry plugin add <file.wasm>`", legacy.display());
             self.quarantine(Owner::Tenant(crate::store::DEFAULT_TENANT.into()), name, reason, vec![legacy]);
         }
         Ok(found)
@@ -259,7 +259,8 @@ impl Registry {
             }
             bail!(
                 "{} is already registered for {owner} with different contents; versions are immutable, so bump the version \
-                 the plugin's `describe` returns (with quarry-sdk, the `version` in its Cargo.toml) and add it again",
+                 where the plugin's `describe` writes it (with quarry-sdk, the version passed to `Descriptor::new`, or the \
+                 `version` in Cargo.toml when it passes `env!(\"CARGO_PKG_VERSION\")`) and add it again",
                 plugin.reference
             );
         }
@@ -313,8 +314,9 @@ impl Registry {
             }
         }
         let visible: Vec<&str> = plugins.keys().filter(|(o, _)| *o == own || *o == Owner::Shared).map(|(_, r)| r.as_str()).collect();
+        let for_tenant = if tenant == crate::store::DEFAULT_TENANT { String::new() } else { format!(" --tenant {tenant}") };
         bail!(
-            "no strategy `{}` is registered for tenant `{tenant}` or shared (registered: {}); add it with `quarry plugin add <file.wasm>`",
+            "no strategy `{}` is registered for tenant `{tenant}` or shared (registered: {}); add it with `quarry plugin add <file.wasm>{for_tenant}`",
             crate::printable::printable(reference, 128),
             if visible.is_empty() { "none".to_string() } else { visible.join(", ") }
         )

@@ -227,7 +227,7 @@ impl Strategy for Avg {
             ),
             (None, None) => return Err(Error::invalid("an avg query needs a text or an image")),
         };
-        let codebook = stored_codebook(c)?.ok_or_else(|| Error::invalid("this collection has no codebook yet; run `quarry build` after ingest"))?;
+        let codebook = stored_codebook(c)?.ok_or_else(|| Error::invalid(format!("this collection has no codebook yet; run `quarry build {}` after ingest", c.name())))?;
         let (ranked, scorer) = match (&config.decoder, text) {
             (Some(decoder), Some(text)) => {
                 let generation = quarry_sdk::decoders::Generation::start(decoder, text)?;

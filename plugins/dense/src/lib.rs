@@ -36,8 +36,10 @@ impl Strategy for Dense {
                     "text-model": {"type": "string", "description": "model that embeds texts"},
                     "image-model": {"type": "string", "description": "model that embeds images, in the text model's space"}
                 },
-                "required": ["text-model"]
+                "required": ["text-model"],
+                "additionalProperties": false
             }))
+            .query_param("filter", serde_json::json!({"type": "object", "description": "keep only items whose metadata meets this filter, e.g. {\"lang\": \"en\"}"}))
     }
 
     fn ingest(ctx: &Context, items: Vec<Item>) -> Result<()> {

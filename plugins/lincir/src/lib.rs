@@ -91,6 +91,8 @@ impl Strategy for Lincir {
                 "required": ["text-model", "image-model", "projector"],
                 "additionalProperties": false
             }))
+            .query_param("reference", serde_json::json!({"type": "string", "description": "the reference image's id in the gallery, left out of the hits"}))
+            .query_param("captions", serde_json::json!({"type": "array", "items": {"type": "string"}, "description": "two relative captions, used instead of the query text"}))
     }
 
     fn ingest(ctx: &Context, items: Vec<Item>) -> Result<()> {

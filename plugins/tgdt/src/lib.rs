@@ -172,6 +172,7 @@ impl Strategy for Tgdt {
                 },
                 "additionalProperties": false
             }))
+            .query_param("gallery", serde_json::json!({"enum": ["images", "texts"], "description": "what this query searches"}))
     }
 
     fn ingest(ctx: &Context, items: Vec<Item>) -> Result<()> {

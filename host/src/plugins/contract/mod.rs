@@ -392,3 +392,14 @@ macro_rules! shared_collections {
 }
 
 pub(crate) use {shared_collections, shared_imports};
+
+#[cfg(test)]
+mod tests {
+    /// The SDK's `wit/` links to the frozen `wit/v0.2` (packaged as a file, so the published crate
+    /// builds alone); its CONTRACT constant must name that version.
+    #[test]
+    fn the_sdk_names_the_contract_it_carries() {
+        let sdk_lib = include_str!("../../../../sdk/src/lib.rs");
+        assert!(sdk_lib.contains("pub const CONTRACT: &str = \"quarry:retrieval@0.2.0\";"), "the SDK's CONTRACT names the contract it carries");
+    }
+}

@@ -30,6 +30,8 @@ impl Strategy for Fields {
             .field("codes", FieldKind::Codes)
             .field("tokens", FieldKind::Tokens)
             .reranks()
+            // Takes any query parameters: each test sends its own operation.
+            .query_params(serde_json::json!({"type": "object", "additionalProperties": true}))
     }
 
     fn ingest(ctx: &Context, items: Vec<Item>) -> Result<()> {

@@ -65,7 +65,11 @@ fn png_bomb(side: u32) -> Vec<u8> {
 
 impl Strategy for Hostile {
     fn describe() -> Descriptor {
-        Descriptor::new("hostile", "0.1.0").description("misbehaves on request").field("tokens", FieldKind::Tokens).field("codes", FieldKind::Codes)
+        Descriptor::new("hostile", "0.1.0")
+            .description("misbehaves on request")
+            .field("tokens", FieldKind::Tokens)
+            .field("codes", FieldKind::Codes)
+            .query_params(serde_json::json!({"type": "object", "additionalProperties": true}))
     }
 
     fn ingest(ctx: &Context, items: Vec<Item>) -> Result<()> {
