@@ -419,3 +419,47 @@ fn images_ingest_as_base64_and_items_read_back_and_delete() {
     let (status, _, _) = call("GET", &server.url("/v1/collections/docs/items/red"), Some(&key), None);
     assert_eq!(status, 404);
 }
+
+#[test]
+fn the_cli_works_against_a_server_as_it_does_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let key = admin_create_tenant(&server, "t", json!({"models": []}));
+    let quarry = |args: &[&str], key: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_quarry-e2e")).args(["--server", &server.base, "--api-key", key]).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let manifest = root().join("examples/models/minilm-l6.json");
+    let (ok, out) = quarry(&["model", "add", manifest.to_str().unwrap()], ADMIN_KEY);
+    assert!(ok, "{out}");
+    let (status, out, _) = call("PATCH", &server.url("/v1/tenants/t"), Some(ADMIN_KEY), json_body(&json!({"models": ["minilm-l6"]})));
+    assert_eq!(status, 200, "{out}");
+    let wasm = quarry_tests::plugin_dir().join("quarry_plugin_dense.wasm");
+    let (ok, out) = quarry(&["plugin", "add", wasm.to_str().unwrap()], &key);
+    assert!(ok && out.contains("added dense@0.2.0 for t"), "{out}");
+    let source = dir.path().join("docs.jsonl");
+    let lines: String = DOCS.iter().map(|(id, text)| json!({"id": id, "text": text}).to_string() + "\n").collect();
+    std::fs::write(&source, lines).unwrap();
+    let (ok, out) = quarry(
+        &["ingest", "docs", source.to_str().unwrap(), "--strategy", "dense@0.2.0", "--config", r#"{"text-model": "minilm-l6"}"#, "--grant-model", "minilm-l6"],
+        &key,
+    );
+    assert!(ok && out.contains("ingested 3 item(s) into docs"), "{out}");
+    let (ok, out) = quarry(&["search", "docs", "a kitten napping in the sun", "-k", "2"], &key);
+    assert!(ok, "{out}");
+    let first = out.lines().find(|l| l.trim_start().starts_with("1 ")).unwrap_or_default();
+    assert!(first.contains("cat") && out.contains("strategy dense@0.2.0"), "{out}");
+    let (ok, out) = quarry(&["collections"], &key);
+    assert!(ok && out.contains("docs") && out.contains("dense@0.2.0"), "{out}");
+    let (ok, out) = quarry(&["delete", "docs", "cat", "nothing-here"], &key);
+    assert!(ok && out.contains("deleted 1 of 2"), "{out}");
+    let (ok, out) = quarry(&["build", "docs"], &key);
+    assert!(ok && out.contains("built docs"), "{out}");
+    // The server's errors come back as the CLI's, and local-only commands say so.
+    let (ok, out) = quarry(&["search", "nope", "x"], &key);
+    assert!(!ok && out.contains("no collection `nope`") && out.contains("HTTP 404"), "{out}");
+    let (ok, out) = quarry(&["search", "docs", "x"], "qk_wrong");
+    assert!(!ok && out.contains("HTTP 401"), "{out}");
+    let (ok, out) = quarry(&["index", "docs", "embedding", "--hnsw"], &key);
+    assert!(!ok && out.contains("local data directory only"), "{out}");
+}

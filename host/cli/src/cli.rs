@@ -21,12 +21,19 @@ struct Cli {
     /// Print plugin log lines at debug level.
     #[arg(long, short, global = true)]
     verbose: bool,
+    /// Send the command to a running `quarry serve` at this URL instead of opening a data
+    /// directory (e.g. http://127.0.0.1:7700).
+    #[arg(long, global = true, env = "QUARRY_SERVER")]
+    server: Option<String>,
+    /// The API key for --server (a tenant's key, or the admin key).
+    #[arg(long, global = true, env = "QUARRY_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Add, list, describe or remove strategy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -144,7 +151,7 @@ enum Command {
 }
 
 #[derive(Args)]
-struct EvalArgs {
+pub(crate) struct EvalArgs {
     #[command(subcommand)]
     set: EvalSetCommand,
     /// The strategies to score: a JSON array of {"name", "strategy": "name@version", "models",
@@ -161,7 +168,7 @@ struct EvalArgs {
 }
 
 #[derive(Subcommand)]
-enum EvalSetCommand {
+pub(crate) enum EvalSetCommand {
     /// The shapes world's splits (fine, composed, generative) and the strategies each compares.
     Shapes {
         /// A world written by tests/models/shapes_world.py.
@@ -213,7 +220,7 @@ enum EvalSetCommand {
 }
 
 #[derive(Subcommand)]
-enum PluginCommand {
+pub(crate) enum PluginCommand {
     /// Validate a component against the contract, compile it and register it.
     Add {
         file: PathBuf,
@@ -242,13 +249,13 @@ enum PluginCommand {
 
 /// Whose plugin: a tenant's own (the default tenant unless named), or shared by the operator.
 #[derive(Args, Clone)]
-struct OwnerArgs {
+pub(crate) struct OwnerArgs {
     /// The tenant that owns the plugin [default: default]
     #[arg(long, conflicts_with = "shared")]
-    tenant: Option<String>,
+    pub(crate) tenant: Option<String>,
     /// A plugin the operator shares with every tenant.
     #[arg(long)]
-    shared: bool,
+    pub(crate) shared: bool,
 }
 
 impl OwnerArgs {
@@ -261,7 +268,7 @@ impl OwnerArgs {
 }
 
 #[derive(Subcommand)]
-enum ModelCommand {
+pub(crate) enum ModelCommand {
     /// Register a model from its manifest (see `quarry schema model`).
     Add { manifest: PathBuf },
     /// List registered models.
@@ -269,7 +276,7 @@ enum ModelCommand {
 }
 
 #[derive(Subcommand)]
-enum RouteCommand {
+pub(crate) enum RouteCommand {
     /// Route a collection to a strategy version, atomically.
     Set {
         collection: String,
@@ -282,7 +289,7 @@ enum RouteCommand {
 
 #[derive(Args, Clone)]
 #[group(requires = "strategy")]
-struct RouteArgs {
+pub(crate) struct RouteArgs {
     /// `name@version` of a registered strategy.
     #[arg(long, required = false)]
     strategy: String,
@@ -298,7 +305,7 @@ struct RouteArgs {
 }
 
 impl RouteArgs {
-    fn route(&self) -> Result<Route> {
+    pub(crate) fn route(&self) -> Result<Route> {
         let config = match &self.config {
             Some(text) => serde_json::from_str(text).context("--config is not valid JSON")?,
             None => serde_json::json!({}),
@@ -348,6 +355,9 @@ fn open(dir: &Path, verbose: bool) -> Result<Quarry> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(server) = &cli.server {
+        return crate::remote::run(&crate::remote::Remote::new(server, cli.api_key.clone())?, cli.command);
+    }
     let dir = data_dir(&cli);
     match cli.command {
         Command::Schema { what } => {
@@ -704,7 +714,7 @@ fn ingest(host: &Quarry, collection: &str, source: &Path, route: Option<Route>, 
 /// Widest id column a table shows; longer ids are cut with an ellipsis.
 const ID_COLUMN: usize = 40;
 
-fn print_table(query: &str, response: &SearchResponse) {
+pub(crate) fn print_table(query: &str, response: &SearchResponse) {
     println!("query: {}   (strategy {})", printable(query, 200), response.strategy);
     let ids: Vec<String> = response.hits.iter().map(|h| printable(&h.id, ID_COLUMN)).collect();
     let width = ids.iter().map(|id| id.chars().count()).max().unwrap_or(0).clamp(12, ID_COLUMN + 1);
@@ -810,20 +820,21 @@ mod tests {
     #[test]
     fn suggested_commands_are_valid() {
         let sources = [
-            include_str!("api.rs"),
             include_str!("cli.rs"),
-            include_str!("store.rs"),
-            include_str!("sources.rs"),
-            include_str!("models/mod.rs"),
-            include_str!("models/manifest.rs"),
-            include_str!("index/flat.rs"),
-            include_str!("index/mod.rs"),
-            include_str!("plugins/mod.rs"),
-            include_str!("plugins/registry.rs"),
-            include_str!("plugins/contract/mod.rs"),
-            include_str!("eval/mod.rs"),
-            include_str!("eval/shapes.rs"),
-            include_str!("../../plugins/avg/src/strategy.rs"),
+            include_str!("remote.rs"),
+            include_str!("../../src/api.rs"),
+            include_str!("../../src/store.rs"),
+            include_str!("../../src/sources.rs"),
+            include_str!("../../src/models/mod.rs"),
+            include_str!("../../src/models/manifest.rs"),
+            include_str!("../../src/index/flat.rs"),
+            include_str!("../../src/index/mod.rs"),
+            include_str!("../../src/plugins/mod.rs"),
+            include_str!("../../src/plugins/registry.rs"),
+            include_str!("../../src/plugins/contract/mod.rs"),
+            include_str!("../../src/eval/mod.rs"),
+            include_str!("../../src/eval/shapes.rs"),
+            include_str!("../../../plugins/avg/src/strategy.rs"),
         ];
         let mut checked = 0;
         for source in sources {

@@ -2,6 +2,7 @@
 //! [`quarry_server`] for `quarry serve`.
 
 mod cli;
+mod remote;
 
 // The CLI names the host's modules from the crate root.
 use quarry_host::{api, eval, models, plugins, printable, sources, store};
