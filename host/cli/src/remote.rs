@@ -67,7 +67,7 @@ fn pretty(value: &Value) -> Result<()> {
 }
 
 fn local_only(what: &str) -> Result<()> {
-    bail!("`quarry {what}` works on a local data directory only; run it without --server (on the server's machine)")
+    bail!("the `{what}` command works on a local data directory only; run it without --server (on the server's machine)")
 }
 
 pub fn run(remote: &Remote, command: Command) -> Result<()> {
