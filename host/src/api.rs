@@ -597,6 +597,13 @@ impl Quarry {
         self.compute_meter.used(tenant)
     }
 
+    /// Decide, before each model run, whether a tenant may compute more: `gate(tenant, used)`
+    /// returns why not (a quota's message) or `None`. A refused run ends its call with
+    /// [`CallError::OverBudget`]. Set once; the HTTP service sets its compute quotas here.
+    pub fn set_compute_gate(&self, gate: Box<crate::capacity::ComputeGate>) {
+        self.compute_meter.set_gate(gate);
+    }
+
     /// Counters plugins reported (and the host kept for them), keyed by
     /// `tenant/name@version/counter`.
     pub fn counters(&self) -> std::collections::HashMap<String, f64> {

@@ -91,9 +91,33 @@ pub struct FairShare {
 #[derive(Default)]
 pub struct ComputeMeter {
     used: Mutex<HashMap<Arc<str>, Duration>>,
+    /// Says whether a tenant may compute more (a quota on what the meter reads); asked before
+    /// each model run, so work queued before a budget ran out does not run after it.
+    gate: OnceLock<Box<ComputeGate>>,
 }
 
+/// Given a tenant and its compute used so far, why it may not compute more (or `None`).
+pub type ComputeGate = dyn Fn(&str, Duration) -> Option<String> + Send + Sync;
+
+/// A tenant's compute budget is spent; the message says which quota and when to retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OverBudget(pub String);
+
 impl ComputeMeter {
+    /// Set the gate (once; later calls are ignored).
+    pub fn set_gate(&self, gate: Box<ComputeGate>) {
+        let _ = self.gate.set(gate);
+    }
+
+    /// Refuse more compute for `tenant` if its gate says so.
+    pub fn admit(&self, tenant: &str) -> Result<(), OverBudget> {
+        match self.gate.get() {
+            Some(gate) => gate(tenant, self.used(tenant)).map_or(Ok(()), |why| Err(OverBudget(why))),
+            None => Ok(()),
+        }
+    }
+
     pub fn charge(&self, tenant: &Arc<str>, time: Duration) {
         *self.used.lock().unwrap_or_else(PoisonError::into_inner).entry(tenant.clone()).or_default() += time;
     }

@@ -75,6 +75,12 @@ impl ApiError {
                 error.retry_after = Some(1);
                 error
             }
+            CallError::OverBudget(message) => {
+                let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message);
+                error.quota = Some("compute_per_second");
+                error.retry_after = Some(1);
+                error
+            }
             CallError::Host(e) => ApiError::from_host(e),
             // The strategy says the request (or the route's config and grants) is what is wrong.
             CallError::Strategy { error: StrategyError::InvalidInput(_) | StrategyError::Unsupported(_) | StrategyError::NotFound(_), .. } => {
@@ -101,6 +107,7 @@ pub fn outcome(e: &CallError) -> &'static str {
         CallError::ResultTooLarge { .. } | CallError::InvalidResult { .. } => "invalid_result",
         CallError::Strategy { .. } => "strategy_error",
         CallError::Capacity(_) => "capacity",
+        CallError::OverBudget(_) => "over_budget",
         CallError::HostFault { .. } => "host_fault",
         CallError::Host(_) => "rejected",
     }

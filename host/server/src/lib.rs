@@ -78,7 +78,7 @@ impl AppState {
     /// State over an open host. `admin_sha256` is the SHA-256 (hex) of the admin key.
     pub fn new(quarry: Arc<Quarry>, control: Arc<dyn ControlPlane>, config: ServerConfig, admin_sha256: String) -> Shared {
         let metrics = metrics::Metrics::new(config.max_label_values);
-        Arc::new(AppState {
+        let state = Arc::new(AppState {
             quarry,
             control,
             admin_sha256,
@@ -87,7 +87,20 @@ impl AppState {
             jobs: jobs::Jobs::new(config.max_jobs_per_tenant),
             config,
             ready: AtomicBool::new(true),
-        })
+        });
+        AppState::gate_compute(&state);
+        state
+    }
+
+    /// Have the host ask this server's compute quotas before each model run, so work a tenant
+    /// queued before its budget ran out stops when it does.
+    fn gate_compute(state: &Shared) {
+        let weak = Arc::downgrade(state);
+        state.quarry.set_compute_gate(Box::new(move |tenant, used| {
+            let state = weak.upgrade()?;
+            let record = state.control.tenant(tenant).ok().flatten()?;
+            state.quotas.over_budget(tenant, &state.quotas_of(&record), used).map(|exceeded| exceeded.message(tenant))
+        }));
     }
 
     fn quotas_of(&self, tenant: &Tenant) -> config::Quotas {

@@ -143,6 +143,21 @@ impl QuotaBook {
         Ok(InFlight(usage.in_flight.clone()))
     }
 
+    /// Charge the compute `tenant` used since the last look, and say whether its budget is
+    /// spent (asked before each model run, so work queued earlier stops when it is).
+    pub fn over_budget(&self, tenant: &str, quotas: &Quotas, compute_used: Duration) -> Option<Exceeded> {
+        let now = Instant::now();
+        let mut tenants = self.tenants.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let usage = tenants.get_mut(tenant)?;
+        usage.compute.refill(quotas.compute_per_second, quotas.compute_burst_seconds, now);
+        usage.compute.level -= compute_used.saturating_sub(usage.charged).as_secs_f64();
+        usage.charged = usage.charged.max(compute_used);
+        (usage.compute.level <= 0.0).then(|| Exceeded::Compute {
+            per_second: quotas.compute_per_second,
+            retry_after: usage.compute.wait_for(quotas.compute_per_second.min(quotas.compute_burst_seconds) * 0.1, quotas.compute_per_second),
+        })
+    }
+
     pub fn report(&self, tenant: &str, quotas: &Quotas, compute_used: Duration) -> UsageReport {
         let now = Instant::now();
         let tenants = self.tenants.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -203,7 +218,12 @@ mod tests {
         drop(book.admit("a", &quotas(), Duration::from_secs(100), true));
         // 100 s were used before the first look: not this budget's business.
         drop(book.admit("a", &quotas(), Duration::from_secs(100), true));
-        // 3 s more: the 1 s budget is 2 s short, which takes 4 s to refill at 0.5/s.
+        assert!(book.over_budget("a", &quotas(), Duration::from_secs(100)).is_none());
+        assert!(book.over_budget("nobody", &quotas(), Duration::from_secs(103)).is_none(), "a tenant never admitted is not gated");
+        // 3 s more (work admitted earlier, still running): the 1 s budget is 2 s short, which
+        // takes 4 s to refill at 0.5/s; that work's next model run is refused.
+        let spent = book.over_budget("a", &quotas(), Duration::from_secs(103)).expect("the budget is spent");
+        assert_eq!(spent.quota(), "compute_per_second");
         // Requests that compute nothing (reads) are not held to the budget.
         drop(book.admit("a", &quotas(), Duration::from_secs(103), false).unwrap());
         let err = book.admit("a", &quotas(), Duration::from_secs(103), true).err().unwrap();

@@ -26,6 +26,10 @@ pub(crate) struct TextRow {
     pub slots: Vec<(usize, Vec<f32>)>,
 }
 
+/// Padded tokens per row a run of `max_batch` texts may average: texts longer than this run in
+/// smaller parts.
+const TOKENS_PER_ROW: usize = 64;
+
 /// One request's model inputs.
 pub(crate) enum Inputs {
     Text(Vec<TextRow>),
@@ -43,7 +47,9 @@ impl Inputs {
         }
     }
 
-    /// The rows in runs of at most `max` (one run for a request that fits).
+    /// The rows in runs of at most `max` rows and, for texts, about `max * TOKENS_PER_ROW`
+    /// padded tokens, so that no one run of long texts holds the model for long (one run for a
+    /// request that fits).
     pub(crate) fn split(self, max: usize) -> Vec<Inputs> {
         fn chunks<T>(rows: Vec<T>, max: usize) -> Vec<Vec<T>> {
             let mut out = Vec::with_capacity(rows.len().div_ceil(max.max(1)));
@@ -53,13 +59,36 @@ impl Inputs {
             }
             out
         }
-        if self.len() <= max {
+        if self.len() <= max && !matches!(&self, Inputs::Text(rows) if rows.len() * rows.iter().map(|r| r.ids.len()).max().unwrap_or(0) > max * TOKENS_PER_ROW) {
             return vec![self];
         }
+        if let Inputs::Text(rows) = self {
+            let budget = max.max(1) * TOKENS_PER_ROW;
+            let mut out: Vec<Vec<TextRow>> = Vec::new();
+            let mut longest = 0;
+            for row in rows {
+                let fits = out.last().is_some_and(|part| part.len() < max && (part.len() + 1) * longest.max(row.ids.len()) <= budget);
+                if !fits {
+                    out.push(Vec::new());
+                    longest = 0;
+                }
+                longest = longest.max(row.ids.len());
+                out.last_mut().expect("pushed above").push(row);
+            }
+            return out.into_iter().map(Inputs::Text).collect();
+        }
         match self {
-            Inputs::Text(rows) => chunks(rows, max).into_iter().map(Inputs::Text).collect(),
+            Inputs::Text(_) => unreachable!("handled above"),
             Inputs::Pixels { side, rows } => chunks(rows, max).into_iter().map(|rows| Inputs::Pixels { side, rows }).collect(),
             Inputs::Vectors { dim, rows } => chunks(rows, max).into_iter().map(|rows| Inputs::Vectors { dim, rows }).collect(),
+        }
+    }
+
+    /// The longest text's tokens (0 for images and vectors).
+    fn longest(&self) -> usize {
+        match self {
+            Inputs::Text(rows) => rows.iter().map(|r| r.ids.len()).max().unwrap_or(0),
+            _ => 0,
         }
     }
 
@@ -95,6 +124,7 @@ struct Job {
 pub(crate) struct Batcher {
     jobs: mpsc::Sender<Job>,
     stats: Arc<Stats>,
+    compute: Arc<FairShare>,
 }
 
 #[derive(Default)]
@@ -115,11 +145,11 @@ impl Batcher {
             manifest: manifest.clone(),
             queue,
             jobs: FairQueue::default(),
-            compute,
+            compute: compute.clone(),
             stats: stats.clone(),
         };
         std::thread::Builder::new().name(format!("quarry-model-{}", manifest.name)).spawn(move || worker.serve())?;
-        Ok(Batcher { jobs, stats })
+        Ok(Batcher { jobs, stats, compute })
     }
 
     /// Runs made, and inputs run, so far.
@@ -140,6 +170,9 @@ impl Batcher {
     /// tenants' jobs instead of holding the model for one long run. Outputs in part order.
     pub fn run_parts(&self, parts: Vec<Inputs>, output: &str, caller: &Caller) -> Result<Vec<Output>, ModelError> {
         caller.deadline.check("a model run")?;
+        if let Some(meter) = self.compute.meter() {
+            meter.admit(&caller.tenant)?;
+        }
         let mut answers = Vec::with_capacity(parts.len());
         for inputs in parts {
             let (reply, answer) = mpsc::sync_channel(1);
@@ -222,7 +255,7 @@ impl FairQueue {
         }
         self.pending.retain(|_, queue| !queue.is_empty());
         let mut batch: Vec<Job> = Vec::new();
-        let mut rows = 0;
+        let (mut rows, mut longest) = (0, 0);
         'fill: loop {
             let mut took = false;
             for tenant in self.tenant_order() {
@@ -230,7 +263,10 @@ impl FairQueue {
                 let Some(job) = queue.front() else { continue };
                 let fits = match batch.first() {
                     None => true,
-                    Some(lead) => lead.inputs.joins(&job.inputs) && lead.output == job.output && rows + job.inputs.len() <= max_batch,
+                    Some(lead) => {
+                        let padded = (rows + job.inputs.len()) * longest.max(job.inputs.longest());
+                        lead.inputs.joins(&job.inputs) && lead.output == job.output && rows + job.inputs.len() <= max_batch && padded <= max_batch * TOKENS_PER_ROW
+                    }
                 };
                 if !fits {
                     continue;
@@ -240,6 +276,7 @@ impl FairQueue {
                     self.last_served = Some(tenant.clone());
                 }
                 rows += job.inputs.len();
+                longest = longest.max(job.inputs.longest());
                 batch.push(job);
                 took = true;
                 if rows >= max_batch {
@@ -287,6 +324,23 @@ impl Worker {
     }
 
     fn run_batch(&mut self, batch: Vec<Job>) {
+        // Parts queued before a tenant's budget ran out do not run after it.
+        let batch: Vec<Job> = match self.compute.meter() {
+            Some(meter) => batch
+                .into_iter()
+                .filter_map(|job| match meter.admit(&job.tenant) {
+                    Ok(()) => Some(job),
+                    Err(refused) => {
+                        let _ = job.reply.send(Err(ModelError::OverBudget(refused)));
+                        None
+                    }
+                })
+                .collect(),
+            None => batch,
+        };
+        if batch.is_empty() {
+            return;
+        }
         // The run computes for its callers: it takes a slot as the leading job's tenant, for as
         // long as any caller still waits.
         let deadline = batch.iter().map(|j| j.deadline).reduce(Deadline::latest).unwrap_or(Deadline::NONE);
@@ -517,6 +571,12 @@ mod tests {
         let parts = Inputs::Vectors { dim: 1, rows: vec![vec![0.0]; 100] }.split(32);
         assert_eq!(parts.iter().map(Inputs::len).collect::<Vec<_>>(), [32, 32, 32, 4]);
         assert_eq!(Inputs::Text((0..5).map(|_| TextRow::default()).collect()).split(32).len(), 1);
+        // Long texts run in smaller parts: 32 texts of 256 tokens at 64 per row is 8 a run.
+        let long = |n: usize| TextRow { ids: vec![1; n], ..Default::default() };
+        let long_parts = Inputs::Text((0..32).map(|_| long(256)).collect()).split(32);
+        assert_eq!(long_parts.iter().map(Inputs::len).collect::<Vec<_>>(), [8, 8, 8, 8]);
+        let mixed = Inputs::Text(vec![long(10), long(10), long(2000), long(10)]).split(32);
+        assert_eq!(mixed.iter().map(Inputs::len).collect::<Vec<_>>(), [2, 1, 1], "a text over the budget runs alone");
         let mut queue = FairQueue::default();
         for part in parts {
             let (mut big, _) = job("big", 0, Deadline::NONE);
@@ -528,6 +588,14 @@ mod tests {
         // The small job waits for one part of the large request, not for all of it.
         assert_eq!(tenants(&queue.next_batch(32)), [("big".to_string(), 32)]);
         assert_eq!(tenants(&queue.next_batch(32)), [("small".to_string(), 1)]);
+        // Parts of long texts are not joined back into one long run.
+        let mut queue = FairQueue::default();
+        for part in long_parts {
+            let (mut job, _) = job("big", 0, Deadline::NONE);
+            job.inputs = part;
+            queue.push(job);
+        }
+        assert_eq!(tenants(&queue.next_batch(32)), [("big".to_string(), 8)]);
     }
 
     #[test]

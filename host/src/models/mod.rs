@@ -31,6 +31,8 @@ pub enum ModelError {
     InvalidInput(String),
     #[error(transparent)]
     Expired(#[from] Expired),
+    #[error(transparent)]
+    OverBudget(#[from] crate::capacity::OverBudget),
     #[error("{0:#}")]
     Runtime(anyhow::Error),
 }

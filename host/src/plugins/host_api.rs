@@ -187,6 +187,8 @@ pub struct CallState {
 pub(super) enum Fail {
     Wit(StrategyError),
     Expired(Expired),
+    /// The tenant's compute budget is spent: the call ends, as at its deadline.
+    OverBudget(crate::capacity::OverBudget),
 }
 
 impl From<StrategyError> for Fail {
@@ -205,6 +207,7 @@ impl From<ModelError> for Fail {
     fn from(e: ModelError) -> Self {
         match e {
             ModelError::Expired(e) => Fail::Expired(e),
+            ModelError::OverBudget(e) => Fail::OverBudget(e),
             ModelError::NotFound(_) => Fail::Wit(StrategyError::NotFound(e.to_string())),
             ModelError::InvalidInput(m) => Fail::Wit(StrategyError::InvalidInput(m)),
             ModelError::Runtime(_) => Fail::Wit(StrategyError::Model(e.to_string())),
@@ -300,6 +303,7 @@ impl CallState {
             Ok(Ok(value)) => Ok(Ok(value)),
             Ok(Err(Fail::Wit(e))) => Ok(Err(e)),
             Ok(Err(Fail::Expired(e))) => Err(wasmtime::Error::new(e)),
+            Ok(Err(Fail::OverBudget(e))) => Err(wasmtime::Error::new(e)),
             Err(panic) => {
                 let message = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
                 Err(wasmtime::Error::new(HostFault { import, message }))

@@ -68,6 +68,9 @@ pub enum CallError {
     InvalidResult { strategy: String, message: String },
     #[error("no capacity for the call: {0}")]
     Capacity(String),
+    /// The tenant's compute budget ran out during the call (see [`crate::capacity::ComputeMeter`]).
+    #[error("{0}")]
+    OverBudget(String),
     #[error("the host failed inside `{import}` while serving strategy {strategy}: {message}; this is a bug in Quarry (please report it); the host keeps serving")]
     HostFault { strategy: String, import: &'static str, message: String },
     #[error("{0:#}")]
@@ -479,6 +482,9 @@ impl PluginRuntime {
         }
         if error.downcast_ref::<Expired>().is_some() {
             return CallError::Timeout { strategy, deadline_ms };
+        }
+        if let Some(spent) = error.downcast_ref::<crate::capacity::OverBudget>() {
+            return CallError::OverBudget(spent.0.clone());
         }
         if let Some(fault) = error.downcast_ref::<HostFault>() {
             return CallError::HostFault { strategy, import: fault.import, message: printable(&fault.message, 2000) };
