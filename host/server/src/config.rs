@@ -10,8 +10,8 @@ use std::path::Path;
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address and port to listen on. Loopback by default: put a TLS-terminating proxy in front
-    /// before listening on a public address.
+    /// Address and port to listen on. Loopback by default; configure `tls` (or a TLS-terminating
+    /// proxy) before listening on a public address.
     pub listen: String,
     /// SHA-256 (64 hex digits) of the admin API key. The `QUARRY_ADMIN_KEY` environment
     /// variable (the key itself) takes precedence. With neither, the first start makes a key,
@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
     /// `text` or `json` log lines on stderr.
     pub log_format: LogFormat,
+    /// Serve HTTPS with this certificate and key (PEM files); plain HTTP without.
+    pub tls: Option<TlsFiles>,
     /// The quotas of tenants that have none of their own.
     pub default_quotas: Quotas,
     /// Most distinct values a metrics label keeps (tenants, strategies, models); later ones
@@ -43,11 +45,20 @@ impl Default for ServerConfig {
             max_plugin_bytes: 64 << 20,
             shutdown_grace_seconds: 30,
             log_format: LogFormat::Text,
+            tls: None,
             default_quotas: Quotas::default(),
             max_label_values: 1000,
             max_jobs_per_tenant: 4,
         }
     }
+}
+
+/// A TLS certificate chain and its private key, PEM.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub certificate: std::path::PathBuf,
+    pub private_key: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum)]
@@ -174,6 +185,12 @@ pub struct ServeArgs {
     /// Seconds requests in flight may take to finish after SIGTERM.
     #[arg(long, env = "QUARRY_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "QUARRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "QUARRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl ServeArgs {
@@ -191,6 +208,9 @@ impl ServeArgs {
         }
         if let Some(grace) = self.shutdown_grace_seconds {
             config.shutdown_grace_seconds = grace;
+        }
+        if let (Some(certificate), Some(private_key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(TlsFiles { certificate: certificate.clone(), private_key: private_key.clone() });
         }
         config.validate()?;
         Ok(config)

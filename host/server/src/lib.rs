@@ -240,31 +240,70 @@ pub fn serve(quarry: Quarry, config: ServerConfig) -> Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let grace = Duration::from_secs(config.shutdown_grace_seconds);
+        let tls = match &config.tls {
+            Some(files) => {
+                // rustls with the ring provider, chosen here once for the process.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.certificate, &files.private_key).await.with_context(|| {
+                    format!("cannot load the TLS certificate {} and key {} (PEM files)", files.certificate.display(), files.private_key.display())
+                })?;
+                Some(tls)
+            }
+            None => None,
+        };
+        let address = listener.local_addr()?;
+        if tls.is_none() && !address.ip().is_loopback() {
+            tracing::warn!("serving plain HTTP on {address}, beyond loopback: API keys travel in clear text; configure `tls`");
+        }
         let state = AppState::new(Arc::new(quarry), control, config, admin);
-        eprintln!("quarry serve: listening on http://{}", listener.local_addr()?);
-        run(listener, state, shutdown_signal(), grace).await
+        eprintln!("quarry serve: listening on {}://{address}", if tls.is_some() { "https" } else { "http" });
+        run(listener, state, shutdown_signal(), grace, tls).await
     })
 }
 
-/// Serve on `listener` until `stop` resolves, then drain within `grace`.
-pub async fn run(listener: tokio::net::TcpListener, state: Shared, stop: impl std::future::Future<Output = ()> + Send + 'static, grace: Duration) -> Result<()> {
+/// Serve on `listener` (HTTPS with `tls`) until `stop` resolves, then drain within `grace`.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+) -> Result<()> {
     let (router, _) = routes::router(state.clone());
     let draining = state.clone();
     let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let stopping = async move {
         stop.await;
         draining.ready.store(false, Ordering::Release);
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         let _ = stopped_tx.send(true);
-    });
+    };
     let mut stopped = stopped_rx.clone();
     let deadline = async move {
         let _ = stopped.wait_for(|s| *s).await;
         tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        served = server => served.context("the HTTP server failed")?,
-        () = deadline => tracing::warn!("requests were still running {} s after shutdown began; stopping anyway", grace.as_secs()),
+    match tls {
+        None => {
+            let server = axum::serve(listener, router).with_graceful_shutdown(stopping);
+            tokio::select! {
+                served = server => served.context("the HTTP server failed")?,
+                () = deadline => tracing::warn!("requests were still running {} s after shutdown began; stopping anyway", grace.as_secs()),
+            }
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let draining = handle.clone();
+            tokio::spawn(async move {
+                stopping.await;
+                draining.graceful_shutdown(Some(grace));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+                .handle(handle)
+                .serve(router.into_make_service())
+                .await
+                .context("the HTTPS server failed")?;
+        }
     }
     // Jobs run on blocking threads and commit batch by batch: wait for them within what is
     // left of the grace period; a job cut short keeps every batch it committed.
