@@ -218,8 +218,9 @@ fn quotas_answer_429_with_the_quota_named_and_the_compute_budget_counts_inferenc
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    // Short deadlines so the guest-code tenant spends its budget quickly.
-    std::fs::write(data.join("limits.json"), r#"{"deadline_ms": 1500}"#).unwrap();
+    // The guest-code tenant spends its budget in one call that runs to this deadline; it is long
+    // enough that the inference tenant's first call meets its budget's end well before it.
+    std::fs::write(data.join("limits.json"), r#"{"deadline_ms": 6000}"#).unwrap();
     let server = Server::start(&data, None);
     add_minilm(&server);
 
