@@ -1,5 +1,6 @@
-//! Plugins in other languages: the Python example (examples/python-dense, over sdk/python) is
-//! built from source with componentize-py, added, routed on MiniLM and queried; a component
+//! Plugins in other languages: the Python example (examples/python-dense, over sdk/python) built
+//! with componentize-py and the JavaScript one (examples/js-dense, over sdk/js) built with
+//! ComponentizeJS are each built from source, added, routed on MiniLM and queried; a component
 //! importing an interface the host does not grant is refused at `plugin add`, by name.
 
 use quarry_cli::{DEMO_QUERIES, DEMO_SENTENCES};
@@ -43,6 +44,34 @@ fn python_dense() -> &'static [u8] {
     })
 }
 
+/// The JavaScript dense example, built once per test process with the WASI features the host
+/// does not grant left out.
+fn js_dense() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let out = root().join("target/foreign");
+        std::fs::create_dir_all(&out).unwrap();
+        build_js(&["-d", "http", "-d", "fetch-event", "-d", "stdio", "-d", "random", "-d", "clocks"], &out.join("dense_js.wasm"))
+    })
+}
+
+/// Build the JavaScript example with ComponentizeJS and extra `flags`.
+fn build_js(flags: &[&str], wasm: &Path) -> Vec<u8> {
+    let exe = root().join("vendor/node/node_modules/.bin/componentize-js");
+    assert!(exe.is_file(), "{} is missing; run `bash scripts/setup.sh`", exe.display());
+    let status = Command::new(exe)
+        .current_dir(root())
+        .args(["--wit", "wit/v0.2", "-n", "plugin"])
+        .args(flags)
+        .arg("-o")
+        .arg(wasm)
+        .arg("examples/js-dense/strategy.js")
+        .status()
+        .expect("cannot run componentize-js");
+    assert!(status.success(), "componentize-js failed");
+    std::fs::read(wasm).unwrap()
+}
+
 /// The tests here build and compile 18 MB components, which takes every core for seconds: run
 /// them one at a time, so one test's compilation does not starve the other's calls past their
 /// deadlines.
@@ -68,32 +97,34 @@ fn assert_paraphrases_rank_first(host: &Quarry, collection: &str) {
     }
 }
 
-#[test]
-fn a_python_plugin_is_built_added_routed_and_ranks_paraphrases_first() {
-    let _serial = serial();
-    let wasm = python_dense();
-    assert!(wasm.len() > 10 << 20, "componentize-py components are large ({} bytes)", wasm.len());
+/// Add `wasm` (strategy `reference`) to a fresh host on its own compile cache, route it on
+/// MiniLM, ingest the demo sentences and check every paraphrase ranks its sentence first; then
+/// check a second host on the same cache takes the compiled component from it.
+fn check_foreign_dense(wasm: &[u8], reference: &str) {
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let host = host_with_cache(dir.path(), cache.path());
     add_model(&host, "minilm-l6");
     let plugin = host.add_plugin(wasm).unwrap();
-    assert_eq!(plugin.reference, "dense-py@0.1.0");
+    assert_eq!(plugin.reference, reference);
     assert_eq!(plugin.contract, "quarry:retrieval@0.2.0");
-    assert_eq!(host.compile_stats().0, 1, "the 18 MB guest is compiled once");
-    host.set_route("docs", route("dense-py@0.1.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    assert_eq!(host.compile_stats().0, 1, "the {} MB guest is compiled once", wasm.len() >> 20);
+    let config = serde_json::json!({"text-model": "minilm-l6"});
+    host.set_route("docs", route(reference, &["minilm-l6"], config.clone())).unwrap();
     let items: Vec<NewItem> = DEMO_SENTENCES.iter().map(|(id, text)| NewItem::text(id, text)).collect();
     host.ingest("docs", items, |_| {}).unwrap();
     assert_paraphrases_rank_first(&host, "docs");
 
-    // A declared query parameter reaches the Python code: no item has this metadata.
+    // A declared query parameter reaches the guest's code: no item has this metadata.
     let filtered = SearchRequest { params: serde_json::json!({"filter": {"lang": "xx"}}), ..SearchRequest::text("bread", 3) };
     assert!(host.search("docs", &filtered).unwrap().hits.is_empty());
-    // An exception raised through the Python SDK reaches the caller as the contract's error.
+    // An error raised through the SDK reaches the caller as the contract's error.
     let image = quarry_tests::picture(quarry_tests::RED, true, image::ImageFormat::Png);
     let err = host.search("docs", &SearchRequest { image: Some(image), k: 3, ..Default::default() }).unwrap_err();
-    assert!(format!("{err:#}").contains("dense-py answers text queries only"), "{err:#}");
-    let misspelt = route("dense-py@0.1.0", &["minilm-l6"], serde_json::json!({"text_model": "minilm-l6"}));
+    let name = reference.split('@').next().unwrap();
+    assert!(format!("{err:#}").contains(&format!("{name} answers text queries only")), "{err:#}");
+    // The schema the SDK sent is enforced at `route set`.
+    let misspelt = route(reference, &["minilm-l6"], serde_json::json!({"text_model": "minilm-l6"}));
     let err = host.set_route("other", misspelt).unwrap_err();
     assert!(format!("{err:#}").contains("text_model"), "{err:#}");
     drop(host);
@@ -104,10 +135,26 @@ fn a_python_plugin_is_built_added_routed_and_ranks_paraphrases_first() {
     add_model(&host, "minilm-l6");
     host.add_plugin(wasm).unwrap();
     assert_eq!(host.compile_stats(), (0, 1), "(compilations, cache hits)");
-    host.set_route("docs", route("dense-py@0.1.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route(reference, &["minilm-l6"], config)).unwrap();
     let items: Vec<NewItem> = DEMO_SENTENCES.iter().map(|(id, text)| NewItem::text(id, text)).collect();
     host.ingest("docs", items, |_| {}).unwrap();
     assert_paraphrases_rank_first(&host, "docs");
+}
+
+#[test]
+fn a_python_plugin_is_built_added_routed_and_ranks_paraphrases_first() {
+    let _serial = serial();
+    let wasm = python_dense();
+    assert!(wasm.len() > 10 << 20, "componentize-py components are large ({} bytes)", wasm.len());
+    check_foreign_dense(wasm, "dense-py@0.1.0");
+}
+
+#[test]
+fn a_javascript_plugin_is_built_added_routed_and_ranks_paraphrases_first() {
+    let _serial = serial();
+    let wasm = js_dense();
+    assert!(wasm.len() > 5 << 20, "ComponentizeJS components are large ({} bytes)", wasm.len());
+    check_foreign_dense(wasm, "dense-js@0.1.0");
 }
 
 #[test]
@@ -140,4 +187,17 @@ fn a_component_importing_an_ungranted_interface_is_refused_by_name() {
 
     // The same app without the extra import is accepted (so the refusal is the import's).
     assert!(host.add_plugin(python_dense()).is_ok());
+}
+
+#[test]
+fn a_javascript_build_with_its_default_features_is_refused_for_wasi_http() {
+    let _serial = serial();
+    let out = tempfile::tempdir().unwrap();
+    let wasm = build_js(&[], &out.path().join("default.wasm"));
+    let dir = tempfile::tempdir().unwrap();
+    let host = quarry_tests::host(dir.path());
+    let err = format!("{:#}", host.add_plugin(&wasm).unwrap_err());
+    assert!(err.contains("imports `wasi:http/"), "{err}");
+    assert!(err.contains("-d http -d fetch-event"), "the refusal says how to build without it: {err}");
+    assert!(host.plugins().is_empty());
 }
