@@ -3,7 +3,7 @@
 //! component, and add, route and query it on the real MiniLM model.
 
 use quarry_host::SearchRequest;
-use quarry_host::cli::{DEMO_QUERIES, DEMO_SENTENCES};
+use quarry_cli::{DEMO_QUERIES, DEMO_SENTENCES};
 use quarry_host::NewItem;
 use quarry_tests::{add_model, host, root, route};
 use std::path::{Path, PathBuf};
