@@ -13,20 +13,20 @@ fn componentize_py() -> PathBuf {
 }
 
 /// Build a Python app (module `app` in `app_dir`) against `wit`'s world `plugin`, with the
-/// Python SDK on its path.
+/// repository's Python SDK on its path.
 pub fn build_python(wit: &Path, app_dir: &Path, out: &Path) -> Vec<u8> {
-    let status = Command::new(componentize_py())
-        .arg("-d")
-        .arg(wit)
-        .args(["-w", "plugin", "componentize", "app", "-p"])
-        .arg(app_dir)
-        .arg("-p")
-        .arg(root().join("sdk/python"))
-        .arg("-o")
-        .arg(out)
-        .status()
-        .expect("cannot run componentize-py");
-    assert!(status.success(), "componentize-py failed for {}", app_dir.display());
+    build_python_on(wit, &[app_dir, &root().join("sdk/python")], out)
+}
+
+/// Build module `app` (found on `paths`, first first) against `wit`'s world `plugin`.
+pub fn build_python_on(wit: &Path, paths: &[&Path], out: &Path) -> Vec<u8> {
+    let mut cmd = Command::new(componentize_py());
+    cmd.arg("-d").arg(wit).args(["-w", "plugin", "componentize", "app"]);
+    for p in paths {
+        cmd.arg("-p").arg(p);
+    }
+    let status = cmd.arg("-o").arg(out).status().expect("cannot run componentize-py");
+    assert!(status.success(), "componentize-py failed for {}", paths[0].display());
     std::fs::read(out).unwrap()
 }
 
@@ -53,18 +53,27 @@ pub fn js_dense() -> &'static [u8] {
 
 /// Build the JavaScript example with ComponentizeJS and extra `flags`.
 pub fn build_js(flags: &[&str], wasm: &Path) -> Vec<u8> {
+    build_js_with(&root(), "wit/v0.2", "examples/js-dense/strategy.js", flags, wasm)
+}
+
+/// Build `source` in `dir` against `wit` (relative to `dir`) with the flags that leave out the
+/// WASI features the host does not grant.
+pub fn build_js_file(dir: &Path, wit: &str, source: &str, wasm: &Path) -> Vec<u8> {
+    build_js_with(dir, wit, source, &["-d", "http", "-d", "fetch-event", "-d", "stdio", "-d", "random", "-d", "clocks"], wasm)
+}
+
+fn build_js_with(dir: &Path, wit: &str, source: &str, flags: &[&str], wasm: &Path) -> Vec<u8> {
     let exe = root().join("vendor/node/node_modules/.bin/componentize-js");
     assert!(exe.is_file(), "{} is missing; run `bash scripts/setup.sh`", exe.display());
     let status = Command::new(exe)
-        .current_dir(root())
-        .args(["--wit", "wit/v0.2", "-n", "plugin"])
+        .current_dir(dir)
+        .args(["--wit", wit, "-n", "plugin"])
         .args(flags)
         .arg("-o")
         .arg(wasm)
-        .arg("examples/js-dense/strategy.js")
+        .arg(source)
         .status()
         .expect("cannot run componentize-js");
-    assert!(status.success(), "componentize-js failed");
+    assert!(status.success(), "componentize-js failed on {}", dir.join(source).display());
     std::fs::read(wasm).unwrap()
 }
-

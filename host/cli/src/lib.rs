@@ -2,6 +2,7 @@
 //! [`quarry_server`] for `quarry serve`.
 
 mod cli;
+pub mod scaffold;
 
 // The CLI names the host's modules from the crate root.
 use quarry_host::{api, eval, models, plugins, printable, sources, store};
