@@ -138,3 +138,26 @@ fn a_javascript_build_with_its_default_features_is_refused_for_wasi_http() {
     assert!(err.contains("-d http -d fetch-event"), "the refusal says how to build without it: {err}");
     assert!(host.plugins().is_empty());
 }
+
+#[test]
+fn the_python_sdk_helpers_order_and_fuse_hits_as_the_rust_ones_do() {
+    // componentize-py's bindings of the 0.2 world, for CPython to import the SDK outside a component.
+    let bindings = tempfile::tempdir().unwrap();
+    let componentize_py = root().join("vendor/venv/bin/componentize-py");
+    let status = std::process::Command::new(&componentize_py)
+        .arg("-d")
+        .arg(root().join("wit/v0.2"))
+        .args(["-w", "plugin", "bindings"])
+        .arg(bindings.path())
+        .status()
+        .expect("cannot run componentize-py; run `bash scripts/setup.sh`");
+    assert!(status.success());
+    let path = std::env::join_paths([bindings.path().to_path_buf(), root().join("sdk/python")]).unwrap();
+    let output = std::process::Command::new(root().join("vendor/venv/bin/python"))
+        .arg(root().join("sdk/python/tests/test_helpers.py"))
+        .env("PYTHONPATH", path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains("Ran 4 tests") && stderr.contains("OK"), "{stderr}");
+}
