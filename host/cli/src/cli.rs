@@ -832,20 +832,20 @@ mod tests {
     #[test]
     fn suggested_commands_are_valid() {
         let sources = [
-            include_str!("api.rs"),
+            include_str!("../../src/api.rs"),
             include_str!("cli.rs"),
-            include_str!("store.rs"),
-            include_str!("sources.rs"),
-            include_str!("models/mod.rs"),
-            include_str!("models/manifest.rs"),
-            include_str!("index/flat.rs"),
-            include_str!("index/mod.rs"),
-            include_str!("plugins/mod.rs"),
-            include_str!("plugins/registry.rs"),
-            include_str!("plugins/contract/mod.rs"),
-            include_str!("eval/mod.rs"),
-            include_str!("eval/shapes.rs"),
-            include_str!("../../plugins/avg/src/strategy.rs"),
+            include_str!("../../src/store.rs"),
+            include_str!("../../src/sources.rs"),
+            include_str!("../../src/models/mod.rs"),
+            include_str!("../../src/models/manifest.rs"),
+            include_str!("../../src/index/flat.rs"),
+            include_str!("../../src/index/mod.rs"),
+            include_str!("../../src/plugins/mod.rs"),
+            include_str!("../../src/plugins/registry.rs"),
+            include_str!("../../src/plugins/contract/mod.rs"),
+            include_str!("../../src/eval/mod.rs"),
+            include_str!("../../src/eval/shapes.rs"),
+            include_str!("../../../plugins/avg/src/strategy.rs"),
         ];
         let mut checked = 0;
         for source in sources {
