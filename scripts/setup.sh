@@ -82,6 +82,23 @@ if [ ! -x "$VENDOR/venv/bin/python" ] || ! "$VENDOR/venv/bin/python" -c "import 
   python3 -m venv "$VENDOR/venv"
   "$VENDOR/venv/bin/python" -m pip install --quiet "onnx==1.23.2" "numpy>=1.26,<3" "pillow==13.0.0" "openapi-spec-validator==0.8.4" "prometheus-client==0.23.1" >&2
 fi
+# componentize-py builds Python plugins (tests/tests/foreign_plugins.rs), in the same venv.
+if ! "$VENDOR/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('componentize-py') != '0.25.1')" 2>/dev/null; then
+  "$VENDOR/venv/bin/python" -m pip install --quiet "componentize-py==0.25.1" >&2
+fi
+# ComponentizeJS builds JavaScript plugins; it needs Node.js (Debian's nodejs and npm when absent).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "setup: installing nodejs and npm (ComponentizeJS builds the JavaScript plugins)" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi
+  { $sudo apt-get update -qq && $sudo apt-get install -y -qq nodejs npm; } >/dev/null 2>&1 ||
+    { echo "setup: could not install Node.js; install nodejs and npm and run again" >&2; exit 1; }
+fi
+if [ ! -f "$VENDOR/node/node_modules/@bytecodealliance/componentize-js/package.json" ] ||
+   ! grep -q '"version": "0.23.0"' "$VENDOR/node/node_modules/@bytecodealliance/componentize-js/package.json"; then
+  mkdir -p "$VENDOR/node"
+  npm install --silent --no-audit --no-fund --prefix "$VENDOR/node" "@bytecodealliance/componentize-js@0.23.0" >&2
+fi
 # `--bench`: the HTTP load generator the serving benchmark drives (Debian's wrk).
 if [ "${1:-}" = "--bench" ] && ! command -v wrk >/dev/null; then
   sudo=""

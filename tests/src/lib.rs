@@ -2,6 +2,7 @@
 //! temporary directories, register the real MiniLM models, build the designed test models and
 //! the shapes world.
 
+pub mod foreign;
 pub mod server;
 
 use quarry_host::{Grants, HostConfig, Limits, Quarry, Route};

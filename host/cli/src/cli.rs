@@ -221,6 +221,21 @@ pub(crate) enum EvalSetCommand {
 
 #[derive(Subcommand)]
 pub(crate) enum PluginCommand {
+    /// Write a new plugin project (a dense strategy to start from) with a README that says how to
+    /// build, add and route it.
+    New {
+        /// The strategy's name: a-z, 0-9 and `-`.
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::scaffold::Lang,
+        /// Where to write it [default: ./<name>]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The quarry-sdk a Rust project depends on by path [default: this CLI's checkout, else
+        /// the registry]
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Validate a component against the contract, compile it and register it.
     Add {
         file: PathBuf,
@@ -355,7 +370,10 @@ fn open(dir: &Path, verbose: bool) -> Result<Quarry> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Some(server) = &cli.server {
+    // `plugin new` writes files here and needs no host, so it runs the same with --server.
+    if let Some(server) = &cli.server
+        && !matches!(cli.command, Command::Plugin(PluginCommand::New { .. }))
+    {
         return crate::remote::run(&crate::remote::Remote::new(server, cli.api_key.clone())?, cli.command);
     }
     let dir = data_dir(&cli);
@@ -373,9 +391,16 @@ fn run(cli: Cli) -> Result<()> {
             let config = args.config()?;
             quarry_server::serve(open(&dir, cli.verbose)?, config)
         }
+        Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            crate::scaffold::new_plugin(&name, lang, &dir, sdk.as_deref())?;
+            println!("wrote {} ({lang:?}); its README.md says how to build, add and route it", dir.display());
+            Ok(())
+        }
         Command::Plugin(cmd) => {
             let host = open(&dir, cli.verbose)?;
             match cmd {
+                PluginCommand::New { .. } => unreachable!("handled above"),
                 PluginCommand::Add { file, owner } => {
                     let owner = owner.owner()?;
                     let p = host.add_plugin_file_as(&owner, &file)?;
@@ -822,6 +847,7 @@ mod tests {
         let sources = [
             include_str!("cli.rs"),
             include_str!("remote.rs"),
+            include_str!("scaffold.rs"),
             include_str!("../../src/api.rs"),
             include_str!("../../src/store.rs"),
             include_str!("../../src/sources.rs"),

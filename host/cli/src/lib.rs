@@ -3,6 +3,7 @@
 
 mod cli;
 mod remote;
+pub mod scaffold;
 
 // The CLI names the host's modules from the crate root.
 use quarry_host::{api, eval, models, plugins, printable, sources, store};

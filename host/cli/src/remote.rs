@@ -182,6 +182,7 @@ pub fn run(remote: &Remote, command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Plugin(PluginCommand::New { .. }) => unreachable!("`plugin new` runs locally (see cli::run)"),
         Command::Plugin(PluginCommand::Add { file, owner }) => {
             if owner.tenant.is_some() || owner.shared {
                 bail!("--tenant and --shared do not apply with --server: a tenant's key adds the tenant's plugin, the admin key a shared one");

@@ -363,8 +363,20 @@ impl PluginRuntime {
         let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let version = contract::exported_version(&exports)?;
         for (name, _) in ty.imports(&self.engine) {
-            if name.starts_with("quarry:") && !name.starts_with(&format!("{}/", contract::PACKAGE)) {
-                bail!("the plugin imports `{}`, which this host does not provide", printable(name, 100));
+            if name.starts_with("wasi:") {
+                if !wasi::is_granted(name) {
+                    bail!(
+                        "the plugin imports `{}`, which this host does not provide: plugins may import the contract and the \
+                         WASI 0.2 interfaces of wasi:io, wasi:clocks, wasi:random, wasi:cli, wasi:filesystem and wasi:sockets \
+                         (each denied: no files, network or environment); a ComponentizeJS build drops the rest with \
+                         `-d http -d fetch-event -d stdio -d random -d clocks`",
+                        printable(name, 100)
+                    );
+                }
+                continue;
+            }
+            if !name.starts_with(&format!("{}/", contract::PACKAGE)) {
+                bail!("the plugin imports `{}`, which this host does not provide; plugins may import only the contract ({}) and WASI 0.2", printable(name, 100), contract::supported());
             }
             if let Some(v) = name.strip_prefix(contract::PACKAGE).and_then(|rest| rest.split('@').nth(1))
                 && contract::line_of(v) != Some(version)
@@ -673,5 +685,23 @@ mod tests {
         assert!(err.contains("quarry:retrieval@2.0.0") && err.contains("@0.1.x and quarry:retrieval@0.2.x"), "{err}");
         assert!(contract::exported_version(&["wasi:cli/run@0.2.0".into()]).unwrap_err().to_string().contains("export_strategy!"));
         assert!(contract::line_of("0.2").is_none() && contract::line_of("0.1.0/../x").is_none());
+    }
+
+    #[test]
+    fn only_wasi_0_2_interfaces_are_granted() {
+        for ok in ["wasi:io/poll@0.2.0", "wasi:sockets/tcp@0.2.9", "wasi:filesystem/preopens@0.2.12", "wasi:cli/terminal-stdout@0.2.3"] {
+            assert!(wasi::is_granted(ok), "{ok}");
+        }
+        for refused in [
+            "wasi:http/types@0.2.10",
+            "wasi:http/outgoing-handler@0.2.0",
+            "wasi:io/poll@0.3.0",
+            "wasi:clocks/timezone@0.2.9",
+            "wasi:io/poll",
+            "wasi:keyvalue/store@0.2.0-draft",
+            "wasi:cli/run@0.2.0",
+        ] {
+            assert!(!wasi::is_granted(refused), "{refused}");
+        }
     }
 }

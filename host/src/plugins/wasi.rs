@@ -67,6 +67,48 @@ pub fn context(stderr: MemoryOutputPipe) -> wasmtime_wasi::WasiCtx {
         .build()
 }
 
+/// Every WASI 0.2 interface a component may import (`wasi:<package>/<interface>@0.2.x`): the whole
+/// 0.2 set, as componentize-py and ComponentizeJS guests import it, sockets and files included.
+/// Each is linked and denied by [`context`]: no preopened directories, no environment, no
+/// sockets, no name lookups, an empty stdin, a frozen wall clock and a coarse monotonic one.
+/// Anything else (`wasi:http`, another vendor's interface) is refused at `plugin add`, by name.
+pub const GRANTED: &[(&str, &[&str])] = &[
+    ("wasi:io", &["error", "poll", "streams"]),
+    ("wasi:clocks", &["monotonic-clock", "wall-clock"]),
+    ("wasi:random", &["random", "insecure", "insecure-seed"]),
+    (
+        "wasi:cli",
+        &[
+            "environment",
+            "exit",
+            "stdin",
+            "stdout",
+            "stderr",
+            "terminal-input",
+            "terminal-output",
+            "terminal-stdin",
+            "terminal-stdout",
+            "terminal-stderr",
+        ],
+    ),
+    ("wasi:filesystem", &["types", "preopens"]),
+    (
+        "wasi:sockets",
+        &["network", "instance-network", "tcp", "tcp-create-socket", "udp", "udp-create-socket", "ip-name-lookup"],
+    ),
+];
+
+/// Whether `import` (a component import name) is one of the [`GRANTED`] WASI 0.2 interfaces.
+pub fn is_granted(import: &str) -> bool {
+    let Some((path, version)) = import.split_once('@') else { return false };
+    let Some((package, interface)) = path.split_once('/') else { return false };
+    let mut parts = version.split('.');
+    if (parts.next(), parts.next()) != (Some("0"), Some("2")) {
+        return false;
+    }
+    GRANTED.iter().any(|(p, interfaces)| *p == package && interfaces.contains(&interface))
+}
+
 /// The WASI 0.2 interfaces a component may import, with sleeps capped by the call's deadline.
 pub fn add_to_linker(linker: &mut Linker<CallState>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
