@@ -75,7 +75,7 @@ pub fn new_plugin(name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> Res
                      npx componentize-js --wit wit -n plugin -d http -d fetch-event -d stdio -d random -d clocks -o {wasm} strategy.js"
                 ),
                 "The `-d` flags leave out the WASI features Quarry does not grant (by default the component\n\
-                 imports `wasi:http`, and `quarry plugin add` refuses it). Don't use `--aot`."
+                 imports `wasi:http`, and `quarry plugin add <file.wasm>` refuses it). Don't use `--aot`."
                     .to_string(),
             )
         }
