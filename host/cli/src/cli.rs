@@ -511,16 +511,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Search { collection, query, image, strategy, k, params, filter, json } => {
             let host = open(&dir, cli.verbose)?;
-            let mut params: serde_json::Value = match params {
-                Some(text) => serde_json::from_str(&text).context("--params is not valid JSON")?,
-                None => serde_json::json!({}),
-            };
-            if !params.is_object() {
-                bail!("--params must be a JSON object");
-            }
-            if let Some(filter) = filter {
-                params["filter"] = serde_json::from_str(&filter).context("--filter is not valid JSON")?;
-            }
+            let params = query_params(params, filter)?;
             let image_bytes = match &image {
                 Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read query image {}", path.display()))?),
                 None => None,
@@ -532,11 +523,7 @@ fn run(cli: Cli) -> Result<()> {
                 for note in &response.notes {
                     eprintln!("note: {note}");
                 }
-                let shown = match (&query, &image) {
-                    (Some(text), Some(path)) => format!("{} + \"{text}\"", path.display()),
-                    (Some(text), None) => text.clone(),
-                    (None, path) => path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                };
+                let shown = shown_query(&query, &image);
                 print_table(&shown, &response);
             }
             Ok(())
@@ -708,6 +695,21 @@ fn eval(host: &Quarry, args: EvalArgs) -> Result<()> {
 /// succeeds). Files or lines that cannot be read stop it before anything is stored, unless
 /// `allow_skips`.
 fn ingest(host: &Quarry, collection: &str, source: &Path, route: Option<Route>, allow_skips: bool) -> Result<()> {
+    let read = read_source(source, allow_skips)?;
+    let bar = ingest_bar(read.items.len(), collection);
+    let report = match route {
+        Some(route) => host.ingest_with_route(collection, route, read.items, |done| bar.set_position(done as u64)),
+        None => host.ingest(collection, read.items, |done| bar.set_position(done as u64)),
+    };
+    bar.finish_and_clear();
+    let report = report?;
+    print_ingested(collection, report.ingested, report.unchanged, read.skipped.len());
+    Ok(())
+}
+
+/// Read a folder or JSONL file for ingest, listing what cannot be read; unless `allow_skips`,
+/// any such file or line stops the ingest before anything is stored or sent.
+pub(crate) fn read_source(source: &Path, allow_skips: bool) -> Result<crate::sources::SourceItems> {
     let read = crate::sources::read(source)?;
     for skipped in &read.skipped {
         eprintln!("{} {}: {}", if allow_skips { "skipped" } else { "cannot read" }, skipped.source, skipped.reason);
@@ -719,21 +721,45 @@ fn ingest(host: &Quarry, collection: &str, source: &Path, route: Option<Route>, 
             read.skipped.len() + read.items.len()
         );
     }
-    let total = read.items.len();
+    Ok(read)
+}
+
+pub(crate) fn ingest_bar(total: usize, collection: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} items ({eta})").expect("valid template").progress_chars("=> "),
     );
     bar.set_message(format!("ingesting into {collection}"));
-    let report = match route {
-        Some(route) => host.ingest_with_route(collection, route, read.items, |done| bar.set_position(done as u64)),
-        None => host.ingest(collection, read.items, |done| bar.set_position(done as u64)),
+    bar
+}
+
+pub(crate) fn print_ingested(collection: &str, ingested: usize, unchanged: usize, skipped: usize) {
+    let unchanged = if unchanged == 0 { String::new() } else { format!("; {unchanged} unchanged") };
+    let skipped = if skipped == 0 { String::new() } else { format!("; skipped {skipped} (listed above)") };
+    println!("ingested {ingested} item(s) into {collection}{unchanged}{skipped}");
+}
+
+/// The strategy's query parameters from `--params`, with `--filter` as `params.filter`.
+pub(crate) fn query_params(params: Option<String>, filter: Option<String>) -> Result<serde_json::Value> {
+    let mut params: serde_json::Value = match params {
+        Some(text) => serde_json::from_str(&text).context("--params is not valid JSON")?,
+        None => serde_json::json!({}),
     };
-    bar.finish_and_clear();
-    let report = report?;
-    let unchanged = if report.unchanged == 0 { String::new() } else { format!("; {} unchanged", report.unchanged) };
-    let skipped = if read.skipped.is_empty() { String::new() } else { format!("; skipped {} (listed above)", read.skipped.len()) };
-    println!("ingested {} item(s) into {collection}{unchanged}{skipped}", report.ingested);
-    Ok(())
+    if !params.is_object() {
+        bail!("--params must be a JSON object");
+    }
+    if let Some(filter) = filter {
+        params["filter"] = serde_json::from_str(&filter).context("--filter is not valid JSON")?;
+    }
+    Ok(params)
+}
+
+/// How a search table heads its query: the text, the image, or both.
+pub(crate) fn shown_query(query: &Option<String>, image: &Option<PathBuf>) -> String {
+    match (query, image) {
+        (Some(text), Some(path)) => format!("{} + \"{text}\"", path.display()),
+        (Some(text), None) => text.clone(),
+        (None, path) => path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+    }
 }
 
 /// Widest id column a table shows; longer ids are cut with an ellipsis.

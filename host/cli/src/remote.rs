@@ -73,16 +73,7 @@ fn local_only(what: &str) -> Result<()> {
 pub fn run(remote: &Remote, command: Command) -> Result<()> {
     match command {
         Command::Search { collection, query, image, strategy, k, params, filter, json } => {
-            let mut params: Value = match params {
-                Some(text) => serde_json::from_str(&text).context("--params is not valid JSON")?,
-                None => json!({}),
-            };
-            if !params.is_object() {
-                bail!("--params must be a JSON object");
-            }
-            if let Some(filter) = filter {
-                params["filter"] = serde_json::from_str(&filter).context("--filter is not valid JSON")?;
-            }
+            let params = crate::cli::query_params(params, filter)?;
             let image_b64 = match &image {
                 Some(path) => {
                     Some(base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).with_context(|| format!("cannot read query image {}", path.display()))?))
@@ -106,11 +97,7 @@ pub fn run(remote: &Remote, command: Command) -> Result<()> {
             for note in &response.notes {
                 eprintln!("note: {note}");
             }
-            let shown = match (&query, &image) {
-                (Some(text), Some(path)) => format!("{} + \"{text}\"", path.display()),
-                (Some(text), None) => text.clone(),
-                (None, path) => path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            };
+            let shown = crate::cli::shown_query(&query, &image);
             crate::cli::print_table(&shown, &response);
             Ok(())
         }
@@ -250,30 +237,16 @@ struct RemoteHit {
 
 /// Read a folder or JSONL file here and send it as NDJSON batches, images base64.
 fn ingest(remote: &Remote, collection: &str, source: &Path, allow_skips: bool) -> Result<()> {
-    let read = quarry_host::sources::read(source)?;
-    for skipped in &read.skipped {
-        eprintln!("{} {}: {}", if allow_skips { "skipped" } else { "cannot read" }, skipped.source, skipped.reason);
-    }
-    if !read.skipped.is_empty() && !allow_skips {
-        bail!(
-            "{} of {} file(s) or line(s) cannot be read (listed above); nothing was sent. Fix them, or pass --allow-skips to ingest the rest",
-            read.skipped.len(),
-            read.skipped.len() + read.items.len()
-        );
-    }
+    let read = crate::cli::read_source(source, allow_skips)?;
     let path = format!("/v1/collections/{}/items", segment(collection));
-    let total = read.items.len();
-    let bar = indicatif::ProgressBar::new(total as u64).with_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} items ({eta})").expect("valid template").progress_chars("=> "),
-    );
-    bar.set_message(format!("ingesting into {collection}"));
-    let (mut ingested, mut unchanged, mut done) = (0u64, 0u64, 0usize);
+    let bar = crate::cli::ingest_bar(read.items.len(), collection);
+    let (mut ingested, mut unchanged, mut done) = (0, 0, 0);
     let mut body = String::new();
     let mut in_body = 0;
     let mut send = |body: &mut String, in_body: &mut usize| -> Result<()> {
         let answer = remote.call("POST", &path, Some(("application/x-ndjson", std::mem::take(body).into_bytes())))?;
-        ingested += answer["ingested"].as_u64().unwrap_or(0);
-        unchanged += answer["unchanged"].as_u64().unwrap_or(0);
+        ingested += answer["ingested"].as_u64().unwrap_or(0) as usize;
+        unchanged += answer["unchanged"].as_u64().unwrap_or(0) as usize;
         done += std::mem::take(in_body);
         bar.set_position(done as u64);
         Ok(())
@@ -297,8 +270,6 @@ fn ingest(remote: &Remote, collection: &str, source: &Path, allow_skips: bool) -
         send(&mut body, &mut in_body)?;
     }
     bar.finish_and_clear();
-    let unchanged = if unchanged == 0 { String::new() } else { format!("; {unchanged} unchanged") };
-    let skipped = if read.skipped.is_empty() { String::new() } else { format!("; skipped {} (listed above)", read.skipped.len()) };
-    println!("ingested {ingested} item(s) into {collection}{unchanged}{skipped}");
+    crate::cli::print_ingested(collection, ingested, unchanged, read.skipped.len());
     Ok(())
 }

@@ -378,7 +378,7 @@ fn qualified(tenant: &Tenant, collection: &str) -> ApiResult<String> {
 /// The tenant's collection, or 404 (whatever other tenants hold).
 fn routed(state: &Shared, tenant: &Tenant, collection: &str) -> ApiResult<(String, Arc<Route>)> {
     let key = qualified(tenant, collection)?;
-    let route = state.quarry.routes().remove(&key).ok_or_else(|| {
+    let route = state.quarry.route(&key).map_err(|_| {
         ApiError::not_found(format!("no collection `{collection}`; create it by setting its route: PUT /v1/collections/{collection}/route"))
     })?;
     Ok((key, route))
@@ -861,14 +861,11 @@ async fn add_plugin(State(state): State<Shared>, Extension(caller): Extension<Ca
     responses((status = 200, body = PluginView), (status = 404, body = ErrorBody)))]
 async fn describe_plugin(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(strategy): Path<String>) -> ApiResult<Json<PluginView>> {
     let mine = owner_of(&caller);
-    state
-        .quarry
-        .plugins()
-        .iter()
-        .filter(|(owner, p)| p.reference == strategy && *owner == mine)
-        .chain(state.quarry.plugins().iter().filter(|(owner, p)| p.reference == strategy && *owner == Owner::Shared))
+    let plugins = state.quarry.plugins();
+    let named = |wanted: &Owner| plugins.iter().find(|(owner, p)| p.reference == strategy && owner == wanted);
+    named(&mine)
+        .or_else(|| named(&Owner::Shared))
         .map(|(owner, p)| Json(plugin_view(owner, p)))
-        .next()
         .ok_or_else(|| ApiError::not_found(format!("no strategy `{}`; GET /v1/plugins lists yours and the shared ones", quarry_host::printable::printable(&strategy, 128))))
 }
 
