@@ -26,7 +26,10 @@ impl Remote {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("--server `{base}` is not an http:// or https:// URL");
         }
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(600))).build().into();
+        // A fresh connection per request: a CLI makes few, and a pooled one the server has
+        // just closed would fail the next request.
+        let agent =
+            ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).timeout_global(Some(Duration::from_secs(600))).build().into();
         Ok(Remote { base: base.trim_end_matches('/').to_string(), key, agent })
     }
 
