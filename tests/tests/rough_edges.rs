@@ -42,6 +42,7 @@ fn a_config_the_schema_refuses_is_an_error_naming_the_key_and_the_route_stays() 
     assert!(missing.contains("text-model") && missing.contains("`/candidates`"), "{missing}");
     // The route that served still serves, unchanged, and a new host reads it back.
     let kept = host.route("docs").unwrap();
+    let kept = kept.strategy().unwrap();
     assert_eq!((kept.strategy.as_str(), &kept.config), ("dense@0.2.0", &good));
     assert_eq!(host.search("docs", &SearchRequest::text("kitten", 1)).unwrap().hits[0].id, "cat");
     drop(host);
@@ -52,7 +53,7 @@ fn a_config_the_schema_refuses_is_an_error_naming_the_key_and_the_route_stays() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`/text-modle`"), "{stderr}");
     let host = quarry_tests::host(dir.path());
-    assert_eq!(host.route("docs").unwrap().config, good);
+    assert_eq!(host.route("docs").unwrap().strategy().unwrap().config, good);
 }
 
 #[test]
@@ -120,7 +121,7 @@ fn a_failed_ingest_with_a_strategy_saves_no_route() {
     assert!(host.ingest_with_route("pics", dense.clone(), vec![picture], |_| {}).is_err());
     assert!(host.route("pics").is_err(), "the failed ingest saved no route");
     host.ingest_with_route("docs", dense, sentences(), |_| {}).unwrap();
-    assert_eq!(host.route("docs").unwrap().strategy, "dense@0.2.0");
+    assert_eq!(host.route("docs").unwrap().describe(), "dense@0.2.0");
     drop(host);
 
     // The CLI's `ingest --strategy` goes the same way.

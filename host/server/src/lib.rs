@@ -6,6 +6,7 @@
 //! - [`quota`]: request rate, requests in flight and one compute budget per tenant.
 //! - [`metrics`]: Prometheus metrics with capped label values.
 
+pub mod composition;
 pub mod config;
 pub mod control;
 pub mod error;
