@@ -75,7 +75,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 #[test]
-fn a_python_scaffold_builds_and_is_queryable() {
+fn a_python_scaffold_passes_its_own_tests_builds_and_is_queryable() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("my-py");
@@ -93,7 +93,7 @@ fn a_python_scaffold_builds_and_is_queryable() {
 }
 
 #[test]
-fn a_javascript_scaffold_builds_and_is_queryable() {
+fn a_javascript_scaffold_passes_its_own_tests_builds_and_is_queryable() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("my-js");
@@ -109,7 +109,7 @@ fn a_javascript_scaffold_builds_and_is_queryable() {
 }
 
 #[test]
-fn a_rust_scaffold_builds_passes_its_own_test_and_is_queryable() {
+fn a_rust_scaffold_passes_its_own_tests_builds_and_is_queryable() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("my-rs");
