@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn declarations_read_and_write_the_same_json() {
         let declared = serde_json::json!({"fusion": {"stages": [
-            {"strategy": "dense@0.2.0", "config": {"text-model": "m"}, "models": ["m"]},
+            {"strategy": "dense@0.3.0", "config": {"text-model": "m"}, "models": ["m"]},
             {"name": "coarse", "pipeline": "other"}
         ], "method": "rrf", "k": 30.0}});
         let p = pipeline(declared).unwrap();
