@@ -290,17 +290,15 @@ impl Quarry {
         let seed = format!("{}\0{}", experiment.name, request.query_id.as_deref().unwrap_or(&impression));
         let ids = |r: &Ranked| r.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>();
         let merged = quarry_compose::interleave::team_draft(&ids(&a), &ids(&b), prepared.k as usize, seed.as_bytes());
-        let mut by_id: HashMap<String, (SearchHit, Team)> = HashMap::new();
-        for (team, ranked) in [(Team::B, &b), (Team::A, &a)] {
-            for hit in &ranked.hits {
-                by_id.insert(hit.id.clone(), (hit.clone(), team));
-            }
-        }
+        // Each shown hit as the arm that picked it scored it.
+        let by_id = |r: &Ranked| r.hits.iter().map(|h| (h.id.clone(), h.clone())).collect::<HashMap<_, _>>();
+        let picked = [by_id(&a), by_id(&b)];
         let hits: Vec<SearchHit> = merged
             .iter()
             .map(|(id, team)| {
-                let (mut hit, _) = by_id[id].clone();
-                hit.team = Some(names[usize::from(*team == Team::B)].clone());
+                let side = usize::from(*team == Team::B);
+                let mut hit = picked[side][id].clone();
+                hit.team = Some(names[side].clone());
                 hit
             })
             .collect();
@@ -309,7 +307,9 @@ impl Quarry {
         strategies.extend(b.strategies);
         let mut notes = a.notes;
         notes.extend(b.notes);
-        Ok(answered(Ranked { hits, strategies, notes }, &format!("{}+{}", names[0], names[1]), Some(impression)))
+        let mut response = answered(Ranked { hits, strategies, notes }, &format!("{}+{}", names[0], names[1]), Some(impression));
+        response.strategy = format!("experiment:{}", experiment.name);
+        Ok(response)
     }
 
     /// The distinct strategy routes a target runs, pipelines expanded.
