@@ -93,6 +93,9 @@ pub struct SearchResponse {
     /// answered with fewer hits.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// How long each pipeline stage took (`pipeline/stage`), for metrics.
+    #[serde(skip)]
+    pub stage_latency: Vec<(String, std::time::Duration)>,
 }
 
 /// A collection of a tenant, as `quarry collections` lists it.
@@ -583,7 +586,7 @@ impl Quarry {
             self.services.count(split_qualified(collection).0, &plugin.reference, "quarry.unknown-hit-ids", unknown as f64);
         }
         found.truncate(k as usize);
-        Ok(crate::compose::Ranked { hits: found, strategies: vec![plugin.reference.clone()], notes: Vec::new() })
+        Ok(crate::compose::Ranked { hits: found, strategies: vec![plugin.reference.clone()], notes: Vec::new(), stages: Vec::new() })
     }
 
     /// A live instance of the collection's routed strategy, for many searches in a row without

@@ -39,6 +39,17 @@ pub(crate) struct Ranked {
     pub hits: Vec<SearchHit>,
     pub strategies: Vec<String>,
     pub notes: Vec<String>,
+    /// How long each pipeline stage took, as `pipeline/stage`.
+    pub stages: Vec<(String, Duration)>,
+}
+
+impl Ranked {
+    /// Take in what another stage reported (its strategies, notes and timings).
+    fn absorb(&mut self, other: Ranked) {
+        self.strategies.extend(other.strategies);
+        self.notes.extend(other.notes);
+        self.stages.extend(other.stages);
+    }
 }
 
 /// Most strategy calls nested in one another on one thread (a strategy calling a strategy ...).
@@ -167,6 +178,7 @@ impl Quarry {
             impression: None,
             hits: ranked.hits,
             notes,
+            stage_latency: ranked.stages,
         }
     }
 
@@ -194,23 +206,28 @@ impl Quarry {
     fn run_pipeline(&self, collection: &str, pipeline: &Pipeline, prepared: &Prepared, k: u32, deadline: Instant, lookup: Lookup<'_>, path: &mut Vec<String>) -> Result<Ranked, CallError> {
         match pipeline {
             Pipeline::Cascade(c) => {
-                let first = self.run_runs(collection, &c.first.runs, prepared, c.depth, deadline, lookup, path)?;
+                let name = path.last().cloned().unwrap_or_default();
+                let started = Instant::now();
+                let mut first = self.run_runs(collection, &c.first.runs, prepared, c.depth, deadline, lookup, path)?;
+                first.stages.push((format!("{name}/{}", c.first.label), started.elapsed()));
                 let Runs::Strategy(then) = &c.then.runs else {
                     return Err(CallError::Host(anyhow!("cascade.then must be a strategy")));
                 };
                 let candidates: Vec<String> = first.hits.iter().map(|h| h.id.clone()).collect();
                 let first_scores: HashMap<&str, f32> = first.hits.iter().map(|h| (h.id.as_str(), h.score)).collect();
+                let started = Instant::now();
                 let mut second = self.run_strategy(collection, then, None, prepared, k, Export::Rerank(&candidates), deadline)?;
+                second.stages.push((format!("{name}/{}", c.then.label), started.elapsed()));
                 // A re-ranker answers for the candidates only.
                 second.hits.retain(|h| first_scores.contains_key(h.id.as_str()));
                 for hit in &mut second.hits {
                     hit.features = BTreeMap::from([(c.first.label.clone(), first_scores[hit.id.as_str()]), (c.then.label.clone(), hit.score)]);
                 }
-                let mut strategies = first.strategies;
-                strategies.extend(second.strategies);
-                let mut notes = first.notes;
-                notes.extend(second.notes);
-                Ok(Ranked { hits: second.hits, strategies, notes })
+                let hits = std::mem::take(&mut second.hits);
+                first.hits.clear();
+                first.absorb(second);
+                first.hits = hits;
+                Ok(first)
             }
             Pipeline::Fusion(f) => {
                 let depth = f.depth.unwrap_or(k);
@@ -220,7 +237,12 @@ impl Quarry {
                         .iter()
                         .map(|stage| {
                             let mut path = path.clone();
-                            scope.spawn(move || self.run_runs(collection, &stage.runs, prepared, depth, deadline, lookup, &mut path))
+                            scope.spawn(move || {
+                                let started = Instant::now();
+                                let mut ranked = self.run_runs(collection, &stage.runs, prepared, depth, deadline, lookup, &mut path)?;
+                                ranked.stages.push((format!("{}/{}", path.last().map_or("", String::as_str), stage.label), started.elapsed()));
+                                Ok(ranked)
+                            })
                         })
                         .collect();
                     handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(CallError::Host(anyhow!("a fusion stage panicked"))))).collect()
@@ -233,10 +255,19 @@ impl Quarry {
             }
             Pipeline::Fallback(f) => {
                 let own = f.deadline_ms.map_or(deadline, |ms| deadline.min(Instant::now() + Duration::from_millis(ms)));
-                match self.run_runs(collection, &f.primary.runs, prepared, k, own, lookup, path) {
-                    Ok(ranked) => Ok(ranked),
+                let name = path.last().cloned().unwrap_or_default();
+                let started = Instant::now();
+                let primary = self.run_runs(collection, &f.primary.runs, prepared, k, own, lookup, path);
+                let primary_took = (format!("{name}/{}", f.primary.label), started.elapsed());
+                match primary {
+                    Ok(mut ranked) => {
+                        ranked.stages.push(primary_took);
+                        Ok(ranked)
+                    }
                     Err(e) => {
+                        let started = Instant::now();
                         let mut ranked = self.run_runs(collection, &f.fallback.runs, prepared, k, deadline, lookup, path)?;
+                        ranked.stages.extend([primary_took, (format!("{name}/{}", f.fallback.label), started.elapsed())]);
                         ranked.notes.push(format!("stage `{}` failed ({e}); stage `{}` answered", f.primary.label, f.fallback.label));
                         Ok(ranked)
                     }
@@ -303,11 +334,10 @@ impl Quarry {
             })
             .collect();
         self.experiments.record_impression(tenant, collection, experiment, &impression, vec![names[0].clone(), names[1].clone()], merged);
-        let mut strategies = a.strategies;
-        strategies.extend(b.strategies);
-        let mut notes = a.notes;
-        notes.extend(b.notes);
-        let mut response = answered(Ranked { hits, strategies, notes }, &format!("{}+{}", names[0], names[1]), Some(impression));
+        let mut both = Ranked { hits, strategies: Vec::new(), notes: Vec::new(), stages: Vec::new() };
+        both.absorb(a);
+        both.absorb(b);
+        let mut response = answered(both, &format!("{}+{}", names[0], names[1]), Some(impression));
         response.strategy = format!("experiment:{}", experiment.name);
         Ok(response)
     }
@@ -532,13 +562,11 @@ fn fuse(method: FusionMethod, rrf_k: f64, weights: &[f64], stages: &[Stage], ran
             SearchHit { id: f.id, score: f.score as f32, features, text: item.text.clone(), metadata: item.metadata.clone(), team: None }
         })
         .collect();
-    let mut strategies = Vec::new();
-    let mut notes = Vec::new();
+    let mut out = Ranked { hits, strategies: Vec::new(), notes: Vec::new(), stages: Vec::new() };
     for r in ranked {
-        strategies.extend(r.strategies);
-        notes.extend(r.notes);
+        out.absorb(r);
     }
-    Ranked { hits, strategies, notes }
+    out
 }
 
 /// Collect the distinct strategy routes `runs` reaches, failing on a missing pipeline, a cycle

@@ -100,6 +100,7 @@ pub fn run(remote: &Remote, command: Command) -> Result<()> {
                     .map(|h| SearchHit { id: h.id, score: h.score, features: h.features, text: h.text, metadata: h.metadata, team: h.team })
                     .collect(),
                 notes: serde_json::from_value(answer["notes"].clone()).unwrap_or_default(),
+                stage_latency: Vec::new(),
             };
             for note in &response.notes {
                 eprintln!("note: {note}");

@@ -40,6 +40,20 @@ struct StrategyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    tenant: String,
+    /// `pipeline/stage`.
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArmLabels {
+    tenant: String,
+    experiment: String,
+    arm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QuotaLabels {
     tenant: String,
     quota: String,
@@ -92,6 +106,8 @@ pub struct Metrics {
     request_seconds: Histograms<RouteLabels>,
     calls: Family<CallLabels, Counter>,
     call_seconds: Histograms<StrategyLabels>,
+    stage_seconds: Histograms<StageLabels>,
+    arm_seconds: Histograms<ArmLabels>,
     quota_rejections: Family<QuotaLabels, Counter>,
     compute_seconds: Family<TenantLabels, Counter<f64, AtomicU64>>,
     model_runs: Family<ModelLabels, Counter>,
@@ -100,6 +116,8 @@ pub struct Metrics {
     reported: Mutex<Reported>,
     tenants: LabelCap,
     strategies: LabelCap,
+    stages: LabelCap,
+    arms: LabelCap,
     models: LabelCap,
 }
 
@@ -120,6 +138,10 @@ impl Metrics {
         registry.register("strategy_calls", "Strategy calls (search, ingest, build) by tenant, strategy version and outcome", calls.clone());
         let call_seconds: Histograms<StrategyLabels> = Family::new_with_constructor(latency);
         registry.register("strategy_call_seconds", "Strategy call latency by tenant and strategy version", call_seconds.clone());
+        let stage_seconds: Histograms<StageLabels> = Family::new_with_constructor(latency);
+        registry.register("pipeline_stage_seconds", "Pipeline stage latency by tenant and `pipeline/stage`", stage_seconds.clone());
+        let arm_seconds: Histograms<ArmLabels> = Family::new_with_constructor(latency);
+        registry.register("experiment_arm_seconds", "Latency of searches an experiment's arm answered, by tenant, experiment and arm", arm_seconds.clone());
         let quota_rejections = Family::<QuotaLabels, Counter>::default();
         registry.register("quota_rejections", "Requests refused with 429, by tenant and quota", quota_rejections.clone());
         let compute_seconds = Family::<TenantLabels, Counter<f64, AtomicU64>>::default();
@@ -134,6 +156,8 @@ impl Metrics {
             request_seconds,
             calls,
             call_seconds,
+            stage_seconds,
+            arm_seconds,
             quota_rejections,
             compute_seconds,
             model_runs,
@@ -141,6 +165,8 @@ impl Metrics {
             reported: Mutex::default(),
             tenants: LabelCap::new(max_label_values),
             strategies: LabelCap::new(max_label_values),
+            stages: LabelCap::new(max_label_values),
+            arms: LabelCap::new(max_label_values),
             models: LabelCap::new(max_label_values),
         }
     }
@@ -155,6 +181,22 @@ impl Metrics {
         let (tenant, strategy) = (self.tenants.value(tenant), self.strategies.value(strategy));
         self.calls.get_or_create(&CallLabels { tenant: tenant.clone(), strategy: strategy.clone(), outcome: outcome.to_string() }).inc();
         self.call_seconds.get_or_create(&StrategyLabels { tenant, strategy }).observe(took.as_secs_f64());
+    }
+
+    /// One search's pipeline stages (`pipeline/stage`, time taken).
+    pub fn stages(&self, tenant: &str, stages: &[(String, Duration)]) {
+        let tenant = self.tenants.value(tenant);
+        for (stage, took) in stages {
+            self.stage_seconds.get_or_create(&StageLabels { tenant: tenant.clone(), stage: self.stages.value(stage) }).observe(took.as_secs_f64());
+        }
+    }
+
+    /// A search an experiment's arm (`a+b` when interleaved) answered.
+    pub fn arm(&self, tenant: &str, experiment: &str, arm: &str, took: Duration) {
+        // One cap on the pair: past it, both labels read `other`.
+        let capped = self.arms.value(&format!("{experiment}/{arm}")) == "other";
+        let (experiment, arm) = if capped { ("other".to_string(), "other".to_string()) } else { (experiment.to_string(), arm.to_string()) };
+        self.arm_seconds.get_or_create(&ArmLabels { tenant: self.tenants.value(tenant), experiment, arm }).observe(took.as_secs_f64());
     }
 
     pub fn quota_rejected(&self, tenant: &str, quota: &str) {
@@ -204,5 +246,11 @@ mod tests {
         let text = metrics.render(&[("t".into(), 2.0)], &[("m".into(), 3, 9)]);
         assert!(text.contains(r#"quarry_compute_seconds_total{tenant="t"} 2.0"#), "{text}");
         assert!(text.contains(r#"quarry_model_inputs_total{model="m"} 9"#), "{text}");
+        metrics.stages("t", &[("p/dense".into(), Duration::from_millis(4)), ("p/a".into(), Duration::from_millis(1)), ("p/b".into(), Duration::from_millis(1))]);
+        metrics.arm("t", "e", "one", Duration::from_millis(2));
+        let text = metrics.render(&[], &[]);
+        assert!(text.contains(r#"quarry_pipeline_stage_seconds_count{tenant="t",stage="p/dense"} 1"#), "{text}");
+        assert!(text.contains(r#"quarry_pipeline_stage_seconds_count{tenant="t",stage="other"} 1"#), "{text}");
+        assert!(text.contains(r#"quarry_experiment_arm_seconds_count{tenant="t",experiment="e",arm="one"} 1"#), "{text}");
     }
 }

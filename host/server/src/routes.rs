@@ -801,6 +801,12 @@ async fn search(State(state): State<Shared>, Extension(caller): Extension<Caller
         let started = Instant::now();
         let result = state2.quarry.search(&key, &request);
         record_call(&state2, &tenant.name, &strategy, result.as_ref().err(), started);
+        if let Ok(answer) = &result {
+            state2.metrics.stages(&tenant.name, &answer.stage_latency);
+            if let (Some(experiment), Some(arm)) = (&answer.experiment, &answer.arm) {
+                state2.metrics.arm(&tenant.name, experiment, arm, started.elapsed());
+            }
+        }
         result
     })
     .await?
