@@ -41,8 +41,15 @@ pub struct SearchRequest {
     pub k: u32,
     /// Per-query parameters passed to the strategy (a JSON object).
     pub params: serde_json::Value,
-    /// Use this `name@version` instead of the collection's routed strategy (same config and grants).
+    /// Use this `name@version` instead of the collection's routed strategy (same config and
+    /// grants); only for a collection routed to one strategy.
     pub strategy: Option<String>,
+    /// The caller's key for sticky arm assignment in an experiment (a user or session id): the
+    /// same key gets the same arm. Without one, each call is assigned afresh.
+    pub key: Option<String>,
+    /// Seeds an interleaving experiment's coin: the same query id gives the same merge.
+    /// Defaults to the impression's id.
+    pub query_id: Option<String>,
 }
 
 impl SearchRequest {
@@ -62,12 +69,25 @@ pub struct SearchHit {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     pub metadata: serde_json::Value,
+    /// In an interleaved experiment, the arm that picked this hit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SearchResponse {
-    /// The `name@version` that answered.
+    /// What answered: `name@version`, or `pipeline:<name>`.
     pub strategy: String,
+    /// The strategy versions whose hits are in the answer.
+    pub strategies: Vec<String>,
+    /// In an experiment: its name, the arm that answered (both arms' names, joined by `+`, when
+    /// interleaved), and the impression id that feedback names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impression: Option<String>,
     pub hits: Vec<SearchHit>,
     /// What the host changed about the request, for example a `k` over `limits.max_hits`
     /// answered with fewer hits.
@@ -82,7 +102,8 @@ pub struct CollectionInfo {
     pub name: String,
     /// Items stored.
     pub items: usize,
-    /// The `name@version` its route points at, if it has one.
+    /// What its route points at, if it has one: `name@version`, `pipeline:<name>` or
+    /// `experiment:<name>`.
     pub strategy: Option<String>,
 }
 
@@ -106,12 +127,13 @@ pub struct QuarantinedModel {
 pub struct Quarry {
     data_dir: PathBuf,
     runtime: PluginRuntime,
-    registry: Registry,
+    pub(crate) registry: Registry,
     services: Arc<HostServices>,
     /// Serialises check-commit-apply so indexes and store agree.
     commit_lock: Mutex<()>,
     quarantined_models: Vec<QuarantinedModel>,
     compute_meter: Arc<crate::capacity::ComputeMeter>,
+    pub(crate) experiments: crate::experiments::Experiments,
 }
 
 impl Quarry {
@@ -158,7 +180,8 @@ impl Quarry {
         for q in registry.quarantined().iter().filter(|q| q.reason.contains("older Quarry")) {
             eprintln!("quarry: quarantined plugin: {}", q.reason);
         }
-        Ok(Quarry { data_dir, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models, compute_meter })
+        let experiments = crate::experiments::Experiments::new(config.limits.max_impressions);
+        Ok(Quarry { data_dir, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models, compute_meter, experiments })
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -254,15 +277,13 @@ impl Quarry {
     /// The route's config is checked against the strategy's config schema first; a config it
     /// refuses (a misspelt key, a wrong type) is an error naming the key, and nothing changes.
     pub fn set_route(&self, collection: &str, route: Route) -> Result<()> {
-        let collection = &qualify(collection)?;
-        self.check_route(collection, &route)?;
-        self.registry.set_route(collection, route)
+        self.set_target(collection, crate::routing::Target::Strategy(route))
     }
 
     /// Everything [`Quarry::set_route`] checks and prepares, short of saving the route: the
     /// grants, the config against the strategy's schema, the granted models (opened now), and the
     /// strategy's fields (declared on the collection).
-    fn check_route(&self, collection: &str, route: &Route) -> Result<()> {
+    pub(crate) fn check_route(&self, collection: &str, route: &Route) -> Result<()> {
         for granted in &route.grants.collections {
             crate::store::validate_name("granted collection", granted)
                 .context("granted collections are names within the route's tenant, without a `tenant/` prefix")?;
@@ -304,21 +325,31 @@ impl Quarry {
             .map(|key| {
                 Ok(CollectionInfo {
                     items: self.services.store.item_count(&key)?,
-                    strategy: routes.get(&key).map(|r| r.strategy.clone()),
+                    strategy: routes.get(&key).map(|r| r.describe()),
                     name: split_qualified(&key).1.to_string(),
                 })
             })
             .collect()
     }
 
-    pub fn route(&self, collection: &str) -> Result<Arc<Route>> {
+    /// What `collection` is routed to.
+    pub fn route(&self, collection: &str) -> Result<Arc<crate::routing::Target>> {
         let key = qualify(collection)?;
         self.registry.route(&key).with_context(|| {
             format!("collection `{collection}` has no strategy route; set one with `quarry route set {collection} --strategy <name@version>`")
         })
     }
 
-    pub fn routes(&self) -> std::collections::BTreeMap<String, Arc<Route>> {
+    /// The strategy route of `collection`, for what needs exactly one strategy.
+    fn strategy_route(&self, collection: &str, what: &str) -> Result<Route> {
+        let target = self.route(collection)?;
+        match target.strategy() {
+            Some(route) => Ok(route.clone()),
+            None => bail!("collection `{collection}` is routed to {}; {what} needs a route to one strategy", target.describe()),
+        }
+    }
+
+    pub fn routes(&self) -> std::collections::BTreeMap<String, Arc<crate::routing::Target>> {
         self.registry.routes()
     }
 
@@ -326,9 +357,13 @@ impl Quarry {
     /// or not at all, so an interrupted ingest can simply be run again: items the same strategy
     /// version already indexed with the same content are skipped. `progress` is told how many
     /// items are done (skipped or landed).
+    ///
+    /// A collection routed to a pipeline or an experiment is indexed by every strategy in it:
+    /// each batch lands for all of them or for none.
     pub fn ingest(&self, collection: &str, items: Vec<NewItem>, progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
-        let route = self.route(collection)?;
-        self.ingest_routed(collection, route, items, progress)
+        let target = self.route(collection)?;
+        let leaves = self.leaves(&qualify(collection)?, &target)?;
+        self.ingest_routed(collection, leaves, items, progress)
     }
 
     /// [`Quarry::ingest`] under `route`, which becomes the collection's route only when the
@@ -338,19 +373,25 @@ impl Quarry {
     pub fn ingest_with_route(&self, collection: &str, route: Route, items: Vec<NewItem>, progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
         let key = qualify(collection)?;
         self.check_route(&key, &route)?;
-        let report = self.ingest_routed(collection, Arc::new(route.clone()), items, progress)?;
-        self.registry.set_route(&key, route)?;
+        let report = self.ingest_routed(collection, vec![route.clone()], items, progress)?;
+        self.registry.set_route(&key, crate::routing::Target::Strategy(route), None)?;
         Ok(report)
     }
 
-    fn ingest_routed(&self, collection: &str, route: Arc<Route>, items: Vec<NewItem>, mut progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
+    /// Ingest through every strategy of `leaves` (one per distinct strategy route).
+    fn ingest_routed(&self, collection: &str, leaves: Vec<Route>, items: Vec<NewItem>, mut progress: impl FnMut(usize)) -> Result<IngestReport, CallError> {
         let collection = &qualify(collection)?;
-        let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
+        let tenant = split_qualified(collection).0;
+        let plugins = leaves.iter().map(|route| self.plugin_for(tenant, &route.strategy)).collect::<Result<Vec<_>>>()?;
+        // Which strategies indexed an item: one reference, or several joined by `+`.
+        let mut references: Vec<&str> = plugins.iter().map(|p| p.reference.as_str()).collect();
+        references.sort_unstable();
+        references.dedup();
+        let indexed_by = references.join("+");
         for item in &items {
             crate::store::validate_item_id(&item.id).map_err(|e| CallError::Host(e.context("cannot ingest")))?;
         }
         self.services.store.ensure_collection(collection)?;
-        let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
         let mut report = IngestReport::default();
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
         let stored = self.services.store.items(collection, &ids)?;
@@ -358,7 +399,7 @@ impl Quarry {
         for (item, stored) in items.into_iter().zip(stored) {
             let fingerprint = item.fingerprint();
             match stored {
-                Some(s) if s.fingerprint == fingerprint && s.indexed_by == plugin.reference => report.unchanged += 1,
+                Some(s) if s.fingerprint == fingerprint && s.indexed_by == indexed_by => report.unchanged += 1,
                 _ => fresh.push((item, fingerprint)),
             }
         }
@@ -368,11 +409,17 @@ impl Quarry {
                 .iter()
                 .map(|(i, _)| Item { id: i.id.clone(), text: i.text.clone(), image: i.image.clone(), metadata: i.metadata.to_string() })
                 .collect();
-            let ingesting = batch.iter().map(|(i, _)| i.id.clone()).collect();
-            let grants = grants_for(collection, &route, Some(ingesting));
-            let ((), mut output) = self.runtime.call(&plugin, &self.services, grants, self.runtime.limits().deadline_ms, |store, p| {
-                p.ingest(store, &ctx, &wit_items)
-            })?;
+            let ingesting: std::collections::HashSet<String> = batch.iter().map(|(i, _)| i.id.clone()).collect();
+            let mut outputs = Vec::with_capacity(leaves.len());
+            for (route, plugin) in leaves.iter().zip(&plugins) {
+                let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
+                let grants = grants_for(collection, route, Some(ingesting.clone()));
+                let ((), output) = self.runtime.call(plugin, &self.services, grants, self.runtime.limits().deadline_ms, |store, p| {
+                    p.ingest(store, &ctx, &wit_items)
+                })?;
+                outputs.push((plugin.clone(), output));
+            }
+            let mut output = merge_outputs(&mut outputs);
             output.writes.items = batch
                 .into_iter()
                 .map(|(i, fingerprint)| {
@@ -382,29 +429,36 @@ impl Quarry {
                         image_source: i.image_source,
                         metadata: i.metadata,
                         fingerprint,
-                        indexed_by: plugin.reference.clone(),
+                        indexed_by: indexed_by.clone(),
                     };
                     (collection.to_string(), item)
                 })
                 .collect();
             let landed = output.writes.items.len();
-            self.keep(&plugin, collection, output)?;
+            self.keep(&plugins[0], collection, output)?;
+            for (plugin, rest) in outputs {
+                self.keep_counters(&plugin, collection, rest.counters);
+            }
             report.ingested += landed;
             progress(report.unchanged + report.ingested);
         }
         Ok(report)
     }
 
-    /// Have the routed strategy build its collection-level artifacts.
+    /// Have the routed strategy build its collection-level artifacts; every strategy of a
+    /// pipeline or an experiment builds, one after another.
     pub fn build(&self, collection: &str) -> Result<(), CallError> {
-        let route = self.route(collection)?;
+        let target = self.route(collection)?;
         let collection = &qualify(collection)?;
-        let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
-        let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
-        let ((), output) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), self.runtime.limits().build_deadline_ms, |store, p| {
-            p.build(store, &ctx)
-        })?;
-        self.keep(&plugin, collection, output)
+        for route in self.leaves(collection, &target)? {
+            let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
+            let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
+            let ((), output) = self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), self.runtime.limits().build_deadline_ms, |store, p| {
+                p.build(store, &ctx)
+            })?;
+            self.keep(&plugin, collection, output)?;
+        }
+        Ok(())
     }
 
     /// Answer a query with the collection's routed strategy (or `request.strategy`).
@@ -417,8 +471,11 @@ impl Quarry {
     /// A query with neither text nor image, or with only a blank text, is refused; beside an
     /// image, a blank text is left out. Query parameters the strategy does not declare (see
     /// [`crate::plugins::schema`]) are refused, naming them.
+    ///
+    /// A collection routed to a pipeline or an experiment is answered by it (see
+    /// [`crate::routing`]).
     pub fn search(&self, collection: &str, request: &SearchRequest) -> Result<SearchResponse, CallError> {
-        self.answer(collection, request, |store, p, ctx, query| p.search(store, ctx, query))
+        self.search_target(collection, request)
     }
 
     /// Have the collection's routed strategy (or `request.strategy`) score `candidates` (item
@@ -433,21 +490,17 @@ impl Quarry {
                 limits.max_batch
             )));
         }
-        self.answer(collection, request, |store, p, ctx, query| p.rerank(store, ctx, query, candidates))
+        let key = qualify(collection)?;
+        let route = self.strategy_route(collection, "rerank")?;
+        let prepared = self.prepare(request)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(limits.deadline_ms);
+        let ranked = self.run_strategy(&key, &route, request.strategy.as_deref(), &prepared, prepared.k, crate::compose::Export::Rerank(candidates), deadline)?;
+        Ok(self.respond(ranked, &prepared))
     }
 
-    /// Run a query-answering export of the routed strategy and check, de-duplicate, sort and
-    /// annotate what it returns.
-    fn answer(
-        &self,
-        collection: &str,
-        request: &SearchRequest,
-        call: impl FnOnce(&mut wasmtime::Store<crate::plugins::host_api::CallState>, &crate::plugins::contract::Instance, &CallContext, &Query) -> crate::plugins::contract::Called<Vec<PluginHit>>,
-    ) -> Result<SearchResponse, CallError> {
-        // Snapshot route and plugin now: a concurrent route switch does not affect this call.
-        let route = self.route(collection)?;
-        let collection = &qualify(collection)?;
-        let plugin = self.plugin_for(split_qualified(collection).0, request.strategy.as_deref().unwrap_or(&route.strategy))?;
+    /// Check a request once for every strategy that will answer it: text or image, `k` capped
+    /// at `limits.max_hits` (with a note).
+    pub(crate) fn prepare(&self, request: &SearchRequest) -> Result<crate::compose::Prepared, CallError> {
         if request.text.is_none() && request.image.is_none() {
             return Err(CallError::Host(anyhow::anyhow!("a query needs text, an image, or both")));
         }
@@ -456,20 +509,50 @@ impl Quarry {
         if blank && request.image.is_none() {
             return Err(CallError::Host(anyhow::anyhow!("the query text is empty; send some text, an image, or both")));
         }
+        for (what, value) in [("key", &request.key), ("query id", &request.query_id)] {
+            if value.as_ref().is_some_and(|v| v.is_empty() || v.len() > 256) {
+                return Err(CallError::Host(anyhow::anyhow!("the {what} must be 1 to 256 bytes")));
+            }
+        }
         let text = if blank { None } else { request.text.clone() };
-        let params_value = if request.params.is_null() { serde_json::json!({}) } else { request.params.clone() };
-        plugin.schemas()?.check_params(&params_value).map_err(|problem| CallError::Host(anyhow::anyhow!("{}: {problem}", plugin.reference)))?;
+        let params = if request.params.is_null() { serde_json::json!({}) } else { request.params.clone() };
         let limits = self.runtime.limits();
         let k = (request.k as usize).min(limits.max_hits);
         let mut notes = Vec::new();
         if k < request.k as usize {
             notes.push(format!("k = {} is over this host's limit (`limits.max_hits`); answered with at most {k} hits", request.k));
         }
-        let params = params_value.to_string();
-        let query = Query { text, image: request.image.clone(), k: k as u32, params };
+        let query = Query { text, image: request.image.clone(), k: k as u32, params: params.to_string() };
+        Ok(crate::compose::Prepared { query, params, k: k as u32, notes })
+    }
+
+    /// Run one strategy's `search` (or `rerank`) for `k` hits, within `deadline`, and check,
+    /// de-duplicate, sort and look up what it returns: hits for ids the collection does not hold
+    /// are dropped (and counted in the plugin's `quarry.unknown-hit-ids` counter).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_strategy(
+        &self,
+        collection: &str,
+        route: &Route,
+        instead: Option<&str>,
+        prepared: &crate::compose::Prepared,
+        k: u32,
+        export: crate::compose::Export<'_>,
+        deadline: std::time::Instant,
+    ) -> Result<crate::compose::Ranked, CallError> {
+        let plugin = self.plugin_for(split_qualified(collection).0, instead.unwrap_or(&route.strategy))?;
+        plugin.schemas()?.check_params(&prepared.params).map_err(|problem| CallError::Host(anyhow::anyhow!("{}: {problem}", plugin.reference)))?;
+        let limits = self.runtime.limits();
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as u64;
+        if remaining == 0 {
+            return Err(CallError::Timeout { strategy: plugin.reference.clone(), deadline_ms: 0 });
+        }
+        let query = Query { k, ..prepared.query.clone() };
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
-        let (hits, output) =
-            self.runtime.call(&plugin, &self.services, grants_for(collection, &route, None), limits.deadline_ms, |store, p| call(store, p, &ctx, &query))?;
+        let (hits, output) = self.runtime.call(&plugin, &self.services, grants_for(collection, route, None), remaining.min(limits.deadline_ms), |store, p| match export {
+            crate::compose::Export::Search => p.search(store, &ctx, &query),
+            crate::compose::Export::Rerank(candidates) => p.rerank(store, &ctx, &query, candidates),
+        })?;
         if hits.len() > limits.max_hits {
             return Err(CallError::ResultTooLarge { strategy: plugin.reference.clone(), what: "hits", count: hits.len(), limit: limits.max_hits });
         }
@@ -494,14 +577,14 @@ impl Quarry {
         if unknown > 0 {
             self.services.count(split_qualified(collection).0, &plugin.reference, "quarry.unknown-hit-ids", unknown as f64);
         }
-        found.truncate(k);
-        Ok(SearchResponse { strategy: plugin.reference.clone(), hits: found, notes })
+        found.truncate(k as usize);
+        Ok(crate::compose::Ranked { hits: found, strategies: vec![plugin.reference.clone()], notes: Vec::new() })
     }
 
     /// A live instance of the collection's routed strategy, for many searches in a row without
     /// re-instantiating (each [`Quarry::search`] takes a fresh one). Writes are discarded.
     pub fn instance(&self, collection: &str) -> Result<(crate::plugins::LiveInstance<'_>, CallContext), CallError> {
-        let route = self.route(collection)?;
+        let route = self.strategy_route(collection, "a live instance")?;
         let collection = &qualify(collection)?;
         let plugin = self.plugin_for(split_qualified(collection).0, &route.strategy)?;
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
@@ -581,7 +664,7 @@ impl Quarry {
             .into_iter()
             .zip(items)
             .filter_map(|(hit, item)| {
-                item.map(|item| SearchHit { id: hit.id, score: hit.score, features: hit.features.into_iter().collect(), text: item.text, metadata: item.metadata })
+                item.map(|item| SearchHit { id: hit.id, score: hit.score, features: hit.features.into_iter().collect(), text: item.text, metadata: item.metadata, team: None })
             })
             .collect())
     }
@@ -616,10 +699,14 @@ impl Quarry {
             Ok(_) => CallError::Timeout { strategy: plugin.reference.clone(), deadline_ms: output.deadline_ms },
             Err(e) => CallError::Host(e),
         })?;
+        self.keep_counters(plugin, collection, output.counters);
+        Ok(())
+    }
+
+    fn keep_counters(&self, plugin: &LoadedPlugin, collection: &str, reported: std::collections::HashMap<String, f64>) {
         let tenant = split_qualified(collection).0;
         let mut counters = self.services.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        counters.merge(tenant, &plugin.reference, output.counters, self.runtime.limits().max_counters);
-        Ok(())
+        counters.merge(tenant, &plugin.reference, reported, self.runtime.limits().max_counters);
     }
 
     /// Check, commit and apply a batch of writes, unless `deadline` passes first (then nothing
@@ -679,6 +766,33 @@ fn grants_for(collection: &str, route: &Route, ingesting: Option<std::collection
         collections,
         ingesting: ingesting.map(|ids| (collection.to_string(), ids)),
     })
+}
+
+/// One commit of several strategies' calls on the same batch: their writes together, under
+/// the earliest deadline. The first output's counters move into the result; the others stay.
+fn merge_outputs(outputs: &mut [(Arc<LoadedPlugin>, CallOutput)]) -> CallOutput {
+    let (first, rest) = outputs.split_first_mut().expect("at least one strategy");
+    let mut merged = CallOutput {
+        writes: std::mem::take(&mut first.1.writes),
+        counters: std::mem::take(&mut first.1.counters),
+        deadline: first.1.deadline,
+        deadline_ms: first.1.deadline_ms,
+    };
+    for (_, output) in rest {
+        let writes = std::mem::take(&mut output.writes);
+        merged.writes.fields.extend(writes.fields);
+        merged.writes.blobs.extend(writes.blobs);
+        let earlier = match (output.deadline.instant(), merged.deadline.instant()) {
+            (Some(theirs), Some(ours)) => theirs < ours,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if earlier {
+            merged.deadline = output.deadline;
+            merged.deadline_ms = output.deadline_ms;
+        }
+    }
+    merged
 }
 
 /// Split items so that each call stays within the batch and payload limits.

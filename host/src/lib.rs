@@ -6,16 +6,20 @@
 
 pub mod api;
 pub mod capacity;
+pub mod compose;
 pub mod eval;
+pub mod experiments;
 pub mod index;
 pub mod models;
 pub mod plugins;
 pub mod printable;
+pub mod routing;
 pub mod sources;
 pub mod store;
 
 pub use api::{CollectionInfo, HostConfig, IngestReport, Quarry, SearchHit, SearchRequest, SearchResponse};
 pub use plugins::registry::Route;
+pub use routing::{Experiment, Pipeline, Target};
 pub use plugins::host_api::Grants;
 pub use plugins::limits::Limits;
 pub use plugins::CallError;

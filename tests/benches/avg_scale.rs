@@ -116,7 +116,7 @@ fn main() {
             }
         }
         for ((_, collection, _), (_, dense)) in galleries.iter().zip(&mut samples) {
-            let elapsed = time(&host, collection, caption, Some("dense@0.2.0"));
+            let elapsed = time(&host, collection, caption, Some("dense@0.3.0"));
             if n >= 20 {
                 dense.push(elapsed);
             }

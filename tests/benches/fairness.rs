@@ -25,7 +25,7 @@ fn main() {
     host.add_plugin_as(&Owner::tenant("acme").unwrap(), &plugin("quarry-test-hostile")).unwrap();
     host.add_plugin_as(&Owner::tenant("globex").unwrap(), &plugin("quarry-plugin-dense")).unwrap();
     host.set_route("acme/hostile", route("hostile@0.1.0", &[], json!({}))).unwrap();
-    host.set_route("globex/docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("globex/docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     let sentences: Vec<NewItem> = quarry_cli::DEMO_SENTENCES.iter().map(|(id, text)| NewItem::text(id, text)).collect();
     host.ingest("globex/docs", sentences, |_| {}).unwrap();
     let queries: Vec<&str> = quarry_cli::DEMO_QUERIES.iter().map(|(q, _)| *q).collect();

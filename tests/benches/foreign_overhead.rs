@@ -100,13 +100,13 @@ fn main() {
     add_model(&host, "minilm-l6");
 
     let rows = [
-        measure(&host, "rust", &plugin("quarry-plugin-dense"), "dense@0.2.0"),
+        measure(&host, "rust", &plugin("quarry-plugin-dense"), "dense@0.3.0"),
         measure(&host, "python", python_dense(), "dense-py@0.1.0"),
         measure(&host, "js", js_dense(), "dense-js@0.1.0"),
     ];
 
     // The same work through the host API from Rust: embed the query, then nearest.
-    host.set_route("docs-api", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs-api", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("docs-api", DEMO_SENTENCES.iter().map(|(id, text)| NewItem::text(id, text)).collect(), |_| {}).unwrap();
     let mut samples = Vec::new();
     for _ in 0..100 {

@@ -24,7 +24,7 @@ fn main() {
     host.add_plugin(&plugin("quarry-test-hostile")).unwrap();
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
     host.set_route("ping", route("hostile@0.1.0", &[], serde_json::json!({}))).unwrap();
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
 
     // One host→guest→host round trip: `search("ping")` on a kept instance makes one host call.
     let (mut instance, ctx) = host.instance("ping").unwrap();

@@ -109,7 +109,7 @@ fn main() {
         let host = Arc::new(host(&data));
         add_model(&host, "minilm-l6");
         host.add_plugin_as(&Owner::tenant("bench").unwrap(), &plugin("quarry-plugin-dense")).unwrap();
-        host.set_route("bench/docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+        host.set_route("bench/docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
         let items: Vec<NewItem> = quarry_cli::DEMO_SENTENCES.iter().map(|(id, text)| NewItem::text(id, text)).collect();
         host.ingest("bench/docs", items, |_| {}).unwrap();
         host.ingest("bench/docs", vec![NewItem::text("cat", "a cat sleeps on the warm windowsill")], |_| {}).unwrap();
@@ -169,7 +169,7 @@ fn main() {
             assert_eq!(status, 200, "{out}");
         };
         let quiet = tenant("quiet", json!({"requests_per_second": 1e6, "burst": 1e7, "concurrent_calls": 1000, "compute_per_second": 4096, "compute_burst_seconds": 86400}));
-        setup(&quiet, "quarry-plugin-dense", "dense@0.2.0");
+        setup(&quiet, "quarry-plugin-dense", "dense@0.3.0");
         let lines: Vec<Value> = quarry_cli::DEMO_SENTENCES.iter().map(|(id, text)| json!({"id": id, "text": text})).collect();
         let (status, out, _) = call("POST", &server.url("/v1/collections/docs/items"), Some(&quiet), Some(("application/json", json!({"items": lines}).to_string().into_bytes())));
         assert_eq!(status, 200, "{out}");

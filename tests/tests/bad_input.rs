@@ -24,7 +24,7 @@ fn components_that_do_not_fit_the_contract_are_refused() {
     assert!(err.contains("missing.wasm"), "{err}");
     assert!(host.plugins().is_empty(), "nothing was registered");
     // The host is unharmed: a good plugin still loads.
-    assert_eq!(host.add_plugin(&plugin("quarry-plugin-dense")).unwrap().reference, "dense@0.2.0");
+    assert_eq!(host.add_plugin(&plugin("quarry-plugin-dense")).unwrap().reference, "dense@0.3.0");
 }
 
 #[test]
@@ -57,7 +57,7 @@ fn a_manifest_naming_a_missing_file_is_explained() {
     let err = err_text(host.add_model_file(&manifest));
     assert!(err.contains("does-not-exist.onnx") && err.contains("does not exist") && err.contains("scripts/setup.sh"), "{err}");
     assert!(host.models().manifests().is_empty());
-    let err = err_text(host.set_route("c", route("dense@0.2.0", &["broken"], serde_json::json!({}))));
+    let err = err_text(host.set_route("c", route("dense@0.3.0", &["broken"], serde_json::json!({}))));
     assert!(err.contains("not registered") || err.contains("no strategy"), "{err}");
 }
 
@@ -77,7 +77,7 @@ fn an_unreadable_image_is_reported_and_the_rest_ingested() {
     let host = host(&dir.path().join("data"));
     add_model(&host, "minilm-l6");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
     let report = host.ingest("docs", read.items, |_| {}).unwrap();
     assert_eq!(report.ingested, 2);
     let hits = host.search("docs", &SearchRequest::text("a sleeping kitten", 2)).unwrap().hits;
@@ -91,7 +91,7 @@ fn a_failed_batch_leaves_nothing_behind() {
     add_model(&host, "minilm-l6");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
     // Images need an image model, which this route lacks: the plugin fails the batch.
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
     let mut png = std::io::Cursor::new(Vec::new());
     image::RgbImage::new(4, 4).write_to(&mut png, image::ImageFormat::Png).unwrap();
     let mut picture = NewItem::text("picture", "a photo");
@@ -107,7 +107,7 @@ fn cli_data_dir(dir: &std::path::Path) {
     let host = host(dir);
     add_model(&host, "minilm-l6");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
 }
 
 fn quarry(data_dir: &std::path::Path) -> Command {
@@ -159,7 +159,7 @@ fn the_cli_ingests_a_folder_reports_bad_files_and_searches() {
 
     let out = quarry(&data).args(["search", "docs", "the ocean", "-k", "1", "--json"]).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["strategy"], "dense@0.2.0");
+    assert_eq!(json["strategy"], "dense@0.3.0");
     assert_eq!(json["hits"][0]["id"], "sea");
     assert_eq!(json["hits"][0]["text"], "waves crash on the shore");
 
@@ -196,6 +196,6 @@ fn a_gpu_provider_missing_from_onnxruntime_is_explained() {
         assert!(err.contains(&format!("the {name} execution provider")) && err.contains("onnxruntime-gpu"), "{err}");
     }
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    let err = err_text(host.set_route("docs", route("dense@0.2.0", &["minilm-gpu"], serde_json::json!({"text-model": "minilm-gpu"}))));
+    let err = err_text(host.set_route("docs", route("dense@0.3.0", &["minilm-gpu"], serde_json::json!({"text-model": "minilm-gpu"}))));
     assert!(err.contains("cannot be opened") && err.contains("onnxruntime-gpu"), "{err}");
 }

@@ -37,7 +37,7 @@ fn concurrent_plugin_searches_are_batched_and_correct() {
     let host = Arc::new(host(dir.path()));
     add_model(&host, "minilm-l6");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("docs", quarry_cli::DEMO_SENTENCES.iter().map(|(id, t)| NewItem::text(id, t)).collect(), |_| {}).unwrap();
     let (runs_before, _) = host.models().run_stats("minilm-l6").unwrap();
     let tops: Vec<(String, String)> = std::thread::scope(|scope| {

@@ -47,7 +47,7 @@ fn scans_item_reads_and_counts_through_the_sdk() {
     // Calling another strategy is in the contract, and answers `unsupported` on this host.
     let request = SearchRequest { params: json!({"op": "call-strategy"}), ..SearchRequest::text("probe", 10) };
     match host.search("c", &request) {
-        Err(CallError::Strategy { error: StrategyError::Unsupported(m), .. }) => assert!(m.contains("dense@0.2.0"), "{m}"),
+        Err(CallError::Strategy { error: StrategyError::Unsupported(m), .. }) => assert!(m.contains("dense@0.3.0"), "{m}"),
         other => panic!("{other:?}"),
     }
 }
@@ -66,8 +66,8 @@ fn rerank_scores_the_given_candidates_and_is_checked_like_search() {
     // A strategy without rerank says so.
     add_model(&host, "minilm-l6");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
-    assert!(!host.plugin("dense@0.2.0").unwrap().descriptor.reranks);
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    assert!(!host.plugin("dense@0.3.0").unwrap().descriptor.reranks);
     match host.rerank("docs", &SearchRequest::text("q", 3), &candidates) {
         Err(CallError::Strategy { error: StrategyError::Unsupported(_), .. }) => {}
         other => panic!("{other:?}"),

@@ -27,10 +27,10 @@ fn paraphrases_find_their_sentences_and_survive_a_restart() {
         let host = host(dir.path());
         add_model(&host, "minilm-l6");
         let dense = host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-        assert_eq!(dense.reference, "dense@0.2.0");
+        assert_eq!(dense.reference, "dense@0.3.0");
         assert_eq!(dense.contract, "quarry:retrieval@0.2.0");
         assert_eq!(dense.sdk.as_deref(), Some("quarry-sdk 0.1.0"));
-        host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+        host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
         let mut progress = Vec::new();
         let report = host.ingest("docs", sentences(), |n| progress.push(n)).unwrap();
         assert_eq!(report.ingested, DEMO_SENTENCES.len());
@@ -49,7 +49,7 @@ fn a_model_with_pooled_output_works_unchanged() {
     let host = host(dir.path());
     add_model(&host, "paraphrase-minilm-l3");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    host.set_route("docs", route("dense@0.2.0", &["paraphrase-minilm-l3"], serde_json::json!({"text-model": "paraphrase-minilm-l3"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["paraphrase-minilm-l3"], serde_json::json!({"text-model": "paraphrase-minilm-l3"}))).unwrap();
     host.ingest("docs", sentences(), |_| {}).unwrap();
     assert_paraphrases_rank_first(&host, "docs");
 }
@@ -60,7 +60,7 @@ fn search_through_the_plugin_equals_the_host_api_directly() {
     let host = host(dir.path());
     add_model(&host, "minilm-l6");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("docs", sentences(), |_| {}).unwrap();
     let query = "a musician who learned on his own";
     let via_plugin = host.search("docs", &SearchRequest::text(query, 5)).unwrap();
@@ -99,5 +99,5 @@ fn a_restarted_host_takes_plugins_from_the_compile_cache() {
     }
     let host = Quarry::open(config).unwrap();
     assert_eq!(host.compile_stats(), (0, 1), "the restart loads the compiled plugin from the cache");
-    assert_eq!(host.plugin("dense@0.2.0").unwrap().descriptor.name, "dense");
+    assert_eq!(host.plugin("dense@0.3.0").unwrap().descriptor.name, "dense");
 }

@@ -145,7 +145,7 @@ fn the_cli_scores_a_cirr_layout_and_compares_strategies() {
         &specs,
         r#"[{"name": "lincir", "strategy": "lincir@0.2.0", "models": ["shapes-text-slots", "shapes-image", "shapes-phi"], "query-params": ["reference"],
              "config": {"text-model": "shapes-text-slots", "image-model": "shapes-image", "projector": "shapes-phi"}},
-            {"name": "text-only", "strategy": "dense@0.2.0", "models": ["shapes-text", "shapes-image"], "query": "text",
+            {"name": "text-only", "strategy": "dense@0.3.0", "models": ["shapes-text", "shapes-image"], "query": "text",
              "config": {"text-model": "shapes-text", "image-model": "shapes-image"}}]"#,
     )
     .unwrap();

@@ -92,7 +92,7 @@ fn dense_honours_metadata_filters() {
     let host = host(dir.path());
     add_model(&host, "minilm-l6");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     let docs = [
         ("cat-en", "a cat sleeps on the sofa", "en"),
         ("cat-de", "a cat naps on the couch", "de"),

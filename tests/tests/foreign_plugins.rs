@@ -139,9 +139,8 @@ fn a_javascript_build_with_its_default_features_is_refused_for_wasi_http() {
     assert!(host.plugins().is_empty());
 }
 
-#[test]
-fn the_python_sdk_helpers_order_and_fuse_hits_as_the_rust_ones_do() {
-    // componentize-py's bindings of the 0.2 world, for CPython to import the SDK outside a component.
+/// componentize-py's bindings of the 0.2 world, for CPython to import the SDK outside a component.
+fn python_bindings() -> tempfile::TempDir {
     let bindings = tempfile::tempdir().unwrap();
     let componentize_py = root().join("vendor/venv/bin/componentize-py");
     let status = std::process::Command::new(&componentize_py)
@@ -152,12 +151,44 @@ fn the_python_sdk_helpers_order_and_fuse_hits_as_the_rust_ones_do() {
         .status()
         .expect("cannot run componentize-py; run `bash scripts/setup.sh`");
     assert!(status.success());
-    let path = std::env::join_paths([bindings.path().to_path_buf(), root().join("sdk/python")]).unwrap();
+    bindings
+}
+
+/// Run `python -m unittest -v module` in `dir` with the bindings and `paths` on PYTHONPATH;
+/// returns what it printed once every test passed.
+fn python_unittest(dir: &Path, module: &str, paths: &[&Path]) -> String {
+    let bindings = python_bindings();
+    let path = std::env::join_paths(std::iter::once(bindings.path()).chain(paths.iter().copied())).unwrap();
     let output = std::process::Command::new(root().join("vendor/venv/bin/python"))
-        .arg(root().join("sdk/python/tests/test_helpers.py"))
+        .args(["-m", "unittest", "-v", module])
+        .current_dir(dir)
         .env("PYTHONPATH", path)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stderr.contains("Ran 4 tests") && stderr.contains("OK"), "{stderr}");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success() && stderr.lines().any(|l| l == "OK"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn the_python_sdk_helpers_order_and_fuse_hits_as_the_rust_ones_do() {
+    let stderr = python_unittest(&root().join("sdk/python/tests"), "test_helpers", &[&root().join("sdk/python")]);
+    assert!(stderr.contains("Ran 4 tests"), "{stderr}");
+}
+
+#[test]
+fn the_examples_pass_their_own_unit_tests() {
+    // The templates of `quarry plugin new --lang python|js`, whose scaffolds run the same tests.
+    let python = root().join("examples/python-dense");
+    let stderr = python_unittest(&python, "test_app", &[&python, &root().join("sdk/python")]);
+    assert!(stderr.contains("Ran 4 tests"), "{stderr}");
+    let output = std::process::Command::new("node")
+        .args(["--test", "strategy.test.mjs"])
+        .current_dir(root().join("examples/js-dense"))
+        .output()
+        .expect("cannot run node; run `bash scripts/setup.sh`");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let reported = |what: &str| stdout.lines().any(|l| l.trim_start_matches(['#', 'ℹ', ' ']) == what);
+    assert!(output.status.success() && reported("tests 4") && reported("pass 4"), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
 }

@@ -91,7 +91,7 @@ fn setup(dir: &std::path::Path) -> Quarry {
     // 16 items with token sets of 4096 x 64: work for a late interaction to refuse.
     items.extend((0..16).map(|i| NewItem::text(&format!("big-{i}"), "tokens 4096 64")));
     host.ingest("acme/hostile", items, |_| {}).unwrap();
-    host.set_route("globex/docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("globex/docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("globex/docs", vec![NewItem::text("cat", "a cat sleeps on the sofa"), NewItem::text("sea", "waves crash on the shore")], |_| {}).unwrap();
     host
 }
@@ -220,7 +220,7 @@ fn a_tenant_at_its_call_limit_waits_while_another_tenant_serves() {
     host.add_plugin_as(&Owner::tenant("acme").unwrap(), &plugin("quarry-test-hostile")).unwrap();
     host.add_plugin_as(&Owner::tenant("globex").unwrap(), &plugin("quarry-plugin-dense")).unwrap();
     host.set_route("acme/hostile", Route { strategy: "hostile@0.1.0".into(), config: json!({}), grants: Grants::default() }).unwrap();
-    host.set_route("globex/docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("globex/docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("globex/docs", vec![NewItem::text("cat", "a cat sleeps on the sofa"), NewItem::text("sea", "waves crash on the shore")], |_| {}).unwrap();
     std::thread::scope(|scope| {
         // acme fills its two calls with sleepers; a third acme call waits for one of them.

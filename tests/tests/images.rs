@@ -19,7 +19,7 @@ fn text_and_images_meet_in_one_space() {
     add_test_model(&host, "color-image");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
     let config = serde_json::json!({"text-model": "slot-text", "image-model": "color-image"});
-    host.set_route("pictures", route("dense@0.2.0", &["slot-text", "color-image"], config)).unwrap();
+    host.set_route("pictures", route("dense@0.3.0", &["slot-text", "color-image"], config)).unwrap();
     let read = sources::read(&folder).unwrap();
     assert!(read.skipped.is_empty(), "{:?}", read.skipped);
     assert_eq!(host.ingest("pictures", read.items, |_| {}).unwrap().ingested, 3);

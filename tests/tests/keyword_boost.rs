@@ -53,7 +53,7 @@ fn keyword_boost_keeps_dense_recall_at_1_on_paraphrases() {
     host.add_plugin(&plugin("keyword-boost")).unwrap();
     let items: Vec<NewItem> = SET.iter().map(|(id, text, _)| NewItem::text(id, text)).collect();
     let config = json!({"text-model": "minilm-l6"});
-    host.set_route("dense", route("dense@0.2.0", &["minilm-l6"], config.clone())).unwrap();
+    host.set_route("dense", route("dense@0.3.0", &["minilm-l6"], config.clone())).unwrap();
     host.ingest("dense", items.clone(), |_| {}).unwrap();
     host.set_route("boost", route("keyword-boost@0.2.0", &["minilm-l6"], config)).unwrap();
     host.ingest("boost", items, |_| {}).unwrap();

@@ -31,35 +31,36 @@ fn a_config_the_schema_refuses_is_an_error_naming_the_key_and_the_route_stays() 
     let dir = tempfile::tempdir().unwrap();
     let host = dense_host(dir.path(), Limits::default());
     let good = json!({"text-model": "minilm-l6"});
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], good.clone())).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], good.clone())).unwrap();
     host.ingest("docs", sentences(), |_| {}).unwrap();
 
-    let misspelt = format!("{:#}", host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6", "image-modle": "x"}))).unwrap_err());
+    let misspelt = format!("{:#}", host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6", "image-modle": "x"}))).unwrap_err());
     assert!(misspelt.contains("`/image-modle`: not a key the schema allows") && misspelt.contains("nothing was changed"), "{misspelt}");
-    let wrong_type = format!("{:#}", host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": 384}))).unwrap_err());
+    let wrong_type = format!("{:#}", host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": 384}))).unwrap_err());
     assert!(wrong_type.contains("`/text-model`") && wrong_type.contains("string"), "{wrong_type}");
     let missing = format!("{:#}", host.set_route("docs", route("keyword-boost@0.2.0", &["minilm-l6"], json!({"candidates": 0}))).unwrap_err());
     assert!(missing.contains("text-model") && missing.contains("`/candidates`"), "{missing}");
     // The route that served still serves, unchanged, and a new host reads it back.
     let kept = host.route("docs").unwrap();
-    assert_eq!((kept.strategy.as_str(), &kept.config), ("dense@0.2.0", &good));
+    let kept = kept.strategy().unwrap();
+    assert_eq!((kept.strategy.as_str(), &kept.config), ("dense@0.3.0", &good));
     assert_eq!(host.search("docs", &SearchRequest::text("kitten", 1)).unwrap().hits[0].id, "cat");
     drop(host);
 
     // The CLI says the same and exits non-zero.
-    let out = quarry(dir.path()).args(["route", "set", "docs", "--strategy", "dense@0.2.0", "--config", r#"{"text-modle": "minilm-l6"}"#]).output().unwrap();
+    let out = quarry(dir.path()).args(["route", "set", "docs", "--strategy", "dense@0.3.0", "--config", r#"{"text-modle": "minilm-l6"}"#]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`/text-modle`"), "{stderr}");
     let host = quarry_tests::host(dir.path());
-    assert_eq!(host.route("docs").unwrap().config, good);
+    assert_eq!(host.route("docs").unwrap().strategy().unwrap().config, good);
 }
 
 #[test]
 fn k_over_max_hits_is_clamped_with_a_note() {
     let dir = tempfile::tempdir().unwrap();
     let host = dense_host(dir.path(), Limits { max_hits: 2, ..Limits::default() });
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     host.set_route("boost", route("keyword-boost@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("docs", sentences(), |_| {}).unwrap();
     host.ingest("boost", sentences(), |_| {}).unwrap();
@@ -80,7 +81,7 @@ fn k_over_max_hits_is_clamped_with_a_note() {
 fn empty_queries_and_undeclared_parameters_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let host = dense_host(dir.path(), Limits::default());
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     host.set_route("boost", route("keyword-boost@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("docs", sentences(), |_| {}).unwrap();
     host.ingest("boost", sentences(), |_| {}).unwrap();
@@ -113,21 +114,21 @@ fn a_failed_ingest_with_a_strategy_saves_no_route() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let host = dense_host(&data, Limits::default());
-    let dense = route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}));
+    let dense = route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}));
     // An image needs an image model, which this route lacks: the ingest fails.
     let mut picture = NewItem::text("picture", "a photo");
     picture.image = Some(quarry_tests::picture(quarry_tests::RED, true, image::ImageFormat::Png));
     assert!(host.ingest_with_route("pics", dense.clone(), vec![picture], |_| {}).is_err());
     assert!(host.route("pics").is_err(), "the failed ingest saved no route");
     host.ingest_with_route("docs", dense, sentences(), |_| {}).unwrap();
-    assert_eq!(host.route("docs").unwrap().strategy, "dense@0.2.0");
+    assert_eq!(host.route("docs").unwrap().describe(), "dense@0.3.0");
     drop(host);
 
     // The CLI's `ingest --strategy` goes the same way.
     let folder = dir.path().join("pictures");
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("red.png"), quarry_tests::picture(quarry_tests::RED, true, image::ImageFormat::Png)).unwrap();
-    let args = ["--strategy", "dense@0.2.0", "--config", r#"{"text-model": "minilm-l6"}"#, "--grant-model", "minilm-l6"];
+    let args = ["--strategy", "dense@0.3.0", "--config", r#"{"text-model": "minilm-l6"}"#, "--grant-model", "minilm-l6"];
     let out = quarry(&data).arg("ingest").arg("cli-pics").arg(&folder).args(args).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("image-model"), "{}", String::from_utf8_lossy(&out.stderr));
@@ -138,7 +139,7 @@ fn a_failed_ingest_with_a_strategy_saves_no_route() {
     let text = dir.path().join("texts");
     std::fs::create_dir(&text).unwrap();
     std::fs::write(text.join("a.txt"), "hello").unwrap();
-    let out = quarry(&data).arg("ingest").arg("cli-texts").arg(&text).args(["--strategy", "dense@0.2.0", "--config", r#"{"text-model": "minilm-l6", "k": 3}"#, "--grant-model", "minilm-l6"]).output().unwrap();
+    let out = quarry(&data).arg("ingest").arg("cli-texts").arg(&text).args(["--strategy", "dense@0.3.0", "--config", r#"{"text-model": "minilm-l6", "k": 3}"#, "--grant-model", "minilm-l6"]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("`/k`"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -146,11 +147,11 @@ fn a_failed_ingest_with_a_strategy_saves_no_route() {
 fn collections_are_listed_with_item_counts_and_routes() {
     let dir = tempfile::tempdir().unwrap();
     let host = dense_host(dir.path(), Limits::default());
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("docs", sentences(), |_| {}).unwrap();
     host.set_route("boost", route("keyword-boost@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
     let listed: Vec<(String, usize, Option<String>)> = host.collections().unwrap().into_iter().map(|c| (c.name, c.items, c.strategy)).collect();
-    assert_eq!(listed, [("boost".to_string(), 0, Some("keyword-boost@0.2.0".to_string())), ("docs".to_string(), 3, Some("dense@0.2.0".to_string()))]);
+    assert_eq!(listed, [("boost".to_string(), 0, Some("keyword-boost@0.2.0".to_string())), ("docs".to_string(), 3, Some("dense@0.3.0".to_string()))]);
     assert!(host.collections_of("acme").unwrap().is_empty(), "another tenant sees none of them");
     drop(host);
 
@@ -158,10 +159,10 @@ fn collections_are_listed_with_item_counts_and_routes() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8_lossy(&out.stdout);
     let docs = table.lines().find(|l| l.starts_with("docs")).unwrap_or_else(|| panic!("{table}"));
-    assert!(docs.contains(" 3 ") && docs.contains("dense@0.2.0"), "{table}");
+    assert!(docs.contains(" 3 ") && docs.contains("dense@0.3.0"), "{table}");
     let out = quarry(dir.path()).args(["collections", "--json"]).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json[1], json!({"name": "docs", "items": 3, "strategy": "dense@0.2.0"}));
+    assert_eq!(json[1], json!({"name": "docs", "items": 3, "strategy": "dense@0.3.0"}));
     let out = quarry(dir.path()).args(["collections", "--tenant", "acme"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("has no collections"));
 }

@@ -18,7 +18,7 @@ fn sandboxed_host(dir: &std::path::Path) -> Quarry {
     host.set_route("hostile", route("hostile@0.1.0", &["minilm-l6"], serde_json::json!({}))).unwrap();
     // The hostile plugin reports values as the score of this item.
     host.ingest("hostile", vec![NewItem::text("answer", "answer")], |_| {}).unwrap();
-    host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
+    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("docs", vec![NewItem::text("cat", "a cat sleeps on the sofa"), NewItem::text("sea", "waves crash on the shore")], |_| {}).unwrap();
     host
 }

@@ -33,13 +33,13 @@ fn add_minilm(server: &Server) {
 fn dense_collection(server: &Server, key: &str, collection: &str, items: &[(&str, &str)]) {
     let (status, out, _) = call("POST", &server.url("/v1/plugins"), Some(key), Some(("application/wasm", plugin("quarry-plugin-dense"))));
     assert!(status == 201, "{out}");
-    let route = json!({"strategy": "dense@0.2.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]});
+    let route = json!({"strategy": "dense@0.3.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]});
     let (status, out, _) = call("PUT", &server.url(&format!("/v1/collections/{collection}/route")), Some(key), json_body(&route));
     assert_eq!(status, 200, "{out}");
     let items: Vec<Value> = items.iter().map(|(id, text)| json!({"id": id, "text": text})).collect();
     let (status, out, _) = call("POST", &server.url(&format!("/v1/collections/{collection}/items")), Some(key), json_body(&json!({"items": items})));
     assert_eq!(status, 200, "{out}");
-    assert_eq!(out["strategy"], "dense@0.2.0");
+    assert_eq!(out["strategy"], "dense@0.3.0");
 }
 
 fn search(server: &Server, key: &str, collection: &str, text: &str) -> (u16, Value) {
@@ -61,14 +61,18 @@ fn expected_for_other_tenant(method: &str, path: &str) -> Option<&'static str> {
         ("get", "/metrics") | (_, "/v1/tenants" | "/v1/tenants/{tenant}" | "/v1/tenants/{tenant}/keys" | "/v1/tenants/{tenant}/keys/{key_id}") => "admin",
         ("post", "/v1/models") => "admin",
         // Lists and the caller's own state: 200, showing nothing of the other tenant's.
-        ("get", "/v1/collections" | "/v1/jobs" | "/v1/plugins" | "/v1/models" | "/v1/usage") => "own",
+        ("get", "/v1/collections" | "/v1/jobs" | "/v1/plugins" | "/v1/models" | "/v1/usage" | "/v1/pipelines") => "own",
         // Acting on a named resource of the other tenant: 404, as if it did not exist.
         ("get", "/v1/collections/{collection}")
         | ("put", "/v1/collections/{collection}/route")
         | ("post", "/v1/collections/{collection}/items" | "/v1/collections/{collection}/search" | "/v1/collections/{collection}/build")
         | ("get" | "delete", "/v1/collections/{collection}/items/{id}")
         | ("get", "/v1/jobs/{job}")
-        | ("get" | "delete", "/v1/plugins/{strategy}") => "hidden",
+        | ("get" | "delete", "/v1/plugins/{strategy}")
+        | ("get", "/v1/collections/{collection}/experiment")
+        | ("post", "/v1/collections/{collection}/promote" | "/v1/collections/{collection}/rollback")
+        | ("post", "/v1/feedback")
+        | ("get" | "put" | "delete", "/v1/pipelines/{name}") => "hidden",
         // Creates the caller's own plugin; nothing of the other tenant's is named.
         ("post", "/v1/plugins") => "create",
         _ => return None,
@@ -85,11 +89,22 @@ fn a_tenant_sees_only_its_own_resources_on_every_route() {
     let (status, out) = search(&server, &b, "docs", "a kitten napping in the sun");
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["hits"][0]["id"], "cat", "{out}");
-    assert_eq!(out["strategy"], "dense@0.2.0");
+    assert_eq!(out["strategy"], "dense@0.3.0");
     let (status, job, _) = call("POST", &server.url("/v1/collections/docs/build"), Some(&b), None);
     assert_eq!(status, 202, "{job}");
     let job = job["job"].as_str().unwrap().to_string();
     let b_key_id = call("GET", &server.url("/v1/tenants/b"), Some(ADMIN_KEY), None).1["keys"][0].as_str().unwrap().to_string();
+    // b's pipeline, and b's experiment with an impression of its own.
+    let dense = json!({"strategy": "dense@0.3.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]});
+    let fusion = json!({"fusion": {"stages": [dense.clone(), {"name": "again", "strategy": "dense@0.3.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]}]}});
+    let (status, out, _) = call("PUT", &server.url("/v1/pipelines/p"), Some(&b), json_body(&fusion));
+    assert_eq!(status, 200, "{out}");
+    let arms = json!({"experiment": {"name": "e", "arms": [{"name": "one", "pipeline": "p"}, {"name": "two", "strategy": "dense@0.3.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]}]}});
+    let (status, out, _) = call("PUT", &server.url("/v1/collections/docs/route"), Some(&b), json_body(&arms));
+    assert_eq!(status, 200, "{out}");
+    let (status, out) = search(&server, &b, "docs", "a kitten napping in the sun");
+    assert_eq!((status, &out["hits"][0]["id"], &out["experiment"]), (200, &json!("cat"), &json!("e")), "{out}");
+    let impression = out["impression"].as_str().unwrap().to_string();
 
     let (status, document, _) = call("GET", &server.url("/openapi.json"), None, None);
     assert_eq!(status, 200);
@@ -101,16 +116,20 @@ fn a_tenant_sees_only_its_own_resources_on_every_route() {
                 &path
                     .replace("{collection}", "docs")
                     .replace("{id}", "cat")
-                    .replace("{strategy}", "dense@0.2.0")
+                    .replace("{strategy}", "dense@0.3.0")
                     .replace("{job}", &job)
                     .replace("{tenant}", "b")
-                    .replace("{key_id}", &b_key_id),
+                    .replace("{key_id}", &b_key_id)
+                    .replace("{name}", "p"),
             );
             let body = match (method.as_str(), path.as_str()) {
-                ("put", _) => json_body(&json!({"strategy": "dense@0.2.0", "config": {"text-model": "minilm-l6"}})),
+                ("put", "/v1/pipelines/{name}") => json_body(&fusion),
+                ("put", _) => json_body(&json!({"strategy": "dense@0.3.0", "config": {"text-model": "minilm-l6"}})),
+                ("post", "/v1/collections/{collection}/promote") => json_body(&json!({"arm": "one"})),
+                ("post", "/v1/feedback") => json_body(&json!({"impression": impression, "clicks": ["cat"]})),
                 ("post", "/v1/collections/{collection}/items") => json_body(&json!({"items": [{"id": "x", "text": "planted by another tenant"}]})),
                 ("post", "/v1/collections/{collection}/search") => json_body(&json!({"text": "cat"})),
-                // Another plugin than b's, so that a never owns a `dense@0.2.0` of its own.
+                // Another plugin than b's, so that a never owns a `dense@0.3.0` of its own.
                 ("post", "/v1/plugins") => Some(("application/wasm", plugin("keyword-boost"))),
                 ("post", "/v1/tenants") => json_body(&json!({"name": "c"})),
                 ("patch", _) => json_body(&json!({"models": []})),
@@ -148,10 +167,15 @@ fn a_tenant_sees_only_its_own_resources_on_every_route() {
             checked += 1;
         }
     }
-    assert!(checked >= 25, "only {checked} routes checked");
-    // Nothing a did touched b's data.
+    assert!(checked >= 32, "only {checked} routes checked");
+    // Nothing a did touched b's data, route, pipeline or experiment.
     let (status, out, _) = call("GET", &server.url("/v1/collections/docs"), Some(&b), None);
     assert_eq!((status, out["items"].as_u64()), (200, Some(3)), "{out}");
+    assert_eq!(out["route"]["experiment"]["name"], "e", "{out}");
+    let (status, out, _) = call("GET", &server.url("/v1/pipelines/p"), Some(&b), None);
+    assert_eq!((status, &out["declaration"]["fusion"]["stages"][1]["name"]), (200, &json!("again")), "{out}");
+    let (_, report, _) = call("GET", &server.url("/v1/collections/docs/experiment"), Some(&b), None);
+    assert_eq!(report["arms"][0]["clicks"].as_u64().unwrap() + report["arms"][1]["clicks"].as_u64().unwrap(), 0, "a's feedback counted: {report}");
     let (status, _, _) = call("GET", &server.url("/v1/collections/docs/items/x"), Some(&b), None);
     assert_eq!(status, 404, "a's item landed in b's collection");
     let (_, plugins, _) = call("GET", &server.url("/v1/plugins"), Some(&b), None);
@@ -184,7 +208,7 @@ fn bad_requests_get_a_4xx_that_says_what_to_fix_and_the_server_keeps_serving() {
         ("invalid wasm", post("/v1/plugins", "application/wasm", b"\0asm not really"), 400, ""),
         ("wasm with the wrong type", post("/v1/plugins", "application/octet-stream", b"\0asm"), 415, "application/wasm"),
         ("unknown strategy", call("PUT", &server.url("/v1/collections/docs/route"), Some(&key), json_body(&json!({"strategy": "nope@1.0.0"}))), 404, "upload it with POST /v1/plugins"),
-        ("ungranted model", call("PUT", &server.url("/v1/collections/d2/route"), Some(&key), json_body(&json!({"strategy": "dense@0.2.0", "models": ["secret"]}))), 403, "may not grant model `secret`"),
+        ("ungranted model", call("PUT", &server.url("/v1/collections/d2/route"), Some(&key), json_body(&json!({"strategy": "dense@0.3.0", "models": ["secret"]}))), 403, "may not grant model `secret`"),
         ("bad collection name", post("/v1/collections/a%2Fb/search", "application/json", br#"{"text": "x"}"#), 400, "collection"),
         ("unknown endpoint", call("GET", &server.url("/v2/anything"), Some(&key), None), 404, "/openapi.json"),
         ("unknown query parameter", post("/v1/collections/docs/items?backgruond=true", "application/json", br#"{"items": [{"id": "q", "text": "x"}]}"#), 400, "backgruond"),
@@ -207,7 +231,7 @@ fn bad_requests_get_a_4xx_that_says_what_to_fix_and_the_server_keeps_serving() {
     assert_eq!(status, 400, "{out}");
     assert!(out["error"]["message"].as_str().unwrap().contains("colour"), "{out}");
     // A route config the plugin's schema refuses is a 400 naming the key, and the route stays.
-    let (status, out, _) = call("PUT", &server.url("/v1/collections/docs/route"), Some(&key), json_body(&json!({"strategy": "dense@0.2.0", "config": {"text-modle": "minilm-l6"}, "models": ["minilm-l6"]})));
+    let (status, out, _) = call("PUT", &server.url("/v1/collections/docs/route"), Some(&key), json_body(&json!({"strategy": "dense@0.3.0", "config": {"text-modle": "minilm-l6"}, "models": ["minilm-l6"]})));
     assert_eq!(status, 400, "{out}");
     assert!(out["error"]["message"].as_str().unwrap().contains("text-modle"), "{out}");
     assert_eq!(search(&server, &key, "docs", "launching spacecraft").0, 200);
@@ -440,21 +464,21 @@ fn the_cli_works_against_a_server_as_it_does_in_process() {
     assert_eq!(status, 200, "{out}");
     let wasm = quarry_tests::plugin_dir().join("quarry_plugin_dense.wasm");
     let (ok, out) = quarry(&["plugin", "add", wasm.to_str().unwrap()], &key);
-    assert!(ok && out.contains("added dense@0.2.0 for t"), "{out}");
+    assert!(ok && out.contains("added dense@0.3.0 for t"), "{out}");
     let source = dir.path().join("docs.jsonl");
     let lines: String = DOCS.iter().map(|(id, text)| json!({"id": id, "text": text}).to_string() + "\n").collect();
     std::fs::write(&source, lines).unwrap();
     let (ok, out) = quarry(
-        &["ingest", "docs", source.to_str().unwrap(), "--strategy", "dense@0.2.0", "--config", r#"{"text-model": "minilm-l6"}"#, "--grant-model", "minilm-l6"],
+        &["ingest", "docs", source.to_str().unwrap(), "--strategy", "dense@0.3.0", "--config", r#"{"text-model": "minilm-l6"}"#, "--grant-model", "minilm-l6"],
         &key,
     );
     assert!(ok && out.contains("ingested 3 item(s) into docs"), "{out}");
     let (ok, out) = quarry(&["search", "docs", "a kitten napping in the sun", "-k", "2"], &key);
     assert!(ok, "{out}");
     let first = out.lines().find(|l| l.trim_start().starts_with("1 ")).unwrap_or_default();
-    assert!(first.contains("cat") && out.contains("strategy dense@0.2.0"), "{out}");
+    assert!(first.contains("cat") && out.contains("strategy dense@0.3.0"), "{out}");
     let (ok, out) = quarry(&["collections"], &key);
-    assert!(ok && out.contains("docs") && out.contains("dense@0.2.0"), "{out}");
+    assert!(ok && out.contains("docs") && out.contains("dense@0.3.0"), "{out}");
     let (ok, out) = quarry(&["delete", "docs", "cat", "nothing-here"], &key);
     assert!(ok && out.contains("deleted 1 of 2"), "{out}");
     let (ok, out) = quarry(&["build", "docs"], &key);

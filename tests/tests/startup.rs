@@ -25,7 +25,7 @@ fn a_plugin_that_no_longer_loads_is_quarantined_and_the_rest_serves() {
         host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
         host.add_plugin_as(&Owner::tenant("acme").unwrap(), &plugin("quarry-test-hostile")).unwrap();
         shifty_reference = host.add_plugin(&plugin("quarry-test-shifty")).unwrap().reference.clone();
-        host.set_route("docs", route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+        host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
         host.ingest("docs", vec![NewItem::text("sea", "waves crash on the shore")], |_| {}).unwrap();
         host.set_route("shifty", route(&shifty_reference, &[], json!({}))).unwrap();
         host.ingest("shifty", vec![NewItem::text("answer", "answer")], |_| {}).unwrap();

@@ -15,7 +15,7 @@ fn tenants_do_not_see_each_other() {
     add_model(&host, "minilm-l6");
     host.add_plugin_as(&Owner::Shared, &plugin("quarry-plugin-dense")).unwrap();
     host.add_plugin_as(&Owner::tenant("acme").unwrap(), &plugin("quarry-test-hostile")).unwrap();
-    let dense = || route("dense@0.2.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}));
+    let dense = || route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}));
     for (collection, id, text) in [("acme/docs", "cat", "a cat sleeps on the sofa"), ("globex/docs", "sea", "waves crash on the shore"), ("docs", "train", "the night train was late")] {
         host.set_route(collection, dense()).unwrap();
         host.ingest(collection, vec![NewItem::text(id, text)], |_| {}).unwrap();
@@ -70,8 +70,8 @@ fn plugins_belong_to_their_tenant_and_shared_names_cannot_be_taken() {
 
     // A shared plugin serves every tenant, and its name cannot be taken by one.
     host.add_plugin_as(&Owner::Shared, &plugin("quarry-plugin-dense")).unwrap();
-    assert_eq!(host.plugin_for("acme", "dense@0.2.0").unwrap().reference, "dense@0.2.0");
-    assert_eq!(host.plugin_for("globex", "dense@0.2.0").unwrap().reference, "dense@0.2.0");
+    assert_eq!(host.plugin_for("acme", "dense@0.3.0").unwrap().reference, "dense@0.3.0");
+    assert_eq!(host.plugin_for("globex", "dense@0.3.0").unwrap().reference, "dense@0.3.0");
     let err = err_text(host.add_plugin_as(&acme, &plugin("quarry-plugin-dense")));
     assert!(err.contains("the name `dense` belongs to a shared plugin"), "{err}");
     // Nor can the operator publish a name tenants already use.

@@ -473,9 +473,14 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{collection} -> {}", route.strategy);
                 }
                 RouteCommand::List => {
-                    for (collection, route) in host.routes() {
-                        let models = route.grants.models.iter().cloned().collect::<Vec<_>>().join(", ");
-                        println!("{collection:<24} {:<24} config {} models [{models}]", printable(&route.strategy, 64), printable(&route.config.to_string(), 200));
+                    for (collection, target) in host.routes() {
+                        match target.strategy() {
+                            Some(route) => {
+                                let models = route.grants.models.iter().cloned().collect::<Vec<_>>().join(", ");
+                                println!("{collection:<24} {:<24} config {} models [{models}]", printable(&route.strategy, 64), printable(&route.config.to_string(), 200));
+                            }
+                            None => println!("{collection:<24} {:<24} {}", printable(&target.describe(), 64), printable(&serde_json::to_string(target.as_ref())?, 400)),
+                        }
                     }
                 }
             }
@@ -516,7 +521,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read query image {}", path.display()))?),
                 None => None,
             };
-            let response = host.search(&collection, &SearchRequest { text: query.clone(), image: image_bytes, k, params, strategy })?;
+            let response = host.search(&collection, &SearchRequest { text: query.clone(), image: image_bytes, k, params, strategy, ..Default::default() })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&response)?);
             } else {

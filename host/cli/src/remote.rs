@@ -90,10 +90,14 @@ pub fn run(remote: &Remote, command: Command) -> Result<()> {
             }
             let response = SearchResponse {
                 strategy: answer["strategy"].as_str().unwrap_or_default().to_string(),
+                strategies: serde_json::from_value(answer["strategies"].clone()).unwrap_or_default(),
+                experiment: answer["experiment"].as_str().map(str::to_string),
+                arm: answer["arm"].as_str().map(str::to_string),
+                impression: answer["impression"].as_str().map(str::to_string),
                 hits: serde_json::from_value::<Vec<RemoteHit>>(answer["hits"].clone())
                     .context("the server's hits are not in the expected shape")?
                     .into_iter()
-                    .map(|h| SearchHit { id: h.id, score: h.score, features: h.features, text: h.text, metadata: h.metadata })
+                    .map(|h| SearchHit { id: h.id, score: h.score, features: h.features, text: h.text, metadata: h.metadata, team: h.team })
                     .collect(),
                 notes: serde_json::from_value(answer["notes"].clone()).unwrap_or_default(),
             };
@@ -236,6 +240,7 @@ struct RemoteHit {
     text: Option<String>,
     #[serde(default)]
     metadata: Value,
+    team: Option<String>,
 }
 
 /// Read a folder or JSONL file here and send it as NDJSON batches, images base64.

@@ -12,6 +12,9 @@ const PY_SDK: &str = include_str!("../../../sdk/python/quarry_sdk/__init__.py");
 const PY_HELPERS: &str = include_str!("../../../sdk/python/quarry_sdk/helpers.py");
 const JS_APP: &str = include_str!("../../../examples/js-dense/strategy.js");
 const JS_SDK: &str = include_str!("../../../sdk/js/quarry_sdk.js");
+const PY_TEST: &str = include_str!("../../../examples/python-dense/test_app.py");
+const JS_TEST: &str = include_str!("../../../examples/js-dense/strategy.test.mjs");
+const JS_PACKAGE: &str = include_str!("../../../examples/js-dense/package.json");
 
 /// A plugin's language.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -19,6 +22,15 @@ pub enum Lang {
     Rust,
     Python,
     Js,
+}
+
+/// The command a project's README gives to run its own tests, in the project's directory.
+pub fn test_command(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => "cargo test",
+        Lang::Python => "componentize-py -d wit -w plugin bindings bindings\nPYTHONPATH=bindings:. python3 -m unittest -v test_app",
+        Lang::Js => "node --test strategy.test.mjs",
+    }
 }
 
 /// Where `quarry-sdk` was when this CLI was built (a checkout), if it is still there.
@@ -43,19 +55,25 @@ pub fn new_plugin(name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> Res
     }
     let mut files: Vec<(PathBuf, String)> = vec![("wit/retrieval.wit".into(), WIT.to_string())];
     let wasm = format!("{}.wasm", name.replace('-', "_"));
-    let (build, test) = match lang {
+    let (build, build_note, test_note) = match lang {
         Lang::Python => {
             let app = PY_APP.replace("dense-py", name).replace(
                 "componentize-py -d ../../wit/v0.2 -w plugin componentize app -p . -p ../../sdk/python -o dense_py.wasm",
                 &format!("componentize-py -d wit -w plugin componentize app -p . -o {wasm}"),
             );
+            let test = PY_TEST.replace("dense-py", name).replace(
+                "    componentize-py -d ../../wit/v0.2 -w plugin bindings bindings\n    PYTHONPATH=bindings:.:../../sdk/python python3 -m unittest -v test_app\n",
+                &format!("    {}\n", test_command(lang).replace('\n', "\n    ")),
+            );
             files.push(("app.py".into(), app));
+            files.push(("test_app.py".into(), test));
             files.push(("quarry_sdk/__init__.py".into(), PY_SDK.to_string()));
             files.push(("quarry_sdk/helpers.py".into(), PY_HELPERS.to_string()));
             (
                 format!("pip install componentize-py==0.25.1\ncomponentize-py -d wit -w plugin componentize app -p . -o {wasm}"),
-                "Test it through a host as below; `componentize-py -d wit -w plugin bindings bindings` writes the\n\
-                 bindings, with which CPython can import `quarry_sdk` to unit-test pure code (`PYTHONPATH=bindings:.`)."
+                String::new(),
+                "`test_app.py` unit-tests the pure code (`describe`, a refused query, the SDK's helpers) under\n\
+                 CPython; componentize-py's bindings of the world (in `bindings/`) stand in for the host's."
                     .to_string(),
             )
         }
@@ -67,15 +85,21 @@ pub fn new_plugin(name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> Res
                 .replace("-o dense_js.wasm examples/js-dense/strategy.js", &format!("-o {wasm} strategy.js"))
                 .replace("(from the repository root)", "(in this directory)")
                 .replace("vendor/node/node_modules/.bin/componentize-js", "npx componentize-js");
+            let test = JS_TEST.replace("dense-js", name).replace("../../sdk/js/quarry_sdk.js", "./quarry_sdk.js");
             files.push(("strategy.js".into(), app));
+            files.push(("strategy.test.mjs".into(), test));
             files.push(("quarry_sdk.js".into(), JS_SDK.to_string()));
+            files.push(("package.json".into(), JS_PACKAGE.replace("dense-js", name)));
             (
                 format!(
                     "npm install @bytecodealliance/componentize-js@0.23.0\n\
                      npx componentize-js --wit wit -n plugin -d http -d fetch-event -d stdio -d random -d clocks -o {wasm} strategy.js"
                 ),
                 "The `-d` flags leave out the WASI features Quarry does not grant (by default the component\n\
-                 imports `wasi:http`, and `quarry plugin add <file.wasm>` refuses it). Don't use `--aot`."
+                 imports `wasi:http`, and `quarry plugin add <file.wasm>` refuses it). Don't use `--aot`.\n\n"
+                    .to_string(),
+                "`strategy.test.mjs` unit-tests the pure code (`describe`, a refused query, the SDK's helpers)\n\
+                 under Node.js; the host's `quarry:retrieval/*` modules resolve to an empty stub there."
                     .to_string(),
             )
         }
@@ -96,10 +120,12 @@ pub fn new_plugin(name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> Res
             files.push(("wit/README.md".into(), "The contract this plugin builds against (quarry-sdk carries its own copy).\n".into()));
             (
                 format!("rustup target add wasm32-wasip2\ncargo build --target wasm32-wasip2 --release\n# -> target/wasm32-wasip2/release/{wasm}"),
-                "`cargo test` runs the unit tests of pure code natively.".to_string(),
+                String::new(),
+                "The unit tests of pure code (in `src/lib.rs`) run natively.".to_string(),
             )
         }
     };
+    let test = test_command(lang);
     let wasm_path = match lang {
         Lang::Rust => format!("target/wasm32-wasip2/release/{wasm}"),
         _ => wasm.clone(),
@@ -109,7 +135,8 @@ pub fn new_plugin(name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> Res
         format!(
             "# {name}\n\nA Quarry retrieval strategy: two-tower dense retrieval (one embedding per item from the\n\
              route's `text-model`, nearest neighbours at query time). Edit it from there.\n\n\
-             ## Build\n\n```sh\n{build}\n```\n\n{test}\n\n\
+             ## Build\n\n```sh\n{build}\n```\n\n{build_note}\
+             ## Test\n\n```sh\n{test}\n```\n\n{test_note}\n\n\
              ## Add, route, query\n\n```sh\nquarry plugin add {wasm_path}\n\
              quarry route set docs --strategy {name}@0.1.0 --config '{{\"text-model\": \"minilm-l6\"}}' --grant-model minilm-l6\n\
              quarry ingest docs sentences.jsonl\nquarry search docs \"a query\"\n```\n\n\

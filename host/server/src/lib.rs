@@ -7,6 +7,7 @@
 //! - [`metrics`]: Prometheus metrics with capped label values.
 //! - [`console`]: the web console's embedded assets, at `/console`.
 
+pub mod composition;
 pub mod config;
 pub mod console;
 pub mod control;

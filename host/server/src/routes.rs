@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use base64::Engine as _;
 use quarry_host::plugins::registry::Owner;
-use quarry_host::{Grants, NewItem, Route, SearchRequest};
+use quarry_host::{Grants, NewItem, Route, SearchRequest, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -63,6 +63,12 @@ pub fn router(state: Shared) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(list_collections))
         .routes(routes!(get_collection))
         .routes(routes!(set_route))
+        .routes(routes!(crate::composition::experiment_report))
+        .routes(routes!(crate::composition::promote))
+        .routes(routes!(crate::composition::rollback))
+        .routes(routes!(crate::composition::feedback))
+        .routes(routes!(crate::composition::list_pipelines))
+        .routes(routes!(crate::composition::get_pipeline, crate::composition::set_pipeline, crate::composition::remove_pipeline))
         .routes(routes!(ingest))
         .routes(routes!(get_item, delete_item))
         .routes(routes!(search))
@@ -372,13 +378,13 @@ async fn add_model(State(state): State<Shared>, Extension(caller): Extension<Cal
 // ---- collections and routes ----
 
 /// `tenant/collection` for a collection name from a path.
-fn qualified(tenant: &Tenant, collection: &str) -> ApiResult<String> {
+pub(crate) fn qualified(tenant: &Tenant, collection: &str) -> ApiResult<String> {
     quarry_host::store::validate_name("collection", collection).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
     Ok(format!("{}/{collection}", tenant.name))
 }
 
 /// The tenant's collection, or 404 (whatever other tenants hold).
-fn routed(state: &Shared, tenant: &Tenant, collection: &str) -> ApiResult<(String, Arc<Route>)> {
+pub(crate) fn routed(state: &Shared, tenant: &Tenant, collection: &str) -> ApiResult<(String, Arc<Target>)> {
     let key = qualified(tenant, collection)?;
     let route = state.quarry.route(&key).map_err(|_| {
         ApiError::not_found(format!("no collection `{collection}`; create it by setting its route: PUT /v1/collections/{collection}/route"))
@@ -393,34 +399,74 @@ struct CollectionView {
     route: RouteView,
 }
 
-#[derive(Serialize, Deserialize, ToSchema)]
+/// What a collection is routed to: exactly one of a strategy (with its config and grants), a
+/// pipeline of the tenant's, or an experiment.
+#[derive(Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
-struct RouteView {
+pub(crate) struct RouteView {
     /// `name@version` of the tenant's own strategy or a shared one.
-    strategy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    strategy: Option<String>,
     /// The strategy's config (see its `config_schema`).
-    #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
-    config: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    config: Option<serde_json::Value>,
     /// Models the strategy may call; each must be granted to the tenant.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     models: BTreeSet<String>,
     /// Other collections of the tenant the strategy may read and write.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     collections: BTreeSet<String>,
+    /// A pipeline the tenant declared with `PUT /v1/pipelines/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pipeline: Option<String>,
+    /// An experiment: `{"name", "arms": [{"name", "weight", "strategy", "config", "models"} or
+    /// {"name", "weight", "pipeline"}], "interleave"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    experiment: Option<serde_json::Value>,
 }
 
-fn empty_object() -> serde_json::Value {
-    serde_json::json!({})
+impl RouteView {
+    /// The target this view declares; errors say which key is wrong.
+    fn target(self) -> ApiResult<Target> {
+        match (self.strategy, self.pipeline, self.experiment) {
+            (Some(strategy), None, None) => {
+                let config = self.config.unwrap_or_else(|| serde_json::json!({}));
+                if !config.is_object() {
+                    return Err(ApiError::bad_request("`config` must be a JSON object"));
+                }
+                Ok(Target::Strategy(Route { strategy, config, grants: Grants { models: self.models, collections: self.collections } }))
+            }
+            (None, Some(pipeline), None) if self.config.is_none() && self.models.is_empty() && self.collections.is_empty() => Ok(Target::Pipeline { pipeline }),
+            (None, None, Some(experiment)) if self.config.is_none() && self.models.is_empty() && self.collections.is_empty() => {
+                Ok(Target::Experiment { experiment: crate::composition::parse("experiment", experiment)? })
+            }
+            (None, None, None) => Err(ApiError::bad_request("a route names a `strategy` (with `config`, `models`, `collections`), a `pipeline`, or an `experiment`")),
+            _ => Err(ApiError::bad_request(
+                "a route names exactly one of `strategy`, `pipeline` and `experiment`; `config`, `models` and `collections` go with `strategy` (arms and stages carry their own)",
+            )),
+        }
+    }
 }
 
-fn route_view(route: &Route) -> RouteView {
-    RouteView { strategy: route.strategy.clone(), config: route.config.clone(), models: route.grants.models.clone(), collections: route.grants.collections.clone() }
+pub(crate) fn route_view(target: &Target) -> RouteView {
+    match target {
+        Target::Strategy(route) => RouteView {
+            strategy: Some(route.strategy.clone()),
+            config: Some(route.config.clone()),
+            models: route.grants.models.clone(),
+            collections: route.grants.collections.clone(),
+            ..Default::default()
+        },
+        Target::Pipeline { pipeline } => RouteView { pipeline: Some(pipeline.clone()), ..Default::default() },
+        Target::Experiment { experiment } => RouteView { experiment: serde_json::to_value(experiment).ok(), ..Default::default() },
+    }
 }
 
-fn collection_view(state: &Shared, key: &str, route: &Route) -> ApiResult<CollectionView> {
+fn collection_view(state: &Shared, key: &str, target: &Target) -> ApiResult<CollectionView> {
     let items = state.quarry.item_count(key).map_err(ApiError::internal)?;
-    Ok(CollectionView { name: quarry_host::store::split_qualified(key).1.to_string(), items, route: route_view(route) })
+    Ok(CollectionView { name: quarry_host::store::split_qualified(key).1.to_string(), items, route: route_view(target) })
 }
 
 /// The calling tenant's collections.
@@ -452,31 +498,12 @@ async fn get_collection(State(state): State<Shared>, Extension(caller): Extensio
 async fn set_route(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(collection): Path<String>, body: JsonBody<RouteView>) -> ApiResult<Json<RouteView>> {
     let tenant = caller.tenant()?;
     let key = qualified(tenant, &collection)?;
-    let body = body.0;
-    if !body.config.is_object() {
-        return Err(ApiError::bad_request("`config` must be a JSON object"));
-    }
-    for model in &body.models {
-        if !tenant.models.contains(model) {
-            return Err(ApiError::forbidden(format!(
-                "tenant `{}` may not grant model `{}`; the operator grants models with PATCH /v1/tenants/{}",
-                tenant.name,
-                quarry_host::printable::printable(model, 64),
-                tenant.name
-            )));
-        }
-    }
-    if state.quarry.plugin_for(&tenant.name, &body.strategy).is_err() {
-        return Err(ApiError::not_found(format!(
-            "no strategy `{}` for tenant `{}`; upload it with POST /v1/plugins, or pick one from GET /v1/plugins",
-            quarry_host::printable::printable(&body.strategy, 128),
-            tenant.name
-        )));
-    }
-    let route = Route { strategy: body.strategy.clone(), config: body.config.clone(), grants: Grants { models: body.models.clone(), collections: body.collections.clone() } };
+    let target = body.0.target()?;
+    crate::composition::check_grants(&state, tenant, &target)?;
+    let view = route_view(&target);
     let quarry = state.quarry.clone();
-    blocking(move || quarry.set_route(&key, route)).await?.map_err(ApiError::from_host)?;
-    Ok(Json(body))
+    blocking(move || quarry.set_target(&key, target)).await?.map_err(ApiError::from_host)?;
+    Ok(Json(view))
 }
 
 // ---- items ----
@@ -510,7 +537,8 @@ struct IngestParams {
 
 #[derive(Serialize, ToSchema)]
 struct IngestView {
-    /// The strategy version that indexed the items.
+    /// What indexed the items: the strategy version, or the pipeline or experiment whose
+    /// strategies all did.
     strategy: String,
     /// Items stored and indexed.
     ingested: usize,
@@ -604,13 +632,13 @@ async fn ingest(
         let (job, progress) = state.jobs.start(&tenant.name, "ingest", &collection, items.len()).map_err(|limit| jobs_full(&tenant.name, limit))?;
         let (state2, job2) = (state.clone(), job.clone());
         tokio::task::spawn_blocking(move || {
-            let outcome = run_ingest(&state2, &tenant.name, &key, &route.strategy, items, |done| progress.set(done));
+            let outcome = run_ingest(&state2, &tenant.name, &key, &route.describe(), items, |done| progress.set(done));
             state2.jobs.finish(&tenant.name, &job2, outcome.map(|v| serde_json::to_value(v).unwrap_or_default()).map_err(|e| e.message));
         });
         return Ok((StatusCode::ACCEPTED, Json(JobStarted { location: format!("/v1/jobs/{job}"), job })).into_response());
     }
     let state2 = state.clone();
-    let view = blocking(move || run_ingest(&state2, &tenant.name, &key, &route.strategy, items, |_| {})).await??;
+    let view = blocking(move || run_ingest(&state2, &tenant.name, &key, &route.describe(), items, |_| {})).await??;
     Ok(Json(view).into_response())
 }
 
@@ -692,8 +720,13 @@ struct SearchBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     params: serde_json::Value,
-    /// Answer with this `name@version` instead of the routed one (same config and grants).
+    /// Answer with this `name@version` instead of the routed one (same config and grants); only
+    /// for a collection routed to one strategy.
     strategy: Option<String>,
+    /// Sticky assignment in an experiment: the same key (a user or session id) gets the same arm.
+    key: Option<String>,
+    /// Seeds an interleaving experiment's coin, so an impression can be replayed.
+    query_id: Option<String>,
 }
 
 fn default_k() -> u32 {
@@ -702,8 +735,19 @@ fn default_k() -> u32 {
 
 #[derive(Serialize, ToSchema)]
 struct SearchView {
-    /// The `name@version` that answered.
+    /// What answered: `name@version`, or `pipeline:<name>`.
     strategy: String,
+    /// The strategy versions whose hits are in the answer.
+    strategies: Vec<String>,
+    /// The experiment that answered, if the route is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    experiment: Option<String>,
+    /// The arm that answered (`a+b` when interleaved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arm: Option<String>,
+    /// Send clicks on these hits to `POST /v1/feedback` with this id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    impression: Option<String>,
     hits: Vec<HitView>,
     /// What the host changed about the request, such as a `k` over the host's `max_hits`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -721,6 +765,9 @@ struct HitView {
     text: Option<String>,
     #[schema(value_type = Object)]
     metadata: serde_json::Value,
+    /// In an interleaved experiment, the arm that picked this hit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    team: Option<String>,
 }
 
 /// Search a collection with its routed strategy, by text, image, or both.
@@ -738,8 +785,8 @@ async fn search(State(state): State<Shared>, Extension(caller): Extension<Caller
         return Err(ApiError::bad_request("`params` must be a JSON object"));
     }
     let image = body.image.as_deref().map(|i| decode_image(i, "the query")).transpose()?;
-    let strategy = body.strategy.clone().unwrap_or_else(|| route.strategy.clone());
-    let request = SearchRequest { text: body.text, image, k: body.k, params: body.params, strategy: body.strategy };
+    let strategy = body.strategy.clone().unwrap_or_else(|| route.describe());
+    let request = SearchRequest { text: body.text, image, k: body.k, params: body.params, strategy: body.strategy, key: body.key, query_id: body.query_id };
     let state2 = state.clone();
     let answer = blocking(move || {
         let started = Instant::now();
@@ -751,7 +798,11 @@ async fn search(State(state): State<Shared>, Extension(caller): Extension<Caller
     .map_err(ApiError::from_call)?;
     Ok(Json(SearchView {
         strategy: answer.strategy,
-        hits: answer.hits.into_iter().map(|h| HitView { id: h.id, score: h.score, features: h.features, text: h.text, metadata: h.metadata }).collect(),
+        strategies: answer.strategies,
+        experiment: answer.experiment,
+        arm: answer.arm,
+        impression: answer.impression,
+        hits: answer.hits.into_iter().map(|h| HitView { id: h.id, score: h.score, features: h.features, text: h.text, metadata: h.metadata, team: h.team }).collect(),
         notes: answer.notes,
     }))
 }
@@ -767,8 +818,8 @@ async fn build(State(state): State<Shared>, Extension(caller): Extension<Caller>
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let result = state2.quarry.build(&key);
-        record_call(&state2, &tenant.name, &route.strategy, result.as_ref().err(), started);
-        let outcome = result.map(|()| serde_json::json!({"strategy": route.strategy})).map_err(|e| e.to_string());
+        record_call(&state2, &tenant.name, &route.describe(), result.as_ref().err(), started);
+        let outcome = result.map(|()| serde_json::json!({"strategy": route.describe()})).map_err(|e| e.to_string());
         state2.jobs.finish(&tenant.name, &job2, outcome);
     });
     Ok((StatusCode::ACCEPTED, Json(JobStarted { location: format!("/v1/jobs/{job}"), job })).into_response())

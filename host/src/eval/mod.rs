@@ -267,7 +267,7 @@ fn request(query: &EvalQuery, spec: &StrategySpec, depth: u32) -> Result<SearchR
     if text.is_none() && image.is_none() {
         bail!("query `{}` has nothing to send to `{}` (query: {:?})", query.id, spec.name, spec.query);
     }
-    Ok(SearchRequest { text, image, k: depth, params, strategy: None })
+    Ok(SearchRequest { text, image, k: depth, params, ..Default::default() })
 }
 
 /// Score one strategy's answers to a (non-FashionIQ) set.

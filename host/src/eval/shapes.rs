@@ -21,7 +21,7 @@ pub const SPLITS: [&str; 3] = ["fine", "composed", "generative"];
 pub const MODELS: [&str; 4] = ["shapes-image", "shapes-text", "shapes-text-slots", "shapes-phi"];
 
 /// The plugins the built-in strategies name.
-pub const PLUGINS: [&str; 4] = ["dense@0.2.0", "tgdt@0.2.0", "lincir@0.2.0", "avg@0.1.0"];
+pub const PLUGINS: [&str; 4] = ["dense@0.3.0", "tgdt@0.2.0", "lincir@0.2.0", "avg@0.1.0"];
 
 /// Register the world's models with `host`, unless models of those names are there already.
 pub fn register_models(host: &Quarry, world: &Path) -> Result<()> {
@@ -66,7 +66,7 @@ fn spec(name: &str, strategy: &str, models: &[&str], config: serde_json::Value) 
 
 /// The strategies `split` compares.
 pub fn strategies(split: &str) -> Vec<StrategySpec> {
-    let dense = || spec("dense", "dense@0.2.0", &["shapes-text", "shapes-image"], serde_json::json!({"text-model": "shapes-text", "image-model": "shapes-image"}));
+    let dense = || spec("dense", "dense@0.3.0", &["shapes-text", "shapes-image"], serde_json::json!({"text-model": "shapes-text", "image-model": "shapes-image"}));
     match split {
         "fine" => vec![
             dense(),

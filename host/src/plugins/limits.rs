@@ -52,6 +52,8 @@ pub struct Limits {
     pub max_log_lines: usize,
     /// Most bytes of log lines one call may write.
     pub max_log_bytes: usize,
+    /// Experiment impressions kept per tenant for click feedback; the oldest go first.
+    pub max_impressions: usize,
 }
 
 impl Default for Limits {
@@ -76,6 +78,7 @@ impl Default for Limits {
             max_counters: 256,
             max_log_lines: 100,
             max_log_bytes: 64 << 10,
+            max_impressions: 100_000,
         }
     }
 }
@@ -111,6 +114,7 @@ impl Limits {
             ("max_tokens", self.max_tokens),
             ("max_codes", self.max_codes),
             ("max_decoder_tokens", self.max_decoder_tokens),
+            ("max_impressions", self.max_impressions),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             anyhow::bail!("limits.{key} is 0; it must be positive");

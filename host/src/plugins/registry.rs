@@ -11,11 +11,14 @@
 //! start runs no plugin code. A stored plugin that no longer loads is quarantined: it is listed
 //! with the reason, refuses calls, and can be removed, while everything else serves.
 //!
-//! A route is swapped by replacing one `Arc`: a call holds the route and plugin it started with
-//! until it ends.
+//! A route points at a strategy, a pipeline or an experiment ([`Target`]); pipelines are kept
+//! per tenant by name. A route is swapped by replacing one `Arc`: a call holds the route and
+//! plugin it started with until it ends. The route before the last change is kept for
+//! rollback.
 
 use super::host_api::Grants;
 use super::LoadedPlugin;
+use crate::routing::{Pipeline, Runs, Target};
 use crate::store::{FieldSchema, split_qualified, validate_name};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -144,9 +147,33 @@ type Key = (Owner, String);
 pub struct Registry {
     plugin_dir: PathBuf,
     routes_path: PathBuf,
+    previous_path: PathBuf,
+    pipelines_path: PathBuf,
     plugins: RwLock<BTreeMap<Key, Arc<LoadedPlugin>>>,
     quarantined: RwLock<BTreeMap<Key, Quarantined>>,
-    routes: RwLock<BTreeMap<String, Arc<Route>>>,
+    /// Routes by qualified collection name, and the route each had before its last change.
+    routes: RwLock<Routes>,
+    /// Pipelines by qualified name (`tenant/name`).
+    pipelines: RwLock<BTreeMap<String, Arc<Pipeline>>>,
+}
+
+#[derive(Clone, Default)]
+struct Routes {
+    current: BTreeMap<String, Arc<Target>>,
+    previous: BTreeMap<String, Arc<Target>>,
+}
+
+fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is corrupt; fix or remove it", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, map: &BTreeMap<String, Arc<T>>) -> Result<()> {
+    let plain: BTreeMap<&String, &T> = map.iter().map(|(k, v)| (k, v.as_ref())).collect();
+    write_atomically(path, serde_json::to_string_pretty(&plain)?.as_bytes())
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -163,17 +190,20 @@ impl Registry {
         let plugin_dir = data_dir.join("plugins");
         std::fs::create_dir_all(&plugin_dir).with_context(|| format!("cannot create {}", plugin_dir.display()))?;
         let routes_path = data_dir.join("routes.json");
-        let routes: BTreeMap<String, Route> = match std::fs::read_to_string(&routes_path) {
-            Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is corrupt; fix or remove it", routes_path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", routes_path.display())),
-        };
+        let previous_path = data_dir.join("routes.previous.json");
+        let pipelines_path = data_dir.join("pipelines.json");
+        let arcs = |map: BTreeMap<String, Target>| map.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        let routes = Routes { current: arcs(read_json(&routes_path)?), previous: arcs(read_json(&previous_path)?) };
+        let pipelines: BTreeMap<String, Pipeline> = read_json(&pipelines_path)?;
         Ok(Registry {
             plugin_dir,
             routes_path,
+            previous_path,
+            pipelines_path,
             plugins: Default::default(),
             quarantined: Default::default(),
-            routes: RwLock::new(routes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
+            routes: RwLock::new(routes),
+            pipelines: RwLock::new(pipelines.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
         })
     }
 
@@ -327,24 +357,39 @@ impl Registry {
         read(&self.plugins).iter().map(|((o, _), p)| (o.clone(), p.clone())).collect()
     }
 
-    /// Remove `owner`'s `reference` (loaded or quarantined) and its files, unless a route uses it.
+    /// Remove `owner`'s `reference` (loaded or quarantined) and its files, unless a route, an
+    /// experiment arm or a pipeline stage uses it.
     pub fn remove(&self, owner: &Owner, reference: &str) -> Result<()> {
         let routes = read(&self.routes);
-        let users: Vec<&String> = routes
+        let pipelines = read(&self.pipelines);
+        let names = |runs: &Runs| matches!(runs, Runs::Strategy(r) if r.strategy == reference);
+        let mine = |qualified: &str| match owner {
+            Owner::Shared => true,
+            Owner::Tenant(t) => split_qualified(qualified).0 == t,
+        };
+        let mut users: Vec<String> = routes
+            .current
             .iter()
-            .filter(|(collection, route)| {
-                route.strategy == reference
-                    && match owner {
-                        Owner::Shared => true,
-                        Owner::Tenant(t) => split_qualified(collection).0 == t,
+            .filter(|(collection, target)| {
+                mine(collection)
+                    && match target.as_ref() {
+                        Target::Strategy(route) => route.strategy == reference,
+                        Target::Experiment { experiment } => experiment.arms.iter().any(|a| names(&a.runs)),
+                        Target::Pipeline { .. } => false,
                     }
             })
-            .map(|(c, _)| c)
+            .map(|(c, _)| c.clone())
             .collect();
+        users.extend(
+            pipelines
+                .iter()
+                .filter(|(name, p)| mine(name) && p.stages().iter().any(|(_, s)| names(&s.runs)))
+                .map(|(name, _)| format!("pipeline {name}")),
+        );
         if !users.is_empty() {
             bail!(
                 "{reference} ({owner}) still serves collection(s) {}; route them to another version first",
-                users.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                users.join(", ")
             );
         }
         let key = (owner.clone(), reference.to_string());
@@ -365,23 +410,101 @@ impl Registry {
         Ok(())
     }
 
-    pub fn route(&self, collection: &str) -> Option<Arc<Route>> {
-        read(&self.routes).get(collection).cloned()
+    pub fn route(&self, collection: &str) -> Option<Arc<Target>> {
+        read(&self.routes).current.get(collection).cloned()
     }
 
-    pub fn routes(&self) -> BTreeMap<String, Arc<Route>> {
-        read(&self.routes).clone()
+    pub fn routes(&self) -> BTreeMap<String, Arc<Target>> {
+        read(&self.routes).current.clone()
     }
 
-    /// Point `collection` at a strategy version, atomically and durably. The caller has checked
-    /// the strategy resolves within the collection's tenant.
-    pub fn set_route(&self, collection: &str, route: Route) -> Result<()> {
+    /// The route `collection` had before its last change, if any.
+    pub fn previous_route(&self, collection: &str) -> Option<Arc<Target>> {
+        read(&self.routes).previous.get(collection).cloned()
+    }
+
+    /// Point `collection` at a target, atomically and durably; the route it replaces becomes
+    /// its previous one. When `expected` is given, the change happens only if the current route
+    /// is still that one (so a promote or rollback never undoes a concurrent change). The caller
+    /// has checked the target.
+    pub fn set_route(&self, collection: &str, target: Target, expected: Option<&Arc<Target>>) -> Result<()> {
         let mut routes = write(&self.routes);
+        let current = routes.current.get(collection).cloned();
+        if let Some(expected) = expected
+            && !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, expected))
+        {
+            bail!("the route of `{collection}` changed meanwhile; read it again and retry");
+        }
         let mut next = routes.clone();
-        next.insert(collection.to_string(), Arc::new(route));
-        let plain: BTreeMap<&String, &Route> = next.iter().map(|(k, v)| (k, v.as_ref())).collect();
-        write_atomically(&self.routes_path, serde_json::to_string_pretty(&plain)?.as_bytes())?;
+        if let Some(current) = current
+            && *current != target
+        {
+            next.previous.insert(collection.to_string(), current);
+            write_json(&self.previous_path, &next.previous)?;
+        }
+        next.current.insert(collection.to_string(), Arc::new(target));
+        write_json(&self.routes_path, &next.current)?;
         *routes = next;
+        Ok(())
+    }
+
+    /// `tenant`'s pipeline `name`.
+    pub fn pipeline(&self, tenant: &str, name: &str) -> Option<Arc<Pipeline>> {
+        read(&self.pipelines).get(&format!("{tenant}/{name}")).cloned()
+    }
+
+    /// `tenant`'s pipelines, by name.
+    pub fn pipelines(&self, tenant: &str) -> BTreeMap<String, Arc<Pipeline>> {
+        let prefix = format!("{tenant}/");
+        read(&self.pipelines).iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|n| (n.to_string(), v.clone()))).collect()
+    }
+
+    /// Declare (or redeclare) `tenant`'s pipeline `name`, durably. `check` sees the tenant's
+    /// pipelines as they would be, under the lock, so two concurrent declarations cannot make a
+    /// cycle together.
+    pub fn set_pipeline(&self, tenant: &str, name: &str, pipeline: Pipeline, check: impl FnOnce(&BTreeMap<String, Arc<Pipeline>>) -> Result<()>) -> Result<()> {
+        let mut pipelines = write(&self.pipelines);
+        let mut next = pipelines.clone();
+        next.insert(format!("{tenant}/{name}"), Arc::new(pipeline));
+        let prefix = format!("{tenant}/");
+        let mine: BTreeMap<String, Arc<Pipeline>> = next.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|n| (n.to_string(), v.clone()))).collect();
+        check(&mine)?;
+        write_json(&self.pipelines_path, &next)?;
+        *pipelines = next;
+        Ok(())
+    }
+
+    /// Remove `tenant`'s pipeline `name`, unless a route, an arm or another pipeline uses it.
+    pub fn remove_pipeline(&self, tenant: &str, name: &str) -> Result<()> {
+        let routes = read(&self.routes);
+        let mut pipelines = write(&self.pipelines);
+        let key = format!("{tenant}/{name}");
+        if !pipelines.contains_key(&key) {
+            bail!("tenant `{tenant}` has no pipeline `{}`", crate::printable::printable(name, 64));
+        }
+        let names = |runs: &Runs| matches!(runs, Runs::Pipeline(p) if p == name);
+        let mine = |qualified: &str| split_qualified(qualified).0 == tenant;
+        let mut users: Vec<String> = routes
+            .current
+            .iter()
+            .filter(|(c, t)| {
+                mine(c)
+                    && match t.as_ref() {
+                        Target::Pipeline { pipeline } => pipeline == name,
+                        Target::Experiment { experiment } => experiment.arms.iter().any(|a| names(&a.runs)),
+                        Target::Strategy(_) => false,
+                    }
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        users.extend(pipelines.iter().filter(|(k, p)| mine(k) && p.stages().iter().any(|(_, s)| names(&s.runs))).map(|(k, _)| format!("pipeline {k}")));
+        if !users.is_empty() {
+            bail!("pipeline `{name}` is still used by {}; point them elsewhere first", users.join(", "));
+        }
+        let mut next = pipelines.clone();
+        next.remove(&key);
+        write_json(&self.pipelines_path, &next)?;
+        *pipelines = next;
         Ok(())
     }
 }

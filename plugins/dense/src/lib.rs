@@ -3,7 +3,7 @@
 //!
 //! Config: `text-model` embeds texts, `image-model` (optional) embeds images.
 
-use quarry_sdk::{encoders, Context, Descriptor, Error, Hit, Item, Query, Result, Strategy};
+use quarry_sdk::{encoders, Context, Descriptor, Error, FieldValue, Hit, Item, Query, Result, Strategy};
 
 const FIELD: &str = "embedding";
 
@@ -39,6 +39,7 @@ impl Strategy for Dense {
                 "required": ["text-model"],
                 "additionalProperties": false
             }))
+            .reranks()
             .query_param("filter", serde_json::json!({"type": "object", "description": "keep only items whose metadata meets this filter, e.g. {\"lang\": \"en\"}"}))
     }
 
@@ -65,18 +66,36 @@ impl Strategy for Dense {
     }
 
     fn search(ctx: &Context, query: Query) -> Result<Vec<Hit>> {
-        let vector = match (&query.text, &query.image) {
-            (Some(text), _) => encoders::embed_text(&ctx.param::<String>("text-model")?, text)?,
-            (None, Some(image)) => encoders::embed_images(&image_model(ctx)?, std::slice::from_ref(image))?
-                .pop()
-                .ok_or_else(|| Error::internal("host returned no image embedding"))?,
-            (None, None) => return Err(Error::invalid("a dense query needs text or an image")),
-        };
+        let vector = embed_query(ctx, &query)?;
         let params: Params = quarry_sdk::query_params(&query)?;
         match params.filter {
             Some(filter) => ctx.collection().nearest_filtered(FIELD, &vector, query.k, &filter),
             None => ctx.collection().nearest(FIELD, &vector, query.k),
         }
+    }
+
+    /// Score candidates by the inner product of their stored embeddings with the query's, as
+    /// `nearest` would; candidates without an embedding are left out.
+    fn rerank(ctx: &Context, query: Query, candidates: Vec<String>) -> Result<Vec<Hit>> {
+        let vector = embed_query(ctx, &query)?;
+        let mut hits = Vec::with_capacity(candidates.len());
+        for id in candidates {
+            if let Some(FieldValue::Vector(stored)) = ctx.collection().get_field(&id, FIELD)? {
+                let score = stored.iter().zip(&vector).map(|(a, b)| a * b).sum();
+                hits.push(Hit::new(id, score));
+            }
+        }
+        Ok(quarry_sdk::top_k(hits, query.k as usize))
+    }
+}
+
+fn embed_query(ctx: &Context, query: &Query) -> Result<Vec<f32>> {
+    match (&query.text, &query.image) {
+        (Some(text), _) => encoders::embed_text(&ctx.param::<String>("text-model")?, text),
+        (None, Some(image)) => encoders::embed_images(&image_model(ctx)?, std::slice::from_ref(image))?
+            .pop()
+            .ok_or_else(|| Error::internal("host returned no image embedding")),
+        (None, None) => Err(Error::invalid("a dense query needs text or an image")),
     }
 }
 

@@ -122,7 +122,7 @@ impl Strategy for Fields {
                 Ok(hits)
             }
             "count" => Ok(vec![Hit::new("count", c.count()? as f32)]),
-            "call-strategy" => Ok(quarry_sdk::strategies::search("dense@0.2.0", c.name(), &query)?),
+            "call-strategy" => Ok(quarry_sdk::strategies::search("dense@0.3.0", c.name(), &query)?),
             other => Err(Error::invalid(format!("unknown op `{other}`"))),
         }
     }
