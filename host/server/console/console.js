@@ -159,7 +159,7 @@
     for (const id of ["collections", "plugins", "hits", "experiment", "experiment-actions", "search-collection", "experiment-collection", "arm-0-strategy", "arm-1-strategy"]) {
       clear($(id));
     }
-    for (const id of ["who", "status", "search-summary", "search-error", "experiment-error", "collections-error", "plugins-error", "start-error"]) {
+    for (const id of ["who", "search-status", "experiment-status", "search-summary", "search-error", "experiment-error", "collections-error", "plugins-error", "start-error"]) {
       setText(id, "");
     }
     $("app").hidden = true;
@@ -387,6 +387,7 @@
     if (state.image) body.image = state.image.base64;
     const assignment = $("search-key").value.trim();
     if (assignment) body.key = assignment;
+    setText("search-status", "");
     setText("search-summary", "Searching…");
     clear($("hits"));
     try {
@@ -401,6 +402,7 @@
   function renderHits(out) {
     const hits = Array.isArray(out.hits) ? out.hits : [];
     let summary = `${hits.length} hit${hits.length === 1 ? "" : "s"} from ${out.strategy}`;
+    if (out.experiment) summary += ` · experiment ${out.experiment}`;
     if (out.arm !== undefined && out.arm !== null) summary += ` · arm ${out.arm}`;
     if (out.impression) summary += ` · impression ${out.impression}`;
     if (Array.isArray(out.notes) && out.notes.length) summary += " · " + out.notes.join("; ");
@@ -444,7 +446,7 @@
     try {
       const out = await api("POST", "/v1/feedback", { impression, clicks: [id] });
       button.textContent = "Clicked";
-      setText("status", `Click on ${id} recorded` + (out && out.outcome !== undefined ? `; outcome: ${out.outcome === null ? "none" : out.outcome}` : ""));
+      setText("search-status", `Click on ${id} recorded` + (out && out.outcome !== undefined ? `; outcome: ${out.outcome === null ? "none" : out.outcome}` : ""));
     } catch (e) {
       button.disabled = false;
       setText("search-error", e.message);
@@ -511,7 +513,8 @@
       setText("experiment-error", "");
       const history = state.history.get(name) || [];
       const point = { t: Date.now(), arms: {} };
-      for (const arm of x.arms || []) point.arms[arm.name] = arm.latency_ms || {};
+      // An arm that has not answered yet has no latency to draw.
+      for (const arm of x.arms || []) if (arm.calls > 0) point.arms[arm.name] = arm.latency_ms || {};
       history.push(point);
       while (history.length > HISTORY) history.shift();
       state.history.set(name, history);
@@ -546,8 +549,7 @@
     const table = el(
       "table",
       { id: "arm-table" },
-      el("caption", { class: "meta" }, "Per-arm metrics, refreshed every 2 s"),
-      el("thead", {}, el("tr", {}, ["arm", "weight", "calls", "errors", "p50 ms", "p95 ms", "p99 ms", "impressions", "clicks", "CTR"].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ["arm", "runs", "weight", "calls", "errors", "p50 ms", "p95 ms", "p99 ms", "impressions", "clicks", "CTR"].map((h) => el("th", { scope: "col" }, h)))),
       el(
         "tbody",
         {},
@@ -557,11 +559,14 @@
             "tr",
             { "data-arm": String(a.name) },
             el("th", { scope: "row" }, el("span", { class: "swatch " + armClass(i) }), String(a.name)),
-            [a.weight, a.calls, a.errors, fmt(l.p50), fmt(l.p95), fmt(l.p99), a.impressions, a.clicks, pct(a.ctr)].map((v) => el("td", {}, v === undefined || v === null ? "–" : String(v))),
+            Object.entries({ runs: a.runs, weight: a.weight, calls: a.calls, errors: a.errors, p50: fmt(l.p50), p95: fmt(l.p95), p99: fmt(l.p99), impressions: a.impressions, clicks: a.clicks, ctr: pct(a.ctr) }).map(([col, v]) =>
+              el("td", { "data-col": col }, v === undefined || v === null ? "–" : String(v)),
+            ),
           );
         }),
       ),
     );
+    box.append(el("p", { class: "hint" }, "Per-arm metrics since the server started, refreshed every 2 s."));
     box.append(el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Per-arm metrics", "data-focus-key": "arm-table" }, table));
     const charts = el("div", { class: "charts" });
     charts.append(latencyChart(arms, history), ctrChart(arms));
@@ -585,14 +590,14 @@
     let max = 1;
     for (const p of history) for (const l of Object.values(p.arms)) for (const q of ["p50", "p95", "p99"]) if (typeof l[q] === "number" && l[q] > max) max = l[q];
     max *= 1.1;
-    const x = (i) => PAD.left + (history.length > 1 ? (i / (history.length - 1)) * (W - PAD.left - PAD.right) : W - PAD.right);
+    const x = (i) => PAD.left + (history.length > 1 ? (i / (history.length - 1)) * (W - PAD.left - PAD.right) : W - PAD.left - PAD.right - 6);
     const y = (v) => PAD.top + (1 - v / max) * (H - PAD.top - PAD.bottom);
     const body = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Latency over time per arm (p50 solid, p95 dashed, p99 dotted)" });
     for (const f of [0, 0.5, 1]) {
       body.append(svg("line", { x1: PAD.left, x2: W - PAD.right, y1: y(max * f), y2: y(max * f), stroke: "#d5d9e0" }));
       body.append(svg("text", { x: PAD.left - 6, y: y(max * f) + 4, "text-anchor": "end", "font-size": 12, fill: "#5a6170" }, fmt(max * f, 0)));
     }
-    body.append(svg("text", { x: 4, y: PAD.top + 10, "font-size": 12, fill: "#5a6170" }, "ms"));
+    body.append(svg("text", { x: 4, y: PAD.top + 30, "font-size": 12, fill: "#5a6170" }, "ms"));
     const seconds = history.length > 1 ? Math.round((history[history.length - 1].t - history[0].t) / 1000) : 0;
     body.append(svg("text", { x: PAD.left, y: H - 8, "font-size": 12, fill: "#5a6170" }, `−${seconds} s`));
     body.append(svg("text", { x: W - PAD.right, y: H - 8, "text-anchor": "end", "font-size": 12, fill: "#5a6170" }, "now"));
@@ -607,7 +612,7 @@
         if (!points.length) continue;
         if (points.length === 1) {
           const [cx, cy] = points[0].split(",");
-          body.append(svg("circle", { cx, cy, r: 3, fill: ARM_COLOURS[i % 4], "data-arm": String(arm.name), "data-quantile": q }));
+          body.append(svg("circle", { cx, cy, r: 4, fill: ARM_COLOURS[i % 4], "data-arm": String(arm.name), "data-quantile": q }));
         } else {
           body.append(svg("polyline", { points: points.join(" "), fill: "none", stroke: ARM_COLOURS[i % 4], "stroke-width": 2, "stroke-dasharray": dashes[q], "data-arm": String(arm.name), "data-quantile": q }));
         }
@@ -657,9 +662,7 @@
     const names = arms.map((a) => String(a.name));
     const wins = v.wins && typeof v.wins === "object" ? Object.entries(v.wins).map(([arm, n]) => `${arm} ${n}`).join(", ") : "";
     const verdict = `Δ${names.length === 2 ? `(${names[0]} vs ${names[1]})` : ""} = ${fmt(v.delta, 3)}, 95% CI [${fmt(ci[0], 3)}, ${fmt(ci[1], 3)}], p = ${fmt(v.p_value, 4)}; ${v.impressions} impressions; wins ${wins || "none"}; ties ${v.ties}`;
-    const fig = chartBox("Interleaving Δ", "delta-chart", verdict, body);
-    fig.classList.add("full");
-    return fig;
+    return chartBox("Interleaving Δ", "delta-chart", verdict, body);
   }
 
   function renderActions(name, x) {
@@ -678,9 +681,10 @@
 
   async function promote(name, arm) {
     setText("experiment-error", "");
+    setText("experiment-status", "");
     try {
       const route = await api("POST", `/v1/collections/${enc(name)}/promote`, { arm });
-      setText("status", `Promoted ${arm} on ${name}: the route is now ${routeSummary(route)}`);
+      setText("experiment-status", `Promoted ${arm} on ${name}: the route is now ${routeSummary(route)}`);
       await afterRouteChange(name);
     } catch (e) {
       setText("experiment-error", e.message);
@@ -689,9 +693,10 @@
 
   async function rollback(name) {
     setText("experiment-error", "");
+    setText("experiment-status", "");
     try {
       const route = await api("POST", `/v1/collections/${enc(name)}/rollback`);
-      setText("status", `Rolled back ${name}: the route is now ${routeSummary(route)}`);
+      setText("experiment-status", `Rolled back ${name}: the route is now ${routeSummary(route)}`);
       await afterRouteChange(name);
     } catch (e) {
       setText("experiment-error", e.message);
@@ -702,6 +707,8 @@
     state.history.delete(name);
     await loadCollections();
     await selectExperimentCollection(name);
+    // The buttons were redrawn: keep keyboard users next to them.
+    if (document.activeElement === document.body && $("rollback")) $("rollback").focus();
   }
 
   function armFromForm(i, label) {
@@ -734,7 +741,7 @@
     }
     try {
       const route = await api("PUT", `/v1/collections/${enc(collection)}/route`, body);
-      setText("status", `Started ${body.experiment.name} on ${collection}: ${routeSummary(route && route.experiment ? route : body)}`);
+      setText("experiment-status", `Started ${body.experiment.name} on ${collection}: ${routeSummary(route && route.experiment ? route : body)}`);
       await afterRouteChange(collection);
     } catch (e) {
       setText("start-error", e.message);
