@@ -37,9 +37,9 @@ struct ChromeDriver {
 }
 
 impl ChromeDriver {
-    fn start() -> ChromeDriver {
+    fn start(name: &str) -> ChromeDriver {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = artifacts().join("chromedriver.log");
+        let log = artifacts().join(format!("chromedriver-{name}.log"));
         let child = Command::new("timeout")
             .args(["--kill-after=10", "600", "chromedriver", &format!("--port={port}"), "--allowed-ips=127.0.0.1"])
             .arg(format!("--log-path={}", log.display()))
@@ -211,7 +211,7 @@ fn world(data: &std::path::Path) -> World {
     // either can serve the collection: ingest under it, then route to dense.
     let routes = [
         json!({"strategy": "keyword-boost@0.2.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]}),
-        json!({"strategy": "dense@0.2.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]}),
+        json!({"strategy": "dense@0.3.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]}),
     ];
     for (n, route) in routes.iter().enumerate() {
         let (status, out, _) = call("PUT", &server.url("/v1/collections/docs/route"), Some(&key), json_body(route));
@@ -266,12 +266,12 @@ fn the_console_is_served_offline_with_its_types_and_a_strict_policy() {
 }
 
 /// A server with [`world`], chromedriver, and a runtime to drive them.
-fn with_browser(test: impl AsyncFnOnce(&Driven)) {
+fn with_browser(name: &str, test: impl AsyncFnOnce(&Driven)) {
     let dir = tempfile::tempdir().unwrap();
     let World { server, key, red_png } = world(&dir.path().join("data"));
     let upload = dir.path().join("query.png");
     std::fs::write(&upload, &red_png).unwrap();
-    let driver = ChromeDriver::start();
+    let driver = ChromeDriver::start(name);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(test(&Driven { server, key, upload, driver, profiles: dir.path().to_path_buf() }));
 }
@@ -292,7 +292,7 @@ impl Driven {
 
 #[test]
 fn the_console_signs_in_searches_by_keyboard_and_image_and_fits_a_phone() {
-    with_browser(async |t| {
+    with_browser("search", async |t| {
         let client = t.browser("desktop", false).await;
         desktop(&client, &t.server, &t.key, &t.upload).await;
         client.close().await.unwrap();
@@ -303,9 +303,8 @@ fn the_console_signs_in_searches_by_keyboard_and_image_and_fits_a_phone() {
 }
 
 #[test]
-#[ignore = "needs the experiments API of issue 11 (experiment routes, /experiment, /promote, /rollback, /v1/feedback)"]
 fn the_console_starts_an_experiment_charts_it_promotes_and_rolls_back() {
-    with_browser(async |t| {
+    with_browser("experiment", async |t| {
         let client = t.browser("desktop", false).await;
         client.goto(&t.server.url("/console")).await.unwrap();
         sign_in(&client, &t.key).await;
@@ -334,9 +333,9 @@ async fn desktop(client: &Client, server: &Server, key: &str, upload: &std::path
     wait_for(client, "the signed-in tenant", "return document.getElementById('who').textContent.includes('tenant acme')").await;
     assert_eq!(js(client, "return Object.values(sessionStorage)").await, json!([key]));
     wait_for(client, "the docs collection", "return document.querySelector('li[data-collection=\"docs\"]')").await;
-    assert_eq!(shown_route(client, "docs").await, ("strategy".to_string(), "dense@0.2.0".to_string()));
+    assert_eq!(shown_route(client, "docs").await, ("strategy".to_string(), "dense@0.3.0".to_string()));
     assert!(text(client, "li[data-collection=\"docs\"]").await.contains("5 items"));
-    let dense = text(client, "li[data-strategy=\"dense@0.2.0\"]").await;
+    let dense = text(client, "li[data-strategy=\"dense@0.3.0\"]").await;
     assert!(dense.contains("contract quarry:retrieval@0.2.0") && dense.contains("Two-tower dense retrieval"), "{dense}");
     assert!(text(client, "li[data-strategy=\"keyword-boost@0.2.0\"]").await.contains("re-ranked by keyword overlap"));
 
@@ -354,7 +353,7 @@ async fn desktop(client: &Client, server: &Server, key: &str, upload: &std::path
     press(client, &format!("a kitten napping in the sun{}", enter())).await;
     wait_for(client, "hits for the kitten", "return document.querySelectorAll('#hits li.hit').length").await;
     assert_eq!(js(client, "return document.querySelector('#hits li.hit').dataset.id").await, "cat");
-    assert!(text(client, "#search-summary").await.contains("from dense@0.2.0"));
+    assert!(text(client, "#search-summary").await.contains("from dense@0.3.0"));
     screenshot(client, "02-search").await;
 
     // Untrusted ids and texts are shown as text: no element made from them, no script run.
@@ -407,14 +406,14 @@ async fn experiment(client: &Client, server: &Server, key: &str) {
     // Start: dense against keyword-boost, interleaved, from the form.
     client.find(Locator::Id("experiments-view")).await.unwrap();
     client.find(Locator::Id("experiment-collection")).await.unwrap().select_by_value("docs").await.unwrap();
-    client.find(Locator::Id("arm-0-strategy")).await.unwrap().select_by_value("dense@0.2.0").await.unwrap();
+    client.find(Locator::Id("arm-0-strategy")).await.unwrap().select_by_value("dense@0.3.0").await.unwrap();
     client.find(Locator::Id("arm-1-strategy")).await.unwrap().select_by_value("keyword-boost@0.2.0").await.unwrap();
     assert_eq!(js(client, "return document.getElementById('arm-1-config').value").await, r#"{"text-model":"minilm-l6"}"#, "the arms start from the route's config");
     client.find(Locator::Id("exp-interleave")).await.unwrap().click().await.unwrap();
     client.find(Locator::Css("#start-experiment button[type=submit]")).await.unwrap().click().await.unwrap();
     wait_for(client, "the experiment route", "const r = document.querySelector('li[data-collection=\"docs\"] .route'); return r && r.dataset.routeKind === 'experiment'").await;
     let (_, summary) = shown_route(client, "docs").await;
-    assert!(summary.contains("experiment e1 (interleaved)") && summary.contains("dense@0.2.0") && summary.contains("keyword-boost@0.2.0"), "{summary}");
+    assert!(summary.contains("experiment e1 (interleaved)") && summary.contains("dense@0.3.0") && summary.contains("keyword-boost@0.2.0"), "{summary}");
     let (_, listed, _) = call("GET", &server.url("/v1/collections/docs"), Some(key), None);
     assert_eq!(listed["route"]["experiment"]["name"], "e1", "{listed}");
     wait_for(client, "the arm table", "return document.querySelectorAll('#arm-table tbody tr').length === 2").await;
@@ -427,17 +426,18 @@ async fn experiment(client: &Client, server: &Server, key: &str) {
         wait_for(client, "an impression", &format!("const s = document.getElementById('search-summary').textContent; return s.includes('impression') && document.getElementById('search-text').value === {}", json!(query))).await;
         wait_for(client, "teams on hits", "return document.querySelectorAll('#hits li.hit .team').length").await;
         client.find(Locator::Css("#hits li.hit button.click")).await.unwrap().click().await.unwrap();
-        wait_for(client, "the click recorded", "return document.getElementById('status').textContent.includes('recorded')").await;
+        wait_for(client, "the click recorded", "return document.getElementById('search-status').textContent.includes('recorded')").await;
     }
     screenshot(client, "04-experiment-search").await;
 
     // Live charts: polled every 2 s, latency lines for both arms, click-through, Δ and its interval.
-    wait_for(client, "calls counted per arm", "return [...document.querySelectorAll('#arm-table tbody tr')].every(tr => Number(tr.children[2].textContent) > 0)").await;
+    wait_for(client, "calls counted per arm", "return [...document.querySelectorAll('#arm-table tbody tr')].every(tr => Number(tr.querySelector('[data-col=calls]').textContent) > 0)").await;
     wait_for(client, "latency lines for both arms", "return new Set([...document.querySelectorAll('#latency-chart polyline')].map(p => p.dataset.arm)).size === 2").await;
     wait_for(client, "click-through bars", "return document.querySelectorAll('#ctr-chart rect').length === 2").await;
     wait_for(client, "the interleaving verdict", "const d = document.getElementById('delta-chart'); return d && d.querySelector('#delta-ci') && d.querySelector('#delta-point') && d.textContent.includes('impressions')").await;
     let impressions = wait_for(client, "4 impressions", "const t = document.querySelector('#delta-chart figcaption').textContent; return t.includes('; 4 impressions') && t").await;
     assert!(impressions.as_str().unwrap().contains("95% CI ["), "{impressions}");
+    js(client, "document.getElementById('experiments-view').scrollIntoView(); return true").await;
     screenshot(client, "05-experiment-charts").await;
     screenshot_to_docs(client).await;
 
@@ -447,7 +447,7 @@ async fn experiment(client: &Client, server: &Server, key: &str) {
     assert_eq!(shown_route(client, "docs").await, ("strategy".to_string(), "keyword-boost@0.2.0".to_string()));
     let (_, listed, _) = call("GET", &server.url("/v1/collections/docs"), Some(key), None);
     assert_eq!(listed["route"]["strategy"], "keyword-boost@0.2.0", "{listed}");
-    assert!(text(client, "#status").await.contains("Promoted b on docs"));
+    assert!(text(client, "#experiment-status").await.contains("Promoted b on docs"));
     screenshot(client, "06-promoted").await;
 
     // Roll back: the experiment is the route again.
@@ -460,7 +460,14 @@ async fn experiment(client: &Client, server: &Server, key: &str) {
 /// The README's screenshot, when asked for (`QUARRY_CONSOLE_SCREENSHOT=docs/console.png`).
 async fn screenshot_to_docs(client: &Client) {
     if let Ok(path) = std::env::var("QUARRY_CONSOLE_SCREENSHOT") {
-        js(client, "document.getElementById('search-view').scrollIntoView(); return true").await;
+        // A few more polls, so the latency lines have some history.
+        for query in ["a rocket lifting off", "a sleeping kitten", "pasta for dinner"] {
+            let field = client.find(Locator::Id("search-text")).await.unwrap();
+            field.clear().await.unwrap();
+            field.send_keys(&format!("{query}{}", enter())).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+        js(client, "document.querySelector('#experiment h3').scrollIntoView(); return true").await;
         std::fs::write(root().join(path), client.screenshot().await.unwrap()).unwrap();
     }
 }
