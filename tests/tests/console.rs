@@ -142,6 +142,15 @@ async fn wait_for(client: &Client, what: &str, script: &str) -> Value {
     }
 }
 
+/// Count what the Content-Security-Policy refuses from now on (it would break the page quietly).
+async fn watch_policy(client: &Client) {
+    js(client, "window.__refused = []; document.addEventListener('securitypolicyviolation', e => window.__refused.push(e.violatedDirective + ' ' + e.blockedURI)); return true").await;
+}
+
+async fn assert_nothing_refused(client: &Client) {
+    assert_eq!(js(client, "return window.__refused").await, json!([]), "the page did something its Content-Security-Policy refuses");
+}
+
 async fn text(client: &Client, css: &str) -> String {
     client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no `{css}`: {e}")).text().await.unwrap()
 }
@@ -307,6 +316,7 @@ fn the_console_starts_an_experiment_charts_it_promotes_and_rolls_back() {
     with_browser("experiment", async |t| {
         let client = t.browser("desktop", false).await;
         client.goto(&t.server.url("/console")).await.unwrap();
+        watch_policy(&client).await;
         sign_in(&client, &t.key).await;
         wait_for(&client, "the docs collection", "return document.querySelector('li[data-collection=\"docs\"]')").await;
         experiment(&client, &t.server, &t.key).await;
@@ -320,6 +330,7 @@ fn the_console_starts_an_experiment_charts_it_promotes_and_rolls_back() {
 async fn desktop(client: &Client, server: &Server, key: &str, upload: &std::path::Path) {
     client.goto(&server.url("/console")).await.unwrap();
     assert_eq!(client.title().await.unwrap(), "Quarry console");
+    watch_policy(client).await;
 
     // A wrong key: the API's own message, and nothing else shown.
     sign_in(client, "qk_not-a-real-key").await;
@@ -389,6 +400,7 @@ async fn desktop(client: &Client, server: &Server, key: &str, upload: &std::path
     screenshot(client, "03-image-search").await;
     client.find(Locator::Id("clear-image")).await.unwrap().click().await.unwrap();
     assert_eq!(js(client, "return document.getElementById('image-preview').hidden").await, true);
+    assert_nothing_refused(client).await;
 
     // Sign out: the key leaves sessionStorage. The admin key signs in too, and sees the API's
     // word that collections are a tenant's.
@@ -455,6 +467,7 @@ async fn experiment(client: &Client, server: &Server, key: &str) {
     wait_for(client, "the rolled-back route", "const r = document.querySelector('li[data-collection=\"docs\"] .route'); return r && r.dataset.routeKind === 'experiment'").await;
     let (_, listed, _) = call("GET", &server.url("/v1/collections/docs"), Some(key), None);
     assert_eq!(listed["route"]["experiment"]["name"], "e1", "{listed}");
+    assert_nothing_refused(client).await;
 }
 
 /// The README's screenshot, when asked for (`QUARRY_CONSOLE_SCREENSHOT=docs/console.png`).
