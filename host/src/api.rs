@@ -299,6 +299,9 @@ impl Quarry {
                 plugin.reference
             );
         }
+        for strategy in &route.grants.strategies {
+            self.plugin_for(split_qualified(collection).0, strategy).context("the route grants calls to a strategy it cannot run")?;
+        }
         for model in &route.grants.models {
             if !self.services.models.contains(model) {
                 bail!("the route grants model `{model}`, which is not registered; add it with `quarry model add <manifest.json>`");
@@ -549,9 +552,11 @@ impl Quarry {
         }
         let query = Query { k, ..prepared.query.clone() };
         let ctx = CallContext { collection: split_qualified(collection).1.to_string(), config: route.config.to_string() };
-        let (hits, output) = self.runtime.call(&plugin, &self.services, grants_for(collection, route, None), remaining.min(limits.deadline_ms), |store, p| match export {
-            crate::compose::Export::Search => p.search(store, &ctx, &query),
-            crate::compose::Export::Rerank(candidates) => p.rerank(store, &ctx, &query, candidates),
+        let (hits, output) = crate::compose::running(self, &plugin.reference, || {
+            self.runtime.call(&plugin, &self.services, grants_for(collection, route, None), remaining.min(limits.deadline_ms), |store, p| match export {
+                crate::compose::Export::Search => p.search(store, &ctx, &query),
+                crate::compose::Export::Rerank(candidates) => p.rerank(store, &ctx, &query, candidates),
+            })
         })?;
         if hits.len() > limits.max_hits {
             return Err(CallError::ResultTooLarge { strategy: plugin.reference.clone(), what: "hits", count: hits.len(), limit: limits.max_hits });
@@ -764,6 +769,7 @@ fn grants_for(collection: &str, route: &Route, ingesting: Option<std::collection
         tenant: tenant.to_string(),
         models: route.grants.models.clone(),
         collections,
+        strategies: route.grants.strategies.clone(),
         ingesting: ingesting.map(|ids| (collection.to_string(), ids)),
     })
 }

@@ -41,6 +41,85 @@ pub(crate) struct Ranked {
     pub notes: Vec<String>,
 }
 
+/// Most strategy calls nested in one another on one thread (a strategy calling a strategy ...).
+pub const MAX_NESTED_CALLS: usize = 4;
+
+scoped_tls::scoped_thread_local!(static HOST: Quarry);
+
+thread_local! {
+    /// The strategies this thread is running, outermost first.
+    static RUNNING: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run a strategy call of `host`, so that the strategy may call others through it.
+pub(crate) fn running<T>(host: &Quarry, strategy: &str, call: impl FnOnce() -> T) -> T {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            RUNNING.with(|r| r.borrow_mut().pop());
+        }
+    }
+    RUNNING.with(|r| r.borrow_mut().push(strategy.to_string()));
+    let _pop = Pop;
+    HOST.set(host, call)
+}
+
+/// A strategy's call of another (`strategies.search`): `strategy` answers `query` on qualified
+/// `collection` as that collection's route runs it, within the caller's `deadline`, while the
+/// caller's compute slot is lent out (so nested calls cannot starve each other of slots).
+pub(crate) fn nested_search(
+    collection: &str,
+    strategy: &str,
+    query: Query,
+    deadline: crate::capacity::Deadline,
+    slot: Option<Arc<crate::capacity::Slot>>,
+) -> Result<Vec<crate::plugins::contract::PluginHit>, crate::plugins::host_api::Fail> {
+    use crate::plugins::contract::StrategyError;
+    use crate::plugins::host_api::Fail;
+    if !HOST.is_set() {
+        return Err(Fail::Wit(StrategyError::Unsupported("strategies can be called only from `search`, `rerank`, `ingest` or `build`".into())));
+    }
+    let chain = RUNNING.with(|r| r.borrow().clone());
+    if chain.iter().any(|s| s == strategy) {
+        return Err(Fail::Wit(StrategyError::InvalidInput(format!("strategy calls form a cycle: {} → {strategy}; a strategy cannot call itself, directly or through others", chain.join(" → ")))));
+    }
+    if chain.len() >= MAX_NESTED_CALLS {
+        return Err(Fail::Wit(StrategyError::InvalidInput(format!("strategy calls nest deeper than {MAX_NESTED_CALLS}: {} → {strategy}", chain.join(" → ")))));
+    }
+    HOST.with(|host| {
+        let (tenant, name) = split_qualified(collection);
+        let route = host
+            .registry
+            .route(collection)
+            .and_then(|target| host.leaves(collection, &target).ok())
+            .and_then(|leaves| leaves.into_iter().find(|r| r.strategy == strategy))
+            .ok_or_else(|| {
+                Fail::Wit(StrategyError::NotFound(format!(
+                    "collection `{name}` of tenant `{tenant}` has no route running `{}`; route it (or a pipeline stage or experiment arm) there first",
+                    crate::printable::printable(strategy, 128)
+                )))
+            })?;
+        let params: serde_json::Value = serde_json::from_str(&query.params).unwrap_or_else(|_| serde_json::json!({}));
+        let k = query.k.min(host.limits().max_hits as u32);
+        let prepared = Prepared { query, params, k, notes: Vec::new() };
+        let until = deadline.instant().unwrap_or_else(|| Instant::now() + Duration::from_millis(host.limits().deadline_ms));
+        let call = || host.run_strategy(collection, &route, None, &prepared, k, Export::Search, until);
+        let result = match &slot {
+            Some(slot) => slot.released(deadline, call).map_err(Fail::Expired)?,
+            None => call(),
+        };
+        result.map(|ranked| {
+            ranked.hits.into_iter().map(|h| crate::plugins::contract::PluginHit { id: h.id, score: h.score, features: h.features.into_iter().collect() }).collect()
+        })
+        .map_err(|e| match e {
+            CallError::Strategy { error, .. } => Fail::Wit(error),
+            CallError::Timeout { strategy, deadline_ms } => Fail::Expired(crate::capacity::Expired(format!("the call of {strategy} (within {deadline_ms} ms)"))),
+            CallError::OverBudget(message) => Fail::OverBudget(crate::capacity::OverBudget(message)),
+            other => Fail::Wit(StrategyError::Internal(other.to_string())),
+        })
+    })
+}
+
 /// A pipeline found by name while answering, so nested lookups see one consistent set.
 type Lookup<'a> = &'a (dyn Fn(&str) -> Option<Arc<Pipeline>> + Sync);
 
@@ -211,17 +290,15 @@ impl Quarry {
         let seed = format!("{}\0{}", experiment.name, request.query_id.as_deref().unwrap_or(&impression));
         let ids = |r: &Ranked| r.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>();
         let merged = quarry_compose::interleave::team_draft(&ids(&a), &ids(&b), prepared.k as usize, seed.as_bytes());
-        let mut by_id: HashMap<String, (SearchHit, Team)> = HashMap::new();
-        for (team, ranked) in [(Team::B, &b), (Team::A, &a)] {
-            for hit in &ranked.hits {
-                by_id.insert(hit.id.clone(), (hit.clone(), team));
-            }
-        }
+        // Each shown hit as the arm that picked it scored it.
+        let by_id = |r: &Ranked| r.hits.iter().map(|h| (h.id.clone(), h.clone())).collect::<HashMap<_, _>>();
+        let picked = [by_id(&a), by_id(&b)];
         let hits: Vec<SearchHit> = merged
             .iter()
             .map(|(id, team)| {
-                let (mut hit, _) = by_id[id].clone();
-                hit.team = Some(names[usize::from(*team == Team::B)].clone());
+                let side = usize::from(*team == Team::B);
+                let mut hit = picked[side][id].clone();
+                hit.team = Some(names[side].clone());
                 hit
             })
             .collect();
@@ -230,7 +307,9 @@ impl Quarry {
         strategies.extend(b.strategies);
         let mut notes = a.notes;
         notes.extend(b.notes);
-        Ok(answered(Ranked { hits, strategies, notes }, &format!("{}+{}", names[0], names[1]), Some(impression)))
+        let mut response = answered(Ranked { hits, strategies, notes }, &format!("{}+{}", names[0], names[1]), Some(impression));
+        response.strategy = format!("experiment:{}", experiment.name);
+        Ok(response)
     }
 
     /// The distinct strategy routes a target runs, pipelines expanded.

@@ -98,6 +98,8 @@ struct RunsDecl {
     models: BTreeSet<String>,
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     collections: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    strategies: BTreeSet<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pipeline: Option<String>,
 }
@@ -112,11 +114,11 @@ impl TryFrom<RunsDecl> for Runs {
                 if !config.is_object() {
                     return Err("`config` must be a JSON object".into());
                 }
-                Ok(Runs::Strategy(Route { strategy, config, grants: Grants { models: d.models, collections: d.collections } }))
+                Ok(Runs::Strategy(Route { strategy, config, grants: Grants { models: d.models, collections: d.collections, strategies: d.strategies } }))
             }
             (None, Some(pipeline)) => {
-                if d.config.is_some() || !d.models.is_empty() || !d.collections.is_empty() {
-                    return Err(format!("pipeline `{pipeline}` takes no `config`, `models` or `collections`: its stages carry their own"));
+                if d.config.is_some() || !d.models.is_empty() || !d.collections.is_empty() || !d.strategies.is_empty() {
+                    return Err(format!("pipeline `{pipeline}` takes no `config`, `models`, `collections` or `strategies`: its stages carry their own"));
                 }
                 Ok(Runs::Pipeline(pipeline))
             }
@@ -134,6 +136,7 @@ impl From<Runs> for RunsDecl {
                 config: Some(route.config),
                 models: route.grants.models,
                 collections: route.grants.collections,
+                strategies: route.grants.strategies,
                 ..Default::default()
             },
             Runs::Pipeline(name) => RunsDecl { pipeline: Some(name), ..Default::default() },

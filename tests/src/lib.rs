@@ -22,6 +22,7 @@ const PLUGINS: &[&str] = &[
     "quarry-plugin-tgdt",
     "keyword-boost",
     "quarry-test-avg-synthetic",
+    "quarry-test-delegate",
     "quarry-test-fields",
     "quarry-test-hostile",
     "quarry-test-legacy-v01",

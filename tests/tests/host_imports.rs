@@ -77,6 +77,7 @@ fn state() -> CallState {
         models: MODELS.iter().take(5).map(|m| m.to_string()).collect(),
         collections: ["c".to_string()].into(),
         ingesting: None,
+        ..Default::default()
     };
     CallState::new(services().0.clone(), Arc::new(grants), &limits(), "prop@0.1.0")
 }

@@ -317,6 +317,9 @@ pub(crate) struct RouteArgs {
     /// Another collection the strategy may access (repeatable).
     #[arg(long = "grant-collection")]
     grant_collections: Vec<String>,
+    /// Another strategy (`name@version`) the strategy may call (repeatable).
+    #[arg(long = "grant-strategy")]
+    grant_strategies: Vec<String>,
 }
 
 impl RouteArgs {
@@ -334,6 +337,7 @@ impl RouteArgs {
             grants: Grants {
                 models: self.grant_models.iter().cloned().collect(),
                 collections: self.grant_collections.iter().cloned().collect(),
+                strategies: self.grant_strategies.iter().cloned().collect(),
             },
         })
     }
@@ -837,7 +841,7 @@ fn demo(dir: &Path, plugin: Option<PathBuf>, model: Option<PathBuf>, verbose: bo
         Route {
             strategy: p.reference.clone(),
             config: serde_json::json!({"text-model": m.name}),
-            grants: Grants { models: [m.name.clone()].into(), collections: Default::default() },
+            grants: Grants { models: [m.name.clone()].into(), ..Default::default() },
         },
     )?;
     let folder = demo_dir.join("sentences");

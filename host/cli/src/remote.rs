@@ -111,7 +111,7 @@ pub fn run(remote: &Remote, command: Command) -> Result<()> {
         Command::Ingest { collection, source, route, allow_skips } => {
             if let Some(route) = route {
                 let route = route.route()?;
-                let body = json!({"strategy": route.strategy, "config": route.config, "models": route.grants.models, "collections": route.grants.collections});
+                let body = json!({"strategy": route.strategy, "config": route.config, "models": route.grants.models, "collections": route.grants.collections, "strategies": route.grants.strategies});
                 remote.json("PUT", &format!("/v1/collections/{}/route", segment(&collection)), &body)?;
             }
             ingest(remote, &collection, &source, allow_skips)
@@ -165,7 +165,7 @@ pub fn run(remote: &Remote, command: Command) -> Result<()> {
         }
         Command::Route(RouteCommand::Set { collection, route }) => {
             let r = route.route()?;
-            let body = json!({"strategy": r.strategy, "config": r.config, "models": r.grants.models, "collections": r.grants.collections});
+            let body = json!({"strategy": r.strategy, "config": r.config, "models": r.grants.models, "collections": r.grants.collections, "strategies": r.grants.strategies});
             remote.json("PUT", &format!("/v1/collections/{}/route", segment(&collection)), &body)?;
             println!("{collection} -> {}", r.strategy);
             Ok(())

@@ -76,7 +76,9 @@ pub fn verdict(wins_a: u64, wins_b: u64, ties: u64) -> Verdict {
     let sum_sq = wins_a as f64 * (1.0 - mean).powi(2) + ties as f64 * (0.5 - mean).powi(2) + wins_b as f64 * mean.powi(2);
     let se = if n > 1 { (sum_sq / (nf - 1.0) / nf).sqrt() } else { 0.5 };
     let delta = mean - 0.5;
-    Verdict { impressions: n, wins_a, wins_b, ties, delta, ci: (delta - 1.96 * se, delta + 1.96 * se), p_value: binomial_test(wins_a, wins_b) }
+    // Δ lies in [−½, ½] whatever the sample; so does its interval.
+    let ci = ((delta - 1.96 * se).max(-0.5), (delta + 1.96 * se).min(0.5));
+    Verdict { impressions: n, wins_a, wins_b, ties, delta, ci, p_value: binomial_test(wins_a, wins_b) }
 }
 
 /// Two-sided exact binomial test of `x` successes against `y` failures at p = ½.
@@ -128,5 +130,8 @@ mod tests {
         assert_eq!(even.delta, 0.0);
         assert!(even.ci.0 < 0.0 && even.ci.1 > 0.0);
         assert_eq!(even.p_value, 1.0);
+        let one = verdict(0, 1, 0);
+        assert_eq!((one.delta, one.ci.0), (-0.5, -0.5));
+        assert!(one.ci.1 <= 0.5);
     }
 }

@@ -417,6 +417,10 @@ pub(crate) struct RouteView {
     /// Other collections of the tenant the strategy may read and write.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     collections: BTreeSet<String>,
+    /// Strategies (`name@version`) the strategy may call; each runs as the called collection's
+    /// route runs it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    strategies: BTreeSet<String>,
     /// A pipeline the tenant declared with `PUT /v1/pipelines/{name}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pipeline: Option<String>,
@@ -428,23 +432,29 @@ pub(crate) struct RouteView {
 }
 
 impl RouteView {
+    /// Whether nothing but the target is named (grants and config go with a strategy).
+    fn only_target(&self) -> bool {
+        self.config.is_none() && self.models.is_empty() && self.collections.is_empty() && self.strategies.is_empty()
+    }
+
     /// The target this view declares; errors say which key is wrong.
     fn target(self) -> ApiResult<Target> {
+        let only_target = self.only_target();
         match (self.strategy, self.pipeline, self.experiment) {
             (Some(strategy), None, None) => {
                 let config = self.config.unwrap_or_else(|| serde_json::json!({}));
                 if !config.is_object() {
                     return Err(ApiError::bad_request("`config` must be a JSON object"));
                 }
-                Ok(Target::Strategy(Route { strategy, config, grants: Grants { models: self.models, collections: self.collections } }))
+                Ok(Target::Strategy(Route { strategy, config, grants: Grants { models: self.models, collections: self.collections, strategies: self.strategies } }))
             }
-            (None, Some(pipeline), None) if self.config.is_none() && self.models.is_empty() && self.collections.is_empty() => Ok(Target::Pipeline { pipeline }),
-            (None, None, Some(experiment)) if self.config.is_none() && self.models.is_empty() && self.collections.is_empty() => {
+            (None, Some(pipeline), None) if only_target => Ok(Target::Pipeline { pipeline }),
+            (None, None, Some(experiment)) if only_target => {
                 Ok(Target::Experiment { experiment: crate::composition::parse("experiment", experiment)? })
             }
             (None, None, None) => Err(ApiError::bad_request("a route names a `strategy` (with `config`, `models`, `collections`), a `pipeline`, or an `experiment`")),
             _ => Err(ApiError::bad_request(
-                "a route names exactly one of `strategy`, `pipeline` and `experiment`; `config`, `models` and `collections` go with `strategy` (arms and stages carry their own)",
+                "a route names exactly one of `strategy`, `pipeline` and `experiment`; `config`, `models`, `collections` and `strategies` go with `strategy` (arms and stages carry their own)",
             )),
         }
     }
@@ -457,6 +467,7 @@ pub(crate) fn route_view(target: &Target) -> RouteView {
             config: Some(route.config.clone()),
             models: route.grants.models.clone(),
             collections: route.grants.collections.clone(),
+            strategies: route.grants.strategies.clone(),
             ..Default::default()
         },
         Target::Pipeline { pipeline } => RouteView { pipeline: Some(pipeline.clone()), ..Default::default() },

@@ -9,7 +9,7 @@
 //! The versioned bindings ([`super::contract`]) are thin: they convert each version's types to
 //! and from the host's and call these methods.
 
-use super::contract::StrategyError;
+use super::contract::{PluginHit, Query, StrategyError};
 use super::limits::{CallLimiter, Limits};
 use crate::capacity::{Caller, Deadline, Expired, Slot};
 use crate::index::filter::Filter;
@@ -61,6 +61,9 @@ pub struct Grants {
     pub models: BTreeSet<String>,
     /// Collections the strategy may read and write.
     pub collections: BTreeSet<String>,
+    /// Strategies (`name@version`) it may call through `strategies.search`; each runs as the
+    /// called collection's route runs it.
+    pub strategies: BTreeSet<String>,
 }
 
 /// What one call may touch: its route's grants, resolved within the route's tenant.
@@ -70,6 +73,8 @@ pub struct CallGrants {
     pub models: BTreeSet<String>,
     /// Bare collection names within `tenant`.
     pub collections: BTreeSet<String>,
+    /// Strategies it may call (`name@version`).
+    pub strategies: BTreeSet<String>,
     /// An ingest's items, which the host stores when the call succeeds: the call may write
     /// their fields although they are not stored yet. Keyed by qualified collection.
     pub ingesting: Option<(String, HashSet<String>)>,
@@ -184,7 +189,7 @@ pub struct CallState {
 
 /// How a host import ends when it does not answer: with an error the plugin sees, or by
 /// ending the whole call (its deadline passed).
-pub(super) enum Fail {
+pub(crate) enum Fail {
     Wit(StrategyError),
     Expired(Expired),
     /// The tenant's compute budget is spent: the call ends, as at its deadline.
@@ -750,12 +755,19 @@ impl CallState {
         self.services.store.item_count(&key).map(|n| n as u64).map_err(internal)
     }
 
-    /// Strategy-to-strategy calls are not backed yet (the experiments and pipelines work brings them).
-    pub(super) fn call_strategy(&mut self, strategy: &str) -> Result<Vec<Scored>, Fail> {
-        Err(Fail::Wit(StrategyError::Unsupported(format!(
-            "calling another strategy (`{}`) through the host is not backed by this host yet",
-            printable(strategy, 128)
-        ))))
+    /// Search `collection` with `strategy`, as the collection's route runs it (its config and
+    /// grants), within this call's deadline and while this call's compute slot is lent out.
+    pub(super) fn call_strategy(&mut self, strategy: &str, collection: &str, query: Query) -> Result<Vec<PluginHit>, Fail> {
+        if !self.grants.strategies.contains(strategy) {
+            return Err(Fail::Wit(StrategyError::Denied(format!(
+                "strategy {} may not call strategy `{}`: the route does not grant it (granted: {})",
+                self.strategy,
+                printable(strategy, 128),
+                list(&self.grants.strategies)
+            ))));
+        }
+        let key = self.collection(collection)?;
+        crate::compose::nested_search(&key, strategy, query, self.deadline, self.slot.clone())
     }
 
     pub(super) fn log(&mut self, level: LogLevel, message: &str) {

@@ -46,8 +46,15 @@ impl quarry::retrieval::collections::Host for CallState {
 }
 
 impl quarry::retrieval::strategies::Host for CallState {
-    fn search(&mut self, strategy: String, _collection: String, _query: Query) -> Answer<Vec<Hit>> {
-        answer(self.guard("strategies.search", |s| s.call_strategy(&strategy)).map(|r| r.map(|hits| hits.into_iter().map(hit).collect())))
+    fn search(&mut self, strategy: String, collection: String, query: Query) -> Answer<Vec<Hit>> {
+        let query = HostQuery { text: query.text, image: query.image, k: query.k, params: query.params };
+        answer(self.guard("strategies.search", |s| s.call_strategy(&strategy, &collection, query)).map(|r| {
+            r.map(|hits| {
+                hits.into_iter()
+                    .map(|h| Hit { id: h.id, score: h.score, features: h.features.into_iter().map(|(name, value)| quarry::retrieval::types::Feature { name, value }).collect() })
+                    .collect()
+            })
+        }))
     }
 }
 
