@@ -99,6 +99,14 @@ if [ ! -f "$VENDOR/node/node_modules/@bytecodealliance/componentize-js/package.j
   mkdir -p "$VENDOR/node"
   npm install --silent --no-audit --no-fund --prefix "$VENDOR/node" "@bytecodealliance/componentize-js@0.23.0" >&2
 fi
+# The console's browser test drives headless Chromium through chromedriver (Debian's packages).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "setup: installing chromium and chromium-driver (the console's browser test)" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi
+  { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 ||
+    { echo "setup: could not install Chromium; install chromium and chromium-driver and run again" >&2; exit 1; }
+fi
 # `--bench`: the HTTP load generator the serving benchmark drives (Debian's wrk).
 if [ "${1:-}" = "--bench" ] && ! command -v wrk >/dev/null; then
   sudo=""

@@ -5,9 +5,11 @@
 //! - [`control`]: tenants, keys, model grants and quotas, behind the [`control::ControlPlane`] trait.
 //! - [`quota`]: request rate, requests in flight and one compute budget per tenant.
 //! - [`metrics`]: Prometheus metrics with capped label values.
+//! - [`console`]: the web console's embedded assets, at `/console`.
 
 pub mod composition;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod error;
 pub mod jobs;

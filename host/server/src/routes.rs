@@ -84,7 +84,9 @@ pub fn router(state: Shared) -> (Router, utoipa::openapi::OpenApi) {
     let (router, mut api) = protected.merge(public).split_for_parts();
     describe_responses(&mut api);
     let document = Arc::new(api.clone());
+    // The console is a client of this API, not part of it: public, and not in the document.
     let router = router
+        .merge(crate::console::router())
         .layer(Extension(document))
         .layer(axum::middleware::from_fn(crate::request_id))
         .fallback(|| async { ApiError::not_found("no such endpoint; GET /openapi.json lists them") })
