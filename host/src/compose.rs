@@ -134,6 +134,16 @@ pub(crate) fn nested_search(
 /// A pipeline found by name while answering, so nested lookups see one consistent set.
 type Lookup<'a> = &'a (dyn Fn(&str) -> Option<Arc<Pipeline>> + Sync);
 
+/// What every stage of one search shares: the collection, the checked request, the deadline
+/// and how pipelines are found.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    collection: &'a str,
+    prepared: &'a Prepared,
+    deadline: Instant,
+    lookup: Lookup<'a>,
+}
+
 impl Quarry {
     /// [`Quarry::search`] through whatever the collection is routed to.
     pub(crate) fn search_target(&self, collection: &str, request: &SearchRequest) -> Result<SearchResponse, CallError> {
@@ -156,7 +166,8 @@ impl Quarry {
                 Ok(self.respond(ranked, &prepared))
             }
             Target::Pipeline { pipeline } => {
-                let ranked = self.run_named(&key, pipeline, &prepared, prepared.k, deadline, &lookup, &mut Vec::new())?;
+                let run = Run { collection: &key, prepared: &prepared, deadline, lookup: &lookup };
+                let ranked = self.run_named(run, pipeline, prepared.k, &mut Vec::new())?;
                 let mut response = self.respond(ranked, &prepared);
                 response.strategy = target.describe();
                 Ok(response)
@@ -182,33 +193,31 @@ impl Quarry {
         }
     }
 
-    fn run_runs(&self, collection: &str, runs: &Runs, prepared: &Prepared, k: u32, deadline: Instant, lookup: Lookup<'_>, path: &mut Vec<String>) -> Result<Ranked, CallError> {
+    fn run_runs(&self, run: Run<'_>, runs: &Runs, k: u32, path: &mut Vec<String>) -> Result<Ranked, CallError> {
         match runs {
-            Runs::Strategy(route) => self.run_strategy(collection, route, None, prepared, k, Export::Search, deadline),
-            Runs::Pipeline(name) => self.run_named(collection, name, prepared, k, deadline, lookup, path),
+            Runs::Strategy(route) => self.run_strategy(run.collection, route, None, run.prepared, k, Export::Search, run.deadline),
+            Runs::Pipeline(name) => self.run_named(run, name, k, path),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_named(&self, collection: &str, name: &str, prepared: &Prepared, k: u32, deadline: Instant, lookup: Lookup<'_>, path: &mut Vec<String>) -> Result<Ranked, CallError> {
+    fn run_named(&self, run: Run<'_>, name: &str, k: u32, path: &mut Vec<String>) -> Result<Ranked, CallError> {
         // Declarations are checked when set; this guard keeps a call finite whatever is stored.
         if path.iter().any(|p| p == name) || path.len() >= MAX_PIPELINE_DEPTH {
             return Err(CallError::Host(anyhow!("pipeline `{name}` nests too deep or in a cycle ({} → {name}); fix the declarations", path.join(" → "))));
         }
-        let pipeline = lookup(name).ok_or_else(|| CallError::Host(anyhow!("pipeline `{name}` does not exist; declare it or route elsewhere")))?;
+        let pipeline = (run.lookup)(name).ok_or_else(|| CallError::Host(anyhow!("pipeline `{name}` does not exist; declare it or route elsewhere")))?;
         path.push(name.to_string());
-        let result = self.run_pipeline(collection, &pipeline, prepared, k, deadline, lookup, path);
+        let result = self.run_pipeline(run, &pipeline, k, path);
         path.pop();
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_pipeline(&self, collection: &str, pipeline: &Pipeline, prepared: &Prepared, k: u32, deadline: Instant, lookup: Lookup<'_>, path: &mut Vec<String>) -> Result<Ranked, CallError> {
+    fn run_pipeline(&self, run: Run<'_>, pipeline: &Pipeline, k: u32, path: &mut Vec<String>) -> Result<Ranked, CallError> {
         match pipeline {
             Pipeline::Cascade(c) => {
                 let name = path.last().cloned().unwrap_or_default();
                 let started = Instant::now();
-                let mut first = self.run_runs(collection, &c.first.runs, prepared, c.depth, deadline, lookup, path)?;
+                let mut first = self.run_runs(run, &c.first.runs, c.depth, path)?;
                 first.stages.push((format!("{name}/{}", c.first.label), started.elapsed()));
                 let Runs::Strategy(then) = &c.then.runs else {
                     return Err(CallError::Host(anyhow!("cascade.then must be a strategy")));
@@ -216,7 +225,7 @@ impl Quarry {
                 let candidates: Vec<String> = first.hits.iter().map(|h| h.id.clone()).collect();
                 let first_scores: HashMap<&str, f32> = first.hits.iter().map(|h| (h.id.as_str(), h.score)).collect();
                 let started = Instant::now();
-                let mut second = self.run_strategy(collection, then, None, prepared, k, Export::Rerank(&candidates), deadline)?;
+                let mut second = self.run_strategy(run.collection, then, None, run.prepared, k, Export::Rerank(&candidates), run.deadline)?;
                 second.stages.push((format!("{name}/{}", c.then.label), started.elapsed()));
                 // A re-ranker answers for the candidates only.
                 second.hits.retain(|h| first_scores.contains_key(h.id.as_str()));
@@ -239,7 +248,7 @@ impl Quarry {
                             let mut path = path.clone();
                             scope.spawn(move || {
                                 let started = Instant::now();
-                                let mut ranked = self.run_runs(collection, &stage.runs, prepared, depth, deadline, lookup, &mut path)?;
+                                let mut ranked = self.run_runs(run, &stage.runs, depth, &mut path)?;
                                 ranked.stages.push((format!("{}/{}", path.last().map_or("", String::as_str), stage.label), started.elapsed()));
                                 Ok(ranked)
                             })
@@ -254,10 +263,10 @@ impl Quarry {
                 Ok(fuse(f.method, f.k, &f.weights(), &f.stages, ranked, k))
             }
             Pipeline::Fallback(f) => {
-                let own = f.deadline_ms.map_or(deadline, |ms| deadline.min(Instant::now() + Duration::from_millis(ms)));
+                let own = Run { deadline: f.deadline_ms.map_or(run.deadline, |ms| run.deadline.min(Instant::now() + Duration::from_millis(ms))), ..run };
                 let name = path.last().cloned().unwrap_or_default();
                 let started = Instant::now();
-                let primary = self.run_runs(collection, &f.primary.runs, prepared, k, own, lookup, path);
+                let primary = self.run_runs(own, &f.primary.runs, k, path);
                 let primary_took = (format!("{name}/{}", f.primary.label), started.elapsed());
                 match primary {
                     Ok(mut ranked) => {
@@ -266,7 +275,7 @@ impl Quarry {
                     }
                     Err(e) => {
                         let started = Instant::now();
-                        let mut ranked = self.run_runs(collection, &f.fallback.runs, prepared, k, deadline, lookup, path)?;
+                        let mut ranked = self.run_runs(run, &f.fallback.runs, k, path)?;
                         ranked.stages.extend([primary_took, (format!("{name}/{}", f.fallback.label), started.elapsed())]);
                         ranked.notes.push(format!("stage `{}` failed ({e}); stage `{}` answered", f.primary.label, f.fallback.label));
                         Ok(ranked)
@@ -282,7 +291,8 @@ impl Quarry {
         let run_arm = |index: usize| {
             let arm = &experiment.arms[index];
             let started = Instant::now();
-            let result = self.run_runs(collection, &arm.runs, prepared, prepared.k, deadline, lookup, &mut Vec::new());
+            let run = Run { collection, prepared, deadline, lookup };
+            let result = self.run_runs(run, &arm.runs, prepared.k, &mut Vec::new());
             self.experiments.record_call(collection, experiment, &arm.name, started.elapsed(), result.is_err());
             result
         };
