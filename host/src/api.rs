@@ -499,8 +499,7 @@ impl Quarry {
         let key = qualify(collection)?;
         let route = self.strategy_route(collection, "rerank")?;
         let prepared = self.prepare(request)?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(limits.deadline_ms);
-        let ranked = self.run_strategy(&key, &route, request.strategy.as_deref(), &prepared, prepared.k, crate::compose::Export::Rerank(candidates), deadline)?;
+        let ranked = self.run_strategy(&key, &route, request.strategy.as_deref(), &prepared, prepared.k, crate::compose::Export::Rerank(candidates), None)?;
         Ok(self.respond(ranked, &prepared))
     }
 
@@ -532,7 +531,8 @@ impl Quarry {
         Ok(crate::compose::Prepared { query, params, k: k as u32, notes })
     }
 
-    /// Run one strategy's `search` (or `rerank`) for `k` hits, within `deadline`, and check,
+    /// Run one strategy's `search` (or `rerank`) for `k` hits, within `deadline` (the host's
+    /// per-call deadline from now when none: the call is the whole request), and check,
     /// de-duplicate, sort and look up what it returns: hits for ids the collection does not hold
     /// are dropped (and counted in the plugin's `quarry.unknown-hit-ids` counter).
     #[allow(clippy::too_many_arguments)]
@@ -544,12 +544,15 @@ impl Quarry {
         prepared: &crate::compose::Prepared,
         k: u32,
         export: crate::compose::Export<'_>,
-        deadline: std::time::Instant,
+        deadline: Option<std::time::Instant>,
     ) -> Result<crate::compose::Ranked, CallError> {
         let plugin = self.plugin_for(split_qualified(collection).0, instead.unwrap_or(&route.strategy))?;
         plugin.schemas()?.check_params(&prepared.params).map_err(|problem| CallError::Host(anyhow::anyhow!("{}: {problem}", plugin.reference)))?;
         let limits = self.runtime.limits();
-        let remaining = deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as u64;
+        let remaining = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as u64,
+            None => limits.deadline_ms,
+        };
         if remaining == 0 {
             return Err(CallError::Timeout { strategy: plugin.reference.clone(), deadline_ms: 0 });
         }

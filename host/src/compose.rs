@@ -114,7 +114,7 @@ pub(crate) fn nested_search(
         let k = query.k.min(host.limits().max_hits as u32);
         let prepared = Prepared { query, params, k, notes: Vec::new() };
         let until = deadline.instant().unwrap_or_else(|| Instant::now() + Duration::from_millis(host.limits().deadline_ms));
-        let call = || host.run_strategy(collection, &route, None, &prepared, k, Export::Search, until);
+        let call = || host.run_strategy(collection, &route, None, &prepared, k, Export::Search, Some(until));
         let result = match &slot {
             Some(slot) => slot.released(deadline, call).map_err(Fail::Expired)?,
             None => call(),
@@ -162,7 +162,7 @@ impl Quarry {
         let lookup = |name: &str| self.registry.pipeline(&tenant, name);
         match target.as_ref() {
             Target::Strategy(route) => {
-                let ranked = self.run_strategy(&key, route, request.strategy.as_deref(), &prepared, prepared.k, Export::Search, deadline)?;
+                let ranked = self.run_strategy(&key, route, request.strategy.as_deref(), &prepared, prepared.k, Export::Search, None)?;
                 Ok(self.respond(ranked, &prepared))
             }
             Target::Pipeline { pipeline } => {
@@ -195,7 +195,7 @@ impl Quarry {
 
     fn run_runs(&self, run: Run<'_>, runs: &Runs, k: u32, path: &mut Vec<String>) -> Result<Ranked, CallError> {
         match runs {
-            Runs::Strategy(route) => self.run_strategy(run.collection, route, None, run.prepared, k, Export::Search, run.deadline),
+            Runs::Strategy(route) => self.run_strategy(run.collection, route, None, run.prepared, k, Export::Search, Some(run.deadline)),
             Runs::Pipeline(name) => self.run_named(run, name, k, path),
         }
     }
@@ -225,7 +225,7 @@ impl Quarry {
                 let candidates: Vec<String> = first.hits.iter().map(|h| h.id.clone()).collect();
                 let first_scores: HashMap<&str, f32> = first.hits.iter().map(|h| (h.id.as_str(), h.score)).collect();
                 let started = Instant::now();
-                let mut second = self.run_strategy(run.collection, then, None, run.prepared, k, Export::Rerank(&candidates), run.deadline)?;
+                let mut second = self.run_strategy(run.collection, then, None, run.prepared, k, Export::Rerank(&candidates), Some(run.deadline))?;
                 second.stages.push((format!("{name}/{}", c.then.label), started.elapsed()));
                 // A re-ranker answers for the candidates only.
                 second.hits.retain(|h| first_scores.contains_key(h.id.as_str()));

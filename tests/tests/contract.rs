@@ -44,10 +44,10 @@ fn scans_item_reads_and_counts_through_the_sdk() {
     let response = host.search("c", &request).unwrap();
     let got: Vec<(&str, f32, Option<&f32>)> = response.hits.iter().map(|h| (h.id.as_str(), h.score, h.features.get("has-lang"))).collect();
     assert_eq!(got, [("c", 7.0, Some(&0.0)), ("a", 5.0, Some(&1.0))], "scored by text length, `a` has a lang");
-    // Calling another strategy is in the contract, and answers `unsupported` on this host.
+    // Calling another strategy needs the route's grant (tests/tests/strategy_calls.rs calls one).
     let request = SearchRequest { params: json!({"op": "call-strategy"}), ..SearchRequest::text("probe", 10) };
     match host.search("c", &request) {
-        Err(CallError::Strategy { error: StrategyError::Unsupported(m), .. }) => assert!(m.contains("dense@0.3.0"), "{m}"),
+        Err(CallError::Strategy { error: StrategyError::Denied(m), .. }) => assert!(m.contains("may not call strategy `dense@0.3.0`"), "{m}"),
         other => panic!("{other:?}"),
     }
 }
@@ -64,10 +64,9 @@ fn rerank_scores_the_given_candidates_and_is_checked_like_search() {
     assert_eq!(ids, ["b", "a", "c"], "nearest to (0.9, 0.1) first; unknown ids have no point, duplicates count once");
     assert!((response.hits[0].features["distance"] - 0.02).abs() < 1e-6);
     // A strategy without rerank says so.
-    add_model(&host, "minilm-l6");
-    host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
-    assert!(!host.plugin("dense@0.3.0").unwrap().descriptor.reranks);
+    host.add_plugin(&plugin("quarry-test-swap-v1")).unwrap();
+    host.set_route("docs", route("swap@1.0.0", &[], json!({}))).unwrap();
+    assert!(!host.plugin("swap@1.0.0").unwrap().descriptor.reranks);
     match host.rerank("docs", &SearchRequest::text("q", 3), &candidates) {
         Err(CallError::Strategy { error: StrategyError::Unsupported(_), .. }) => {}
         other => panic!("{other:?}"),
