@@ -34,6 +34,13 @@ pub struct ServerConfig {
     pub max_label_values: usize,
     /// Most jobs (builds, background ingests) a tenant may have queued or running.
     pub max_jobs_per_tenant: usize,
+    /// Milliseconds an over-quota request waits before its 429 is sent (never past its
+    /// `Retry-After`), so a client that retries at once spends a connection's time, not the
+    /// server's CPU. 0 answers at once.
+    pub refusal_delay_ms: u64,
+    /// Most refusals waiting at once, across tenants; past it they are sent at once with
+    /// `Connection: close`.
+    pub max_delayed_refusals: usize,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +56,8 @@ impl Default for ServerConfig {
             default_quotas: Quotas::default(),
             max_label_values: 1000,
             max_jobs_per_tenant: 4,
+            refusal_delay_ms: 250,
+            max_delayed_refusals: 4096,
         }
     }
 }
@@ -134,6 +143,9 @@ impl ServerConfig {
         }
         if self.max_label_values == 0 || self.max_jobs_per_tenant == 0 {
             bail!("`max_label_values` and `max_jobs_per_tenant` must be at least 1");
+        }
+        if self.refusal_delay_ms > 10_000 {
+            bail!("`refusal_delay_ms` is {}; keep it at most 10000 (a refusal never waits past its Retry-After anyway)", self.refusal_delay_ms);
         }
         self.default_quotas.validate().context("in `default_quotas`")
     }

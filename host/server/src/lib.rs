@@ -73,6 +73,8 @@ pub struct AppState {
     pub jobs: jobs::Jobs,
     /// Cleared when shutdown begins, so `/readyz` turns load balancers away.
     ready: AtomicBool,
+    /// Refusals waiting out `refusal_delay_ms` now.
+    delayed_refusals: std::sync::atomic::AtomicUsize,
 }
 
 pub type Shared = Arc<AppState>;
@@ -90,6 +92,7 @@ impl AppState {
             jobs: jobs::Jobs::new(config.max_jobs_per_tenant),
             config,
             ready: AtomicBool::new(true),
+            delayed_refusals: std::sync::atomic::AtomicUsize::new(0),
         });
         AppState::gate_compute(&state);
         state
@@ -165,7 +168,7 @@ async fn gate(State(state): State<Shared>, mut request: Request, next: Next) -> 
                 let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", exceeded.message(&tenant.name));
                 e.quota = Some(exceeded.quota());
                 e.retry_after = Some(exceeded.retry_after_seconds());
-                return e.into_response();
+                return state.refuse(e).await;
             }
         }
     }
@@ -177,6 +180,28 @@ async fn gate(State(state): State<Shared>, mut request: Request, next: Next) -> 
     state.metrics.request(&label, &route, &method, status, started.elapsed());
     tracing::info!(tenant = %label, %method, %route, status, ms = started.elapsed().as_secs_f64() * 1e3, "request");
     response
+}
+
+impl AppState {
+    /// Send a 429 after `refusal_delay_ms` (at most its `Retry-After`): a flooding client then
+    /// costs a held connection instead of a core. Past `max_delayed_refusals` waiting, the
+    /// answer goes at once and closes the connection.
+    async fn refuse(&self, error: ApiError) -> Response {
+        let delay = Duration::from_millis(self.config.refusal_delay_ms).min(Duration::from_secs(error.retry_after.unwrap_or(1)));
+        if delay.is_zero() {
+            return error.into_response();
+        }
+        let waiting = self.delayed_refusals.fetch_add(1, Ordering::Relaxed);
+        if waiting >= self.config.max_delayed_refusals {
+            self.delayed_refusals.fetch_sub(1, Ordering::Relaxed);
+            let mut response = error.into_response();
+            response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        tokio::time::sleep(delay).await;
+        self.delayed_refusals.fetch_sub(1, Ordering::Relaxed);
+        error.into_response()
+    }
 }
 
 /// Echo the caller's `x-request-id` (if printable and short) or make one, on every response
