@@ -10,7 +10,7 @@ use crate::experiments::{ExperimentReport, FeedbackOutcome, MAX_CLICKS};
 use crate::plugins::CallError;
 use crate::plugins::contract::Query;
 use crate::plugins::registry::Route;
-use crate::routing::{Experiment, FusionMethod, MAX_PIPELINE_DEPTH, Pipeline, Runs, Stage, Target};
+use crate::routing::{Experiment, FusionMethod, MAX_PIPELINE_CALLS, MAX_PIPELINE_DEPTH, MAX_PIPELINES_PER_TENANT, Pipeline, Runs, Stage, Target};
 use crate::store::{qualify, split_qualified, validate_name};
 use anyhow::{Context as _, Result, anyhow, bail};
 use quarry_compose::interleave::Team;
@@ -378,7 +378,19 @@ impl Quarry {
     pub fn set_target(&self, collection: &str, target: Target) -> Result<()> {
         let key = qualify(collection)?;
         self.check_target(&key, &target)?;
-        self.registry.set_route(&key, target, None)
+        self.registry.set_route(&key, target, None)?;
+        self.forget_old_experiments(&key);
+        Ok(())
+    }
+
+    /// Keep the counts only of experiments the collection's route or previous route runs.
+    fn forget_old_experiments(&self, collection: &str) {
+        let name = |t: Option<Arc<Target>>| match t.as_deref() {
+            Some(Target::Experiment { experiment }) => Some(experiment.name.clone()),
+            _ => None,
+        };
+        let keep: Vec<String> = [name(self.registry.route(collection)), name(self.registry.previous_route(collection))].into_iter().flatten().collect();
+        self.experiments.retain(collection, &keep);
     }
 
     fn check_target(&self, collection: &str, target: &Target) -> Result<()> {
@@ -421,7 +433,7 @@ impl Quarry {
             bail!("`{}` is not a pipeline name; use 1-64 characters from a-z, A-Z, 0-9, `-`, `_`, `.`", crate::printable::printable(name, 64));
         }
         let limits = self.limits();
-        pipeline.check_shape(limits.max_hits, limits.deadline_ms).map_err(|e| anyhow!(e))?;
+        pipeline.check_shape(limits.max_hits.min(limits.max_batch), limits.deadline_ms).map_err(|e| anyhow!(e))?;
         for (at, stage) in pipeline.stages() {
             if let Runs::Strategy(route) = &stage.runs {
                 self.check_strategy(tenant, route).with_context(|| at.clone())?;
@@ -438,8 +450,20 @@ impl Quarry {
         let routes = self.routes();
         self.registry.set_pipeline(tenant, name, pipeline, |declared| {
             let lookup = |n: &str| declared.get(n).cloned();
-            // Every pipeline named from here exists, without a cycle and within the depth.
+            if declared.len() > MAX_PIPELINES_PER_TENANT {
+                bail!("tenant `{tenant}` has {MAX_PIPELINES_PER_TENANT} pipelines, the most it may declare; remove one first");
+            }
+            // Every pipeline named from here exists, without a cycle and within the depth, and
+            // a search through it makes a bounded number of strategy calls.
             expand(&Runs::Pipeline(name.to_string()), &lookup, &mut Vec::new(), &mut Vec::new())?;
+            // Pipelines naming this one grow with it: each stays within the bound.
+            for (other, _) in declared.iter() {
+                let calls = strategy_calls(&Runs::Pipeline(other.clone()), &lookup, 0);
+                if calls > MAX_PIPELINE_CALLS {
+                    let via = if other == name { String::new() } else { format!(" (it names `{name}`)") };
+                    bail!("a search through pipeline `{other}`{via} would make {calls} strategy calls; at most {MAX_PIPELINE_CALLS}, counting every stage of every pipeline named");
+                }
+            }
             // Routes that run this pipeline get its strategies' fields.
             for (collection, target) in routes.iter().filter(|(c, _)| split_qualified(c).0 == tenant) {
                 let uses = match target.as_ref() {
@@ -504,6 +528,7 @@ impl Quarry {
         let target = chosen.runs.clone().into_target();
         self.check_target(&key, &target)?;
         self.registry.set_route(&key, target.clone(), Some(&current))?;
+        self.forget_old_experiments(&key);
         Ok(target)
     }
 
@@ -515,6 +540,7 @@ impl Quarry {
         let target = previous.as_ref().clone();
         self.check_target(&key, &target).context("the previous route no longer checks out")?;
         self.registry.set_route(&key, target.clone(), Some(&current))?;
+        self.forget_old_experiments(&key);
         Ok(target)
     }
 
@@ -613,6 +639,20 @@ fn expand_through(runs: &Runs, lookup: Lookup<'_>, path: &mut Vec<String>, out: 
             path.pop();
             Ok(found)
         }
+    }
+}
+
+/// How many strategy calls a search through `runs` makes at most (each fusion stage and both
+/// sides of a fallback count). Declarations are checked for cycles first; the depth bound keeps
+/// this finite regardless.
+fn strategy_calls(runs: &Runs, lookup: Lookup<'_>, depth: usize) -> usize {
+    match runs {
+        Runs::Strategy(_) => 1,
+        Runs::Pipeline(_) if depth > MAX_PIPELINE_DEPTH => usize::MAX / 2,
+        Runs::Pipeline(name) => match lookup(name) {
+            Some(pipeline) => pipeline.stages().iter().map(|(_, stage)| strategy_calls(&stage.runs, lookup, depth + 1)).fold(0, usize::saturating_add),
+            None => 0,
+        },
     }
 }
 

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 /// Most clicks one feedback call may carry.
 pub const MAX_CLICKS: usize = 1000;
+/// Positions of an impression kept for crediting clicks: clicks further down are ignored, and
+/// an impression costs at most this many ids of memory.
+pub const MAX_SHOWN: usize = 50;
 
 /// One experiment's report.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -168,6 +171,8 @@ impl Experiments {
         if let Some(old) = evicted {
             impressions.by_id.remove(&old);
         }
+        let mut shown = shown;
+        shown.truncate(MAX_SHOWN);
         let impression = Impression { tenant: tenant.to_string(), state: (collection.to_string(), experiment.name.clone()), arms, shown, clicks: HashSet::new() };
         impressions.by_id.insert(id.to_string(), impression);
     }
@@ -210,6 +215,11 @@ impl Experiments {
             Outcome::Win(team) => arms[usize::from(team == Team::B)].clone(),
         });
         Some(FeedbackOutcome { impression: id.to_string(), outcome })
+    }
+
+    /// Forget the counts of `collection`'s experiments other than `keep` (names).
+    pub fn retain(&self, collection: &str, keep: &[String]) {
+        lock(&self.states).retain(|(c, name), _| c != collection || keep.contains(name));
     }
 
     /// The report of `experiment` on `collection`, arms in declaration order.

@@ -249,6 +249,10 @@ pub struct Fallback {
 pub const MAX_FUSED_STAGES: usize = 8;
 /// Most pipelines one call may pass through, nested.
 pub const MAX_PIPELINE_DEPTH: usize = 4;
+/// Most strategy calls one pipeline may make for a search (counting every branch).
+pub const MAX_PIPELINE_CALLS: usize = 16;
+/// Most pipelines one tenant may declare.
+pub const MAX_PIPELINES_PER_TENANT: usize = 256;
 /// Most arms an experiment may have.
 pub const MAX_ARMS: usize = 8;
 
@@ -262,8 +266,9 @@ impl Pipeline {
         }
     }
 
-    /// Check what needs no host: labels, counts, weights and numbers. `max_hits` and
-    /// `deadline_ms` are the host's limits.
+    /// Check what needs no host: labels, counts, weights and numbers. `max_hits` (hits a
+    /// strategy may be asked for, and candidates a re-ranker may be handed) and `deadline_ms`
+    /// are the host's limits.
     pub fn check_shape(&self, max_hits: usize, deadline_ms: u64) -> Result<(), String> {
         let stages = self.stages();
         let mut labels = HashSet::new();
@@ -281,7 +286,7 @@ impl Pipeline {
         match self {
             Pipeline::Cascade(c) => {
                 if c.depth == 0 || c.depth as usize > max_hits {
-                    return Err(format!("cascade.depth: {} is out of range; take 1 to {max_hits} candidates (the host's `max_hits`)", c.depth));
+                    return Err(format!("cascade.depth: {} is out of range; take 1 to {max_hits} candidates (the host's `max_hits` and `max_batch`)", c.depth));
                 }
                 if matches!(c.then.runs, Runs::Pipeline(_)) {
                     return Err("cascade.then: a cascade's second stage re-ranks through `rerank`, so it must be a strategy, not a pipeline".into());

@@ -177,6 +177,17 @@ fn bad_declarations_are_refused_when_set_with_a_4xx_that_says_what_to_fix() {
     refused("/v1/pipelines/r", json!({"fallback": {"primary": {"pipeline": "q"}, "fallback": dense()}}), 400, &["cycle", "r → q → r"]);
     let (_, out, _) = call("GET", &server.url("/v1/pipelines/r"), Some(&key), None);
     assert!(out["declaration"]["fallback"]["primary"]["strategy"].is_string(), "the refused declaration changed r: {out}");
+    // A search makes at most 16 strategy calls, however pipelines nest: 8 stages of `two` (2
+    // calls each) fit; growing `two` to 3 would make `wide` take 24, and is refused.
+    let (status, out) = put(&server, &key, "/v1/pipelines/two", &json!({"fusion": {"stages": [dense(), tgdt()]}}));
+    assert_eq!(status, 200, "{out}");
+    let stages: Vec<Value> = (0..8).map(|i| json!({"name": format!("s{i}"), "pipeline": "two"})).collect();
+    let (status, out) = put(&server, &key, "/v1/pipelines/wide", &json!({"fusion": {"stages": stages}}));
+    assert_eq!(status, 200, "{out}");
+    let mut third = dense();
+    third["name"] = json!("again");
+    refused("/v1/pipelines/two", json!({"fusion": {"stages": [dense(), tgdt(), third]}}), 400, &["pipeline `wide`", "24 strategy calls", "at most 16"]);
+    refused("/v1/pipelines/p", json!({"cascade": {"first": tgdt(), "then": dense(), "depth": 5000}}), 400, &["cascade.depth", "5000"]);
     // Experiments.
     let arm = |name: &str, weight: f64| json!({"name": name, "weight": weight, "strategy": "dense@0.3.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]});
     let experiment = |arms: Value| json!({"experiment": {"name": "e", "arms": arms}});

@@ -8,8 +8,8 @@ use statrs::distribution::{Binomial, DiscreteCDF};
 pub struct ArmStats {
     pub calls: u64,
     pub errors: u64,
-    /// Microseconds, 1 µs to 10 min at 3 significant digits (about 40 kB, whatever the traffic).
-    latency_us: Histogram<u64>,
+    /// Microseconds, 1 µs to 10 min at 2 significant digits (about 12 kB, whatever the traffic).
+    latency_us: Histogram<u32>,
     /// Impressions this arm served (or took part in, when interleaved).
     pub impressions: u64,
     /// Of those, the ones where a hit of this arm was clicked.
@@ -26,7 +26,7 @@ pub struct Quantiles {
 
 impl Default for ArmStats {
     fn default() -> Self {
-        ArmStats { calls: 0, errors: 0, latency_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"), impressions: 0, clicked: 0 }
+        ArmStats { calls: 0, errors: 0, latency_us: Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid bounds"), impressions: 0, clicked: 0 }
     }
 }
 
@@ -104,7 +104,7 @@ mod tests {
         }
         assert_eq!((arm.calls, arm.errors), (100, 10));
         let q = arm.latency_ms();
-        assert!((q.p50 - 50.0).abs() < 0.5 && (q.p95 - 95.0).abs() < 0.5 && (q.p99 - 99.0).abs() < 0.5, "{q:?}");
+        assert!((q.p50 - 50.0).abs() < 0.6 && (q.p95 - 95.0).abs() < 1.0 && (q.p99 - 99.0).abs() < 1.0, "{q:?}");
         arm.impressions = 8;
         arm.clicked = 2;
         assert_eq!(arm.click_through(), 0.25);

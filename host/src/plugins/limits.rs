@@ -78,7 +78,7 @@ impl Default for Limits {
             max_counters: 256,
             max_log_lines: 100,
             max_log_bytes: 64 << 10,
-            max_impressions: 100_000,
+            max_impressions: 20_000,
         }
     }
 }
