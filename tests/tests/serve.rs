@@ -422,7 +422,7 @@ fn sigterm_lets_searches_finish_and_loses_no_acknowledged_item() {
 }
 
 #[test]
-fn images_ingest_as_base64_and_items_read_back_and_delete() {
+fn images_ingest_as_base64_or_multipart_and_items_read_back_and_delete() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     add_minilm(&server);
@@ -442,6 +442,37 @@ fn images_ingest_as_base64_and_items_read_back_and_delete() {
     let (status, out, _) = call("POST", &server.url("/v1/collections/docs/search"), Some(&key), json_body(&json!({"image": encoded, "text": "panic"})));
     assert_eq!(status, 502, "a strategy that crashes is the strategy's failure: {out}");
     assert!(out["error"]["message"].as_str().unwrap().contains("panicked"), "{out}");
+    // Multipart: the items as JSON in an `items` part, each image in a part its item names.
+    let multipart = |parts: &[(&str, &str, &[u8])]| {
+        let mut body = Vec::new();
+        for (name, kind, bytes) in parts {
+            body.extend(format!("--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: {kind}\r\n\r\n").as_bytes());
+            body.extend_from_slice(bytes);
+            body.extend(b"\r\n");
+        }
+        body.extend(b"--XyZ--\r\n");
+        Some(("multipart/form-data; boundary=XyZ", body))
+    };
+    let items = json!({"items": [{"id": "red2", "text": "another red circle", "image_part": "red.png"}, {"id": "words", "text": "no image"}]}).to_string();
+    let (status, out, _) = call("POST", &server.url("/v1/collections/docs/items"), Some(&key), multipart(&[("items", "application/json", items.as_bytes()), ("red.png", "image/png", &png)]));
+    assert_eq!((status, out["ingested"].as_u64()), (200, Some(2)), "{out}");
+    let (status, out, _) = call("GET", &server.url("/v1/collections/docs/items/red2"), Some(&key), None);
+    assert_eq!((status, out["text"].as_str()), (200, Some("another red circle")), "{out}");
+    let refused = |parts: &[(&str, &str, &[u8])], says: &str| {
+        let (status, out, _) = call("POST", &server.url("/v1/collections/docs/items"), Some(&key), multipart(parts));
+        assert_eq!(status, 400, "{out}");
+        assert!(out["error"]["message"].as_str().unwrap().contains(says), "{out} does not say {says:?}");
+    };
+    let one = json!({"items": [{"id": "x", "image_part": "x.png"}]}).to_string();
+    refused(&[("items", "application/json", one.as_bytes()), ("x.png", "image/png", b"not a picture")], "item 0");
+    refused(&[("items", "application/json", one.as_bytes())], "no part named `x.png`");
+    refused(&[("items", "application/json", one.as_bytes()), ("x.png", "image/png", &png), ("stray.png", "image/png", &png)], "part `stray.png` is no item's");
+    refused(&[("x.png", "image/png", &png)], "no `items` part");
+    let (status, _, _) = call("GET", &server.url("/v1/collections/docs/items/x"), Some(&key), None);
+    assert_eq!(status, 404, "a refused multipart ingest stored an item");
+    let (status, out, _) = call("POST", &server.url("/v1/collections/docs/items"), Some(&key), json_body(&json!({"items": [{"id": "y", "image_part": "y.png"}]})));
+    assert_eq!(status, 400, "{out}");
+    assert!(out["error"]["message"].as_str().unwrap().contains("base64 in `image`"), "{out}");
     let (status, out, _) = call("DELETE", &server.url("/v1/collections/docs/items/red"), Some(&key), None);
     assert_eq!(status, 204, "{out}");
     let (status, _, _) = call("GET", &server.url("/v1/collections/docs/items/red"), Some(&key), None);

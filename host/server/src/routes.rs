@@ -17,7 +17,7 @@ use base64::Engine as _;
 use quarry_host::plugins::registry::Owner;
 use quarry_host::{Grants, NewItem, Route, SearchRequest, Target};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -526,6 +526,8 @@ struct ItemBody {
     text: Option<String>,
     /// A PNG or JPEG image, base64.
     image: Option<String>,
+    /// In a `multipart/form-data` ingest: the name of the part holding this item's image.
+    image_part: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
     metadata: serde_json::Value,
@@ -568,10 +570,13 @@ fn decode_image(encoded: &str, what: &str) -> ApiResult<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|e| ApiError::bad_request(format!("{what}: `image` is not valid base64 ({e})")))
 }
 
-/// Parse and check items: all of them or none.
-fn parse_items(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<NewItem>> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+fn mime_of(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Parse and check items: all of them or none. `files` holds a multipart body's image parts.
+fn parse_items(content_type: &str, body: &[u8], mut files: Option<HashMap<String, Vec<u8>>>) -> ApiResult<Vec<NewItem>> {
+    let mime = mime_of(content_type);
     let lines: Vec<(String, ItemBody)> = match mime.as_str() {
         "application/json" => {
             let parsed: IngestBody = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not an ingest request ({{\"items\": [...]}}): {e}")))?;
@@ -590,7 +595,7 @@ fn parse_items(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<NewItem>> {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                "send items as `application/json` ({\"items\": [...]}) or `application/x-ndjson` (one item per line)",
+                "send items as `application/json` ({\"items\": [...]}), `application/x-ndjson` (one item per line), or `multipart/form-data` (an `items` part and one part per image)",
             ));
         }
     };
@@ -600,30 +605,75 @@ fn parse_items(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<NewItem>> {
     let mut items = Vec::with_capacity(lines.len());
     for (at, item) in lines {
         quarry_host::store::validate_item_id(&item.id).map_err(|e| ApiError::bad_request(format!("{at}: {e:#}")))?;
-        if item.text.is_none() && item.image.is_none() {
+        if item.text.is_none() && item.image.is_none() && item.image_part.is_none() {
             return Err(ApiError::bad_request(format!("{at} (`{}`) has neither `text` nor `image`", quarry_host::printable::printable(&item.id, 64))));
         }
-        let image = match &item.image {
-            Some(encoded) => {
-                let bytes = decode_image(encoded, &at)?;
-                quarry_host::models::preprocess::decode(&bytes).map_err(|e| ApiError::bad_request(format!("{at}: {e:#}")))?;
-                Some(bytes)
+        let image = match (&item.image, &item.image_part, files.as_mut()) {
+            (Some(_), Some(_), _) => return Err(ApiError::bad_request(format!("{at}: send the image in `image` (base64) or `image_part`, not both"))),
+            (Some(encoded), None, _) => Some(decode_image(encoded, &at)?),
+            (None, Some(_), None) => {
+                return Err(ApiError::bad_request(format!("{at}: `image_part` names a part of a `multipart/form-data` body; in JSON, send the image base64 in `image`")));
             }
-            None => None,
+            (None, Some(name), Some(files)) => Some(files.remove(name).ok_or_else(|| {
+                ApiError::bad_request(format!("{at}: no part named `{}` holds its image (each part is one item's image)", quarry_host::printable::printable(name, 64)))
+            })?),
+            (None, None, _) => None,
         };
+        if let Some(bytes) = &image {
+            quarry_host::models::preprocess::decode(bytes).map_err(|e| ApiError::bad_request(format!("{at}: {e:#}")))?;
+        }
         let metadata = if item.metadata.is_null() { serde_json::json!({}) } else { item.metadata };
         if !metadata.is_object() {
             return Err(ApiError::bad_request(format!("{at}: `metadata` must be a JSON object")));
         }
         items.push(NewItem { id: item.id, text: item.text, image, image_source: None, metadata });
     }
+    if let Some(name) = files.and_then(|files| files.into_keys().next()) {
+        return Err(ApiError::bad_request(format!("part `{}` is no item's `image_part`; name it from an item or leave it out", quarry_host::printable::printable(&name, 64))));
+    }
     Ok(items)
 }
 
-/// Store items (JSON or NDJSON; images base64) and have the routed strategy index them. Each
-/// batch lands whole or not at all; a 200 means every item landed.
+/// Most parts one multipart ingest may carry.
+const MAX_PARTS: usize = 10_000;
+
+/// A `multipart/form-data` ingest: the `items` part (its type says JSON or NDJSON) and the
+/// image parts by name.
+async fn read_multipart(content_type: &str, body: Bytes) -> ApiResult<(String, Vec<u8>, HashMap<String, Vec<u8>>)> {
+    let boundary = multer::parse_boundary(content_type).map_err(|e| ApiError::bad_request(format!("the multipart body has no usable boundary ({e})")))?;
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let (mut items, mut files) = (None, HashMap::new());
+    let mut parts = 0;
+    while let Some(field) = multipart.next_field().await.map_err(|e| ApiError::bad_request(format!("the multipart body is malformed: {e}")))? {
+        parts += 1;
+        if parts > MAX_PARTS {
+            return Err(ApiError::bad_request(format!("more than {MAX_PARTS} parts; send fewer items per request")));
+        }
+        let name = field.name().unwrap_or_default().to_string();
+        if name.is_empty() || name.len() > 128 {
+            return Err(ApiError::bad_request(format!("part {parts} needs a name of 1 to 128 bytes (`Content-Disposition: form-data; name=...`)")));
+        }
+        let kind = field.content_type().map_or_else(|| "application/json".to_string(), |m| m.essence_str().to_string());
+        let bytes = field.bytes().await.map_err(|e| ApiError::bad_request(format!("part `{}`: {e}", quarry_host::printable::printable(&name, 64))))?;
+        if name == "items" {
+            if items.replace((kind, bytes.to_vec())).is_some() {
+                return Err(ApiError::bad_request("more than one `items` part"));
+            }
+        } else if files.insert(name.clone(), bytes.to_vec()).is_some() {
+            return Err(ApiError::bad_request(format!("two parts are named `{}`", quarry_host::printable::printable(&name, 64))));
+        }
+    }
+    let (kind, items) = items.ok_or_else(|| ApiError::bad_request("no `items` part: send the items as JSON or NDJSON in a part named `items`"))?;
+    Ok((kind, items, files))
+}
+
+/// Store items (JSON, NDJSON with images base64, or multipart with images as parts) and have
+/// the routed strategy index them. Each batch lands whole or not at all; a 200 means every item
+/// landed.
 #[utoipa::path(post, path = "/v1/collections/{collection}/items", tag = "items", params(("collection" = String, Path), IngestParams),
-    request_body(content((IngestBody = "application/json"), (String = "application/x-ndjson")), description = "Items to ingest"),
+    request_body(content((IngestBody = "application/json"), (String = "application/x-ndjson"), (String = "multipart/form-data")),
+        description = "Items to ingest: JSON, NDJSON, or multipart with an `items` part (JSON or NDJSON, items naming their image's part in `image_part`) and one part per image"),
     responses((status = 200, body = IngestView), (status = 202, body = JobStarted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn ingest(
@@ -638,7 +688,13 @@ async fn ingest(
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let body = body.map_err(|e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { crate::error::too_large() } else { ApiError::bad_request(e.body_text()) })?;
     let (key, route) = routed(&state, &tenant, &collection)?;
-    let items = blocking(move || parse_items(&headers, &body)).await??;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let items = if mime_of(&content_type) == "multipart/form-data" {
+        let (kind, items, files) = read_multipart(&content_type, body).await?;
+        blocking(move || parse_items(&kind, &items, Some(files))).await??
+    } else {
+        blocking(move || parse_items(&content_type, &body, None)).await??
+    };
     if params.background {
         let (job, progress) = state.jobs.start(&tenant.name, "ingest", &collection, items.len()).map_err(|limit| jobs_full(&tenant.name, limit))?;
         let (state2, job2) = (state.clone(), job.clone());
