@@ -112,6 +112,8 @@ pub struct Metrics {
     compute_seconds: Family<TenantLabels, Counter<f64, AtomicU64>>,
     model_runs: Family<ModelLabels, Counter>,
     model_inputs: Family<ModelLabels, Counter>,
+    model_queued_jobs: Family<ModelLabels, Counter>,
+    model_queue_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
     /// What the cumulative counters above were last advanced to.
     reported: Mutex<Reported>,
     tenants: LabelCap,
@@ -124,7 +126,18 @@ pub struct Metrics {
 #[derive(Default)]
 struct Reported {
     compute: HashMap<String, f64>,
-    models: HashMap<String, (u64, u64)>,
+    models: HashMap<String, ModelFigures>,
+}
+
+/// A model's cumulative figures since the host started.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFigures {
+    pub name: String,
+    pub runs: u64,
+    pub inputs: u64,
+    /// Jobs (a request's parts) that reached a run, and the seconds they waited in the queue.
+    pub queued_jobs: u64,
+    pub queued_seconds: f64,
 }
 
 impl Metrics {
@@ -150,6 +163,10 @@ impl Metrics {
         registry.register("model_runs", "Batched model runs by model", model_runs.clone());
         let model_inputs = Family::<ModelLabels, Counter>::default();
         registry.register("model_inputs", "Inputs in batched model runs by model (divide by runs for the mean batch size)", model_inputs.clone());
+        let model_queued_jobs = Family::<ModelLabels, Counter>::default();
+        registry.register("model_queued_jobs", "Jobs (parts of requests) that reached a run of the model", model_queued_jobs.clone());
+        let model_queue_seconds = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register("model_queue_seconds", "Seconds jobs waited in the model's queue (divide by queued jobs for the mean queue delay)", model_queue_seconds.clone());
         Metrics {
             registry,
             requests,
@@ -162,6 +179,8 @@ impl Metrics {
             compute_seconds,
             model_runs,
             model_inputs,
+            model_queued_jobs,
+            model_queue_seconds,
             reported: Mutex::default(),
             tenants: LabelCap::new(max_label_values),
             strategies: LabelCap::new(max_label_values),
@@ -204,7 +223,7 @@ impl Metrics {
     }
 
     /// The text exposition, after bringing the cumulative host figures up to date.
-    pub fn render(&self, compute: &[(String, f64)], models: &[(String, u64, u64)]) -> String {
+    pub fn render(&self, compute: &[(String, f64)], models: &[ModelFigures]) -> String {
         {
             let mut reported = self.reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (tenant, seconds) in compute {
@@ -214,12 +233,22 @@ impl Metrics {
                     *last = *seconds;
                 }
             }
-            for (model, runs, inputs) in models {
-                let last = reported.models.entry(model.clone()).or_default();
-                let label = ModelLabels { model: self.models.value(model) };
-                self.model_runs.get_or_create(&label).inc_by(runs.saturating_sub(last.0));
-                self.model_inputs.get_or_create(&label).inc_by(inputs.saturating_sub(last.1));
-                *last = (*runs.max(&last.0), *inputs.max(&last.1));
+            for now in models {
+                let last = reported.models.entry(now.name.clone()).or_default();
+                let label = ModelLabels { model: self.models.value(&now.name) };
+                self.model_runs.get_or_create(&label).inc_by(now.runs.saturating_sub(last.runs));
+                self.model_inputs.get_or_create(&label).inc_by(now.inputs.saturating_sub(last.inputs));
+                self.model_queued_jobs.get_or_create(&label).inc_by(now.queued_jobs.saturating_sub(last.queued_jobs));
+                if now.queued_seconds > last.queued_seconds {
+                    self.model_queue_seconds.get_or_create(&label).inc_by(now.queued_seconds - last.queued_seconds);
+                }
+                *last = ModelFigures {
+                    name: now.name.clone(),
+                    runs: now.runs.max(last.runs),
+                    inputs: now.inputs.max(last.inputs),
+                    queued_jobs: now.queued_jobs.max(last.queued_jobs),
+                    queued_seconds: now.queued_seconds.max(last.queued_seconds),
+                };
             }
         }
         let mut out = String::new();
@@ -238,14 +267,16 @@ mod tests {
         for strategy in ["a@1", "b@1", "c@1", "d@1"] {
             metrics.call("t", strategy, "ok", Duration::from_millis(3));
         }
-        let text = metrics.render(&[("t".into(), 1.5)], &[("m".into(), 2, 5)]);
+        let figures = |runs, inputs, queued_jobs, queued_seconds| ModelFigures { name: "m".into(), runs, inputs, queued_jobs, queued_seconds };
+        let text = metrics.render(&[("t".into(), 1.5)], &[figures(2, 5, 3, 0.25)]);
         assert!(text.contains(r#"quarry_strategy_calls_total{tenant="t",strategy="b@1",outcome="ok"} 1"#), "{text}");
         assert!(text.contains(r#"quarry_strategy_calls_total{tenant="t",strategy="other",outcome="ok"} 2"#), "{text}");
         assert!(text.contains(r#"quarry_compute_seconds_total{tenant="t"} 1.5"#), "{text}");
         // A second scrape advances counters by the growth only.
-        let text = metrics.render(&[("t".into(), 2.0)], &[("m".into(), 3, 9)]);
+        let text = metrics.render(&[("t".into(), 2.0)], &[figures(3, 9, 4, 0.5)]);
         assert!(text.contains(r#"quarry_compute_seconds_total{tenant="t"} 2.0"#), "{text}");
         assert!(text.contains(r#"quarry_model_inputs_total{model="m"} 9"#), "{text}");
+        assert!(text.contains(r#"quarry_model_queued_jobs_total{model="m"} 4"#) && text.contains(r#"quarry_model_queue_seconds_total{model="m"} 0.5"#), "{text}");
         metrics.stages("t", &[("p/dense".into(), Duration::from_millis(4)), ("p/a".into(), Duration::from_millis(1)), ("p/b".into(), Duration::from_millis(1))]);
         metrics.arm("t", "e", "one", Duration::from_millis(2));
         let text = metrics.render(&[], &[]);

@@ -148,8 +148,17 @@ async fn metrics(State(state): State<Shared>, Extension(caller): Extension<Calle
     caller.require_admin()?;
     let tenants = state.control.tenants().map_err(ApiError::internal)?;
     let compute: Vec<(String, f64)> = tenants.iter().map(|t| (t.name.clone(), state.quarry.compute_used(&t.name).as_secs_f64())).collect();
-    let models: Vec<(String, u64, u64)> =
-        state.quarry.models().manifests().into_iter().filter_map(|m| state.quarry.models().run_stats(&m.name).map(|(runs, inputs)| (m.name, runs, inputs))).collect();
+    let models: Vec<crate::metrics::ModelFigures> = state
+        .quarry
+        .models()
+        .manifests()
+        .into_iter()
+        .filter_map(|m| {
+            let (runs, inputs) = state.quarry.models().run_stats(&m.name)?;
+            let (queued_jobs, queued) = state.quarry.models().queue_stats(&m.name)?;
+            Some(crate::metrics::ModelFigures { name: m.name, runs, inputs, queued_jobs, queued_seconds: queued.as_secs_f64() })
+        })
+        .collect();
     let text = state.metrics.render(&compute, &models);
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }

@@ -120,6 +120,8 @@ struct Job {
     output: String,
     tenant: Arc<str>,
     deadline: Deadline,
+    /// When it was queued, for the queue-delay figures.
+    queued: Instant,
     reply: mpsc::SyncSender<Result<Output, ModelError>>,
 }
 
@@ -134,6 +136,9 @@ pub(crate) struct Batcher {
 struct Stats {
     runs: AtomicU64,
     inputs: AtomicU64,
+    /// Jobs that reached a run, and the microseconds they waited in the queue in all.
+    waited_jobs: AtomicU64,
+    waited_micros: AtomicU64,
 }
 
 impl Batcher {
@@ -160,6 +165,11 @@ impl Batcher {
         (self.stats.runs.load(Ordering::Relaxed), self.stats.inputs.load(Ordering::Relaxed))
     }
 
+    /// Jobs that reached a run, and how long they waited in the queue in all.
+    pub fn queue_stats(&self) -> (u64, Duration) {
+        (self.stats.waited_jobs.load(Ordering::Relaxed), Duration::from_micros(self.stats.waited_micros.load(Ordering::Relaxed)))
+    }
+
     /// Run `inputs` (alone or with other callers' inputs) and return this request's rows of
     /// `output`. The caller's compute slot is released while it waits, and it stops waiting at
     /// its deadline (a run still going then is terminated once no caller of it is left).
@@ -179,7 +189,7 @@ impl Batcher {
         let mut answers = Vec::with_capacity(parts.len());
         for inputs in parts {
             let (reply, answer) = mpsc::sync_channel(1);
-            let job = Job { inputs, output: output.to_string(), tenant: caller.tenant.clone(), deadline: caller.deadline, reply };
+            let job = Job { inputs, output: output.to_string(), tenant: caller.tenant.clone(), deadline: caller.deadline, queued: Instant::now(), reply };
             self.jobs.send(job).map_err(|_| ModelError::Runtime(anyhow!("the model's worker has stopped")))?;
             answers.push(answer);
         }
@@ -343,6 +353,10 @@ impl Worker {
         };
         if batch.is_empty() {
             return;
+        }
+        for job in &batch {
+            self.stats.waited_jobs.fetch_add(1, Ordering::Relaxed);
+            self.stats.waited_micros.fetch_add(job.queued.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         // The run computes for its callers: it takes a slot as the leading job's tenant, for as
         // long as any caller still waits.
@@ -561,12 +575,16 @@ mod tests {
         }
         let (runs, inputs) = batcher.stats();
         assert!(inputs > runs, "the callers never shared a run (runs {runs}, inputs {inputs})");
+        // Every caller's job reached a run, and jobs that shared one waited for it.
+        let (jobs, waited) = batcher.queue_stats();
+        assert_eq!(jobs, 8);
+        assert!(waited > Duration::ZERO);
     }
 
     fn job(tenant: &str, rows: usize, deadline: Deadline) -> (Job, mpsc::Receiver<Result<Output, ModelError>>) {
         let (reply, answer) = mpsc::sync_channel(1);
         let inputs = Inputs::Vectors { dim: 1, rows: vec![vec![0.0]; rows] };
-        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, reply }, answer)
+        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, queued: Instant::now(), reply }, answer)
     }
 
     #[test]

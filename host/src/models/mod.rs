@@ -192,6 +192,12 @@ impl Models {
         self.loaded.lock().unwrap().get(model).and_then(|m| m.batcher().ok().map(Batcher::stats))
     }
 
+    /// How many jobs (a request's parts) reached a run of a model, and how long they waited in
+    /// its queue in all (None if the model is not open).
+    pub fn queue_stats(&self, model: &str) -> Option<(u64, std::time::Duration)> {
+        self.loaded.lock().unwrap().get(model).and_then(|m| m.batcher().ok().map(Batcher::queue_stats))
+    }
+
     /// Embeddings of templates whose placeholder tokens take the given slot vectors.
     pub fn embed_texts_with_slots(&self, model: &str, texts: &[(String, Vec<Vec<f32>>)], caller: &Caller) -> Result<Vec<Vec<f32>>, ModelError> {
         let model = self.get(model, ModelRole::TextEncoder)?;
