@@ -698,6 +698,13 @@ impl Quarry {
         self.compute_meter.set_gate(gate);
     }
 
+    /// Cap each tenant's plugin memory at `caps(tenant)` bytes (when it says one), below
+    /// `limits.memory_bytes`; a call growing past it ends with [`CallError::MemoryLimit`]. Set
+    /// once; the HTTP service sets its `plugin_memory_bytes` quotas here.
+    pub fn set_memory_caps(&self, caps: Box<crate::plugins::MemoryCaps>) {
+        self.runtime.set_memory_caps(caps);
+    }
+
     /// Counters plugins reported (and the host kept for them), keyed by
     /// `tenant/name@version/counter`.
     pub fn counters(&self) -> std::collections::HashMap<String, f64> {

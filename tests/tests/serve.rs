@@ -290,6 +290,22 @@ fn quotas_answer_429_with_the_quota_named_and_the_compute_budget_counts_inferenc
     dense_collection(&server, &other, "docs", DOCS);
     assert_eq!(search(&server, &other, "docs", "cooking noodles").0, 200);
 
+    // Plugin memory: a tenant capped at 16 MiB is stopped there; one without a cap of its own
+    // grows to the host's limit.
+    for (tenant, quotas, cap) in [("small", json!({"quotas": {"plugin_memory_bytes": 16 << 20}}), 16usize << 20), ("roomy", json!({}), 256 << 20)] {
+        let key = admin_create_tenant(&server, tenant, quotas);
+        let (status, out, _) = call("POST", &server.url("/v1/plugins"), Some(&key), Some(("application/wasm", plugin("quarry-test-hostile"))));
+        assert_eq!(status, 201, "{out}");
+        let (status, out, _) = call("PUT", &server.url("/v1/collections/work/route"), Some(&key), json_body(&json!({"strategy": "hostile@0.1.0"})));
+        assert_eq!(status, 200, "{out}");
+        let (status, out, _) = call("POST", &server.url("/v1/collections/work/search"), Some(&key), json_body(&json!({"text": "alloc"})));
+        let message = out["error"]["message"].as_str().unwrap_or_default();
+        assert!(status >= 500 && message.contains(&format!("past the {cap}-byte cap")) && message.contains("plugin_memory_bytes"), "{tenant}: {status} {out}");
+    }
+    let (status, out, _) = call("POST", &server.url("/v1/tenants"), Some(ADMIN_KEY), json_body(&json!({"name": "tiny", "quotas": {"plugin_memory_bytes": 4096}})));
+    assert_eq!(status, 400, "{out}");
+    assert!(out["error"]["message"].as_str().unwrap().contains("plugin_memory_bytes"), "{out}");
+
     // The rejections are counted per tenant and quota in /metrics, which parses as Prometheus text.
     let (status, text, headers) = call("GET", &server.url("/metrics"), Some(ADMIN_KEY), None);
     assert_eq!(status, 200);

@@ -92,11 +92,15 @@ pub struct Quotas {
     pub compute_per_second: f64,
     /// Compute seconds the budget holds for bursts.
     pub compute_burst_seconds: f64,
+    /// Bytes of linear memory each of the tenant's plugin calls may grow to (the host's
+    /// `limits.memory_bytes` when unset; never above it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin_memory_bytes: Option<u64>,
 }
 
 impl Default for Quotas {
     fn default() -> Self {
-        Quotas { requests_per_second: 50.0, burst: 100.0, concurrent_calls: 8, compute_per_second: 1.0, compute_burst_seconds: 10.0 }
+        Quotas { requests_per_second: 50.0, burst: 100.0, concurrent_calls: 8, compute_per_second: 1.0, compute_burst_seconds: 10.0, plugin_memory_bytes: None }
     }
 }
 
@@ -117,6 +121,9 @@ impl Quotas {
         }
         if !(1..=10_000).contains(&self.concurrent_calls) {
             bail!("quota `concurrent_calls` is {}; it must be 1-10000", self.concurrent_calls);
+        }
+        if self.plugin_memory_bytes.is_some_and(|bytes| bytes < 1 << 20) {
+            bail!("quota `plugin_memory_bytes` is {}; give at least 1048576 (1 MiB), or leave it out for the host's limit", self.plugin_memory_bytes.unwrap_or(0));
         }
         Ok(())
     }

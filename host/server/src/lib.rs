@@ -94,14 +94,22 @@ impl AppState {
             ready: AtomicBool::new(true),
             delayed_refusals: std::sync::atomic::AtomicUsize::new(0),
         });
-        AppState::gate_compute(&state);
+        AppState::install_gates(&state);
         state
     }
 
-    /// Have the host ask this server's compute quotas before each model run, so work a tenant
-    /// queued before its budget ran out stops when it does.
-    fn gate_compute(state: &Shared) {
+    /// Have the host ask this server's quotas: compute before each model run (so work a tenant
+    /// queued before its budget ran out stops when it does), plugin memory at each call.
+    fn install_gates(state: &Shared) {
         let weak = Arc::downgrade(state);
+        state.quarry.set_memory_caps(Box::new({
+            let weak = weak.clone();
+            move |tenant| {
+                let state = weak.upgrade()?;
+                let record = state.control.tenant(tenant).ok().flatten()?;
+                state.quotas_of(&record).plugin_memory_bytes.map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX))
+            }
+        }));
         state.quarry.set_compute_gate(Box::new(move |tenant, used| {
             let state = weak.upgrade()?;
             let record = state.control.tenant(tenant).ok().flatten()?;

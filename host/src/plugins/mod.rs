@@ -54,7 +54,7 @@ const MAX_DESCRIPTION_CHARS: usize = 4096;
 pub enum CallError {
     #[error("strategy {strategy} ran past its {deadline_ms} ms deadline and was stopped; if it needs longer, raise `limits.deadline_ms` (`limits.build_deadline_ms` for builds)")]
     Timeout { strategy: String, deadline_ms: u64 },
-    #[error("strategy {strategy} tried to grow its memory past the {limit_bytes}-byte cap and was stopped; raise `limits.memory_bytes` or send smaller batches")]
+    #[error("strategy {strategy} tried to grow its memory past the {limit_bytes}-byte cap and was stopped; send smaller batches, or raise `limits.memory_bytes` (or the tenant's `plugin_memory_bytes` quota)")]
     MemoryLimit { strategy: String, limit_bytes: usize },
     #[error("strategy {strategy} panicked: {message}")]
     Panicked { strategy: String, message: String },
@@ -180,7 +180,13 @@ pub struct PluginRuntime {
     cache_hits: AtomicU64,
     reaper: Option<std::sync::mpsc::SyncSender<Retired>>,
     reaper_thread: Option<std::thread::JoinHandle<()>>,
+    /// A tenant's own cap on plugin memory, below `limits.memory_bytes` (a quota).
+    memory_caps: std::sync::OnceLock<Box<MemoryCaps>>,
 }
+
+/// Given a tenant, the bytes of linear memory its plugin instances may grow to, if it has a cap
+/// of its own.
+pub type MemoryCaps = dyn Fn(&str) -> Option<usize> + Send + Sync;
 
 impl Drop for PluginRuntime {
     /// Finish retiring calls before the host goes, so nothing outlives it (the store's file lock
@@ -275,6 +281,7 @@ impl PluginRuntime {
             cache_hits: AtomicU64::new(0),
             reaper: Some(reaper),
             reaper_thread: Some(reaper_thread),
+            memory_caps: std::sync::OnceLock::new(),
         })
     }
 
@@ -393,6 +400,11 @@ impl PluginRuntime {
 
     /// Run `f` on a fresh instance of `plugin` under this runtime's limits, with a deadline of
     /// `deadline_ms`. On success, returns the result and what the call leaves to keep.
+    /// Cap tenants' plugin memory below `limits.memory_bytes` (set once; quotas do).
+    pub fn set_memory_caps(&self, caps: Box<MemoryCaps>) {
+        let _ = self.memory_caps.set(caps);
+    }
+
     pub fn call<R>(
         &self,
         plugin: &Arc<LoadedPlugin>,
@@ -427,6 +439,8 @@ impl PluginRuntime {
                 (store, instance)
             }
         };
+        let memory_bytes = self.memory_caps.get().and_then(|caps| caps(&grants.tenant)).map_or(self.limits.memory_bytes, |cap| cap.min(self.limits.memory_bytes));
+        store.data_mut().limiter.memory_bytes = memory_bytes;
         store.data_mut().begin_call(grants, deadline, Some(slot.clone()));
         arm(&mut store);
         let outcome = match instance {
@@ -490,7 +504,7 @@ impl PluginRuntime {
     fn classify(&self, error: wasmtime::Error, state: &CallState, strategy: &str, deadline_ms: u64) -> CallError {
         let strategy = strategy.to_string();
         if state.limiter.memory_cap_hit {
-            return CallError::MemoryLimit { strategy, limit_bytes: self.limits.memory_bytes };
+            return CallError::MemoryLimit { strategy, limit_bytes: state.limiter.memory_bytes };
         }
         if error.downcast_ref::<Expired>().is_some() {
             return CallError::Timeout { strategy, deadline_ms };
