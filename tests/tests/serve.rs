@@ -530,6 +530,37 @@ fn the_cli_works_against_a_server_as_it_does_in_process() {
     assert!(ok && out.contains("deleted 1 of 2"), "{out}");
     let (ok, out) = quarry(&["build", "docs"], &key);
     assert!(ok && out.contains("built docs"), "{out}");
+    // Pipelines and experiments: declared, routed, reported, promoted and rolled back.
+    let stage = |name: &str| json!({"name": name, "strategy": "dense@0.3.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]});
+    let fusion = json!({"fusion": {"stages": [stage("a"), stage("b")]}}).to_string();
+    let (ok, out) = quarry(&["pipeline", "set", "both", &fusion], &key);
+    assert!(ok && out.contains("pipeline both declared"), "{out}");
+    let (ok, out) = quarry(&["route", "set", "docs", "--pipeline", "both"], &key);
+    assert!(ok && out.contains("docs -> pipeline:both"), "{out}");
+    let (ok, out) = quarry(&["search", "docs", "a steaming bowl of noodles", "-k", "1"], &key);
+    assert!(ok && out.contains("pasta") && out.contains("pipeline:both"), "{out}");
+    let experiment = dir.path().join("experiment.json");
+    let mut two = stage("two");
+    two["weight"] = json!(3);
+    std::fs::write(&experiment, json!({"name": "e", "arms": [{"name": "one", "pipeline": "both"}, two]}).to_string()).unwrap();
+    let (ok, out) = quarry(&["route", "set", "docs", "--experiment", &format!("@{}", experiment.display())], &key);
+    assert!(ok && out.contains("docs -> experiment:e"), "{out}");
+    let (ok, out) = quarry(&["search", "docs", "a steaming bowl of noodles", "-k", "1"], &key);
+    assert!(ok && out.contains("pasta"), "{out}");
+    let (ok, out) = quarry(&["experiment", "docs"], &key);
+    assert!(ok && out.contains(r#""name": "e""#) && out.contains(r#""calls": 1"#), "{out}");
+    let (ok, out) = quarry(&["route", "promote", "docs", "two"], &key);
+    assert!(ok && out.contains("docs -> dense@0.3.0"), "{out}");
+    let (ok, out) = quarry(&["route", "rollback", "docs"], &key);
+    assert!(ok && out.contains("docs -> experiment:e"), "{out}");
+    let (ok, out) = quarry(&["route", "list"], &key);
+    assert!(ok && out.contains("experiment:e"), "{out}");
+    let (ok, out) = quarry(&["pipeline", "list"], &key);
+    assert!(ok && out.contains(r#""name": "both""#), "{out}");
+    let (ok, out) = quarry(&["pipeline", "remove", "both"], &key);
+    assert!(!ok && out.contains("still used by t/docs") && out.contains("HTTP 409"), "{out}");
+    let (ok, out) = quarry(&["route", "set", "docs", "--pipeline", "both", "--strategy", "dense@0.3.0"], &key);
+    assert!(!ok && out.contains("cannot be used with"), "{out}");
     // The server's errors come back as the CLI's, and local-only commands say so.
     let (ok, out) = quarry(&["search", "nope", "x"], &key);
     assert!(!ok && out.contains("no collection `nope`") && out.contains("HTTP 404"), "{out}");
@@ -537,6 +568,19 @@ fn the_cli_works_against_a_server_as_it_does_in_process() {
     assert!(!ok && out.contains("HTTP 401"), "{out}");
     let (ok, out) = quarry(&["index", "docs", "embedding", "--hnsw"], &key);
     assert!(!ok && out.contains("local data directory only"), "{out}");
+    // The same pipeline commands in-process, on a data directory.
+    let local = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_quarry-e2e")).arg("--data-dir").arg(dir.path().join("local")).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, out) = local(&["pipeline", "set", "p", r#"{"fusion": {"stages": []}}"#]);
+    assert!(!ok && out.contains("fuse 2 to 8"), "{out}");
+    let (ok, out) = local(&["pipeline", "set", "p", "{not json"]);
+    assert!(!ok && out.contains("the pipeline is not valid JSON"), "{out}");
+    let (ok, out) = local(&["pipeline", "list"]);
+    assert!(ok && out.trim() == "{}", "{out}");
+    let (ok, out) = local(&["route", "rollback", "docs"]);
+    assert!(!ok && out.contains("no strategy route"), "{out}");
 }
 
 #[test]

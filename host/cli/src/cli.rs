@@ -40,9 +40,16 @@ pub(crate) enum Command {
     /// Register or list models.
     #[command(subcommand)]
     Model(ModelCommand),
-    /// Point a collection at a strategy version.
+    /// Point a collection at a strategy version, a pipeline or an experiment; promote an arm or
+    /// roll back.
     #[command(subcommand)]
     Route(RouteCommand),
+    /// Declare, list or remove pipelines (cascade, fusion, fallback of strategies).
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
+    /// What a collection's experiment has seen: per-arm calls, latency and click-through, and the
+    /// interleaving verdict.
+    Experiment { collection: String },
     /// Ingest a folder (text and image files) or a JSONL file into a collection.
     Ingest {
         collection: String,
@@ -292,14 +299,73 @@ pub(crate) enum ModelCommand {
 
 #[derive(Subcommand)]
 pub(crate) enum RouteCommand {
-    /// Route a collection to a strategy version, atomically.
+    /// Route a collection to a strategy version, a pipeline (`--pipeline`) or an experiment
+    /// (`--experiment`), atomically.
     Set {
         collection: String,
         #[command(flatten)]
-        route: RouteArgs,
+        route: Option<RouteArgs>,
+        /// A pipeline declared with `quarry pipeline set`.
+        #[arg(long, conflicts_with_all = ["strategy", "experiment"])]
+        pipeline: Option<String>,
+        /// An experiment, as JSON or @file: {"name", "arms": [{"name", "weight", "strategy",
+        /// "config", "models"} or {"name", "weight", "pipeline"}], "interleave"}.
+        #[arg(long, conflicts_with = "strategy")]
+        experiment: Option<String>,
     },
+    /// Make an arm of the collection's experiment its route.
+    Promote { collection: String, arm: String },
+    /// Route the collection back to what it had before its last change.
+    Rollback { collection: String },
     /// List routes.
     List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PipelineCommand {
+    /// Declare (or replace) a pipeline from JSON or @file, e.g. '{"fusion": {"stages": [...]}}'.
+    Set {
+        name: String,
+        declaration: String,
+        /// The tenant whose pipeline it is [default: default]
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List a tenant's pipelines with their declarations.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Remove a pipeline no route, arm or pipeline uses.
+    Remove {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+/// A JSON declaration given inline or as `@file`.
+pub(crate) fn declaration(text: &str, what: &str) -> Result<serde_json::Value> {
+    let text = match text.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} from {path}"))?,
+        None => text.to_string(),
+    };
+    serde_json::from_str(&text).with_context(|| format!("the {what} is not valid JSON"))
+}
+
+impl RouteCommand {
+    /// What `route set` routes to, from its options.
+    pub(crate) fn target(route: &Option<RouteArgs>, pipeline: &Option<String>, experiment: &Option<String>) -> Result<quarry_host::Target> {
+        Ok(match (route, pipeline, experiment) {
+            (Some(route), None, None) => quarry_host::Target::Strategy(route.route()?),
+            (None, Some(pipeline), None) => quarry_host::Target::Pipeline { pipeline: pipeline.clone() },
+            (None, None, Some(experiment)) => {
+                let experiment = serde_json::from_value(declaration(experiment, "experiment")?).context("the experiment does not read as {\"name\", \"arms\", \"interleave\"}")?;
+                quarry_host::Target::Experiment { experiment }
+            }
+            _ => bail!("give one of --strategy, --pipeline or --experiment"),
+        })
+    }
 }
 
 #[derive(Args, Clone)]
@@ -472,10 +538,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Route(cmd) => {
             let host = open(&dir, cli.verbose)?;
             match cmd {
-                RouteCommand::Set { collection, route } => {
-                    host.set_route(&collection, route.route()?)?;
-                    println!("{collection} -> {}", route.strategy);
+                RouteCommand::Set { collection, route, pipeline, experiment } => {
+                    let target = RouteCommand::target(&route, &pipeline, &experiment)?;
+                    let shown = target.describe();
+                    host.set_target(&collection, target)?;
+                    println!("{collection} -> {shown}");
                 }
+                RouteCommand::Promote { collection, arm } => println!("{collection} -> {}", host.promote(&collection, &arm)?.describe()),
+                RouteCommand::Rollback { collection } => println!("{collection} -> {}", host.rollback(&collection)?.describe()),
                 RouteCommand::List => {
                     for (collection, target) in host.routes() {
                         match target.strategy() {
@@ -488,6 +558,32 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+            Ok(())
+        }
+        Command::Pipeline(cmd) => {
+            let host = open(&dir, cli.verbose)?;
+            let tenant = |t: &Option<String>| t.clone().unwrap_or_else(|| crate::store::DEFAULT_TENANT.to_string());
+            match cmd {
+                PipelineCommand::Set { name, declaration: text, tenant: t } => {
+                    let pipeline = serde_json::from_value(declaration(&text, "pipeline")?).context("the pipeline does not read as {\"cascade\"}, {\"fusion\"} or {\"fallback\"}")?;
+                    host.set_pipeline(&tenant(&t), &name, pipeline)?;
+                    println!("pipeline {name} declared");
+                }
+                PipelineCommand::List { tenant: t } => {
+                    let pipelines = host.pipelines(&tenant(&t));
+                    let listed: std::collections::BTreeMap<&String, &quarry_host::Pipeline> = pipelines.iter().map(|(n, p)| (n, p.as_ref())).collect();
+                    println!("{}", serde_json::to_string_pretty(&listed)?);
+                }
+                PipelineCommand::Remove { name, tenant: t } => {
+                    host.remove_pipeline(&tenant(&t), &name)?;
+                    println!("pipeline {name} removed");
+                }
+            }
+            Ok(())
+        }
+        Command::Experiment { collection } => {
+            let host = open(&dir, cli.verbose)?;
+            println!("{}", serde_json::to_string_pretty(&host.experiment_report(&collection)?)?);
             Ok(())
         }
         Command::Ingest { collection, source, route, allow_skips } => {

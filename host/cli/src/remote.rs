@@ -1,11 +1,11 @@
 //! The CLI against a running `quarry serve` (`--server URL --api-key KEY`): the same commands,
 //! sent as HTTP requests. The key decides the tenant.
 
-use crate::cli::{Command, ModelCommand, PluginCommand, RouteCommand};
+use crate::cli::{Command, ModelCommand, PipelineCommand, PluginCommand, RouteCommand};
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 use quarry_host::printable::printable;
-use quarry_host::{SearchHit, SearchResponse};
+use quarry_host::{SearchHit, SearchResponse, Target};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
@@ -62,6 +62,23 @@ fn segment(text: &str) -> String {
     text.bytes()
         .map(|b| if b.is_ascii_alphanumeric() || b"-_.~@".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
+}
+
+/// How a route reads: `name@version`, `pipeline:<name>` or `experiment:<name>`.
+fn described(route: &Value) -> String {
+    match (route["strategy"].as_str(), route["pipeline"].as_str(), route["experiment"]["name"].as_str()) {
+        (Some(strategy), _, _) => strategy.to_string(),
+        (_, Some(pipeline), _) => format!("pipeline:{pipeline}"),
+        (_, _, Some(experiment)) => format!("experiment:{experiment}"),
+        _ => route.to_string(),
+    }
+}
+
+fn no_tenant(tenant: &Option<String>) -> Result<()> {
+    if tenant.is_some() {
+        bail!("--tenant does not apply with --server: the API key names the tenant");
+    }
+    Ok(())
 }
 
 fn pretty(value: &Value) -> Result<()> {
@@ -164,19 +181,51 @@ pub fn run(remote: &Remote, command: Command) -> Result<()> {
             println!("deleted {deleted} of {} item(s) from {collection}", ids.len());
             Ok(())
         }
-        Command::Route(RouteCommand::Set { collection, route }) => {
-            let r = route.route()?;
-            let body = json!({"strategy": r.strategy, "config": r.config, "models": r.grants.models, "collections": r.grants.collections, "strategies": r.grants.strategies});
+        Command::Route(RouteCommand::Set { collection, route, pipeline, experiment }) => {
+            let target = RouteCommand::target(&route, &pipeline, &experiment)?;
+            let body = match &target {
+                Target::Strategy(r) => json!({"strategy": r.strategy, "config": r.config, "models": r.grants.models, "collections": r.grants.collections, "strategies": r.grants.strategies}),
+                other => serde_json::to_value(other)?,
+            };
             remote.json("PUT", &format!("/v1/collections/{}/route", segment(&collection)), &body)?;
-            println!("{collection} -> {}", r.strategy);
+            println!("{collection} -> {}", target.describe());
+            Ok(())
+        }
+        Command::Route(RouteCommand::Promote { collection, arm }) => {
+            let route = remote.json("POST", &format!("/v1/collections/{}/promote", segment(&collection)), &json!({"arm": arm}))?;
+            println!("{collection} -> {}", described(&route));
+            Ok(())
+        }
+        Command::Route(RouteCommand::Rollback { collection }) => {
+            let route = remote.call("POST", &format!("/v1/collections/{}/rollback", segment(&collection)), None)?;
+            println!("{collection} -> {}", described(&route));
             Ok(())
         }
         Command::Route(RouteCommand::List) => {
             for c in remote.call("GET", "/v1/collections", None)?.as_array().cloned().unwrap_or_default() {
-                println!("{:<24} {:<24} config {} models {}", printable(c["name"].as_str().unwrap_or(""), 24), printable(c["route"]["strategy"].as_str().unwrap_or(""), 64), c["route"]["config"], c["route"]["models"]);
+                println!("{:<24} {:<24} {}", printable(c["name"].as_str().unwrap_or(""), 24), printable(&described(&c["route"]), 64), c["route"]);
             }
             Ok(())
         }
+        Command::Pipeline(cmd) => match cmd {
+            PipelineCommand::Set { name, declaration, tenant } => {
+                no_tenant(&tenant)?;
+                remote.json("PUT", &format!("/v1/pipelines/{}", segment(&name)), &crate::cli::declaration(&declaration, "pipeline")?)?;
+                println!("pipeline {name} declared");
+                Ok(())
+            }
+            PipelineCommand::List { tenant } => {
+                no_tenant(&tenant)?;
+                pretty(&remote.call("GET", "/v1/pipelines", None)?)
+            }
+            PipelineCommand::Remove { name, tenant } => {
+                no_tenant(&tenant)?;
+                remote.call("DELETE", &format!("/v1/pipelines/{}", segment(&name)), None)?;
+                println!("pipeline {name} removed");
+                Ok(())
+            }
+        },
+        Command::Experiment { collection } => pretty(&remote.call("GET", &format!("/v1/collections/{}/experiment", segment(&collection)), None)?),
         Command::Plugin(PluginCommand::New { .. }) => unreachable!("`plugin new` runs locally (see cli::run)"),
         Command::Plugin(PluginCommand::Add { file, owner }) => {
             if owner.tenant.is_some() || owner.shared {
