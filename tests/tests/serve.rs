@@ -555,6 +555,14 @@ fn the_cli_works_against_a_server_as_it_does_in_process() {
     assert!(ok && out.contains("docs -> experiment:e"), "{out}");
     let (ok, out) = quarry(&["route", "list"], &key);
     assert!(ok && out.contains("experiment:e"), "{out}");
+    // An ingest under a new route that the server refuses (one text over the body limit) leaves
+    // the route as it was, as in-process.
+    let big = dir.path().join("big.jsonl");
+    std::fs::write(&big, json!({"id": "big", "text": "x".repeat(17 << 20)}).to_string() + "\n").unwrap();
+    let (ok, out) = quarry(&["ingest", "docs", big.to_str().unwrap(), "--strategy", "dense@0.3.0", "--config", r#"{"text-model": "minilm-l6"}"#, "--grant-model", "minilm-l6"], &key);
+    assert!(!ok && out.contains("route is back to experiment:e"), "{out}");
+    let (ok, out) = quarry(&["route", "list"], &key);
+    assert!(ok && out.contains("experiment:e"), "{out}");
     let (ok, out) = quarry(&["pipeline", "list"], &key);
     assert!(ok && out.contains(r#""name": "both""#), "{out}");
     let (ok, out) = quarry(&["pipeline", "remove", "both"], &key);

@@ -7,7 +7,6 @@ use base64::Engine as _;
 use quarry_host::printable::printable;
 use quarry_host::{SearchHit, SearchResponse, Target};
 use serde_json::{Value, json};
-use std::path::Path;
 use std::time::Duration;
 
 /// Items per ingest request, and the most bytes one request carries.
@@ -127,12 +126,22 @@ pub fn run(remote: &Remote, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Ingest { collection, source, route, allow_skips } => {
-            if let Some(route) = route {
-                let route = route.route()?;
-                let body = json!({"strategy": route.strategy, "config": route.config, "models": route.grants.models, "collections": route.grants.collections, "strategies": route.grants.strategies});
-                remote.json("PUT", &format!("/v1/collections/{}/route", segment(&collection)), &body)?;
-            }
-            ingest(remote, &collection, &source, allow_skips)
+            // Read everything first: an unreadable source changes nothing on the server.
+            let read = crate::cli::read_source(&source, allow_skips)?;
+            let Some(route) = route else { return ingest(remote, &collection, read) };
+            let route = route.route()?;
+            let at = segment(&collection);
+            let before = remote.call("GET", &format!("/v1/collections/{at}"), None).ok().map(|c| c["route"].clone());
+            let body = json!({"strategy": route.strategy, "config": route.config, "models": route.grants.models, "collections": route.grants.collections, "strategies": route.grants.strategies});
+            remote.json("PUT", &format!("/v1/collections/{at}/route"), &body)?;
+            // As in-process, the route stays only if the ingest succeeds: a changed route goes back.
+            ingest(remote, &collection, read).or_else(|e| match before {
+                Some(before) if !same_route(&before, &body) => {
+                    remote.call("POST", &format!("/v1/collections/{at}/rollback"), None).context("the ingest failed, and rolling the route back failed too")?;
+                    Err(e.context(format!("the ingest failed; {collection}'s route is back to {}", described(&before))))
+                }
+                _ => Err(e),
+            })
         }
         Command::Build { collection } => {
             let started = remote.call("POST", &format!("/v1/collections/{}/build", segment(&collection)), None)?;
@@ -294,8 +303,15 @@ struct RemoteHit {
 }
 
 /// Read a folder or JSONL file here and send it as NDJSON batches, images base64.
-fn ingest(remote: &Remote, collection: &str, source: &Path, allow_skips: bool) -> Result<()> {
-    let read = crate::cli::read_source(source, allow_skips)?;
+/// Whether a route the server shows is the strategy route `body` sets (empty grants left out).
+fn same_route(shown: &Value, body: &Value) -> bool {
+    let set = |v: &Value| v.as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect::<std::collections::BTreeSet<_>>()).unwrap_or_default();
+    shown["strategy"] == body["strategy"]
+        && shown["config"] == body["config"]
+        && ["models", "collections", "strategies"].iter().all(|k| set(&shown[*k]) == set(&body[*k]))
+}
+
+fn ingest(remote: &Remote, collection: &str, read: crate::sources::SourceItems) -> Result<()> {
     let path = format!("/v1/collections/{}/items", segment(collection));
     let bar = crate::cli::ingest_bar(read.items.len(), collection);
     let (mut ingested, mut unchanged, mut done) = (0, 0, 0);
