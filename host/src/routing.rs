@@ -40,11 +40,62 @@ impl Target {
         }
     }
 
-    /// The strategies and pipeline names this target names directly, with where.
+    /// The strategy versions and pipelines this target names directly.
+    pub fn named(&self) -> Vec<Named<'_>> {
+        match self {
+            Target::Strategy(route) => vec![Named::Strategy(&route.strategy)],
+            Target::Pipeline { pipeline } => vec![Named::Pipeline(pipeline)],
+            Target::Experiment { experiment } => experiment.arms.iter().map(|arm| arm.runs.named()).collect(),
+        }
+    }
+
+    /// An experiment's arms, each with where it sits in the declaration.
     pub fn parts(&self) -> Vec<(String, &Runs)> {
         match self {
             Target::Strategy(_) | Target::Pipeline { .. } => Vec::new(),
             Target::Experiment { experiment } => experiment.arms.iter().enumerate().map(|(i, arm)| (format!("experiment.arms[{i}]"), &arm.runs)).collect(),
+        }
+    }
+}
+
+/// A target as the API and the CLI declare it: exactly one of a `strategy` (with `config`,
+/// `models`, `collections` and `strategies` beside it), a `pipeline`, or an `experiment`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "DeclaredTarget")]
+pub struct Declared(pub Target);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclaredTarget {
+    #[serde(default)]
+    strategy: Option<String>,
+    #[serde(default)]
+    config: Option<serde_json::Value>,
+    #[serde(default)]
+    models: BTreeSet<String>,
+    #[serde(default)]
+    collections: BTreeSet<String>,
+    #[serde(default)]
+    strategies: BTreeSet<String>,
+    #[serde(default)]
+    pipeline: Option<String>,
+    #[serde(default)]
+    experiment: Option<Experiment>,
+}
+
+impl TryFrom<DeclaredTarget> for Declared {
+    type Error = String;
+    fn try_from(d: DeclaredTarget) -> Result<Self, String> {
+        const ONE: &str = "a route names exactly one of `strategy`, `pipeline` and `experiment`; `config`, `models`, `collections` and `strategies` go with `strategy` (arms and stages carry their own)";
+        let beside = d.config.is_some() || !d.models.is_empty() || !d.collections.is_empty() || !d.strategies.is_empty();
+        match (d.strategy.is_some(), d.pipeline.is_some(), d.experiment) {
+            (false, false, Some(experiment)) if !beside => Ok(Declared(Target::Experiment { experiment })),
+            (_, _, Some(_)) | (true, true, None) => Err(ONE.into()),
+            (false, false, None) => Err("a route names a `strategy` (with `config`, `models`, `collections`), a `pipeline`, or an `experiment`".into()),
+            _ => {
+                let runs = RunsDecl { strategy: d.strategy, config: d.config, models: d.models, collections: d.collections, strategies: d.strategies, pipeline: d.pipeline, ..Default::default() };
+                Runs::try_from(runs).map(|runs| Declared(runs.into_target()))
+            }
         }
     }
 }
@@ -56,7 +107,21 @@ pub enum Runs {
     Pipeline(String),
 }
 
+/// A strategy version or a pipeline, as a declaration names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named<'a> {
+    Strategy(&'a str),
+    Pipeline(&'a str),
+}
+
 impl Runs {
+    pub fn named(&self) -> Named<'_> {
+        match self {
+            Runs::Strategy(route) => Named::Strategy(&route.strategy),
+            Runs::Pipeline(name) => Named::Pipeline(name),
+        }
+    }
+
     /// The label a stage gets when its declaration names none: the strategy's name without its
     /// version, or the pipeline's name.
     fn default_label(&self) -> String {
@@ -438,6 +503,22 @@ mod tests {
         assert_eq!(serde_json::from_value::<Target>(serde_json::to_value(&target).unwrap()).unwrap(), target);
         let route: Target = serde_json::from_value(serde_json::json!({"strategy": "x@1.0.0", "config": {}, "grants": {"models": ["m"]}})).unwrap();
         assert!(matches!(route, Target::Strategy(_)));
+    }
+
+    #[test]
+    fn a_declared_route_is_one_strategy_pipeline_or_experiment() {
+        let declared = |json| serde_json::from_value::<Declared>(json).map(|d| d.0).map_err(|e| e.to_string());
+        let route = declared(serde_json::json!({"strategy": "x@1.0.0", "models": ["m"], "strategies": ["y@1.0.0"]})).unwrap();
+        let Target::Strategy(route) = route else { panic!("{route:?}") };
+        assert_eq!((route.config.clone(), route.grants.strategies.len()), (serde_json::json!({}), 1));
+        assert_eq!(declared(serde_json::json!({"pipeline": "p"})).unwrap(), Target::Pipeline { pipeline: "p".into() });
+        assert!(matches!(declared(serde_json::json!({"experiment": {"name": "e", "arms": []}})).unwrap(), Target::Experiment { .. }));
+        for both in [serde_json::json!({"pipeline": "p", "strategy": "x@1.0.0"}), serde_json::json!({"experiment": {"name": "e", "arms": []}, "models": ["m"]})] {
+            assert!(declared(both).unwrap_err().contains("exactly one"));
+        }
+        assert!(declared(serde_json::json!({})).unwrap_err().contains("names a `strategy`"));
+        assert!(declared(serde_json::json!({"strategy": "x@1.0.0", "config": []})).unwrap_err().contains("`config` must be a JSON object"));
+        assert!(declared(serde_json::json!({"stratgy": "x@1.0.0"})).unwrap_err().contains("stratgy"));
     }
 
     #[test]

@@ -19,15 +19,21 @@ fn delegate(config: serde_json::Value, collections: &[&str], strategies: &[&str]
     }
 }
 
-#[test]
-fn a_strategy_calls_another_as_the_called_collections_route_runs_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = host(dir.path());
+/// A host with `docs` on dense over the demo sentences, and the delegate plugin added.
+fn docs_with_delegate(dir: &std::path::Path) -> quarry_host::Quarry {
+    let host = host(dir);
     add_model(&host, "minilm-l6");
     host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
     host.add_plugin(&plugin("quarry-test-delegate")).unwrap();
     host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
     host.ingest("docs", demo_items(), |_| {}).unwrap();
+    host
+}
+
+#[test]
+fn a_strategy_calls_another_as_the_called_collections_route_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = docs_with_delegate(dir.path());
     // `front` holds the same items and answers through dense on `docs`; it grants no model.
     host.set_route("front", delegate(serde_json::json!({"callee": "dense@0.3.0", "collection": "docs"}), &["docs"], &["dense@0.3.0"])).unwrap();
     host.ingest("front", demo_items(), |_| {}).unwrap();
@@ -47,12 +53,7 @@ fn a_strategy_calls_another_as_the_called_collections_route_runs_it() {
 #[test]
 fn calls_need_a_grant_a_route_running_the_callee_and_no_cycle() {
     let dir = tempfile::tempdir().unwrap();
-    let host = host(dir.path());
-    add_model(&host, "minilm-l6");
-    host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
-    host.add_plugin(&plugin("quarry-test-delegate")).unwrap();
-    host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], serde_json::json!({"text-model": "minilm-l6"}))).unwrap();
-    host.ingest("docs", demo_items(), |_| {}).unwrap();
+    let host = docs_with_delegate(dir.path());
     let search = |collection: &str| host.search(collection, &SearchRequest::text("anything", 3)).unwrap_err().to_string();
 
     host.set_route("ungranted", delegate(serde_json::json!({"callee": "dense@0.3.0", "collection": "docs"}), &["docs"], &[])).unwrap();

@@ -63,6 +63,11 @@ fn segment(text: &str) -> String {
         .collect()
 }
 
+/// A strategy route as the API takes it (grants beside the strategy, not nested).
+fn route_body(route: &quarry_host::Route) -> Value {
+    json!({"strategy": route.strategy, "config": route.config, "models": route.grants.models, "collections": route.grants.collections, "strategies": route.grants.strategies})
+}
+
 /// How a route reads: `name@version`, `pipeline:<name>` or `experiment:<name>`.
 fn described(route: &Value) -> String {
     match (route["strategy"].as_str(), route["pipeline"].as_str(), route["experiment"]["name"].as_str()) {
@@ -132,7 +137,7 @@ pub fn run(remote: &Remote, command: Command) -> Result<()> {
             let route = route.route()?;
             let at = segment(&collection);
             let before = remote.call("GET", &format!("/v1/collections/{at}"), None).ok().map(|c| c["route"].clone());
-            let body = json!({"strategy": route.strategy, "config": route.config, "models": route.grants.models, "collections": route.grants.collections, "strategies": route.grants.strategies});
+            let body = route_body(&route);
             remote.json("PUT", &format!("/v1/collections/{at}/route"), &body)?;
             // As in-process, the route stays only if the ingest succeeds: a changed route goes back.
             ingest(remote, &collection, read).or_else(|e| match before {
@@ -193,7 +198,7 @@ pub fn run(remote: &Remote, command: Command) -> Result<()> {
         Command::Route(RouteCommand::Set { collection, route, pipeline, experiment }) => {
             let target = RouteCommand::target(&route, &pipeline, &experiment)?;
             let body = match &target {
-                Target::Strategy(r) => json!({"strategy": r.strategy, "config": r.config, "models": r.grants.models, "collections": r.grants.collections, "strategies": r.grants.strategies}),
+                Target::Strategy(r) => route_body(r),
                 other => serde_json::to_value(other)?,
             };
             remote.json("PUT", &format!("/v1/collections/{}/route", segment(&collection)), &body)?;

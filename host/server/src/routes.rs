@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use base64::Engine as _;
 use quarry_host::plugins::registry::Owner;
-use quarry_host::{Grants, NewItem, Route, SearchRequest, Target};
+use quarry_host::{NewItem, SearchRequest, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -409,9 +409,8 @@ struct CollectionView {
 }
 
 /// What a collection is routed to: exactly one of a strategy (with its config and grants), a
-/// pipeline of the tenant's, or an experiment.
-#[derive(Serialize, Deserialize, ToSchema, Default)]
-#[serde(deny_unknown_fields)]
+/// pipeline of the tenant's, or an experiment. Requests are read as [`quarry_host::routing::Declared`].
+#[derive(Serialize, ToSchema, Default)]
 pub(crate) struct RouteView {
     /// `name@version` of the tenant's own strategy or a shared one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -438,35 +437,6 @@ pub(crate) struct RouteView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     experiment: Option<serde_json::Value>,
-}
-
-impl RouteView {
-    /// Whether nothing but the target is named (grants and config go with a strategy).
-    fn only_target(&self) -> bool {
-        self.config.is_none() && self.models.is_empty() && self.collections.is_empty() && self.strategies.is_empty()
-    }
-
-    /// The target this view declares; errors say which key is wrong.
-    fn target(self) -> ApiResult<Target> {
-        let only_target = self.only_target();
-        match (self.strategy, self.pipeline, self.experiment) {
-            (Some(strategy), None, None) => {
-                let config = self.config.unwrap_or_else(|| serde_json::json!({}));
-                if !config.is_object() {
-                    return Err(ApiError::bad_request("`config` must be a JSON object"));
-                }
-                Ok(Target::Strategy(Route { strategy, config, grants: Grants { models: self.models, collections: self.collections, strategies: self.strategies } }))
-            }
-            (None, Some(pipeline), None) if only_target => Ok(Target::Pipeline { pipeline }),
-            (None, None, Some(experiment)) if only_target => {
-                Ok(Target::Experiment { experiment: crate::composition::parse("experiment", experiment)? })
-            }
-            (None, None, None) => Err(ApiError::bad_request("a route names a `strategy` (with `config`, `models`, `collections`), a `pipeline`, or an `experiment`")),
-            _ => Err(ApiError::bad_request(
-                "a route names exactly one of `strategy`, `pipeline` and `experiment`; `config`, `models`, `collections` and `strategies` go with `strategy` (arms and stages carry their own)",
-            )),
-        }
-    }
 }
 
 pub(crate) fn route_view(target: &Target) -> RouteView {
@@ -515,10 +485,10 @@ async fn get_collection(State(state): State<Shared>, Extension(caller): Extensio
 /// flight finish on the version they began with.
 #[utoipa::path(put, path = "/v1/collections/{collection}/route", tag = "collections", params(("collection" = String, Path)), request_body = RouteView,
     responses((status = 200, body = RouteView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn set_route(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(collection): Path<String>, body: JsonBody<RouteView>) -> ApiResult<Json<RouteView>> {
+async fn set_route(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(collection): Path<String>, body: JsonBody<serde_json::Value>) -> ApiResult<Json<RouteView>> {
     let tenant = caller.tenant()?;
     let key = qualified(tenant, &collection)?;
-    let target = body.0.target()?;
+    let target = crate::composition::parse::<quarry_host::routing::Declared>("route", body.0)?.0;
     crate::composition::check_grants(&state, tenant, &target)?;
     let view = route_view(&target);
     let quarry = state.quarry.clone();

@@ -18,7 +18,7 @@
 
 use super::host_api::Grants;
 use super::LoadedPlugin;
-use crate::routing::{Pipeline, Runs, Target};
+use crate::routing::{Named, Pipeline, Target};
 use crate::store::{FieldSchema, split_qualified, validate_name};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -360,32 +360,11 @@ impl Registry {
     /// Remove `owner`'s `reference` (loaded or quarantined) and its files, unless a route, an
     /// experiment arm or a pipeline stage uses it.
     pub fn remove(&self, owner: &Owner, reference: &str) -> Result<()> {
-        let routes = read(&self.routes);
-        let pipelines = read(&self.pipelines);
-        let names = |runs: &Runs| matches!(runs, Runs::Strategy(r) if r.strategy == reference);
         let mine = |qualified: &str| match owner {
             Owner::Shared => true,
             Owner::Tenant(t) => split_qualified(qualified).0 == t,
         };
-        let mut users: Vec<String> = routes
-            .current
-            .iter()
-            .filter(|(collection, target)| {
-                mine(collection)
-                    && match target.as_ref() {
-                        Target::Strategy(route) => route.strategy == reference,
-                        Target::Experiment { experiment } => experiment.arms.iter().any(|a| names(&a.runs)),
-                        Target::Pipeline { .. } => false,
-                    }
-            })
-            .map(|(c, _)| c.clone())
-            .collect();
-        users.extend(
-            pipelines
-                .iter()
-                .filter(|(name, p)| mine(name) && p.stages().iter().any(|(_, s)| names(&s.runs)))
-                .map(|(name, _)| format!("pipeline {name}")),
-        );
+        let users = self.users(mine, Named::Strategy(reference));
         if !users.is_empty() {
             bail!(
                 "{reference} ({owner}) still serves collection(s) {}; route them to another version first",
@@ -474,30 +453,28 @@ impl Registry {
         Ok(())
     }
 
+    /// The routes (by collection) and pipelines (`pipeline <tenant/name>`) that `mine` keeps and
+    /// that name `what` directly.
+    fn users(&self, mine: impl Fn(&str) -> bool, what: Named<'_>) -> Vec<String> {
+        Self::users_in(&read(&self.routes), &read(&self.pipelines), mine, what)
+    }
+
+    fn users_in(routes: &Routes, pipelines: &BTreeMap<String, Arc<Pipeline>>, mine: impl Fn(&str) -> bool, what: Named<'_>) -> Vec<String> {
+        let routed = routes.current.iter().filter(|(c, t)| mine(c) && t.named().contains(&what)).map(|(c, _)| c.clone());
+        let staged = pipelines.iter().filter(|(k, p)| mine(k) && p.stages().iter().any(|(_, s)| s.runs.named() == what)).map(|(k, _)| format!("pipeline {k}"));
+        routed.chain(staged).collect()
+    }
+
     /// Remove `tenant`'s pipeline `name`, unless a route, an arm or another pipeline uses it.
     pub fn remove_pipeline(&self, tenant: &str, name: &str) -> Result<()> {
+        // Routes before pipelines, as everywhere both are held.
         let routes = read(&self.routes);
         let mut pipelines = write(&self.pipelines);
         let key = format!("{tenant}/{name}");
         if !pipelines.contains_key(&key) {
             bail!("tenant `{tenant}` has no pipeline `{}`", crate::printable::printable(name, 64));
         }
-        let names = |runs: &Runs| matches!(runs, Runs::Pipeline(p) if p == name);
-        let mine = |qualified: &str| split_qualified(qualified).0 == tenant;
-        let mut users: Vec<String> = routes
-            .current
-            .iter()
-            .filter(|(c, t)| {
-                mine(c)
-                    && match t.as_ref() {
-                        Target::Pipeline { pipeline } => pipeline == name,
-                        Target::Experiment { experiment } => experiment.arms.iter().any(|a| names(&a.runs)),
-                        Target::Strategy(_) => false,
-                    }
-            })
-            .map(|(c, _)| c.clone())
-            .collect();
-        users.extend(pipelines.iter().filter(|(k, p)| mine(k) && p.stages().iter().any(|(_, s)| names(&s.runs))).map(|(k, _)| format!("pipeline {k}")));
+        let users = Self::users_in(&routes, &pipelines, |qualified| split_qualified(qualified).0 == tenant, Named::Pipeline(name));
         if !users.is_empty() {
             bail!("pipeline `{name}` is still used by {}; point them elsewhere first", users.join(", "));
         }
