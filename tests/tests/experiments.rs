@@ -209,6 +209,21 @@ fn bad_declarations_are_refused_when_set_with_a_4xx_that_says_what_to_fix() {
     assert!(message(&out).contains("not an experiment"), "{out}");
     let (status, out, _) = call("GET", &server.url("/v1/collections/docs/experiment"), Some(&key), None);
     assert_eq!(status, 404, "{out}");
+    // Sizes a caller picks are bounded: clicks per feedback, the sticky key, pipelines per tenant.
+    let clicks: Vec<String> = (0..1001).map(|i| format!("id-{i}")).collect();
+    let (status, out, _) = call("POST", &server.url("/v1/feedback"), Some(&key), body(&json!({"impression": "0123", "clicks": clicks})));
+    assert_eq!(status, 400, "{out}");
+    assert!(message(&out).contains("at most 1000"), "{out}");
+    let (status, out, _) = call("POST", &server.url("/v1/collections/docs/search"), Some(&key), body(&json!({"text": "x", "key": "k".repeat(300)})));
+    assert_eq!(status, 400, "{out}");
+    assert!(message(&out).contains("1 to 256 bytes"), "{out}");
+    let small = json!({"fallback": {"primary": dense(), "fallback": tgdt()}});
+    let refusal = (0..300).map(|i| put(&server, &key, &format!("/v1/pipelines/n{i}"), &small)).find(|(status, _)| *status != 200);
+    let (status, out) = refusal.expect("the pipelines per tenant are bounded");
+    assert_eq!(status, 400, "{out}");
+    assert!(message(&out).contains("256 pipelines"), "{out}");
+    let (_, listed, _) = call("GET", &server.url("/v1/pipelines"), Some(&key), None);
+    assert_eq!(listed.as_array().unwrap().len(), 256);
     // A pipeline a route uses cannot be removed.
     let (status, out, _) = call("DELETE", &server.url("/v1/pipelines/both"), Some(&key), None);
     assert_eq!(status, 409, "{out}");

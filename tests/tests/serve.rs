@@ -484,6 +484,10 @@ fn images_ingest_as_base64_or_multipart_and_items_read_back_and_delete() {
     refused(&[("items", "application/json", one.as_bytes())], "no part named `x.png`");
     refused(&[("items", "application/json", one.as_bytes()), ("x.png", "image/png", &png), ("stray.png", "image/png", &png)], "part `stray.png` is no item's");
     refused(&[("x.png", "image/png", &png)], "no `items` part");
+    let names: Vec<String> = (0..10_000).map(|i| format!("p{i}")).collect();
+    let mut many: Vec<(&str, &str, &[u8])> = vec![("items", "application/json", one.as_bytes())];
+    many.extend(names.iter().map(|n| (n.as_str(), "image/png", &b"x"[..])));
+    refused(&many, "more than 10000 parts");
     let (status, _, _) = call("GET", &server.url("/v1/collections/docs/items/x"), Some(&key), None);
     assert_eq!(status, 404, "a refused multipart ingest stored an item");
     let (status, out, _) = call("POST", &server.url("/v1/collections/docs/items"), Some(&key), json_body(&json!({"items": [{"id": "y", "image_part": "y.png"}]})));
