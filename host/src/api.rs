@@ -6,7 +6,8 @@ use crate::models::{ModelManifest, Models};
 use crate::plugins::contract::{CallContext, Item, PluginHit, Query};
 use crate::plugins::host_api::{CallGrants, HostServices, LogLevel};
 use crate::plugins::limits::Limits;
-use crate::plugins::registry::{Owner, Quarantined, Registry, Route, write_atomically};
+use crate::control::{ControlStore, DirectoryStore, write_atomically};
+use crate::plugins::registry::{Owner, Quarantined, Registry, Route};
 use crate::plugins::{CallError, CallOutput, LoadedPlugin, PluginRuntime};
 use crate::sources::NewItem;
 use crate::index::filter::Filter;
@@ -16,10 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Where a host keeps its data, and the limits it runs plugins under.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HostConfig {
-    /// Collections, plugins, routes and model manifests live here.
+    /// Collections and model manifests live here, and plugins and routes unless `control` says
+    /// otherwise.
     pub data_dir: PathBuf,
+    /// Where plugins, routes and pipelines are kept; defaults to files in `data_dir`.
+    pub control: Option<Arc<dyn ControlStore>>,
     /// Compiled plugins, keyed by content hash; defaults to `<data_dir>/cache`.
     pub cache_dir: Option<PathBuf>,
     pub limits: Limits,
@@ -29,7 +33,19 @@ pub struct HostConfig {
 
 impl HostConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        HostConfig { data_dir: data_dir.into(), cache_dir: None, limits: Limits::default(), verbose: false }
+        HostConfig { data_dir: data_dir.into(), control: None, cache_dir: None, limits: Limits::default(), verbose: false }
+    }
+}
+
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("data_dir", &self.data_dir)
+            .field("control", &self.control.as_ref().map(|_| "custom"))
+            .field("cache_dir", &self.cache_dir)
+            .field("limits", &self.limits)
+            .field("verbose", &self.verbose)
+            .finish()
     }
 }
 
@@ -129,6 +145,7 @@ pub struct QuarantinedModel {
 /// A running Quarry host.
 pub struct Quarry {
     data_dir: PathBuf,
+    control: Arc<dyn ControlStore>,
     runtime: PluginRuntime,
     pub(crate) registry: Registry,
     services: Arc<HostServices>,
@@ -168,7 +185,8 @@ impl Quarry {
             log_level: level,
         });
         let runtime = PluginRuntime::new(config.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache")), config.limits.clone(), compute)?;
-        let registry = Registry::open(&data_dir)?;
+        let control = config.control.clone().unwrap_or_else(|| Arc::new(DirectoryStore::new(&data_dir)));
+        let registry = Registry::open(control.clone())?;
         for found in registry.stored()? {
             let loaded = registry.read_found(&found).and_then(|(stored, bytes)| {
                 let reference = stored.descriptor.reference();
@@ -176,7 +194,7 @@ impl Quarry {
                 registry.add(&found.owner, plugin, None).map_err(|e| (reference, e))
             });
             if let Err((reference, e)) = loaded {
-                eprintln!("quarry: quarantined plugin {reference} ({}, {}): {e:#}", found.owner, found.record.display());
+                eprintln!("quarry: quarantined plugin {reference} ({}, {}): {e:#}", found.owner, found.record);
                 registry.quarantine_found(&found, reference, format!("{e:#}"));
             }
         }
@@ -184,11 +202,16 @@ impl Quarry {
             eprintln!("quarry: quarantined plugin: {}", q.reason);
         }
         let experiments = crate::experiments::Experiments::new(config.limits.max_impressions);
-        Ok(Quarry { data_dir, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models, compute_meter, experiments })
+        Ok(Quarry { data_dir, control, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models, compute_meter, experiments })
     }
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Where this host keeps plugins, routes and pipelines; a server keeps its tenants there too.
+    pub fn control(&self) -> Arc<dyn ControlStore> {
+        self.control.clone()
     }
 
     /// Components compiled by this process, and components taken from the compile cache.

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod capacity;
 pub mod compose;
+pub mod control;
 pub mod eval;
 pub mod experiments;
 pub mod index;

@@ -87,3 +87,32 @@ fn describe_runs_once_under_limits() {
     let listed: Vec<String> = host.plugins().into_iter().map(|(_, p)| p.reference.clone()).collect();
     assert_eq!(listed, [first]);
 }
+
+#[test]
+fn plugins_and_routes_live_in_the_control_store_the_host_is_given() {
+    use quarry_host::control::{ControlStore, MemoryStore};
+    let dir = tempfile::tempdir().unwrap();
+    let control = std::sync::Arc::new(MemoryStore::default());
+    let open = || {
+        let mut config = quarry_host::HostConfig::new(dir.path());
+        config.cache_dir = Some(quarry_tests::shared_cache());
+        config.control = Some(control.clone());
+        quarry_host::Quarry::open(config).unwrap()
+    };
+    {
+        let host = open();
+        add_model(&host, "minilm-l6");
+        host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
+        host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+        host.ingest("docs", vec![NewItem::text("sea", "waves crash on the shore")], |_| {}).unwrap();
+    }
+    assert!(!dir.path().join("routes.json").exists() && !dir.path().join("plugins").exists(), "nothing of the control plane is a file here");
+    let keys = control.keys("").unwrap();
+    assert!(keys.contains(&"routes.json".to_string()), "{keys:?}");
+    assert_eq!(keys.iter().filter(|k| k.starts_with("plugins/tenants/default/")).count(), 2, "record and bytes: {keys:?}");
+
+    // A host started afresh on the same store serves the same route with the same plugin.
+    let host = open();
+    let answer = host.search("docs", &SearchRequest::text("the ocean", 1)).unwrap();
+    assert_eq!((answer.hits[0].id.as_str(), answer.strategy.as_str()), ("sea", "dense@0.3.0"));
+}

@@ -15,7 +15,8 @@ pub struct ServerConfig {
     pub listen: String,
     /// SHA-256 (64 hex digits) of the admin API key. The `QUARRY_ADMIN_KEY` environment
     /// variable (the key itself) takes precedence. With neither, the first start makes a key,
-    /// prints it once and keeps its hash in `<data_dir>/server/admin-key.sha256`.
+    /// prints it once and keeps its hash as `server/admin-key.sha256` in the control store (by
+    /// default, that file in the data directory).
     pub admin_key_sha256: Option<String>,
     /// Largest request body in bytes (JSON and NDJSON).
     pub max_body_bytes: usize,

@@ -1,13 +1,16 @@
-//! The control plane: tenants, their API keys (hashed), model grants and quotas, read and
-//! written through one trait. [`EmbeddedControlPlane`] keeps them in a file in the data
-//! directory; a replicated service puts a shared store behind the same trait.
+//! The control plane: tenants, their API keys (hashed), model grants and quotas. They are kept
+//! in the host's [`ControlStore`] beside its plugins, routes and pipelines, so one store holds
+//! everything that says how the service serves, and a replicated service puts a shared store
+//! (etcd) behind that one trait.
 
 use crate::config::Quotas;
 use anyhow::{Context as _, Result};
+use quarry_host::control::{ControlStore, update};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+
+const TENANTS: &str = "server/tenants.json";
 
 /// A tenant as the control plane keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,23 +32,9 @@ pub struct KeyRecord {
     pub sha256: String,
 }
 
-/// Where tenants and keys live. Implementations must be safe to call from many threads.
-pub trait ControlPlane: Send + Sync {
-    fn tenants(&self) -> Result<Vec<Tenant>>;
-    fn tenant(&self, name: &str) -> Result<Option<Tenant>>;
-    /// Store a new tenant; `false` if the name is taken (nothing changes).
-    fn create_tenant(&self, tenant: Tenant) -> Result<bool>;
-    /// Replace an existing tenant; `false` if there is none by that name.
-    fn update_tenant(&self, tenant: Tenant) -> Result<bool>;
-    /// `false` if there was none.
-    fn delete_tenant(&self, name: &str) -> Result<bool>;
-    /// The tenant holding a key with this hash.
-    fn tenant_by_key(&self, key_sha256: &str) -> Result<Option<Tenant>>;
-}
-
-/// Tenants in `<data_dir>/server/tenants.json`, rewritten atomically on every change.
-pub struct EmbeddedControlPlane {
-    path: PathBuf,
+/// Tenants and keys, read from a copy in memory and written through to the control store.
+pub struct ControlPlane {
+    store: Arc<dyn ControlStore>,
     state: RwLock<State>,
 }
 
@@ -63,74 +52,87 @@ impl State {
     }
 }
 
-impl EmbeddedControlPlane {
-    pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join("tenants.json");
-        let tenants: BTreeMap<String, Tenant> = if path.exists() {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let list: Vec<Tenant> = serde_json::from_str(&text).with_context(|| format!("{} is damaged; restore it from a backup", path.display()))?;
-            list.into_iter().map(|t| (t.name.clone(), t)).collect()
-        } else {
-            BTreeMap::new()
-        };
-        Ok(EmbeddedControlPlane { path, state: RwLock::new(State::index(tenants)) })
+fn parse(bytes: Option<&[u8]>) -> Result<BTreeMap<String, Tenant>> {
+    let Some(bytes) = bytes else { return Ok(BTreeMap::new()) };
+    let list: Vec<Tenant> = serde_json::from_slice(bytes).with_context(|| format!("the control record `{TENANTS}` is damaged; restore it from a backup"))?;
+    Ok(list.into_iter().map(|t| (t.name.clone(), t)).collect())
+}
+
+impl ControlPlane {
+    pub fn open(store: Arc<dyn ControlStore>) -> Result<Self> {
+        let tenants = parse(store.get(TENANTS)?.as_deref())?;
+        Ok(ControlPlane { store, state: RwLock::new(State::index(tenants)) })
     }
 
-    /// Apply `change` to a copy, persist the copy, and only then make it current.
-    fn write(&self, change: impl FnOnce(&mut BTreeMap<String, Tenant>) -> bool) -> Result<bool> {
+    /// Apply `change` to the tenants as the store holds them, write them back unless another
+    /// writer got in first (then again), and only then make them current here.
+    fn write(&self, change: impl Fn(&mut BTreeMap<String, Tenant>) -> bool) -> Result<bool> {
         let mut state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut tenants = state.tenants.clone();
-        if !change(&mut tenants) {
-            return Ok(false);
+        let written = update(self.store.as_ref(), TENANTS, |current| {
+            let mut tenants = parse(current)?;
+            if !change(&mut tenants) {
+                return Ok(None);
+            }
+            let list: Vec<&Tenant> = tenants.values().collect();
+            Ok(Some((serde_json::to_vec_pretty(&list)?, tenants)))
+        })?;
+        match written {
+            Some(tenants) => {
+                *state = State::index(tenants);
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        let list: Vec<&Tenant> = tenants.values().collect();
-        quarry_host::plugins::registry::write_atomically(&self.path, serde_json::to_string_pretty(&list)?.as_bytes())?;
-        *state = State::index(tenants);
-        Ok(true)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
 
-impl ControlPlane for EmbeddedControlPlane {
-    fn tenants(&self) -> Result<Vec<Tenant>> {
+    pub fn tenants(&self) -> Result<Vec<Tenant>> {
         Ok(self.read().tenants.values().cloned().collect())
     }
 
-    fn tenant(&self, name: &str) -> Result<Option<Tenant>> {
+    pub fn tenant(&self, name: &str) -> Result<Option<Tenant>> {
         Ok(self.read().tenants.get(name).cloned())
     }
 
-    fn create_tenant(&self, tenant: Tenant) -> Result<bool> {
+    /// Store a new tenant; `false` if the name is taken (nothing changes).
+    pub fn create_tenant(&self, tenant: Tenant) -> Result<bool> {
         self.write(|tenants| {
             if tenants.contains_key(&tenant.name) {
                 return false;
             }
-            tenants.insert(tenant.name.clone(), tenant);
+            tenants.insert(tenant.name.clone(), tenant.clone());
             true
         })
     }
 
-    fn update_tenant(&self, tenant: Tenant) -> Result<bool> {
+    /// Replace an existing tenant; `false` if there is none by that name.
+    pub fn update_tenant(&self, tenant: Tenant) -> Result<bool> {
         self.write(|tenants| match tenants.get_mut(&tenant.name) {
             Some(slot) => {
-                *slot = tenant;
+                *slot = tenant.clone();
                 true
             }
             None => false,
         })
     }
 
-    fn delete_tenant(&self, name: &str) -> Result<bool> {
+    /// `false` if there was none.
+    pub fn delete_tenant(&self, name: &str) -> Result<bool> {
         self.write(|tenants| tenants.remove(name).is_some())
     }
 
-    fn tenant_by_key(&self, key_sha256: &str) -> Result<Option<Tenant>> {
+    /// The tenant holding a key with this hash.
+    pub fn tenant_by_key(&self, key_sha256: &str) -> Result<Option<Tenant>> {
         let state = self.read();
         Ok(state.by_key.get(key_sha256).and_then(|name| state.tenants.get(name)).cloned())
+    }
+
+    /// The store itself, for the server's other records (the admin key's hash).
+    pub fn store(&self) -> &dyn ControlStore {
+        self.store.as_ref()
     }
 }
 
@@ -145,7 +147,8 @@ mod tests {
     #[test]
     fn tenants_and_keys_survive_a_reopen_and_names_are_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let plane = EmbeddedControlPlane::open(dir.path()).unwrap();
+        let store: Arc<dyn ControlStore> = Arc::new(quarry_host::control::DirectoryStore::new(dir.path()));
+        let plane = ControlPlane::open(store.clone()).unwrap();
         assert!(plane.create_tenant(tenant("acme", "aaaa1")).unwrap());
         assert!(!plane.create_tenant(tenant("acme", "bbbb2")).unwrap(), "a taken name is refused");
         assert!(plane.tenant_by_key("bbbb2").unwrap().is_none(), "a refused create leaves no key behind");
@@ -155,11 +158,24 @@ mod tests {
         assert!(plane.update_tenant(acme).unwrap());
         assert!(!plane.update_tenant(tenant("nobody", "eeee5")).unwrap());
 
-        let plane = EmbeddedControlPlane::open(dir.path()).unwrap();
+        let plane = ControlPlane::open(store.clone()).unwrap();
         assert_eq!(plane.tenant_by_key("dddd4").unwrap().unwrap().name, "acme");
         assert_eq!(plane.tenant_by_key("cccc3").unwrap().unwrap().name, "globex");
         assert!(plane.delete_tenant("acme").unwrap());
         assert!(plane.tenant_by_key("aaaa1").unwrap().is_none(), "a deleted tenant's keys stop working");
         assert_eq!(plane.tenants().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn two_planes_on_one_store_never_undo_each_others_tenants() {
+        let store: Arc<dyn ControlStore> = Arc::new(quarry_host::control::MemoryStore::default());
+        let one = ControlPlane::open(store.clone()).unwrap();
+        let two = ControlPlane::open(store.clone()).unwrap();
+        assert!(one.create_tenant(tenant("acme", "aaaa1")).unwrap());
+        assert!(two.create_tenant(tenant("globex", "cccc3")).unwrap(), "two's stale copy does not hide acme from the write");
+        assert!(!two.create_tenant(tenant("acme", "bbbb2")).unwrap(), "the name check sees what the store holds");
+        let reopened = ControlPlane::open(store).unwrap();
+        let names: Vec<String> = reopened.tenants().unwrap().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["acme", "globex"]);
     }
 }

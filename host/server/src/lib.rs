@@ -2,7 +2,7 @@
 //! ([`quarry_host::Quarry`]). No HTTP type reaches below this crate.
 //!
 //! - [`routes`]: the endpoints; the router and the OpenAPI document come from one route table.
-//! - [`control`]: tenants, keys, model grants and quotas, behind the [`control::ControlPlane`] trait.
+//! - [`control`]: tenants, keys, model grants and quotas, kept in the host's control store.
 //! - [`quota`]: request rate, requests in flight and one compute budget per tenant.
 //! - [`metrics`]: Prometheus metrics with capped label values.
 //! - [`console`]: the web console's embedded assets, at `/console`.
@@ -19,7 +19,7 @@ pub mod quota;
 pub mod routes;
 
 use crate::config::ServerConfig;
-use crate::control::{ControlPlane, EmbeddedControlPlane, Tenant};
+use crate::control::{ControlPlane, Tenant};
 use crate::error::ApiError;
 use anyhow::{Context as _, Result};
 use axum::extract::{MatchedPath, Request, State};
@@ -65,7 +65,7 @@ impl Caller {
 /// What every handler shares.
 pub struct AppState {
     pub quarry: Arc<Quarry>,
-    pub control: Arc<dyn ControlPlane>,
+    pub control: Arc<ControlPlane>,
     pub config: ServerConfig,
     admin_sha256: String,
     pub quotas: quota::QuotaBook,
@@ -81,7 +81,7 @@ pub type Shared = Arc<AppState>;
 
 impl AppState {
     /// State over an open host. `admin_sha256` is the SHA-256 (hex) of the admin key.
-    pub fn new(quarry: Arc<Quarry>, control: Arc<dyn ControlPlane>, config: ServerConfig, admin_sha256: String) -> Shared {
+    pub fn new(quarry: Arc<Quarry>, control: Arc<ControlPlane>, config: ServerConfig, admin_sha256: String) -> Shared {
         let metrics = metrics::Metrics::new(config.max_label_values);
         let state = Arc::new(AppState {
             quarry,
@@ -233,8 +233,9 @@ async fn request_id(mut request: Request, next: Next) -> Response {
 }
 
 /// The admin key's hash: from `QUARRY_ADMIN_KEY`, the config, or a key made (and printed once)
-/// at the first start and kept in `<dir>/admin-key.sha256`.
-fn admin_key_hash(config: &ServerConfig, dir: &std::path::Path) -> Result<String> {
+/// at the first start and kept in the control store as `server/admin-key.sha256`.
+fn admin_key_hash(config: &ServerConfig, control: &ControlPlane) -> Result<String> {
+    const ADMIN_KEY: &str = "server/admin-key.sha256";
     if let Ok(key) = std::env::var("QUARRY_ADMIN_KEY") {
         if key.len() < 16 {
             anyhow::bail!("QUARRY_ADMIN_KEY is shorter than 16 characters; use a long random key (`openssl rand -base64 32`)");
@@ -244,13 +245,17 @@ fn admin_key_hash(config: &ServerConfig, dir: &std::path::Path) -> Result<String
     if let Some(hash) = &config.admin_key_sha256 {
         return Ok(hash.to_ascii_lowercase());
     }
-    let path = dir.join("admin-key.sha256");
-    if let Ok(hash) = std::fs::read_to_string(&path) {
-        return Ok(hash.trim().to_string());
+    let stored = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).trim().to_string();
+    if let Some(hash) = control.store().get(ADMIN_KEY)? {
+        return Ok(stored(hash));
     }
     let key = keys::generate();
-    quarry_host::plugins::registry::write_atomically(&path, keys::hash(&key).as_bytes())?;
-    eprintln!("quarry serve: made the admin key (shown once; its hash is in {}):\n{key}", path.display());
+    // Only the first of several servers starting on one store makes the key.
+    if !control.store().compare_and_swap(ADMIN_KEY, None, keys::hash(&key).as_bytes())? {
+        let hash = control.store().get(ADMIN_KEY)?.context("the admin key's hash vanished while this server started; start it again")?;
+        return Ok(stored(hash));
+    }
+    eprintln!("quarry serve: made the admin key (shown once; its hash is kept as {ADMIN_KEY}):\n{key}");
     Ok(keys::hash(&key))
 }
 
@@ -269,9 +274,8 @@ pub fn init_logging(format: config::LogFormat) {
 pub fn serve(quarry: Quarry, config: ServerConfig) -> Result<()> {
     config.validate()?;
     init_logging(config.log_format);
-    let dir = quarry.data_dir().join("server");
-    let control = Arc::new(EmbeddedControlPlane::open(&dir)?);
-    let admin = admin_key_hash(&config, &dir)?;
+    let control = Arc::new(ControlPlane::open(quarry.control())?);
+    let admin = admin_key_hash(&config, &control)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;

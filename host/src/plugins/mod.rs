@@ -359,7 +359,7 @@ impl PluginRuntime {
         }
         let component = Component::new(&self.engine, bytes).map_err(|e| anyhow::anyhow!("{e:?}")).context("cannot compile the component")?;
         self.compilations.fetch_add(1, Ordering::Relaxed);
-        registry::write_atomically(&path, &component.serialize()?)?;
+        crate::control::write_atomically(&path, &component.serialize()?)?;
         Ok(component)
     }
 

@@ -7,6 +7,9 @@
 //! A plugin is stored as its bytes and the descriptor its `describe` returned when it was
 //! added, both named by the bytes' SHA-256 (never by anything the plugin chose):
 //! `plugins/shared/<sha256>.{wasm,json}` and `plugins/tenants/<tenant>/<sha256>.{wasm,json}`.
+//! Everything here is kept in the host's [`ControlStore`], under those keys and `routes.json`,
+//! `routes.previous.json` and `pipelines.json`; each change is a compare-and-swap, so writers
+//! sharing one store never undo one another's change.
 //! The stored descriptor is the plugin's identity; the host never asks the plugin again, so a
 //! start runs no plugin code. A stored plugin that no longer loads is quarantined: it is listed
 //! with the reason, refuses calls, and can be removed, while everything else serves.
@@ -18,12 +21,12 @@
 
 use super::host_api::Grants;
 use super::LoadedPlugin;
+use crate::control::{ControlStore, update};
 use crate::routing::{Named, Pipeline, Target};
 use crate::store::{FieldSchema, split_qualified, validate_name};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 /// Which strategy version serves a collection, with what config and grants.
@@ -69,10 +72,11 @@ impl Owner {
         }
     }
 
-    fn dir(&self, plugins: &Path) -> PathBuf {
+    /// Where this owner's plugins are kept in the control store.
+    fn prefix(&self) -> String {
         match self {
-            Owner::Shared => plugins.join("shared"),
-            Owner::Tenant(t) => plugins.join("tenants").join(t),
+            Owner::Shared => "plugins/shared".into(),
+            Owner::Tenant(t) => format!("plugins/tenants/{t}"),
         }
     }
 }
@@ -129,26 +133,33 @@ pub struct Quarantined {
     /// `name@version` when its record could be read, else the file it came from.
     pub reference: String,
     pub reason: String,
-    /// Its files, which removing it deletes.
-    pub files: Vec<PathBuf>,
+    /// Its control store keys, which removing it deletes.
+    pub files: Vec<String>,
 }
 
-/// A stored plugin found on disk at start.
+/// A stored plugin found at start.
 pub struct Found {
     pub owner: Owner,
-    /// The record beside the bytes (`<sha256>.json`).
-    pub record: PathBuf,
+    /// The key of the record beside the bytes (`…/<sha256>.json`).
+    pub record: String,
+}
+
+impl Found {
+    /// The key of the plugin's bytes.
+    fn bytes(&self) -> String {
+        format!("{}.wasm", self.record.strip_suffix(".json").unwrap_or(&self.record))
+    }
 }
 
 type Key = (Owner, String);
 
-/// Plugins by owner and `name@version`, and routes by collection, persisted under the data
-/// directory.
+const ROUTES: &str = "routes.json";
+const PREVIOUS_ROUTES: &str = "routes.previous.json";
+const PIPELINES: &str = "pipelines.json";
+
+/// Plugins by owner and `name@version`, and routes by collection, persisted in the control store.
 pub struct Registry {
-    plugin_dir: PathBuf,
-    routes_path: PathBuf,
-    previous_path: PathBuf,
-    pipelines_path: PathBuf,
+    control: Arc<dyn ControlStore>,
     plugins: RwLock<BTreeMap<Key, Arc<LoadedPlugin>>>,
     quarantined: RwLock<BTreeMap<Key, Quarantined>>,
     /// Routes by qualified collection name, and the route each had before its last change.
@@ -163,17 +174,32 @@ struct Routes {
     previous: BTreeMap<String, Arc<Target>>,
 }
 
-fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is corrupt; fix or remove it", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+/// A map document of the control store (`{}` when absent).
+fn parse_map<T: serde::de::DeserializeOwned>(key: &str, bytes: Option<&[u8]>) -> Result<BTreeMap<String, Arc<T>>> {
+    let Some(bytes) = bytes else { return Ok(BTreeMap::new()) };
+    let map: BTreeMap<String, T> = serde_json::from_slice(bytes).with_context(|| format!("the control record `{key}` is corrupt; fix or remove it"))?;
+    Ok(map.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
 }
 
-fn write_json<T: Serialize>(path: &Path, map: &BTreeMap<String, Arc<T>>) -> Result<()> {
+fn map_bytes<T: Serialize>(map: &BTreeMap<String, Arc<T>>) -> Result<Vec<u8>> {
     let plain: BTreeMap<&String, &T> = map.iter().map(|(k, v)| (k, v.as_ref())).collect();
-    write_atomically(path, serde_json::to_string_pretty(&plain)?.as_bytes())
+    Ok(serde_json::to_vec_pretty(&plain)?)
+}
+
+/// Rewrite the map document `key` through `change`, which sees what the store holds now (not
+/// this process's copy) and says whether to write; returns the map as written.
+fn update_map<T: Serialize + serde::de::DeserializeOwned>(
+    control: &dyn ControlStore,
+    key: &str,
+    mut change: impl FnMut(&mut BTreeMap<String, Arc<T>>) -> Result<bool>,
+) -> Result<Option<BTreeMap<String, Arc<T>>>> {
+    update(control, key, |current| {
+        let mut map = parse_map(key, current)?;
+        if !change(&mut map)? {
+            return Ok(None);
+        }
+        Ok(Some((map_bytes(&map)?, map)))
+    })
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -185,91 +211,67 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Registry {
-    /// Open the registry; the caller loads the stored plugins ([`Registry::stored`]).
-    pub fn open(data_dir: &Path) -> Result<Self> {
-        let plugin_dir = data_dir.join("plugins");
-        std::fs::create_dir_all(&plugin_dir).with_context(|| format!("cannot create {}", plugin_dir.display()))?;
-        let routes_path = data_dir.join("routes.json");
-        let previous_path = data_dir.join("routes.previous.json");
-        let pipelines_path = data_dir.join("pipelines.json");
-        let arcs = |map: BTreeMap<String, Target>| map.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        let routes = Routes { current: arcs(read_json(&routes_path)?), previous: arcs(read_json(&previous_path)?) };
-        let pipelines: BTreeMap<String, Pipeline> = read_json(&pipelines_path)?;
-        Ok(Registry {
-            plugin_dir,
-            routes_path,
-            previous_path,
-            pipelines_path,
-            plugins: Default::default(),
-            quarantined: Default::default(),
-            routes: RwLock::new(routes),
-            pipelines: RwLock::new(pipelines.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
-        })
+    /// Open the registry kept in `control`; the caller loads the stored plugins
+    /// ([`Registry::stored`]).
+    pub fn open(control: Arc<dyn ControlStore>) -> Result<Self> {
+        let read = |key| parse_map(key, control.get(key)?.as_deref());
+        let routes = Routes { current: read(ROUTES)?, previous: read(PREVIOUS_ROUTES)? };
+        let pipelines = parse_map(PIPELINES, control.get(PIPELINES)?.as_deref())?;
+        Ok(Registry { control, plugins: Default::default(), quarantined: Default::default(), routes: RwLock::new(routes), pipelines: RwLock::new(pipelines) })
     }
 
     /// Every stored plugin record, shared ones first. Plugin files from before plugins had
     /// owners are quarantined here: they cannot be loaded without running them.
     pub fn stored(&self) -> Result<Vec<Found>> {
-        let mut found = Vec::new();
-        let records = |dir: &Path| -> Result<Vec<PathBuf>> {
-            let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-                Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-            };
-            paths.sort();
-            Ok(paths)
-        };
-        for record in records(&Owner::Shared.dir(&self.plugin_dir))? {
-            found.push(Found { owner: Owner::Shared, record });
-        }
-        let tenants = self.plugin_dir.join("tenants");
-        let mut tenant_dirs: Vec<PathBuf> = match std::fs::read_dir(&tenants) {
-            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).with_context(|| format!("cannot list {}", tenants.display())),
-        };
-        tenant_dirs.sort();
-        for dir in tenant_dirs {
-            let Some(owner) = dir.file_name().and_then(|n| n.to_str()).and_then(|n| Owner::tenant(n).ok()) else { continue };
-            for record in records(&dir)? {
-                found.push(Found { owner: owner.clone(), record });
+        let mut shared = Vec::new();
+        let mut owned = Vec::new();
+        for key in self.control.keys("plugins/")? {
+            let parts: Vec<&str> = key.split('/').collect();
+            match parts[..] {
+                ["plugins", "shared", file] if file.ends_with(".json") => shared.push(Found { owner: Owner::Shared, record: key }),
+                ["plugins", "tenants", tenant, file] if file.ends_with(".json") => {
+                    if let Ok(owner) = Owner::tenant(tenant) {
+                        owned.push(Found { owner, record: key });
+                    }
+                }
+                ["plugins", file] if file.ends_with(".wasm") => {
+                    let reason = format!("{key} was stored by an older Quarry, without its descriptor; add it again with `quarry plugin add <file.wasm>`");
+                    self.quarantine(Owner::Tenant(crate::store::DEFAULT_TENANT.into()), file.to_string(), reason, vec![key.clone()]);
+                }
+                _ => {}
             }
         }
-        for legacy in std::fs::read_dir(&self.plugin_dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "wasm")) {
-            let name = legacy.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            let reason = format!("{} was stored by an older Quarry, without its descriptor; add it again with `quarry plugin add <file.wasm>`", legacy.display());
-            self.quarantine(Owner::Tenant(crate::store::DEFAULT_TENANT.into()), name, reason, vec![legacy]);
-        }
-        Ok(found)
+        shared.append(&mut owned);
+        Ok(shared)
     }
 
     /// A stored plugin's record and bytes, checked against each other; or the name to
     /// quarantine it under (its `name@version` once the record reads, else the file) and why not.
     pub fn read_found(&self, found: &Found) -> Result<(StoredPlugin, Vec<u8>), (String, anyhow::Error)> {
-        let file = found.record.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let text = std::fs::read_to_string(&found.record).with_context(|| format!("cannot read {}", found.record.display())).map_err(|e| (file.clone(), e))?;
-        let stored: StoredPlugin = serde_json::from_str(&text).with_context(|| format!("{} is not a plugin record", found.record.display())).map_err(|e| (file, e))?;
+        let file = found.record.rsplit('/').next().unwrap_or_default().to_string();
+        let missing = |key: &str| anyhow::anyhow!("{key} is missing");
+        let text = self.control.get(&found.record).and_then(|v| v.ok_or_else(|| missing(&found.record))).map_err(|e| (file.clone(), e))?;
+        let stored: StoredPlugin = serde_json::from_slice(&text).with_context(|| format!("{} is not a plugin record", found.record)).map_err(|e| (file.clone(), e))?;
         let reference = stored.descriptor.reference();
-        let wasm = found.record.with_extension("wasm");
-        let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display())).map_err(|e| (reference.clone(), e))?;
+        let wasm = found.bytes();
+        let bytes = self.control.get(&wasm).and_then(|v| v.ok_or_else(|| missing(&wasm))).map_err(|e| (reference.clone(), e))?;
         let sha256 = super::content_hash(&bytes);
-        if sha256 != stored.sha256 || found.record.file_stem().and_then(|s| s.to_str()) != Some(sha256.as_str()) {
-            let e = anyhow::anyhow!("{} does not hold the bytes its record names (sha256 {sha256}); the file was changed or damaged", wasm.display());
+        if sha256 != stored.sha256 || file.strip_suffix(".json") != Some(sha256.as_str()) {
+            let e = anyhow::anyhow!("{wasm} does not hold the bytes its record names (sha256 {sha256}); it was changed or damaged");
             return Err((reference, e));
         }
         Ok((stored, bytes))
     }
 
     /// Record a plugin that did not load.
-    pub fn quarantine(&self, owner: Owner, reference: String, reason: String, files: Vec<PathBuf>) {
+    pub fn quarantine(&self, owner: Owner, reference: String, reason: String, files: Vec<String>) {
         let key = (owner.clone(), reference.clone());
         write(&self.quarantined).insert(key, Quarantined { owner, reference, reason, files });
     }
 
     /// Record a stored plugin that did not load.
     pub fn quarantine_found(&self, found: &Found, reference: String, reason: String) {
-        let files = vec![found.record.clone(), found.record.with_extension("wasm")];
+        let files = vec![found.record.clone(), found.bytes()];
         self.quarantine(found.owner.clone(), reference, reason, files);
     }
 
@@ -310,12 +312,11 @@ impl Registry {
         }
         drop(quarantined);
         if let Some(bytes) = bytes {
-            let dir = owner.dir(&self.plugin_dir);
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            write_atomically(&dir.join(format!("{}.wasm", plugin.sha256)), bytes)?;
+            let prefix = owner.prefix();
+            self.control.put(&format!("{prefix}/{}.wasm", plugin.sha256), bytes)?;
             let record = StoredPlugin { sha256: plugin.sha256.clone(), contract: plugin.contract.clone(), sdk: plugin.sdk.clone(), descriptor: plugin.descriptor.clone() };
-            // The record goes last: a start sees a plugin only once both files are whole.
-            write_atomically(&dir.join(format!("{}.json", plugin.sha256)), serde_json::to_string_pretty(&record)?.as_bytes())?;
+            // The record goes last: a start sees a plugin only once both are whole.
+            self.control.put(&format!("{prefix}/{}.json", plugin.sha256), &serde_json::to_vec_pretty(&record)?)?;
         }
         write(&self.quarantined).remove(&key);
         let plugin = Arc::new(plugin);
@@ -374,8 +375,8 @@ impl Registry {
         let key = (owner.clone(), reference.to_string());
         let files = match write(&self.plugins).remove(&key) {
             Some(plugin) => {
-                let dir = owner.dir(&self.plugin_dir);
-                vec![dir.join(format!("{}.json", plugin.sha256)), dir.join(format!("{}.wasm", plugin.sha256))]
+                let prefix = owner.prefix();
+                vec![format!("{prefix}/{}.json", plugin.sha256), format!("{prefix}/{}.wasm", plugin.sha256)]
             }
             None => match write(&self.quarantined).remove(&key) {
                 Some(q) => q.files,
@@ -383,8 +384,8 @@ impl Registry {
             },
         };
         // The record first: a start never sees a record without its bytes.
-        for path in files {
-            std::fs::remove_file(&path).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+        for key in files {
+            self.control.delete(&key)?;
         }
         Ok(())
     }
@@ -408,22 +409,28 @@ impl Registry {
     /// has checked the target.
     pub fn set_route(&self, collection: &str, target: Target, expected: Option<&Arc<Target>>) -> Result<()> {
         let mut routes = write(&self.routes);
-        let current = routes.current.get(collection).cloned();
-        if let Some(expected) = expected
-            && !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, expected))
-        {
-            bail!("the route of `{collection}` changed meanwhile; read it again and retry");
+        let target = Arc::new(target);
+        let mut replaced = None;
+        let current = update_map(self.control.as_ref(), ROUTES, |current| {
+            let now = current.get(collection).cloned();
+            if let Some(expected) = expected
+                && now.as_deref() != Some(expected.as_ref())
+            {
+                bail!("the route of `{collection}` changed meanwhile; read it again and retry");
+            }
+            replaced = now.filter(|now| **now != *target);
+            current.insert(collection.to_string(), target.clone());
+            Ok(true)
+        })?
+        .expect("a route change always writes");
+        routes.current = current;
+        if let Some(replaced) = replaced {
+            let previous = update_map(self.control.as_ref(), PREVIOUS_ROUTES, |previous| {
+                previous.insert(collection.to_string(), replaced.clone());
+                Ok(true)
+            })?;
+            routes.previous = previous.expect("a previous route always writes");
         }
-        let mut next = routes.clone();
-        if let Some(current) = current
-            && *current != target
-        {
-            next.previous.insert(collection.to_string(), current);
-            write_json(&self.previous_path, &next.previous)?;
-        }
-        next.current.insert(collection.to_string(), Arc::new(target));
-        write_json(&self.routes_path, &next.current)?;
-        *routes = next;
         Ok(())
     }
 
@@ -439,17 +446,19 @@ impl Registry {
     }
 
     /// Declare (or redeclare) `tenant`'s pipeline `name`, durably. `check` sees the tenant's
-    /// pipelines as they would be, under the lock, so two concurrent declarations cannot make a
-    /// cycle together.
-    pub fn set_pipeline(&self, tenant: &str, name: &str, pipeline: Pipeline, check: impl FnOnce(&BTreeMap<String, Arc<Pipeline>>) -> Result<()>) -> Result<()> {
+    /// pipelines as they would be, as the store holds them at the write, so two concurrent
+    /// declarations cannot make a cycle together.
+    pub fn set_pipeline(&self, tenant: &str, name: &str, pipeline: Pipeline, check: impl Fn(&BTreeMap<String, Arc<Pipeline>>) -> Result<()>) -> Result<()> {
         let mut pipelines = write(&self.pipelines);
-        let mut next = pipelines.clone();
-        next.insert(format!("{tenant}/{name}"), Arc::new(pipeline));
+        let pipeline = Arc::new(pipeline);
         let prefix = format!("{tenant}/");
-        let mine: BTreeMap<String, Arc<Pipeline>> = next.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|n| (n.to_string(), v.clone()))).collect();
-        check(&mine)?;
-        write_json(&self.pipelines_path, &next)?;
-        *pipelines = next;
+        let next = update_map(self.control.as_ref(), PIPELINES, |next| {
+            next.insert(format!("{tenant}/{name}"), pipeline.clone());
+            let mine: BTreeMap<String, Arc<Pipeline>> = next.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|n| (n.to_string(), v.clone()))).collect();
+            check(&mine)?;
+            Ok(true)
+        })?;
+        *pipelines = next.expect("a declaration always writes");
         Ok(())
     }
 
@@ -471,32 +480,78 @@ impl Registry {
         let routes = read(&self.routes);
         let mut pipelines = write(&self.pipelines);
         let key = format!("{tenant}/{name}");
-        if !pipelines.contains_key(&key) {
-            bail!("tenant `{tenant}` has no pipeline `{}`", crate::printable::printable(name, 64));
-        }
-        let users = Self::users_in(&routes, &pipelines, |qualified| split_qualified(qualified).0 == tenant, Named::Pipeline(name));
-        if !users.is_empty() {
-            bail!("pipeline `{name}` is still used by {}; point them elsewhere first", users.join(", "));
-        }
-        let mut next = pipelines.clone();
-        next.remove(&key);
-        write_json(&self.pipelines_path, &next)?;
-        *pipelines = next;
+        let next = update_map(self.control.as_ref(), PIPELINES, |next| {
+            if !next.contains_key(&key) {
+                bail!("tenant `{tenant}` has no pipeline `{}`", crate::printable::printable(name, 64));
+            }
+            let users = Self::users_in(&routes, next, |qualified| split_qualified(qualified).0 == tenant, Named::Pipeline(name));
+            if !users.is_empty() {
+                bail!("pipeline `{name}` is still used by {}; point them elsewhere first", users.join(", "));
+            }
+            next.remove(&key);
+            Ok(true)
+        })?;
+        *pipelines = next.expect("a removal always writes");
         Ok(())
     }
 }
 
-/// Write to a temporary file, sync it, then rename over the target, so readers and crashes see
-/// the old or the new contents, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    // Unique per writer, so concurrent writers of the same file never share a temporary.
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let tmp = path.with_extension(format!("{}-{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{DirectoryStore, MemoryStore};
+
+    fn to(strategy: &str) -> Target {
+        Target::Strategy(Route { strategy: strategy.into(), config: empty_object(), grants: Grants::default() })
+    }
+
+    #[test]
+    fn registries_sharing_a_store_never_undo_each_others_routes() {
+        let store: Arc<dyn ControlStore> = Arc::new(MemoryStore::default());
+        let one = Registry::open(store.clone()).unwrap();
+        let two = Registry::open(store.clone()).unwrap();
+        one.set_route("acme/docs", to("dense@0.1.0"), None).unwrap();
+        two.set_route("globex/docs", to("dense@0.2.0"), None).unwrap();
+        let seen = two.routes();
+        assert_eq!(seen.len(), 2, "two's write kept one's route: {:?}", seen.keys());
+        assert_eq!(two.route("acme/docs").as_deref(), Some(&to("dense@0.1.0")), "and two now sees it");
+
+        // A promote that expects a route another writer has since replaced changes nothing.
+        let stale = one.route("acme/docs").unwrap();
+        two.set_route("acme/docs", to("dense@0.3.0"), None).unwrap();
+        let err = one.set_route("acme/docs", to("dense@0.9.0"), Some(&stale)).unwrap_err().to_string();
+        assert!(err.contains("changed meanwhile"), "{err}");
+        let reopened = Registry::open(store).unwrap();
+        assert_eq!(reopened.route("acme/docs").as_deref(), Some(&to("dense@0.3.0")));
+        assert_eq!(reopened.previous_route("acme/docs").as_deref(), Some(&to("dense@0.1.0")));
+    }
+
+    #[test]
+    fn a_data_directory_written_before_the_control_store_reads_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let route = r#"{"default/docs": {"strategy": "dense@0.1.0", "config": {}, "grants": {}}}"#;
+        std::fs::write(dir.path().join("routes.json"), route).unwrap();
+        std::fs::write(dir.path().join("routes.previous.json"), route.replace("0.1.0", "0.0.9")).unwrap();
+        std::fs::create_dir_all(dir.path().join("plugins/shared")).unwrap();
+        std::fs::write(dir.path().join("plugins/shared/abc.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("plugins/old.wasm"), "\0asm").unwrap();
+        let registry = Registry::open(Arc::new(DirectoryStore::new(dir.path()))).unwrap();
+        assert_eq!(registry.route("default/docs").as_deref(), Some(&to("dense@0.1.0")));
+        assert_eq!(registry.previous_route("default/docs").as_deref(), Some(&to("dense@0.0.9")));
+        let found = registry.stored().unwrap();
+        assert_eq!(found.iter().map(|f| (f.owner.clone(), f.record.as_str())).collect::<Vec<_>>(), [(Owner::Shared, "plugins/shared/abc.json")]);
+        let (reference, err) = registry.read_found(&found[0]).unwrap_err();
+        assert!(reference == "abc.json" && err.to_string().contains("not a plugin record"), "{reference}: {err:#}");
+        let quarantined = registry.quarantined();
+        assert_eq!(quarantined.len(), 1);
+        assert_eq!(quarantined[0].files, ["plugins/old.wasm"]);
+    }
+
+    #[test]
+    fn a_corrupt_record_names_itself_and_what_to_do() {
+        let store: Arc<dyn ControlStore> = Arc::new(MemoryStore::default());
+        store.put(ROUTES, b"{not json").unwrap();
+        let err = Registry::open(store).err().unwrap().to_string();
+        assert!(err.contains("`routes.json` is corrupt; fix or remove it"), "{err}");
+    }
 }
