@@ -153,6 +153,8 @@ pub struct Quarry {
     commit_lock: Mutex<()>,
     quarantined_models: Vec<QuarantinedModel>,
     compute_meter: Arc<crate::capacity::ComputeMeter>,
+    /// Each tenant's storage cap, when the embedding sets them.
+    storage_caps: std::sync::OnceLock<Box<crate::store::StorageCaps>>,
     pub(crate) experiments: crate::experiments::Experiments,
 }
 
@@ -202,7 +204,7 @@ impl Quarry {
             eprintln!("quarry: quarantined plugin: {}", q.reason);
         }
         let experiments = crate::experiments::Experiments::new(config.limits.max_impressions);
-        Ok(Quarry { data_dir, control, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models, compute_meter, experiments })
+        Ok(Quarry { data_dir, control, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models, compute_meter, storage_caps: Default::default(), experiments })
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -728,6 +730,20 @@ impl Quarry {
         self.runtime.set_memory_caps(caps);
     }
 
+    /// Cap the bytes each tenant stores at `caps(tenant)` (when it says one): a write that would
+    /// grow a tenant past it stores nothing and ends its call with [`CallError::OverStorage`];
+    /// deletes always go through. Set once; the HTTP service sets its `stored_bytes` quotas here.
+    pub fn set_storage_caps(&self, caps: Box<crate::store::StorageCaps>) {
+        if self.storage_caps.set(caps).is_err() {
+            eprintln!("quarry: storage caps were already set; keeping the first");
+        }
+    }
+
+    /// Bytes `tenant` stores: keys and values of its items, fields and blobs.
+    pub fn stored_bytes(&self, tenant: &str) -> Result<u64> {
+        self.services.store.tenant_bytes(tenant)
+    }
+
     /// Counters plugins reported (and the host kept for them), keyed by
     /// `tenant/name@version/counter`.
     pub fn counters(&self) -> std::collections::HashMap<String, f64> {
@@ -738,7 +754,10 @@ impl Quarry {
     fn keep(&self, plugin: &LoadedPlugin, collection: &str, output: CallOutput) -> Result<(), CallError> {
         self.commit(&output.writes, output.deadline).map_err(|e| match e.downcast::<crate::capacity::Expired>() {
             Ok(_) => CallError::Timeout { strategy: plugin.reference.clone(), deadline_ms: output.deadline_ms },
-            Err(e) => CallError::Host(e),
+            Err(e) => match e.downcast::<crate::store::OverStorage>() {
+                Ok(over) => CallError::OverStorage(over),
+                Err(e) => CallError::Host(e),
+            },
         })?;
         self.keep_counters(plugin, collection, output.counters);
         Ok(())
@@ -760,7 +779,8 @@ impl Quarry {
         deadline.check("the commit of the call's writes")?;
         self.services.indexes.check(writes)?;
         deadline.check("the commit of the call's writes")?;
-        self.services.store.commit(writes)?;
+        let uncapped = |_: &str| None;
+        self.services.store.commit(writes, self.storage_caps.get().map_or(&uncapped as &crate::store::StorageCaps, |caps| caps.as_ref()))?;
         self.services.indexes.apply(writes)
     }
 }

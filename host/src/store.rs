@@ -3,10 +3,12 @@
 //! Built on redb: pure Rust, ACID with copy-on-write B-trees, durable on commit, and no server.
 //! Items, item fields and collection-level blobs live in three tables keyed by tuples, so a
 //! collection's data is one contiguous key range. A plugin call's writes are one transaction:
-//! they all land when the call succeeds, or none do.
+//! they all land when the call succeeds, or none do. A fourth table keeps the bytes each tenant
+//! stores (keys and values of items, fields and blobs), updated in the same transactions, so a
+//! storage quota is checked against an exact count without a scan.
 
 use anyhow::{Context as _, Result, bail};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +20,55 @@ const COLLECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("collecti
 const ITEMS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("items");
 const FIELDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("fields");
 const BLOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("blobs");
+const TENANT_BYTES: TableDefinition<&str, u64> = TableDefinition::new("tenant_bytes");
+
+/// A write that would take a tenant past its storage quota; nothing of it was stored.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "tenant `{tenant}` would store {would_store} bytes, over its quota `stored_bytes` ({limit} bytes); \
+     delete items or collections it no longer needs, or ask the operator to raise the quota"
+)]
+pub struct OverStorage {
+    pub tenant: String,
+    pub would_store: u64,
+    pub limit: u64,
+}
+
+/// The most bytes each tenant may store, where it has a cap.
+pub type StorageCaps = dyn Fn(&str) -> Option<u64> + Send + Sync;
+
+/// Bytes stored per tenant, changed by one transaction.
+#[derive(Default)]
+struct Growth(BTreeMap<String, i64>);
+
+impl Growth {
+    /// Account for `key_len + new_len` bytes replacing `old_len` value bytes (`None`: a new key).
+    fn replace(&mut self, collection: &str, key_len: usize, old_len: Option<usize>, new_len: usize) {
+        let before = old_len.map_or(0, |old| key_len + old);
+        *self.0.entry(split_qualified(collection).0.to_string()).or_default() += (key_len + new_len) as i64 - before as i64;
+    }
+
+    fn remove(&mut self, collection: &str, key_len: usize, old_len: usize) {
+        *self.0.entry(split_qualified(collection).0.to_string()).or_default() -= (key_len + old_len) as i64;
+    }
+
+    /// Apply to the running totals; a tenant that grows past its cap stops the transaction.
+    fn apply(self, txn: &redb::WriteTransaction, caps: &StorageCaps) -> Result<()> {
+        let mut totals = txn.open_table(TENANT_BYTES)?;
+        for (tenant, change) in self.0 {
+            let before = totals.get(tenant.as_str())?.map_or(0, |v| v.value());
+            let after = before.saturating_add_signed(change);
+            if change > 0
+                && let Some(limit) = caps(&tenant)
+                && after > limit
+            {
+                return Err(OverStorage { tenant, would_store: after, limit }.into());
+            }
+            totals.insert(tenant.as_str(), after)?;
+        }
+        Ok(())
+    }
+}
 
 /// A collection's metadata.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -221,12 +272,22 @@ impl Store {
             format!("cannot open the collection store at {} (is another quarry process using it?)", path.display())
         })?;
         let txn = db.begin_write()?;
+        let counted = txn.list_tables()?.any(|t| t.name() == TENANT_BYTES.name());
         txn.open_table(COLLECTIONS)?;
         txn.open_table(ITEMS)?;
         txn.open_table(FIELDS)?;
         txn.open_table(BLOBS)?;
+        if !counted {
+            count_tenant_bytes(&txn)?;
+        }
         txn.commit()?;
         Ok(Store { db })
+    }
+
+    /// Bytes `tenant` stores: keys and values of its items, fields and blobs.
+    pub fn tenant_bytes(&self, tenant: &str) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(TENANT_BYTES)?.get(tenant)?.map_or(0, |v| v.value()))
     }
 
     /// Create collection `name` (a qualified `tenant/name` key) if it does not exist; fail if it
@@ -376,8 +437,9 @@ impl Store {
         Ok(n)
     }
 
-    /// Commit a plugin call's writes in one durable transaction.
-    pub fn commit(&self, batch: &WriteBatch) -> Result<()> {
+    /// Commit a plugin call's writes in one durable transaction, unless they take a tenant past
+    /// its cap in `caps` ([`OverStorage`]; then nothing is written).
+    pub fn commit(&self, batch: &WriteBatch, caps: &StorageCaps) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -401,18 +463,25 @@ impl Store {
             for (name, meta) in &metas {
                 collections.insert(*name, serde_json::to_vec(meta)?.as_slice())?;
             }
+            let mut growth = Growth::default();
             let mut items = txn.open_table(ITEMS)?;
             for (collection, item) in &batch.items {
-                items.insert((collection.as_str(), item.id.as_str()), serde_json::to_vec(item)?.as_slice())?;
+                let value = serde_json::to_vec(item)?;
+                let old = items.insert((collection.as_str(), item.id.as_str()), value.as_slice())?.map(|v| v.value().len());
+                growth.replace(collection, collection.len() + item.id.len(), old, value.len());
             }
             let mut fields = txn.open_table(FIELDS)?;
             for (collection, id, field, value) in &batch.fields {
-                fields.insert((collection.as_str(), field.as_str(), id.as_str()), value.encode().as_slice())?;
+                let value = value.encode();
+                let old = fields.insert((collection.as_str(), field.as_str(), id.as_str()), value.as_slice())?.map(|v| v.value().len());
+                growth.replace(collection, collection.len() + field.len() + id.len(), old, value.len());
             }
             let mut blobs = txn.open_table(BLOBS)?;
             for (collection, name, data) in &batch.blobs {
-                blobs.insert((collection.as_str(), name.as_str()), data.as_slice())?;
+                let old = blobs.insert((collection.as_str(), name.as_str()), data.as_slice())?.map(|v| v.value().len());
+                growth.replace(collection, collection.len() + name.len(), old, data.len());
             }
+            growth.apply(&txn, caps)?;
         }
         txn.commit()?;
         Ok(())
@@ -424,14 +493,21 @@ impl Store {
         let txn = self.db.begin_write()?;
         let mut existed = 0;
         {
+            let mut growth = Growth::default();
             let mut items = txn.open_table(ITEMS)?;
             let mut values = txn.open_table(FIELDS)?;
             for id in ids {
-                existed += usize::from(items.remove((collection, id.as_str()))?.is_some());
+                if let Some(old) = items.remove((collection, id.as_str()))? {
+                    existed += 1;
+                    growth.remove(collection, collection.len() + id.len(), old.value().len());
+                }
                 for field in &fields {
-                    values.remove((collection, field.as_str(), id.as_str()))?;
+                    if let Some(old) = values.remove((collection, field.as_str(), id.as_str()))? {
+                        growth.remove(collection, collection.len() + field.len() + id.len(), old.value().len());
+                    }
                 }
             }
+            growth.apply(&txn, &|_| None)?;
         }
         txn.commit()?;
         Ok(existed)
@@ -553,6 +629,27 @@ impl Store {
 pub const DEFAULT_TENANT: &str = "default";
 
 /// The store key of a collection: `tenant/name`. A bare `name` belongs to [`DEFAULT_TENANT`].
+/// Count every tenant's bytes, for a store written before they were counted as they changed.
+fn count_tenant_bytes(txn: &redb::WriteTransaction) -> Result<()> {
+    let mut growth = Growth::default();
+    for entry in txn.open_table(ITEMS)?.iter()? {
+        let (k, v) = entry?;
+        let (collection, id) = k.value();
+        growth.replace(collection, collection.len() + id.len(), None, v.value().len());
+    }
+    for entry in txn.open_table(FIELDS)?.iter()? {
+        let (k, v) = entry?;
+        let (collection, field, id) = k.value();
+        growth.replace(collection, collection.len() + field.len() + id.len(), None, v.value().len());
+    }
+    for entry in txn.open_table(BLOBS)?.iter()? {
+        let (k, v) = entry?;
+        let (collection, name) = k.value();
+        growth.replace(collection, collection.len() + name.len(), None, v.value().len());
+    }
+    growth.apply(txn, &|_| None)
+}
+
 pub fn qualify(collection: &str) -> Result<String> {
     let (tenant, name) = collection.split_once('/').unwrap_or((DEFAULT_TENANT, collection));
     validate_name("tenant", tenant)?;
@@ -648,7 +745,7 @@ mod tests {
                 indexed_by: String::new(),
             };
             batch.items.push(("t/a".into(), item));
-            store.commit(&batch).unwrap();
+            store.commit(&batch, &|_| None).unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.scan_field("t/a", "emb").unwrap(), vec![("x".to_string(), FieldValue::Vector(vec![1.0]))]);
@@ -671,7 +768,7 @@ mod tests {
             batch.fields.push(("t/c".into(), format!("id-{i}"), "codes".into(), FieldValue::Codes(vec![i])));
         }
         batch.fields.push(("t/d".into(), "other".into(), "codes".into(), FieldValue::Codes(vec![99])));
-        store.commit(&batch).unwrap();
+        store.commit(&batch, &|_| None).unwrap();
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -690,6 +787,49 @@ mod tests {
     }
 
     #[test]
+    fn each_tenants_stored_bytes_are_counted_exactly_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        store.ensure_collection("acme/c").unwrap();
+        store.ensure_collection("globex/c").unwrap();
+        let write = |store: &Store, tenant: &str, id: &str, bytes: usize, caps: &StorageCaps| {
+            let mut batch = WriteBatch::default();
+            batch.fields.push((format!("{tenant}/c"), id.into(), "b".into(), FieldValue::Blob(vec![7; bytes])));
+            store.commit(&batch, caps)
+        };
+        // Key `acme/c` + `b` + `x` is 8 bytes, the value its tag and 1000 bytes.
+        write(&store, "acme", "x", 1000, &|_| None).unwrap();
+        assert_eq!(store.tenant_bytes("acme").unwrap(), 8 + 1001);
+        write(&store, "acme", "x", 500, &|_| None).unwrap();
+        assert_eq!(store.tenant_bytes("acme").unwrap(), 8 + 501, "a rewrite replaces, it does not add");
+        write(&store, "globex", "y", 10, &|_| None).unwrap();
+
+        let cap = |tenant: &str| (tenant == "acme").then_some(2000);
+        let err = write(&store, "acme", "z", 1500, &cap).unwrap_err();
+        let over = err.downcast_ref::<OverStorage>().expect("a typed error");
+        assert_eq!((over.tenant.as_str(), over.would_store, over.limit), ("acme", 8 + 501 + 8 + 1501, 2000));
+        assert!(err.to_string().contains("quota `stored_bytes` (2000 bytes)"), "{err}");
+        assert_eq!(store.field("acme/c", "z", "b").unwrap(), None, "the refused write stored nothing");
+        assert_eq!(store.tenant_bytes("acme").unwrap(), 8 + 501);
+        write(&store, "globex", "z", 5000, &cap).unwrap();
+        write(&store, "acme", "x", 100, &cap).unwrap();
+        assert_eq!(store.tenant_bytes("acme").unwrap(), 8 + 101, "shrinking is allowed");
+
+        store.delete_items("acme/c", &["x".into()]).unwrap();
+        assert_eq!(store.tenant_bytes("acme").unwrap(), 0);
+        let globex = store.tenant_bytes("globex").unwrap();
+
+        // A store written before tenants' bytes were counted counts them once at open.
+        let txn = store.db.begin_write().unwrap();
+        txn.delete_table(TENANT_BYTES).unwrap();
+        txn.commit().unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!((store.tenant_bytes("acme").unwrap(), store.tenant_bytes("globex").unwrap()), (0, globex));
+    }
+
+    #[test]
     fn a_field_keeps_its_kind_and_metric() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
@@ -700,13 +840,13 @@ mod tests {
         assert!(err.contains("field `emb` of collection `t/c`"), "{err}");
         let mut batch = WriteBatch::default();
         batch.fields.push(("t/c".into(), "x".into(), "emb".into(), FieldValue::Codes(vec![1])));
-        let err = store.commit(&batch).unwrap_err().to_string();
+        let err = store.commit(&batch, &|_| None).unwrap_err().to_string();
         assert!(err.contains("holds Vector values"), "{err}");
         assert!(store.scan_field("t/c", "emb").unwrap().is_empty(), "the failed commit wrote nothing");
         // An undeclared field is declared by its first write.
         let mut batch = WriteBatch::default();
         batch.fields.push(("t/c".into(), "x".into(), "ids".into(), FieldValue::Codes(vec![1])));
-        store.commit(&batch).unwrap();
+        store.commit(&batch, &|_| None).unwrap();
         assert_eq!(store.collection("t/c").unwrap().unwrap().fields["ids"].kind, FieldKind::Codes);
     }
 

@@ -34,7 +34,7 @@ fn services() -> &'static (Arc<HostServices>, tempfile::TempDir) {
             batch.fields.push(("default/c".into(), id.clone(), "tokens".into(), FieldValue::Tokens { dim: 3, data: vec![0.5; 3 * (1 + i as usize % 4)] }));
             batch.fields.push(("default/c".into(), id, "codes".into(), FieldValue::Codes(vec![i % 3, i % 5])));
         }
-        store.commit(&batch).unwrap();
+        store.commit(&batch, &|_| None).unwrap();
         let models = Arc::new(Models::default());
         let manifests = [
             quarry_tests::root().join("examples/models/minilm-l6.json"),

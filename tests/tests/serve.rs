@@ -306,6 +306,32 @@ fn quotas_answer_429_with_the_quota_named_and_the_compute_budget_counts_inferenc
     assert_eq!(status, 400, "{out}");
     assert!(out["error"]["message"].as_str().unwrap().contains("plugin_memory_bytes"), "{out}");
 
+    // Stored bytes: a tenant capped at 6000 bytes holds three dense items (about 1.7 kB each);
+    // a batch that would take it past the cap stores nothing and is refused on `stored_bytes`;
+    // deleting makes room again.
+    let packed = admin_create_tenant(&server, "packed", json!({"quotas": {"stored_bytes": 6000}}));
+    dense_collection(&server, &packed, "docs", DOCS);
+    let stored = |key: &str| call("GET", &server.url("/v1/usage"), Some(key), None).1["stored_bytes"].as_u64().unwrap();
+    let before = stored(&packed);
+    assert!((3 * 1537..6000).contains(&before), "three 384-dimension vectors and their items: {before}");
+    let more = json!({"items": [{"id": "tea", "text": "steep the green tea for two minutes"}, {"id": "moon", "text": "the moon rose over the hills"}]});
+    let (status, out, headers) = call("POST", &server.url("/v1/collections/docs/items"), Some(&packed), json_body(&more));
+    assert_eq!(status, 429, "{out}");
+    assert_eq!(out["error"]["quota"], "stored_bytes", "{out}");
+    assert!(out["error"]["message"].as_str().unwrap().contains("delete items"), "{out}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(stored(&packed), before, "the refused batch stored nothing");
+    assert_eq!(call("GET", &server.url("/v1/collections/docs/items/tea"), Some(&packed), None).0, 404);
+    for id in ["cat", "rocket"] {
+        assert_eq!(call("DELETE", &server.url(&format!("/v1/collections/docs/items/{id}")), Some(&packed), None).0, 204);
+    }
+    assert!(stored(&packed) < before / 2, "deletes give the bytes back");
+    let (status, out, _) = call("POST", &server.url("/v1/collections/docs/items"), Some(&packed), json_body(&more));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(search(&server, &packed, "docs", "a cup of tea").1["hits"][0]["id"], "tea");
+    let (status, out, _) = call("POST", &server.url("/v1/tenants"), Some(ADMIN_KEY), json_body(&json!({"name": "none", "quotas": {"stored_bytes": 0}})));
+    assert_eq!(status, 400, "{out}");
+
     // The rejections are counted per tenant and quota in /metrics, which parses as Prometheus text.
     let (status, text, headers) = call("GET", &server.url("/metrics"), Some(ADMIN_KEY), None);
     assert_eq!(status, 200);
@@ -320,6 +346,7 @@ fn quotas_answer_429_with_the_quota_named_and_the_compute_budget_counts_inferenc
     };
     assert_eq!(value("quarry_quota_rejections_total", &[("tenant", "rate"), ("quota", "requests_per_second")]), 1.0);
     assert_eq!(value("quarry_quota_rejections_total", &[("tenant", "guesty"), ("quota", "compute_per_second")]), 1.0);
+    assert_eq!(value("quarry_quota_rejections_total", &[("tenant", "packed"), ("quota", "stored_bytes")]), 1.0);
     assert_eq!(value("quarry_http_requests_total", &[("tenant", "rate"), ("route", "/v1/usage"), ("status", "200")]), 3.0);
     assert_eq!(value("quarry_http_requests_total", &[("tenant", "other"), ("route", "/v1/collections/{collection}/search"), ("status", "200")]), 1.0);
     assert!(value("quarry_compute_seconds_total", &[("tenant", "inferential")]) > 0.5);

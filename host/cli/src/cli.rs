@@ -1030,7 +1030,7 @@ mod tests {
                 let v = vec![i as f32, 1.0, (i % 7) as f32];
                 batch.fields.push(("default/docs".into(), format!("d{i}"), "emb".into(), FieldValue::Vector(v)));
             }
-            store.commit(&batch).unwrap();
+            store.commit(&batch, &|_| None).unwrap();
         }
         let schema = |dir: &Path| open(dir, false).unwrap().field_schema("docs", "emb").unwrap();
         quarry(dir.path(), &["index", "docs", "emb", "--f16"]).unwrap();

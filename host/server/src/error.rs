@@ -81,6 +81,13 @@ impl ApiError {
                 error.retry_after = Some(1);
                 error
             }
+            CallError::OverStorage(_) => {
+                let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message);
+                error.quota = Some("stored_bytes");
+                // Stored bytes do not drain with time: retry once something was deleted.
+                error.retry_after = Some(60);
+                error
+            }
             CallError::Host(e) => ApiError::from_host(e),
             // The strategy says the request (or the route's config and grants) is what is wrong.
             CallError::Strategy { error: StrategyError::InvalidInput(_) | StrategyError::Unsupported(_) | StrategyError::NotFound(_), .. } => {
@@ -108,6 +115,7 @@ pub fn outcome(e: &CallError) -> &'static str {
         CallError::Strategy { .. } => "strategy_error",
         CallError::Capacity(_) => "capacity",
         CallError::OverBudget(_) => "over_budget",
+        CallError::OverStorage(_) => "over_storage",
         CallError::HostFault { .. } => "host_fault",
         CallError::Host(_) => "rejected",
     }
@@ -120,9 +128,17 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let Some(quota) = self.quota {
+            response.extensions_mut().insert(RefusedOn(quota));
+        }
         response
     }
 }
+
+/// Marks a response refused on a quota, so the metrics count refusals made deep in a call
+/// (a compute budget spent mid-call, a write past the storage quota) like those at admission.
+#[derive(Clone, Copy)]
+pub struct RefusedOn(pub &'static str);
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {

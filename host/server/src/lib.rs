@@ -99,7 +99,8 @@ impl AppState {
     }
 
     /// Have the host ask this server's quotas: compute before each model run (so work a tenant
-    /// queued before its budget ran out stops when it does), plugin memory at each call.
+    /// queued before its budget ran out stops when it does), plugin memory at each call, stored
+    /// bytes at each commit.
     fn install_gates(state: &Shared) {
         let weak = Arc::downgrade(state);
         state.quarry.set_memory_caps(Box::new({
@@ -108,6 +109,14 @@ impl AppState {
                 let state = weak.upgrade()?;
                 let record = state.control.tenant(tenant).ok().flatten()?;
                 state.quotas_of(&record).plugin_memory_bytes.map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX))
+            }
+        }));
+        state.quarry.set_storage_caps(Box::new({
+            let weak = weak.clone();
+            move |tenant| {
+                let state = weak.upgrade()?;
+                let record = state.control.tenant(tenant).ok().flatten()?;
+                state.quotas_of(&record).stored_bytes
             }
         }));
         state.quarry.set_compute_gate(Box::new(move |tenant, used| {
@@ -184,6 +193,9 @@ async fn gate(State(state): State<Shared>, mut request: Request, next: Next) -> 
     request.extensions_mut().insert(caller);
     let response = next.run(request).await;
     drop(admitted);
+    if let Some(error::RefusedOn(quota)) = response.extensions().get() {
+        state.metrics.quota_rejected(&label, quota);
+    }
     let status = response.status().as_u16();
     state.metrics.request(&label, &route, &method, status, started.elapsed());
     tracing::info!(tenant = %label, %method, %route, status, ms = started.elapsed().as_secs_f64() * 1e3, "request");

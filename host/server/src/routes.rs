@@ -327,6 +327,8 @@ struct Usage {
     tenant: String,
     quotas: Quotas,
     usage: UsageReport,
+    /// Bytes the tenant stores (the `stored_bytes` quota counts these).
+    stored_bytes: u64,
 }
 
 /// The calling tenant's quotas and what it uses of them.
@@ -335,7 +337,8 @@ async fn usage(State(state): State<Shared>, Extension(caller): Extension<Caller>
     let tenant = caller.tenant()?;
     let quotas = state.quotas_of(tenant);
     let report = state.quotas.report(&tenant.name, &quotas, state.quarry.compute_used(&tenant.name));
-    Ok(Json(Usage { tenant: tenant.name.clone(), quotas, usage: report }))
+    let stored_bytes = state.quarry.stored_bytes(&tenant.name).map_err(ApiError::internal)?;
+    Ok(Json(Usage { tenant: tenant.name.clone(), quotas, usage: report, stored_bytes }))
 }
 
 // ---- models ----

@@ -407,7 +407,7 @@ mod tests {
 
     fn commit(store: &Store, indexes: &Indexes, batch: &WriteBatch) -> Result<()> {
         indexes.check(batch)?;
-        store.commit(batch)?;
+        store.commit(batch, &|_| None)?;
         indexes.apply(batch)
     }
 

@@ -71,6 +71,9 @@ pub enum CallError {
     /// The tenant's compute budget ran out during the call (see [`crate::capacity::ComputeMeter`]).
     #[error("{0}")]
     OverBudget(String),
+    /// The call's writes would take its tenant past its storage cap; nothing was written.
+    #[error("{0}")]
+    OverStorage(crate::store::OverStorage),
     #[error("the host failed inside `{import}` while serving strategy {strategy}: {message}; this is a bug in Quarry (please report it); the host keeps serving")]
     HostFault { strategy: String, import: &'static str, message: String },
     #[error("{0:#}")]
