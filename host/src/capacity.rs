@@ -261,7 +261,7 @@ impl FairShare {
             Some(limit) if self.held(tenant) >= limit => Refused::TenantAtLimit { tenant: tenant.to_string(), limit, what: self.what },
             _ => Refused::Expired(e),
         })?;
-        Ok(Permit { share: self.clone(), tenant: tenant.clone(), held: true, metered: true, since: Instant::now() })
+        Ok(Permit { share: self.clone(), tenant: tenant.clone(), held: true, metered: true, lent: false, since: Instant::now() })
     }
 
     /// [`FairShare::acquire`] for work whose time the holder charges itself (a batched run
@@ -320,6 +320,8 @@ pub struct Permit {
     tenant: Arc<str>,
     held: bool,
     metered: bool,
+    /// Lent to a run computing for the holder, which charges its own time.
+    lent: bool,
     /// When the permit was last taken.
     since: Instant,
 }
@@ -338,7 +340,7 @@ impl Permit {
     }
 
     fn charge(&self) {
-        if self.metered && let Some(meter) = &self.share.meter {
+        if self.metered && !self.lent && let Some(meter) = &self.share.meter {
             meter.charge(&self.tenant, self.since.elapsed());
         }
     }
@@ -389,11 +391,14 @@ impl Drop for Permit {
 /// the call waits, taken again before it computes.
 pub struct Slot {
     permit: Mutex<Option<Permit>>,
+    /// Lent to a run now. Outside the mutex, which a holder keeps while it waits for a turn:
+    /// a model's worker asking must never wait on that.
+    lent: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
     pub fn new(permit: Permit) -> Arc<Self> {
-        Arc::new(Slot { permit: Mutex::new(Some(permit)) })
+        Arc::new(Slot { permit: Mutex::new(Some(permit)), lent: Default::default() })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Permit) -> T) -> Option<T> {
@@ -415,6 +420,35 @@ impl Slot {
 
     pub fn yield_if_contended(&self, deadline: Deadline) -> Result<(), Expired> {
         self.with(|p| p.yield_if_contended(deadline)).unwrap_or(Ok(()))
+    }
+
+    /// Keep the slot, but lend it to a run that computes for this call while the call waits:
+    /// the run uses it instead of taking another, and charges its own time. Handing the slot
+    /// back and forth through the share instead let another tenant's guest take it in between,
+    /// and each hand-over could queue the woken thread behind a spinning one.
+    fn lend(&self) {
+        let held = self.with(|p| {
+            if p.held && !p.lent {
+                p.charge();
+                p.lent = true;
+            }
+            p.held
+        });
+        self.lent.store(held == Some(true), std::sync::atomic::Ordering::Release);
+    }
+
+    fn take_back(&self) {
+        self.lent.store(false, std::sync::atomic::Ordering::Release);
+        self.with(|p| {
+            if std::mem::take(&mut p.lent) {
+                p.since = Instant::now();
+            }
+        });
+    }
+
+    /// Whether the slot is held and lent to a run now.
+    pub fn is_lent(&self) -> bool {
+        self.lent.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -444,6 +478,16 @@ impl Caller {
             Some(slot) => slot.released(self.deadline, wait),
             None => Ok(wait()),
         }
+    }
+
+    /// Run `wait` (for a run that computes for this caller) with the caller's slot lent to the
+    /// run; see [`Slot::is_lent`].
+    pub fn lending<T>(&self, wait: impl FnOnce() -> T) -> T {
+        let Some(slot) = &self.slot else { return wait() };
+        slot.lend();
+        let out = wait();
+        slot.take_back();
+        out
     }
 }
 

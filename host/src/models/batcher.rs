@@ -6,13 +6,13 @@
 use super::ModelError;
 use super::manifest::ModelManifest;
 use super::watchdog::Watched;
-use crate::capacity::{Caller, Deadline, Expired, FairShare};
+use crate::capacity::{Caller, Deadline, Expired, FairShare, Slot};
 use anyhow::anyhow;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,33 @@ struct Job {
     /// When it was queued, for the queue-delay figures.
     queued: Instant,
     reply: mpsc::SyncSender<Result<Output, ModelError>>,
+    /// The caller's compute slot, lent to the run while the caller waits.
+    lender: Option<Arc<Slot>>,
+    /// Counts the job among the batcher's outstanding ones until it is dropped.
+    _outstanding: Outstanding,
+}
+
+/// One job queued or running; the count falls when the job is dropped, whatever ended it.
+struct Outstanding(Arc<AtomicUsize>);
+
+impl Outstanding {
+    fn new(count: &Arc<AtomicUsize>) -> (Self, usize) {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        (Outstanding(count.clone()), before)
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Job {
+    /// The caller's slot, if it still lends it (a caller past its deadline has taken it back).
+    fn lent_slot(&self) -> Option<&Arc<Slot>> {
+        self.lender.as_ref().filter(|slot| slot.is_lent())
+    }
 }
 
 /// The queue in front of one model's session, which a worker thread owns.
@@ -134,6 +161,8 @@ pub(crate) struct Batcher {
 
 #[derive(Default)]
 struct Stats {
+    /// Jobs queued or running now.
+    outstanding: Arc<AtomicUsize>,
     runs: AtomicU64,
     inputs: AtomicU64,
     /// Jobs that reached a run, and the microseconds they waited in the queue in all.
@@ -171,8 +200,11 @@ impl Batcher {
     }
 
     /// Run `inputs` (alone or with other callers' inputs) and return this request's rows of
-    /// `output`. The caller's compute slot is released while it waits, and it stops waiting at
-    /// its deadline (a run still going then is terminated once no caller of it is left).
+    /// `output`. It stops waiting at its deadline (a run still going then is terminated once no
+    /// caller of it is left). While it waits, the caller's compute slot is lent to the run when
+    /// the run can start at once (one part, nothing queued or running): the slot then goes
+    /// straight to the work done for the caller, with no hand-over through the share. Otherwise
+    /// it is released, so a caller queued behind others holds no slot idle.
     #[cfg(test)]
     pub fn run(&self, inputs: Inputs, output: &str, caller: &Caller) -> Result<Output, ModelError> {
         Ok(self.run_parts(vec![inputs], output, caller)?.pop().expect("one part in, one out"))
@@ -186,14 +218,20 @@ impl Batcher {
         if let Some(meter) = self.compute.meter() {
             meter.admit(&caller.tenant)?;
         }
-        let mut answers = Vec::with_capacity(parts.len());
+        let lone = parts.len() == 1;
+        let (mut jobs, mut answers, mut idle) = (Vec::with_capacity(parts.len()), Vec::with_capacity(parts.len()), true);
         for inputs in parts {
+            let (outstanding, before) = Outstanding::new(&self.stats.outstanding);
+            idle &= before == 0;
             let (reply, answer) = mpsc::sync_channel(1);
-            let job = Job { inputs, output: output.to_string(), tenant: caller.tenant.clone(), deadline: caller.deadline, queued: Instant::now(), reply };
-            self.jobs.send(job).map_err(|_| ModelError::Runtime(anyhow!("the model's worker has stopped")))?;
+            let tenant = caller.tenant.clone();
+            jobs.push(Job { inputs, output: output.to_string(), tenant, deadline: caller.deadline, queued: Instant::now(), reply, lender: None, _outstanding: outstanding });
             answers.push(answer);
         }
-        let answers = caller.waiting(|| {
+        let send = |jobs: Vec<Job>| {
+            jobs.into_iter().try_for_each(|job| self.jobs.send(job).map_err(|_| ModelError::Runtime(anyhow!("the model's worker has stopped"))))
+        };
+        let wait = |answers: Vec<mpsc::Receiver<_>>| {
             answers
                 .into_iter()
                 .map(|answer| match caller.deadline.remaining() {
@@ -201,7 +239,19 @@ impl Batcher {
                     Some(left) => answer.recv_timeout(left).map_err(|e| matches!(e, mpsc::RecvTimeoutError::Timeout)),
                 })
                 .collect::<Vec<_>>()
-        })?;
+        };
+        let answers = match &caller.slot {
+            // Lent before the job is sent: a run that found the slot not yet lent would claim
+            // another as the caller's tenant, which holds one already, and wait for a turn.
+            Some(slot) if lone && idle => {
+                jobs[0].lender = Some(slot.clone());
+                caller.lending(|| send(jobs).map(|()| wait(answers)))?
+            }
+            _ => {
+                send(jobs)?;
+                caller.waiting(|| wait(answers))?
+            }
+        };
         answers
             .into_iter()
             .map(|answer| match answer {
@@ -358,17 +408,23 @@ impl Worker {
             self.stats.waited_jobs.fetch_add(1, Ordering::Relaxed);
             self.stats.waited_micros.fetch_add(job.queued.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        // The run computes for its callers: it takes a slot as the leading job's tenant, for as
-        // long as any caller still waits.
+        // The run computes for its callers, in a slot one of them lends; with none lent (host
+        // work), in one taken as the leading job's tenant, for as long as any caller still
+        // waits. A slot lent by a job still queued is idle too, so it serves as well: host work
+        // never waits on slots whose callers wait on it.
         let deadline = batch.iter().map(|j| j.deadline).reduce(Deadline::latest).unwrap_or(Deadline::NONE);
-        let _slot = match self.compute.acquire_unmetered(&batch[0].tenant, deadline) {
-            Ok(slot) => slot,
-            Err(e) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(ModelError::Runtime(anyhow!("{e}"))));
+        let lent = batch.iter().chain(self.jobs.pending.values().flatten()).any(|j| j.lent_slot().is_some());
+        let _slot = match lent {
+            true => None,
+            false => match self.compute.acquire_unmetered(&batch[0].tenant, deadline) {
+                Ok(slot) => Some(slot),
+                Err(e) => {
+                    for job in batch {
+                        let _ = job.reply.send(Err(ModelError::Runtime(anyhow!("{e}"))));
+                    }
+                    return;
                 }
-                return;
-            }
+            },
         };
         let inputs: Vec<&Inputs> = batch.iter().map(|j| &j.inputs).collect();
         // Each caller is charged the run's time in proportion to its rows.
@@ -584,7 +640,8 @@ mod tests {
     fn job(tenant: &str, rows: usize, deadline: Deadline) -> (Job, mpsc::Receiver<Result<Output, ModelError>>) {
         let (reply, answer) = mpsc::sync_channel(1);
         let inputs = Inputs::Vectors { dim: 1, rows: vec![vec![0.0]; rows] };
-        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, queued: Instant::now(), reply }, answer)
+        let outstanding = Outstanding::new(&Arc::default()).0;
+        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, queued: Instant::now(), reply, lender: None, _outstanding: outstanding }, answer)
     }
 
     #[test]
@@ -618,6 +675,39 @@ mod tests {
             queue.push(job);
         }
         assert_eq!(tenants(&queue.next_batch(32)), [("big".to_string(), 2)]);
+    }
+
+    #[test]
+    fn a_lone_callers_slot_goes_to_its_run_not_to_a_waiting_tenant() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/minilm-l6.json");
+        let manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
+        let session = Session::builder(super::super::environment().unwrap()).unwrap().commit_from_file(&manifest.files.model).unwrap();
+        let share = FairShare::compute(1);
+        let batcher = Batcher::start(session, None, &manifest, share.clone()).unwrap();
+        let row = || TextRow { ids: vec![101, 2023, 102], mask: vec![1; 3], ..Default::default() };
+        let quiet: Arc<str> = Arc::from("quiet");
+        let caller = Caller { tenant: quiet.clone(), deadline: Deadline::after(Duration::from_secs(10)), slot: Some(Slot::new(share.acquire(&quiet, Deadline::NONE).unwrap())) };
+        let taken = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // Another tenant waits for the only slot, and would hold it for a long time.
+            scope.spawn(|| {
+                let _held = share.acquire(&Arc::from("busy"), Deadline::NONE).unwrap();
+                taken.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let started = Instant::now();
+            let out = batcher.run(Inputs::Text(vec![row()]), "last_hidden_state", &caller).unwrap();
+            assert_eq!(out.shape[0], 1);
+            // Had the caller released its slot, the waiting tenant would have taken it and the
+            // run would have waited its 300 ms.
+            assert!(!taken.load(Ordering::SeqCst), "the slot went to the waiting tenant during the run");
+            assert!(started.elapsed() < Duration::from_millis(250), "{:?}", started.elapsed());
+            drop(caller);
+        });
+        assert!(taken.load(Ordering::SeqCst));
+        // Every job is counted out once it ended, so the next lone caller lends again.
+        assert_eq!(batcher.stats.outstanding.load(Ordering::SeqCst), 0);
     }
 
     #[test]

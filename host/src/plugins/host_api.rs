@@ -252,7 +252,7 @@ impl CallState {
         CallState {
             wasi: super::wasi::context(stderr.clone()),
             table,
-            limiter: CallLimiter { memory_bytes: limits.memory_bytes, memory_cap_hit: false },
+            limiter: CallLimiter { memory_bytes: limits.memory_bytes, memory_cap_hit: false, peak_bytes: 0 },
             stderr,
             writes: WriteBatch::default(),
             counters: HashMap::new(),

@@ -131,6 +131,8 @@ impl Limits {
 pub struct CallLimiter {
     pub memory_bytes: usize,
     pub memory_cap_hit: bool,
+    /// The most linear memory the instance grew to.
+    pub peak_bytes: usize,
 }
 
 impl wasmtime::ResourceLimiter for CallLimiter {
@@ -139,6 +141,7 @@ impl wasmtime::ResourceLimiter for CallLimiter {
             self.memory_cap_hit = true;
             return Ok(false);
         }
+        self.peak_bytes = self.peak_bytes.max(desired);
         Ok(true)
     }
 

@@ -143,6 +143,9 @@ struct Retired {
     refill: Option<Arc<LoadedPlugin>>,
 }
 
+/// A finished call whose instance grew past this much memory frees it on its own thread.
+const FREE_INLINE_ABOVE: usize = 4 * KEEP_RESIDENT;
+
 /// Finished calls' stores waiting for the reaper. The pool has room for them beside the calls
 /// and the spares, so a call's admission ends with the call, not when the reaper gets to it.
 const RETIRE_QUEUE: usize = 16;
@@ -451,12 +454,15 @@ impl PluginRuntime {
             Err(e) => Err(CallError::Host(anyhow::anyhow!("cannot start an instance of {}: {e:#}", plugin.reference))),
         };
         let result = outcome.and_then(|outcome| self.finish(outcome, &mut store, &plugin.reference, deadline_ms));
-        let retired = Retired { store, refill: refill.cloned() };
-        // Inline when the reaper is behind, so retired instances never pile up. Freeing a large
-        // instance's memory takes milliseconds: it counts against this call's compute slot, so
-        // a tenant cannot spend other tenants' cores on it.
-        if let Some(Err(std::sync::mpsc::TrySendError::Full(r) | std::sync::mpsc::TrySendError::Disconnected(r))) =
-            self.reaper.as_ref().map(|reaper| reaper.try_send(retired))
+        // A store that grew its memory large is freed here, and so is any when the reaper is
+        // behind (so retired instances never pile up). Freeing a large instance's memory takes
+        // milliseconds: here it counts against this call's compute slot, at normal priority,
+        // so a tenant can neither spend other tenants' cores on it nor leave it to the idle-
+        // priority reaper, which may hold the process's memory-map lock while it waits for CPU.
+        if store.data().limiter.peak_bytes > FREE_INLINE_ABOVE {
+            drop(store);
+        } else if let Some(Err(std::sync::mpsc::TrySendError::Full(r) | std::sync::mpsc::TrySendError::Disconnected(r))) =
+            self.reaper.as_ref().map(|reaper| reaper.try_send(Retired { store, refill: refill.cloned() }))
         {
             drop(r);
         }
