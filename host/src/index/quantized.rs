@@ -121,9 +121,10 @@ impl Sq8 {
             .map(|block| {
                 let (mut lo, mut hi) = (vec![f32::INFINITY; dim], vec![f32::NEG_INFINITY; dim]);
                 for row in block.chunks_exact(dim) {
+                    // Comparisons rather than f32::min, which vectorise (values are never NaN).
                     for ((lo, hi), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
-                        *lo = lo.min(x);
-                        *hi = hi.max(x);
+                        *lo = if x < *lo { x } else { *lo };
+                        *hi = if x > *hi { x } else { *hi };
                     }
                 }
                 (lo, hi)
@@ -174,8 +175,9 @@ impl Sq8 {
             let at = x * inv - min * inv;
             // A constant dimension has no steps: any other value is outside.
             outside |= !(-SLACK..=255.0 + SLACK).contains(&at) || (inv == 0.0 && x != min);
-            // `as` saturates (and would map a NaN to 0).
-            *out = at.round().clamp(0.0, 255.0) as u8;
+            // Rounds to nearest (the clamped value is never negative) and vectorises, unlike
+            // f32::round; `as` would map a NaN to 0.
+            *out = (at.clamp(0.0, 255.0) + 0.5) as u8;
         }
         outside
     }
