@@ -549,6 +549,13 @@ mod tests {
         let reopened = Indexes::new(store.clone());
         assert_eq!(reopened.vectors(c, "emb").unwrap().read().unwrap().precision(), Precision::Int8);
         assert_eq!(answers(&reopened), exact);
+        // A graph over an int8 field is built from, and re-scores with, its f32 rows.
+        store.set_ann(c, "emb", Some(AnnParams::default())).unwrap();
+        reopened.reset_ann(c, "emb");
+        let hit = reopened.nearest(c, "emb", &vectors[5].1, 1, None).unwrap().remove(0);
+        assert_eq!((hit.id.as_str(), hit.score), ("item-5", 0.0));
+        store.set_ann(c, "emb", None).unwrap();
+        reopened.reset_ann(c, "emb");
         // Writes (in range or far outside it) and deletes keep the answers exact.
         let far: Vec<f32> = queries[0].iter().map(|x| x * 40.0).collect();
         commit(&store, &reopened, &vector_batch(c, [("near".to_string(), queries[0].clone()), ("far".to_string(), far.clone())])).unwrap();
