@@ -163,6 +163,7 @@ impl Sq8 {
         self.codes = codes;
         self.trained_rows = rows;
         self.writes = 0;
+        self.hold_until = 0;
         self.train_at = rows.saturating_mul(2);
     }
 
