@@ -1,6 +1,6 @@
 """Times exact top-k with faiss IndexFlatIP on the data the `topk` bench wrote, for comparison.
 
-Usage: python3 faiss_topk.py <dir> <n> <dim> <nq> <k>
+Usage: python3 faiss_topk.py <dir> <n> <dim> <nq> <k> [--sq8]
 
 <dir> holds data.f32 (n x dim) and queries.f32 (nq x dim), raw little-endian f32, row-major.
 Measures as the Rust side does: each query alone (median), then all nq in one call (median of
@@ -10,6 +10,10 @@ uses by default for far larger batches), and the faster is reported as the time.
 for faiss's half-precision flat index (IndexScalarQuantizer, QT_fp16), the peer of Quarry's f16
 option; it scores with its own kernels, not BLAS. Prints one JSON object with the times in ms and
 the hit row ids under the defaults.
+
+With --sq8 (for the `quantized` bench) it measures only faiss's 8-bit scalar quantizer
+(IndexScalarQuantizer, QT_8bit: per-dimension min and max trained on all the data), the peer of
+Quarry's int8 option, which faiss scores from the codes without re-scoring.
 """
 
 import json
@@ -46,10 +50,43 @@ def batch(index, queries, k):
     return statistics.median(times), ids.tolist()
 
 
+def sq8(data, queries, k) -> None:
+    """Train and fill a QT_8bit index, then time it as `main` times the others."""
+    n, dim = data.shape
+    start = time.perf_counter()
+    index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    index.train(data)
+    index.add(data)
+    build_s = time.perf_counter() - start
+    del data
+    threads = faiss.omp_get_max_threads()
+    single_default_ms, single_ids = single(index, queries, k)
+    faiss.omp_set_num_threads(1)
+    single_one_thread_ms, _ = single(index, queries, k)
+    faiss.omp_set_num_threads(threads)
+    batch_ms, batch_ids = batch(index, queries, k)
+    print(
+        json.dumps(
+            {
+                "threads": threads,
+                "build_s": build_s,
+                "single_ms": min(single_default_ms, single_one_thread_ms),
+                "single_default_ms": single_default_ms,
+                "batch_ms": batch_ms,
+                "single_ids": single_ids,
+                "batch_ids": batch_ids,
+            }
+        )
+    )
+
+
 def main() -> None:
     folder, n, dim, nq, k = sys.argv[1], *map(int, sys.argv[2:6])
     data = np.fromfile(f"{folder}/data.f32", dtype="<f4").reshape(n, dim)
     queries = np.fromfile(f"{folder}/queries.f32", dtype="<f4").reshape(nq, dim)
+    if "--sq8" in sys.argv[6:]:
+        sq8(data, queries, k)
+        return
     index = faiss.IndexFlatIP(dim)
     index.add(data)
     fp16 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)

@@ -644,9 +644,11 @@ impl Quarry {
         Ok(())
     }
 
-    /// Hold a vector field's in-memory index in f32 or f16 (half the memory; scores to about 3
-    /// significant digits). The store keeps the vectors as written either way. The index is
-    /// rebuilt from the store before this returns; if f16 cannot hold the field's values, nothing
+    /// Hold a vector field's in-memory index in f32, f16 (half the memory; scores to about 3
+    /// significant digits) or int8 (f32 plus an int8 copy that single-query scans read first,
+    /// re-scoring the best candidates in f32: exact scores, a quarter more memory). The store
+    /// keeps the vectors as written either way. The index is rebuilt (and int8 codes trained)
+    /// from the store before this returns; if f16 cannot hold the field's values, nothing
     /// changes and the error says so.
     pub fn set_precision(&self, collection: &str, field: &str, precision: Precision) -> Result<()> {
         let collection = &qualify(collection)?;

@@ -103,7 +103,7 @@ pub(crate) enum Command {
         json: bool,
     },
     /// Choose approximate (HNSW) or exact nearest-neighbour search for a vector field, and the
-    /// precision of its in-memory vectors. With only --f16 or --f32, the search stays as it is.
+    /// precision of its in-memory vectors. With only --f16, --int8 or --f32, the search stays as it is.
     Index {
         collection: String,
         field: String,
@@ -115,8 +115,13 @@ pub(crate) enum Command {
         exact: bool,
         /// Hold the field's vectors in memory as f16: half the memory, scores to about 3
         /// significant digits. The store keeps them as written.
-        #[arg(long, conflicts_with = "f32")]
+        #[arg(long, conflicts_with_all = ["f32", "int8"])]
         f16: bool,
+        /// Keep an int8 copy of the field's vectors beside the f32 ones: single-query exact
+        /// searches scan the copy (a quarter of the memory traffic) and re-score the best
+        /// candidates in f32, so scores stay exact. Costs a quarter more memory than f32.
+        #[arg(long, conflicts_with = "f32")]
+        int8: bool,
         /// Hold the field's vectors in memory as f32 (the default).
         #[arg(long)]
         f32: bool,
@@ -633,14 +638,19 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Index { collection, field, hnsw, exact, f16, f32, m, ef_construction, ef_search } => {
+        Command::Index { collection, field, hnsw, exact, f16, int8, f32, m, ef_construction, ef_search } => {
             let host = open(&dir, cli.verbose)?;
             // Precision first: if f16 cannot hold the field, the search setting stays untouched too.
-            if f16 || f32 {
-                let precision = if f16 { crate::store::Precision::F16 } else { crate::store::Precision::F32 };
+            let precision = match (f16, int8, f32) {
+                (true, _, _) => Some(crate::store::Precision::F16),
+                (_, true, _) => Some(crate::store::Precision::Int8),
+                (_, _, true) => Some(crate::store::Precision::F32),
+                _ => None,
+            };
+            if let Some(precision) = precision {
                 host.set_precision(&collection, &field, precision)?;
             }
-            if hnsw || exact || !(f16 || f32) {
+            if hnsw || exact || precision.is_none() {
                 let ann = hnsw.then_some(crate::store::AnnParams { m, ef_construction, ef_search });
                 host.set_ann(&collection, &field, ann)?;
             }
@@ -652,6 +662,7 @@ fn run(cli: Cli) -> Result<()> {
             let precision = match schema.precision {
                 crate::store::Precision::F32 => "f32",
                 crate::store::Precision::F16 => "f16",
+                crate::store::Precision::Int8 => "f32 with an int8 copy for scans",
             };
             println!("{collection}.{field}: {search}, vectors in memory as {precision}");
             Ok(())
@@ -1049,6 +1060,18 @@ mod tests {
 
         assert!(quarry(dir.path(), &["index", "docs", "emb", "--f16", "--f32"]).is_err());
         let err = format!("{:#}", quarry(dir.path(), &["index", "docs", "nope", "--f16"]).unwrap_err());
+        assert!(err.contains("has no field `nope`"), "{err}");
+
+        // int8 as f16: its own flag, the search left alone, exact answers kept.
+        quarry(dir.path(), &["index", "docs", "emb", "--int8"]).unwrap();
+        assert_eq!((schema(dir.path()).precision, schema(dir.path()).ann), (Precision::Int8, None));
+        let host = open(dir.path(), false).unwrap();
+        assert_eq!(host.nearest("docs", "emb", &[49.0, 1.0, 0.0], 1, None).unwrap()[0].id, "d49");
+        drop(host);
+        for clash in [["--int8", "--f16"], ["--int8", "--f32"]] {
+            assert!(quarry(dir.path(), &["index", "docs", "emb", clash[0], clash[1]]).is_err(), "{clash:?}");
+        }
+        let err = format!("{:#}", quarry(dir.path(), &["index", "docs", "nope", "--int8"]).unwrap_err());
         assert!(err.contains("has no field `nope`"), "{err}");
     }
 }

@@ -1,7 +1,9 @@
 //! Exact top-k over all vectors of one field, under the field's metric, with the vectors held in
-//! f32 or, when the operator chooses it, in f16 (half the memory and the memory traffic).
+//! f32 or, when the operator chooses it, in f16 (half the memory and the memory traffic), or in
+//! f32 beside an int8 copy that single-query scans read first (see [`super::quantized`]).
 
 use super::Scored;
+use super::quantized::{self, Sq8};
 pub use super::simd::dot;
 use super::simd::dot_f16;
 use crate::store::{Metric, Precision};
@@ -52,6 +54,13 @@ pub struct FlatIndex {
 enum Rows {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    /// f32 rows and their int8 codes. The f32 rows stay in memory for the exact re-score: a few
+    /// dozen rows per query, but at random places, and reading them from the store instead would
+    /// put B-tree lookups and a read transaction inside every scan and leave the f32 rows that
+    /// batches (gemm), HNSW graphs and re-rankers (`written_vector`) read from this index with
+    /// no source. The price is a quarter more memory than f32: this precision buys scan speed;
+    /// f16 is the one that saves memory.
+    Int8(Vec<f32>, Sq8),
 }
 
 impl Rows {
@@ -59,6 +68,7 @@ impl Rows {
         match self {
             Rows::F32(v) => v.capacity() * size_of::<f32>(),
             Rows::F16(v) => v.capacity() * size_of::<f16>(),
+            Rows::Int8(v, codes) => v.capacity() * size_of::<f32>() + codes.bytes(),
         }
     }
 
@@ -66,6 +76,10 @@ impl Rows {
         match self {
             Rows::F32(v) => v.reserve_exact(values),
             Rows::F16(v) => v.reserve_exact(values),
+            Rows::Int8(v, codes) => {
+                v.reserve_exact(values);
+                codes.reserve_exact(values);
+            }
         }
     }
 
@@ -73,6 +87,10 @@ impl Rows {
         match self {
             Rows::F32(v) => v.shrink_to_fit(),
             Rows::F16(v) => v.shrink_to_fit(),
+            Rows::Int8(v, codes) => {
+                v.shrink_to_fit();
+                codes.shrink_to_fit();
+            }
         }
     }
 
@@ -89,6 +107,11 @@ impl Rows {
                 v.resize(start + row.len(), f16::ZERO);
                 v[start..].convert_from_f32_slice(row);
             }
+            Rows::Int8(v, codes) => {
+                grow(v, row.len());
+                v.extend_from_slice(row);
+                codes.push(row);
+            }
         }
     }
 
@@ -96,6 +119,10 @@ impl Rows {
         match self {
             Rows::F32(v) => v[at].copy_from_slice(row),
             Rows::F16(v) => v[at].convert_from_f32_slice(row),
+            Rows::Int8(v, codes) => {
+                v[at.clone()].copy_from_slice(row);
+                codes.set(at, row);
+            }
         }
     }
 
@@ -103,6 +130,10 @@ impl Rows {
         match self {
             Rows::F32(v) => v.copy_within(from, to),
             Rows::F16(v) => v.copy_within(from, to),
+            Rows::Int8(v, codes) => {
+                v.copy_within(from.clone(), to);
+                codes.copy_within(from, to);
+            }
         }
     }
 
@@ -110,13 +141,17 @@ impl Rows {
         match self {
             Rows::F32(v) => v.truncate(len),
             Rows::F16(v) => v.truncate(len),
+            Rows::Int8(v, codes) => {
+                v.truncate(len);
+                codes.truncate(len);
+            }
         }
     }
 
     /// Values `at` as f32: borrowed from f32 rows, widened from f16 rows.
     fn get(&self, at: Range<usize>) -> Cow<'_, [f32]> {
         match self {
-            Rows::F32(v) => Cow::Borrowed(&v[at]),
+            Rows::F32(v) | Rows::Int8(v, _) => Cow::Borrowed(&v[at]),
             Rows::F16(v) => {
                 let mut out = vec![0f32; at.len()];
                 v[at].convert_to_f32_slice(&mut out);
@@ -128,7 +163,7 @@ impl Rows {
     /// Values `at` as f32, widened into `scratch` if need be (the batched path's gemm takes f32).
     fn get_into<'a>(&'a self, at: Range<usize>, scratch: &'a mut Vec<f32>) -> &'a [f32] {
         match self {
-            Rows::F32(v) => &v[at],
+            Rows::F32(v) | Rows::Int8(v, _) => &v[at],
             Rows::F16(v) => {
                 scratch.resize(at.len(), 0.0);
                 v[at].convert_to_f32_slice(scratch);
@@ -139,7 +174,7 @@ impl Rows {
 
     fn dot(&self, query: &[f32], at: Range<usize>) -> f32 {
         match self {
-            Rows::F32(v) => dot(query, &v[at]),
+            Rows::F32(v) | Rows::Int8(v, _) => dot(query, &v[at]),
             Rows::F16(v) => dot_f16(query, &v[at]),
         }
     }
@@ -148,7 +183,7 @@ impl Rows {
 /// Make room for `extra` more values, growing by an eighth instead of doubling, so at most about
 /// an eighth of a large index is slack. Large allocations grow by remapping pages (glibc's
 /// realloc uses mremap), so the smaller steps do not mean copying the data more often.
-fn grow<T>(v: &mut Vec<T>, extra: usize) {
+pub(super) fn grow<T>(v: &mut Vec<T>, extra: usize) {
     if v.capacity() - v.len() < extra {
         v.reserve_exact(extra.max(v.len() / 8).max(16));
     }
@@ -167,6 +202,7 @@ impl FlatIndex {
         let data = match precision {
             Precision::F32 => Rows::F32(Vec::new()),
             Precision::F16 => Rows::F16(Vec::new()),
+            Precision::Int8 => Rows::Int8(Vec::new(), Sq8::new()),
         };
         FlatIndex { metric, dim: 0, ids: Vec::new(), rows: HashMap::new(), data, sq_norms: Vec::new(), reserved_rows: 0 }
     }
@@ -187,6 +223,7 @@ impl FlatIndex {
         match self.data {
             Rows::F32(_) => Precision::F32,
             Rows::F16(_) => Precision::F16,
+            Rows::Int8(..) => Precision::Int8,
         }
     }
 
@@ -205,6 +242,20 @@ impl FlatIndex {
             self.reserved_rows = rows;
         } else {
             self.data.reserve_exact(rows * self.dim);
+        }
+        if let Rows::Int8(_, codes) = &mut self.data {
+            codes.train_when(self.ids.len().saturating_add(rows));
+        }
+    }
+
+    /// Train an int8 field's codes on the rows held, unless they were trained on exactly these:
+    /// after a bulk load, in case it held fewer rows than `reserve` was told.
+    pub fn train(&mut self) {
+        if let Rows::Int8(v, codes) = &mut self.data
+            && !self.ids.is_empty()
+            && !codes.is_current(self.ids.len())
+        {
+            codes.train(v, self.dim);
         }
     }
 
@@ -279,6 +330,11 @@ impl FlatIndex {
         // The norm of the row as stored (rounded, in f16), so L2 scores are exact for it.
         let stored = self.data.get(row * self.dim..(row + 1) * self.dim);
         self.sq_norms[row] = dot(&stored, &stored);
+        if let Rows::Int8(v, codes) = &mut self.data
+            && codes.wants_training(self.ids.len())
+        {
+            codes.train(v, self.dim);
+        }
         Ok(())
     }
 
@@ -309,8 +365,43 @@ impl FlatIndex {
         }
         let query = self.prepared(query);
         let q_sq = dot(&query, &query);
-        let top = if self.len() <= SCAN_ROWS {
-            self.scan(&query, q_sq, k, 0..self.len(), |row| accept.is_none_or(|accept| accept(&self.ids[row])))
+        let top = match &self.data {
+            // The int8 scan keeps `candidates` rows, re-scored here exactly as an f32 scan scores
+            // them, so the scores are f32's to the bit. Worth it only when it rules rows out.
+            Rows::Int8(exact, codes) if codes.is_trained() && quantized::candidates(k) < self.len() => {
+                let candidates = quantized::candidates(k);
+                let quantized_query = codes.query(&query);
+                // Rows outside the trained range are left to the exact pass below.
+                let outside = codes.outside();
+                let rough = self.scan_rows(candidates, accept, |rows, keep| {
+                    let mut top = TopK::new(candidates, &self.ids);
+                    for row in rows.filter(|&row| keep.get(row) && outside.is_none_or(|outside| !outside[row])) {
+                        let ip = codes.inner_product(&quantized_query, row * self.dim..(row + 1) * self.dim);
+                        top.push(self.score(ip, row, q_sq), row);
+                    }
+                    top
+                });
+                let mut top = TopK::new(k, &self.ids);
+                let exactly = |row: usize| self.score(dot(&query, &exact[row * self.dim..(row + 1) * self.dim]), row, q_sq);
+                for hit in rough.heap {
+                    top.push(exactly(hit.row), hit.row);
+                }
+                let outside_rows = outside.into_iter().flat_map(|outside| outside.iter().enumerate().filter(|(_, o)| **o).map(|(row, _)| row));
+                for row in outside_rows.filter(|&row| accept.is_none_or(|accept| accept(&self.ids[row]))) {
+                    top.push(exactly(row), row);
+                }
+                top
+            }
+            _ => self.scan_rows(k, accept, |rows, keep| self.scan(&query, q_sq, k, rows, keep)),
+        };
+        Ok(top.into_sorted())
+    }
+
+    /// The top `k` of what `scan` finds in each chunk of the rows `accept` lets through: on the
+    /// calling thread for small indexes, else chunks in parallel whose top-k are merged.
+    fn scan_rows<'a>(&'a self, k: usize, accept: Option<&dyn Fn(&str) -> bool>, scan: impl Fn(Range<usize>, Keep<'_>) -> TopK<'a> + Sync) -> TopK<'a> {
+        if self.len() <= SCAN_ROWS {
+            scan(0..self.len(), accept.map_or(Keep::All, |accept| Keep::Ask(accept, &self.ids)))
         } else {
             // `accept` need not be thread-safe, so it is asked about every row up front.
             let keep: Option<Vec<bool>> = accept.map(|accept| self.ids.iter().map(|id| accept(id)).collect());
@@ -318,11 +409,10 @@ impl FlatIndex {
                 .into_par_iter()
                 .map(|chunk| {
                     let rows = chunk * SCAN_ROWS..((chunk + 1) * SCAN_ROWS).min(self.len());
-                    self.scan(&query, q_sq, k, rows, |row| keep.as_ref().is_none_or(|keep| keep[row]))
+                    scan(rows, keep.as_deref().map_or(Keep::All, Keep::Rows))
                 })
                 .reduce(|| TopK::new(k, &self.ids), TopK::merge)
-        };
-        Ok(top.into_sorted())
+        }
     }
 
     /// `search` for every row of `queries` (`n x dim`, row-major) at once, the same filter for
@@ -386,19 +476,19 @@ impl FlatIndex {
             .reduce(fresh, |a, b| a.into_iter().zip(b).map(|(a, b)| a.merge(b)).collect())
     }
 
-    /// Top-k of one query over `rows`.
-    fn scan(&self, query: &[f32], q_sq: f32, k: usize, rows: Range<usize>, keep: impl Fn(usize) -> bool) -> TopK<'_> {
+    /// Top-k of one query over `rows`, exactly.
+    fn scan(&self, query: &[f32], q_sq: f32, k: usize, rows: Range<usize>, keep: Keep<'_>) -> TopK<'_> {
         let mut top = TopK::new(k, &self.ids);
         let dim = self.dim;
         // One loop per precision, so the kernel is chosen once per scan rather than per row.
         match &self.data {
-            Rows::F32(data) => {
-                for row in rows.filter(|&row| keep(row)) {
+            Rows::F32(data) | Rows::Int8(data, _) => {
+                for row in rows.filter(|&row| keep.get(row)) {
                     top.push(self.score(dot(query, &data[row * dim..(row + 1) * dim]), row, q_sq), row);
                 }
             }
             Rows::F16(data) => {
-                for row in rows.filter(|&row| keep(row)) {
+                for row in rows.filter(|&row| keep.get(row)) {
                     top.push(self.score(dot_f16(query, &data[row * dim..(row + 1) * dim]), row, q_sq), row);
                 }
             }
@@ -450,6 +540,26 @@ impl FlatIndex {
     }
 }
 
+/// Which rows a scan scores: a match per row instead of a call through a pointer, so the
+/// unfiltered case costs a predicted branch.
+#[derive(Clone, Copy)]
+enum Keep<'a> {
+    All,
+    Rows(&'a [bool]),
+    Ask(&'a dyn Fn(&str) -> bool, &'a [String]),
+}
+
+impl Keep<'_> {
+    #[inline]
+    fn get(self, row: usize) -> bool {
+        match self {
+            Keep::All => true,
+            Keep::Rows(keep) => keep[row],
+            Keep::Ask(accept, ids) => accept(&ids[row]),
+        }
+    }
+}
+
 /// `out[r * n + q] = rows[r] . queries[q]` for `rows` (`m x dim`) and `queries` (`n x dim`),
 /// both row-major: rows by query-columns is the orientation gemm runs fastest here.
 pub(super) fn inner_products(rows: &[f32], queries: &[f32], dim: usize, out: &mut [f32]) {
@@ -495,7 +605,8 @@ struct TopK<'a> {
 
 impl<'a> TopK<'a> {
     fn new(k: usize, ids: &'a [String]) -> Self {
-        TopK { k, ids, heap: BinaryHeap::with_capacity(k + 1), floor: f32::NEG_INFINITY }
+        // Room for at most every row, however large a k is asked for.
+        TopK { k, ids, heap: BinaryHeap::with_capacity(k.min(ids.len()) + 1), floor: f32::NEG_INFINITY }
     }
 
     fn push(&mut self, score: f32, row: usize) {
@@ -734,12 +845,152 @@ mod tests {
         assert_eq!(hits.iter().map(|h| (h.id.as_str(), h.score)).collect::<Vec<_>>(), [("a", 1.0), ("c", 0.25)]);
     }
 
+    /// `n` rows around `clusters` centres in [-1, 1)^dim, each centre's rows within `spread`.
+    fn clustered(seed: u64, n: usize, dim: usize, clusters: usize, spread: f32) -> Vec<(String, Vec<f32>)> {
+        let mut next = crate::index::uniform(seed);
+        let centres: Vec<Vec<f32>> = (0..clusters).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        (0..n).map(|i| (format!("item-{i}"), centres[i % clusters].iter().map(|c| c + spread * next()).collect())).collect()
+    }
+
+    fn hit_ids(hits: &[Scored]) -> Vec<&str> {
+        hits.iter().map(|h| h.id.as_str()).collect()
+    }
+
+    #[test]
+    fn int8_top_k_is_f32_exact_top_k_with_f32_scores() {
+        // 3000 rows cross many test-sized scan chunks; close clusters make near ties.
+        let (dim, n) = (48, 3000);
+        let data = clustered(0x9E3779B97F4A7C15, n, dim, 30, 0.2);
+        let mut next = crate::index::uniform(0xD1B54A32D192ED03);
+        for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
+            let mut exact = FlatIndex::new(metric);
+            let mut int8 = FlatIndex::with_precision(metric, Precision::Int8);
+            for (id, v) in &data {
+                exact.upsert(id, v).unwrap();
+                int8.upsert(id, v).unwrap();
+            }
+            let (mut shared, mut total) = (0, 0);
+            for round in 0..40 {
+                // Queries near a stored row, so the top-k sit in one tight cluster.
+                let q: Vec<f32> = data[(round * 37) % n].1.iter().map(|x| x + 0.05 * next()).collect();
+                let keep = |id: &str| round % 2 == 0 || id.trim_start_matches("item-").parse::<u32>().unwrap() % 2 == 0;
+                for k in [1, 10, 50] {
+                    let want = exact.search(&q, k, Some(&keep)).unwrap();
+                    let got = int8.search(&q, k, Some(&keep)).unwrap();
+                    assert_eq!(got.len(), k);
+                    assert!(got.iter().all(|h| keep(&h.id)), "the filter holds");
+                    shared += got.iter().filter(|g| want.iter().any(|w| w.id == g.id)).count();
+                    total += k;
+                    // Re-scored from the f32 rows by the f32 scan's own arithmetic: equal to the bit.
+                    let (q_prepared, q_sq) = (exact.prepare_query(&q), dot(&exact.prepare_query(&q), &exact.prepare_query(&q)));
+                    for hit in &got {
+                        assert_eq!(hit.score, exact.prepared_score(&hit.id, &q_prepared, q_sq).unwrap(), "{metric:?}");
+                    }
+                    if hit_ids(&got) == hit_ids(&want) {
+                        assert_eq!(got, want, "{metric:?}");
+                    }
+                }
+            }
+            let recall = shared as f64 / total as f64;
+            assert!(recall >= 0.99, "{metric:?}: int8 recall against f32 exact search: {recall}");
+            // Batches read the f32 rows, as an f32 index's do.
+            let queries: Vec<f32> = data[..5].iter().flat_map(|(_, v)| v.clone()).collect();
+            let batch = int8.search_batch(&queries, 10, None).unwrap();
+            assert_eq!(batch, exact.search_batch(&queries, 10, None).unwrap(), "{metric:?}");
+        }
+    }
+
+    #[test]
+    fn int8_handles_constant_dimensions_out_of_range_writes_deletes_and_any_k() {
+        // Dimension 0 is the same in every row; dimension 1 decides the order.
+        let mut index = FlatIndex::with_precision(Metric::L2, Precision::Int8);
+        let mut exact = FlatIndex::new(Metric::L2);
+        let rows: Vec<(String, Vec<f32>)> = (0..400).map(|i| (format!("r{i:03}"), vec![7.0, i as f32 / 400.0, (i % 5) as f32])).collect();
+        index.reserve(rows.len());
+        for (id, v) in &rows {
+            index.upsert(id, v).unwrap();
+            exact.upsert(id, v).unwrap();
+        }
+        let Rows::Int8(_, codes) = &index.data else { panic!("int8 rows") };
+        assert!(codes.is_current(400), "a reserved load trains once, at its last row");
+        assert_eq!(codes.range(0), (7.0, 7.0));
+        assert!(codes.outside().is_none());
+        assert!(codes.codes().iter().step_by(3).all(|&c| c == 0), "a constant dimension encodes as 0");
+        let check = |index: &FlatIndex, exact: &FlatIndex, q: &[f32], k: usize| {
+            assert_eq!(index.search(q, k, None).unwrap(), exact.search(q, k, None).unwrap(), "query {q:?}, k {k}");
+        };
+        check(&index, &exact, &[7.0, 0.5, 2.0], 10);
+        // Out of the trained range, in the constant dimension and in the others: clamped codes,
+        // exact scores, and the outliers found.
+        for (id, v) in [("far", vec![-50.0, 30.0, 2.0]), ("r005", vec![7.5, 0.5, 9.0]), ("near", vec![7.0, 0.5001, 2.0])] {
+            index.upsert(id, &v).unwrap();
+            exact.upsert(id, &v).unwrap();
+        }
+        let Rows::Int8(_, codes) = &index.data else { panic!("int8 rows") };
+        assert_eq!(codes.outside().map(|o| o.iter().filter(|o| **o).count()), Some(2), "`far` and the new `r005` are scored exactly");
+        check(&index, &exact, &[7.0, 0.5, 2.0], 10);
+        check(&index, &exact, &[-50.0, 30.0, 2.0], 1);
+        check(&index, &exact, &[7.5, 0.5, 9.0], 3);
+        let odd = |id: &str| id.ends_with(['1', '3', '5', '7', '9']);
+        assert_eq!(index.search(&[7.5, 0.5, 9.0], 3, Some(&odd)).unwrap(), exact.search(&[7.5, 0.5, 9.0], 3, Some(&odd)).unwrap());
+        let not_far = |id: &str| id != "far";
+        assert_eq!(index.search(&[-50.0, 30.0, 2.0], 3, Some(&not_far)).unwrap(), exact.search(&[-50.0, 30.0, 2.0], 3, Some(&not_far)).unwrap());
+        // Deletes move the last row's codes with its f32 row.
+        for id in ["near", "r200", "r000", "missing", "r399"] {
+            index.remove(id);
+            exact.remove(id);
+        }
+        assert_eq!(index.len(), exact.len());
+        for q in [[7.0, 0.5, 2.0], [7.0, 0.0, 0.0], [7.0, 1.0, 4.0]] {
+            check(&index, &exact, &q, 10);
+        }
+        let Rows::Int8(v, codes) = &index.data else { panic!("int8 rows") };
+        assert_eq!(codes.codes().len(), v.len(), "one code per value");
+        // k past the rows: every row, exactly, with no room made for k.
+        check(&index, &exact, &[7.0, 0.5, 2.0], index.len() + 5);
+        check(&index, &exact, &[7.0, 0.5, 2.0], usize::MAX);
+        assert!(index.search(&[7.0, 0.5, 2.0], 0, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn int8_retrains_as_a_field_grows_and_on_demand() {
+        let mut index = FlatIndex::with_precision(Metric::InnerProduct, Precision::Int8);
+        index.upsert("a", &[0.0, 1.0]).unwrap();
+        // The trained range of dimension 0 (to float rounding), and whether it covers every row.
+        let trained = |index: &FlatIndex| match &index.data {
+            Rows::Int8(_, codes) => {
+                let (lo, hi) = codes.range(0);
+                ((lo * 1000.0).round() / 1000.0, (hi * 1000.0).round() / 1000.0, codes.is_current(index.len()))
+            }
+            _ => unreachable!(),
+        };
+        assert_eq!(trained(&index), (0.0, 0.0, true), "the first row trains");
+        index.upsert("b", &[4.0, 1.0]).unwrap();
+        assert_eq!(trained(&index), (0.0, 4.0, true), "doubling the rows trains again");
+        index.upsert("c", &[4.1, 1.0]).unwrap();
+        assert_eq!(trained(&index), (0.0, 4.0, false), "a little past the range: clamped, kept until 4 rows");
+        index.upsert("d", &[1.0, 1.0]).unwrap();
+        assert_eq!(trained(&index), (0.0, 4.1, true));
+        // Far outside the range: too many such rows (here, one) train again at once.
+        index.upsert("e", &[9.0, 1.0]).unwrap();
+        assert_eq!(trained(&index), (0.0, 9.0, true));
+        assert_eq!(index.search(&[1.0, 0.0], 1, None).unwrap()[0].id, "e");
+        // A reserve postpones training to the end of a bulk load, which `train` covers if short.
+        index.reserve(1000);
+        for i in 0..10 {
+            index.upsert(&format!("bulk-{i}"), &[-(i as f32), 0.0]).unwrap();
+        }
+        assert_eq!(trained(&index), (0.0, 9.0, false));
+        index.train();
+        assert_eq!(trained(&index), (-9.0, 9.0, true));
+    }
+
     #[test]
     fn reserved_indexes_hold_no_slack_and_grown_ones_little() {
         let (dim, n) = (24, 5000);
         let mut next = crate::index::uniform(7);
         let vectors: Vec<Vec<f32>> = (0..n).map(|_| (0..dim).map(|_| next()).collect()).collect();
-        for precision in [Precision::F32, Precision::F16] {
+        for precision in [Precision::F32, Precision::F16, Precision::Int8] {
             let mut reserved = FlatIndex::with_precision(Metric::L2, precision);
             reserved.reserve(n);
             let mut grown = FlatIndex::with_precision(Metric::L2, precision);
@@ -747,12 +998,19 @@ mod tests {
                 reserved.upsert(&i.to_string(), v).unwrap();
                 grown.upsert(&i.to_string(), v).unwrap();
             }
-            let value_bytes = if precision == Precision::F16 { 2 } else { 4 };
-            assert_eq!(reserved.data.bytes(), n * dim * value_bytes, "{precision:?}");
+            // int8: f32 rows, their codes and a mark per row, and each dimension's min, step and
+            // reciprocal step.
+            let row_bytes = match precision {
+                Precision::F32 => 4 * dim,
+                Precision::F16 => 2 * dim,
+                Precision::Int8 => 5 * dim + 1,
+            };
+            let fixed = if precision == Precision::Int8 { 3 * dim * 4 } else { 0 };
+            assert_eq!(reserved.data.bytes() - fixed, n * row_bytes, "{precision:?}");
             assert_eq!(reserved.ids.capacity(), n);
-            assert!(grown.data.bytes() <= n * dim * value_bytes * 9 / 8 + dim * value_bytes, "{precision:?}: {} bytes", grown.data.bytes());
+            assert!(grown.data.bytes() - fixed <= n * row_bytes * 9 / 8 + row_bytes, "{precision:?}: {} bytes", grown.data.bytes());
             grown.shrink_to_fit();
-            assert_eq!(grown.data.bytes(), n * dim * value_bytes);
+            assert_eq!(grown.data.bytes() - fixed, n * row_bytes);
             assert_eq!(grown.search(&vectors[17], 1, None).unwrap()[0].id, "17");
         }
     }

@@ -2,13 +2,14 @@
 //! every commit and delete.
 //!
 //! - vector fields: exact top-k under the field's metric, with metadata filters, f32 or f16 ([`flat`]),
-//!   or HNSW ([`ann`]);
+//!   or int8 codes re-scored in f32 ([`quantized`]), or HNSW ([`ann`]);
 //! - code fields: a prefix trie ([`trie`]);
 //! - token-set fields: late interaction ([`tokens`]).
 
 pub mod ann;
 pub mod filter;
 pub mod flat;
+pub mod quantized;
 pub mod simd;
 pub mod tokens;
 pub mod trie;
@@ -108,6 +109,7 @@ impl Indexes {
             FieldValue::Vector(v) => index.upsert(id, &v),
             _ => Ok(()),
         })?;
+        index.train();
         Ok(index)
     }
 
@@ -213,7 +215,8 @@ impl Indexes {
     pub fn written_vector(&self, collection: &str, field: &str, id: &str) -> Option<Vec<f32>> {
         let index = self.vectors.read().unwrap().get(&(collection.to_string(), field.to_string()))?.clone();
         let index = index.read().unwrap();
-        if index.precision() != Precision::F32 || index.metric() == Metric::Cosine {
+        // int8 fields keep their f32 rows beside the codes.
+        if index.precision() == Precision::F16 || index.metric() == Metric::Cosine {
             return None;
         }
         index.stored(id).map(|v| v.into_owned())
@@ -513,6 +516,69 @@ mod tests {
         assert_eq!(with_new.remove(0).id, "new");
         assert_eq!(with_new, exact);
         assert_eq!(reopened.nearest(c, "emb", &query, 10, Some(&even)).unwrap(), exact_even);
+    }
+
+    #[test]
+    fn int8_fields_answer_exactly_across_switches_restarts_writes_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let c = "t/c";
+        store.declare_fields(c, &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::L2))]).unwrap();
+        // Clustered rows, so the nearest ten sit close together.
+        let (dim, mut next) = (24, super::uniform(0x9E3779B97F4A7C15));
+        let centres: Vec<Vec<f32>> = (0..12).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        let vectors: Vec<(String, Vec<f32>)> = (0..900).map(|i| (format!("item-{i}"), centres[i % 12].iter().map(|c| c + 0.2 * next()).collect())).collect();
+        let indexes = Indexes::new(store.clone());
+        commit(&store, &indexes, &vector_batch(c, vectors.clone())).unwrap();
+        let queries: Vec<Vec<f32>> = (0..8).map(|i| vectors[i * 101].1.iter().map(|x| x + 0.05 * next()).collect()).collect();
+        let even = Filter::parse(r#"{"even": true}"#).unwrap();
+        let answers = |indexes: &Indexes| -> Vec<Vec<Scored>> {
+            queries.iter().flat_map(|q| [indexes.nearest(c, "emb", q, 10, None).unwrap(), indexes.nearest(c, "emb", q, 10, Some(&even)).unwrap()]).collect()
+        };
+        let exact = answers(&indexes);
+
+        indexes.set_precision(c, "emb", Metric::L2, Precision::Int8, || store.set_precision(c, "emb", Precision::Int8)).unwrap();
+        assert_eq!(store.collection(c).unwrap().unwrap().fields["emb"].precision, Precision::Int8);
+        assert_eq!(indexes.vectors(c, "emb").unwrap().read().unwrap().precision(), Precision::Int8);
+        // The same hits with the same f32 scores, filtered or not.
+        assert_eq!(answers(&indexes), exact);
+        // The f32 rows are in memory beside the codes, so re-rankers read them from there.
+        assert_eq!(indexes.written_vector(c, "emb", "item-7"), Some(vectors[7].1.clone()));
+
+        // A restart reads the choice back and trains the codes on the stored vectors.
+        let reopened = Indexes::new(store.clone());
+        assert_eq!(reopened.vectors(c, "emb").unwrap().read().unwrap().precision(), Precision::Int8);
+        assert_eq!(answers(&reopened), exact);
+        // A graph over an int8 field is built from, and re-scores with, its f32 rows.
+        store.set_ann(c, "emb", Some(AnnParams::default())).unwrap();
+        reopened.reset_ann(c, "emb");
+        let hit = reopened.nearest(c, "emb", &vectors[5].1, 1, None).unwrap().remove(0);
+        assert_eq!((hit.id.as_str(), hit.score), ("item-5", 0.0));
+        store.set_ann(c, "emb", None).unwrap();
+        reopened.reset_ann(c, "emb");
+        // Writes (in range or far outside it) and deletes keep the answers exact.
+        let far: Vec<f32> = queries[0].iter().map(|x| x * 40.0).collect();
+        commit(&store, &reopened, &vector_batch(c, [("near".to_string(), queries[0].clone()), ("far".to_string(), far.clone())])).unwrap();
+        assert_eq!(reopened.nearest(c, "emb", &queries[0], 1, None).unwrap()[0].id, "near");
+        assert_eq!(reopened.nearest(c, "emb", &far, 1, None).unwrap()[0].id, "far");
+        reopened.remove(c, &["near".to_string(), "far".to_string()]);
+        store.delete_items(c, &["near".to_string(), "far".to_string()]).unwrap();
+        assert_eq!(answers(&reopened), exact);
+        let gone = exact[0][0].id.clone();
+        reopened.remove(c, std::slice::from_ref(&gone));
+        let without = reopened.nearest(c, "emb", &queries[0], 9, None).unwrap();
+        assert_eq!(without, exact[0][1..], "deleting the best hit moves the rest up");
+        store.delete_items(c, &[gone]).unwrap();
+
+        // To f16 and back to int8, then to f32: each rebuilt from the store's f32 vectors.
+        let now = Indexes::new(store.clone());
+        let f32_now = answers(&now);
+        now.set_precision(c, "emb", Metric::L2, Precision::F16, || store.set_precision(c, "emb", Precision::F16)).unwrap();
+        now.set_precision(c, "emb", Metric::L2, Precision::Int8, || store.set_precision(c, "emb", Precision::Int8)).unwrap();
+        assert_eq!(answers(&now), f32_now);
+        now.set_precision(c, "emb", Metric::L2, Precision::F32, || store.set_precision(c, "emb", Precision::F32)).unwrap();
+        assert_eq!(now.vectors(c, "emb").unwrap().read().unwrap().precision(), Precision::F32);
+        assert_eq!(answers(&now), f32_now);
     }
 
     #[test]

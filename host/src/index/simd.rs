@@ -73,6 +73,49 @@ fn dot_f16_portable(a: &[f32], b: &[f16]) -> f32 {
         .sum()
 }
 
+/// The largest query magnitude `dot_u8_i8` takes. With codes up to 255 a pair of products stays
+/// within i16 (2 * 255 * 63 = 32130), which AVX2's pairwise multiply-add would saturate beyond.
+pub const I8_QUERY_MAX: i8 = 63;
+
+/// Values per call of the kernels below: their i32 lanes then cannot overflow
+/// (65536 * 255 * 63 < 2^31), however long the vectors.
+const U8_BLOCK: usize = 1 << 16;
+
+/// Integer inner product of int8 codes (0..=255) with a query quantized to within
+/// ±[`I8_QUERY_MAX`], over the shorter of the two: AVX2 multiplies 32 pairs per instruction
+/// where the CPU has it. Exact, so every kernel returns the same sum.
+#[inline]
+pub fn dot_u8_i8(codes: &[u8], query: &[i8]) -> i64 {
+    if codes.len().min(query.len()) <= U8_BLOCK {
+        return dot_u8_i8_block(codes, query) as i64;
+    }
+    codes.chunks(U8_BLOCK).zip(query.chunks(U8_BLOCK)).map(|(c, q)| dot_u8_i8_block(c, q) as i64).sum()
+}
+
+#[inline]
+fn dot_u8_i8_block(codes: &[u8], query: &[i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { x86::dot_u8_i8_avx2(codes, query) };
+    }
+    dot_u8_i8_portable(codes, query)
+}
+
+/// As `dot_portable`, in i32: the compiler turns it into widening multiply-adds.
+#[inline(always)]
+fn dot_u8_i8_portable(codes: &[u8], query: &[i8]) -> i32 {
+    let mut acc = [0i32; 32];
+    let (ca, cb) = (codes.chunks_exact(32), query.chunks_exact(32));
+    let tail: i32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| x as i32 * y as i32).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..32 {
+            acc[i] += x[i] as i32 * y[i] as i32;
+        }
+    }
+    acc.iter().sum::<i32>() + tail
+}
+
 /// Written with 32 independent accumulators so the compiler vectorises it over several
 /// registers and the additions need not wait on each other.
 #[inline(always)]
@@ -179,6 +222,40 @@ mod x86 {
         hsum(sum) + tail
     }
 
+    /// 32 code-query pairs per step: `maddubs` multiplies unsigned codes by signed query values
+    /// and adds neighbours into i16 (no saturation, as the query is within ±63), and `madd` with
+    /// ones widens those sums into i32 lanes. Two accumulators keep two steps in flight.
+    #[target_feature(enable = "avx2")]
+    pub fn dot_u8_i8_avx2(codes: &[u8], query: &[i8]) -> i32 {
+        let n = codes.len().min(query.len());
+        let (pa, pb) = (codes.as_ptr(), query.as_ptr());
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 2];
+        let mut i = 0;
+        // SAFETY: every load reads 32 bytes starting at i + offset, and i + offset + 32 <= n, so
+        // all reads lie within both slices.
+        unsafe {
+            while i + 64 <= n {
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let pairs = _mm256_maddubs_epi16(_mm256_loadu_si256(pa.add(i + 32 * j).cast()), _mm256_loadu_si256(pb.add(i + 32 * j).cast()));
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
+                }
+                i += 64;
+            }
+            while i + 32 <= n {
+                let pairs = _mm256_maddubs_epi16(_mm256_loadu_si256(pa.add(i).cast()), _mm256_loadu_si256(pb.add(i).cast()));
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(pairs, ones));
+                i += 32;
+            }
+        }
+        let sum = _mm256_add_epi32(acc[0], acc[1]);
+        let s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        let tail: i32 = codes[i..n].iter().zip(&query[i..n]).map(|(&x, &y)| x as i32 * y as i32).sum();
+        _mm_cvtsi128_si32(s) + tail
+    }
+
     /// The sum of a register's 8 lanes.
     #[target_feature(enable = "avx")]
     pub fn hsum(v: __m256) -> f32 {
@@ -234,5 +311,34 @@ mod tests {
                 assert!((g as f64 - want).abs() < 1e-4, "f16, lengths {len_a}/{len_b}: {g} vs {want}");
             }
         }
+    }
+
+    #[test]
+    fn integer_kernels_equal_a_plain_sum_at_the_extremes() {
+        let mut state = 0x9E3779B97F4A7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let q_max = I8_QUERY_MAX as u64;
+        for (len_a, len_b) in [(0, 0), (1, 1), (31, 31), (32, 32), (33, 33), (63, 63), (64, 64), (65, 65), (512, 512), (1000, 997)] {
+            // Random values, then all at the extremes: 255 by +-63 is where saturation would show.
+            for extreme in [false, true] {
+                let codes: Vec<u8> = (0..len_a).map(|_| if extreme { 255 } else { next() as u8 }).collect();
+                let query: Vec<i8> = (0..len_b).map(|i| if extreme { if i % 3 == 0 { -I8_QUERY_MAX } else { I8_QUERY_MAX } } else { (next() % (2 * q_max + 1)) as i8 - I8_QUERY_MAX }).collect();
+                let want: i64 = codes.iter().zip(&query).map(|(&x, &y)| x as i64 * y as i64).sum();
+                let mut got = vec![dot_u8_i8(&codes, &query), dot_u8_i8_portable(&codes, &query) as i64];
+                #[cfg(target_arch = "x86_64")]
+                if is_x86_feature_detected!("avx2") {
+                    got.push(unsafe { x86::dot_u8_i8_avx2(&codes, &query) } as i64);
+                }
+                assert!(got.iter().all(|&g| g == want), "lengths {len_a}/{len_b}, extreme {extreme}: {got:?} vs {want}");
+            }
+        }
+        // Past one block the sum is taken in i64: 200k dims at the extremes overflow i32.
+        let (codes, query) = (vec![255u8; 200_000], vec![I8_QUERY_MAX; 200_000]);
+        assert_eq!(dot_u8_i8(&codes, &query), 200_000 * 255 * 63);
     }
 }
