@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{INSTALL_FAISS, XorShift, faiss_available, python, write_f32};
+use common::{INSTALL_FAISS, XorShift, faiss_available, python, run_json, write_f32};
 use quarry_host::index::Scored;
 use quarry_host::index::flat::FlatIndex;
 use quarry_host::index::quantized;
@@ -236,25 +236,9 @@ fn recall(got: &[Vec<i64>], reference: &[Vec<i64>]) -> f64 {
 
 /// faiss's measurements, or `None` (with the reason printed) if the script failed.
 fn run_faiss(dataset: &str, dir: &Path, n: usize) -> Option<Faiss> {
-    let out = python()
-        .arg(FAISS_SCRIPT)
-        .arg(dir)
-        .args([n, DIM, QUERIES, K].map(|v| v.to_string()))
-        .arg("--sq8")
-        .output()
-        .expect("run python3");
-    if !out.status.success() {
-        println!("faiss run failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-        return None;
-    }
-    match serde_json::from_slice::<Faiss>(&out.stdout) {
-        Ok(faiss) => {
-            println!("{dataset}: faiss SQ8 ran on {} threads", faiss.threads);
-            Some(faiss)
-        }
-        Err(e) => {
-            println!("faiss output unreadable: {e}");
-            None
-        }
-    }
+    let mut command = python();
+    command.arg(FAISS_SCRIPT).arg(dir).args([n, DIM, QUERIES, K].map(|v| v.to_string())).arg("--sq8");
+    let faiss: Faiss = run_json(command)?;
+    println!("{dataset}: faiss SQ8 ran on {} threads", faiss.threads);
+    Some(faiss)
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{INSTALL_FAISS, XorShift, faiss_available, python, write_f32};
+use common::{INSTALL_FAISS, XorShift, faiss_available, python, run_json, write_f32};
 use quarry_host::index::Scored;
 use quarry_host::index::flat::FlatIndex;
 use quarry_host::store::{Metric, Precision};
@@ -260,24 +260,9 @@ fn agreement(ours: &[Vec<i64>], theirs: &[Vec<i64>]) -> String {
 
 /// faiss's measurements, or `None` (with the reason printed) if the script failed.
 fn run_faiss(dataset: &str, dir: &Path, n: usize) -> Option<Faiss> {
-    let out = python()
-        .arg(FAISS_SCRIPT)
-        .arg(dir)
-        .args([n, DIM, QUERIES, K].map(|v| v.to_string()))
-        .output()
-        .expect("run python3");
-    if !out.status.success() {
-        println!("faiss run failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-        return None;
-    }
-    match serde_json::from_slice::<Faiss>(&out.stdout) {
-        Ok(faiss) => {
-            println!("{dataset}: faiss ran on {} threads", faiss.threads);
-            Some(faiss)
-        }
-        Err(e) => {
-            println!("faiss output unreadable: {e}");
-            None
-        }
-    }
+    let mut command = python();
+    command.arg(FAISS_SCRIPT).arg(dir).args([n, DIM, QUERIES, K].map(|v| v.to_string()));
+    let faiss: Faiss = run_json(command)?;
+    println!("{dataset}: faiss ran on {} threads", faiss.threads);
+    Some(faiss)
 }

@@ -36,3 +36,13 @@ pub fn python() -> Command {
 pub fn faiss_available() -> bool {
     python().args(["-c", "import faiss, numpy"]).output().is_ok_and(|out| out.status.success())
 }
+
+/// Run a faiss script and read the JSON it prints, or `None` with the reason printed.
+pub fn run_json<T: serde::de::DeserializeOwned>(mut command: Command) -> Option<T> {
+    let out = command.output().expect("run python3");
+    if !out.status.success() {
+        println!("faiss run failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| println!("faiss output unreadable: {e}")).ok()
+}
