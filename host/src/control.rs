@@ -4,7 +4,7 @@
 //! so a replicated service puts a shared store (etcd) behind the same trait and nothing above
 //! it changes.
 //!
-//! Keys are `/`-separated paths of plain names (`routes.json`, `plugins/shared/<sha256>.wasm`);
+//! Keys are `/`-separated paths of plain names (`routes/acme/docs.json`, `plugins/shared/<sha256>.wasm`);
 //! values are bytes. [`DirectoryStore`], the default, keeps each key as the file of that path
 //! under the data directory, so the layout of a data directory is its keyspace.
 

@@ -106,9 +106,9 @@ fn plugins_and_routes_live_in_the_control_store_the_host_is_given() {
         host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
         host.ingest("docs", vec![NewItem::text("sea", "waves crash on the shore")], |_| {}).unwrap();
     }
-    assert!(!dir.path().join("routes.json").exists() && !dir.path().join("plugins").exists(), "nothing of the control plane is a file here");
+    assert!(!dir.path().join("routes").exists() && !dir.path().join("plugins").exists(), "nothing of the control plane is a file here");
     let keys = control.keys("").unwrap();
-    assert!(keys.contains(&"routes.json".to_string()), "{keys:?}");
+    assert!(keys.contains(&"routes/default/docs.json".to_string()), "{keys:?}");
     assert_eq!(keys.iter().filter(|k| k.starts_with("plugins/tenants/default/")).count(), 2, "record and bytes: {keys:?}");
 
     // A host started afresh on the same store serves the same route with the same plugin.

@@ -10,7 +10,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
-const TENANTS: &str = "server/tenants.json";
+/// One record per tenant, so a store with a value size limit (etcd's) holds any number.
+fn tenant_key(name: &str) -> String {
+    format!("server/tenants/{name}.json")
+}
+
+/// The single document older servers kept every tenant in; split up at the first start.
+const LEGACY_TENANTS: &str = "server/tenants.json";
 
 /// A tenant as the control plane keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,37 +58,48 @@ impl State {
     }
 }
 
-fn parse(bytes: Option<&[u8]>) -> Result<BTreeMap<String, Tenant>> {
-    let Some(bytes) = bytes else { return Ok(BTreeMap::new()) };
-    let list: Vec<Tenant> = serde_json::from_slice(bytes).with_context(|| format!("the control record `{TENANTS}` is damaged; restore it from a backup"))?;
-    Ok(list.into_iter().map(|t| (t.name.clone(), t)).collect())
+fn parse(key: &str, bytes: &[u8]) -> Result<Tenant> {
+    serde_json::from_slice(bytes).with_context(|| format!("the control record `{key}` is damaged; restore it from a backup"))
 }
 
 impl ControlPlane {
     pub fn open(store: Arc<dyn ControlStore>) -> Result<Self> {
-        let tenants = parse(store.get(TENANTS)?.as_deref())?;
+        if let Some(bytes) = store.get(LEGACY_TENANTS)? {
+            let list: Vec<Tenant> = serde_json::from_slice(&bytes).with_context(|| format!("the control record `{LEGACY_TENANTS}` is damaged; restore it from a backup"))?;
+            for tenant in list {
+                // A record that exists already is newer (a split cut short resumes).
+                store.compare_and_swap(&tenant_key(&tenant.name), None, &serde_json::to_vec_pretty(&tenant)?)?;
+            }
+            store.delete(LEGACY_TENANTS)?;
+        }
+        let mut tenants = BTreeMap::new();
+        for key in store.keys("server/tenants/")? {
+            if let Some(bytes) = store.get(&key)? {
+                let tenant = parse(&key, &bytes)?;
+                tenants.insert(tenant.name.clone(), tenant);
+            }
+        }
         Ok(ControlPlane { store, state: RwLock::new(State::index(tenants)) })
     }
 
-    /// Apply `change` to the tenants as the store holds them, write them back unless another
-    /// writer got in first (then again), and only then make them current here.
-    fn write(&self, change: impl Fn(&mut BTreeMap<String, Tenant>) -> bool) -> Result<bool> {
+    /// Apply `change` to tenant `name`'s record as the store holds it (`None`: absent), write it
+    /// back unless another writer got in first (then again), and only then make it current here.
+    /// `change` returns the new record, or `None` to leave things as they are.
+    fn write(&self, name: &str, change: impl Fn(Option<Tenant>) -> Option<Tenant>) -> Result<bool> {
         let mut state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let written = update(self.store.as_ref(), TENANTS, |current| {
-            let mut tenants = parse(current)?;
-            if !change(&mut tenants) {
-                return Ok(None);
-            }
-            let list: Vec<&Tenant> = tenants.values().collect();
-            Ok(Some((serde_json::to_vec_pretty(&list)?, tenants)))
+        let key = tenant_key(name);
+        let written = update(self.store.as_ref(), &key, |current| {
+            let current = current.map(|bytes| parse(&key, bytes)).transpose()?;
+            Ok(match change(current) {
+                Some(tenant) => Some((serde_json::to_vec_pretty(&tenant)?, tenant)),
+                None => None,
+            })
         })?;
-        match written {
-            Some(tenants) => {
-                *state = State::index(tenants);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let Some(tenant) = written else { return Ok(false) };
+        let mut tenants = std::mem::take(&mut state.tenants);
+        tenants.insert(tenant.name.clone(), tenant);
+        *state = State::index(tenants);
+        Ok(true)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -99,29 +116,22 @@ impl ControlPlane {
 
     /// Store a new tenant; `false` if the name is taken (nothing changes).
     pub fn create_tenant(&self, tenant: Tenant) -> Result<bool> {
-        self.write(|tenants| {
-            if tenants.contains_key(&tenant.name) {
-                return false;
-            }
-            tenants.insert(tenant.name.clone(), tenant.clone());
-            true
-        })
+        self.write(&tenant.name, |current| current.is_none().then(|| tenant.clone()))
     }
 
     /// Replace an existing tenant; `false` if there is none by that name.
     pub fn update_tenant(&self, tenant: Tenant) -> Result<bool> {
-        self.write(|tenants| match tenants.get_mut(&tenant.name) {
-            Some(slot) => {
-                *slot = tenant.clone();
-                true
-            }
-            None => false,
-        })
+        self.write(&tenant.name, |current| current.is_some().then(|| tenant.clone()))
     }
 
     /// `false` if there was none.
     pub fn delete_tenant(&self, name: &str) -> Result<bool> {
-        self.write(|tenants| tenants.remove(name).is_some())
+        let mut state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let existed = self.store.delete(&tenant_key(name))?;
+        let mut tenants = std::mem::take(&mut state.tenants);
+        tenants.remove(name);
+        *state = State::index(tenants);
+        Ok(existed)
     }
 
     /// The tenant holding a key with this hash.
@@ -164,6 +174,18 @@ mod tests {
         assert!(plane.delete_tenant("acme").unwrap());
         assert!(plane.tenant_by_key("aaaa1").unwrap().is_none(), "a deleted tenant's keys stop working");
         assert_eq!(plane.tenants().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_tenant_list_of_an_older_server_is_split_into_one_record_each() {
+        let store: Arc<dyn ControlStore> = Arc::new(quarry_host::control::MemoryStore::default());
+        store.put(LEGACY_TENANTS, &serde_json::to_vec(&[tenant("acme", "aaaa1"), tenant("globex", "cccc3")]).unwrap()).unwrap();
+        let plane = ControlPlane::open(store.clone()).unwrap();
+        assert_eq!(plane.tenant_by_key("cccc3").unwrap().unwrap().name, "globex");
+        assert_eq!(store.keys("server/").unwrap(), ["server/tenants/acme.json", "server/tenants/globex.json"]);
+        store.put("server/tenants/bad.json", b"{").unwrap();
+        let err = ControlPlane::open(store).err().unwrap().to_string();
+        assert!(err.contains("`server/tenants/bad.json` is damaged"), "{err}");
     }
 
     #[test]

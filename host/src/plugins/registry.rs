@@ -7,9 +7,12 @@
 //! A plugin is stored as its bytes and the descriptor its `describe` returned when it was
 //! added, both named by the bytes' SHA-256 (never by anything the plugin chose):
 //! `plugins/shared/<sha256>.{wasm,json}` and `plugins/tenants/<tenant>/<sha256>.{wasm,json}`.
-//! Everything here is kept in the host's [`ControlStore`], under those keys and `routes.json`,
-//! `routes.previous.json` and `pipelines.json`; each change is a compare-and-swap, so writers
-//! sharing one store never undo one another's change.
+//! Everything here is kept in the host's [`ControlStore`]: plugins under those keys, a
+//! collection's route (with the one before) at `routes/<tenant>/<collection>.json`, a tenant's
+//! pipelines at `pipelines/<tenant>.json`. Small records, each changed by a compare-and-swap,
+//! so writers sharing one store never undo one another's change and a store with a value size
+//! limit (etcd's is 1.5 MiB) holds any number of tenants. The single `routes.json`,
+//! `routes.previous.json` and `pipelines.json` of older hosts are split up at the first start.
 //! The stored descriptor is the plugin's identity; the host never asks the plugin again, so a
 //! start runs no plugin code. A stored plugin that no longer loads is quarantined: it is listed
 //! with the reason, refuses calls, and can be removed, while everything else serves.
@@ -153,9 +156,28 @@ impl Found {
 
 type Key = (Owner, String);
 
-const ROUTES: &str = "routes.json";
-const PREVIOUS_ROUTES: &str = "routes.previous.json";
-const PIPELINES: &str = "pipelines.json";
+/// The single documents older hosts kept every route and pipeline in.
+const LEGACY_ROUTES: &str = "routes.json";
+const LEGACY_PREVIOUS_ROUTES: &str = "routes.previous.json";
+const LEGACY_PIPELINES: &str = "pipelines.json";
+
+/// A collection's route, and the one it had before its last change.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteRecord {
+    current: Target,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<Target>,
+}
+
+/// `collection` is qualified (`tenant/name`), both parts validated names.
+fn route_key(collection: &str) -> String {
+    format!("routes/{collection}.json")
+}
+
+fn pipelines_key(tenant: &str) -> String {
+    format!("pipelines/{tenant}.json")
+}
 
 /// Plugins by owner and `name@version`, and routes by collection, persisted in the control store.
 pub struct Registry {
@@ -214,9 +236,23 @@ impl Registry {
     /// Open the registry kept in `control`; the caller loads the stored plugins
     /// ([`Registry::stored`]).
     pub fn open(control: Arc<dyn ControlStore>) -> Result<Self> {
-        let read = |key| parse_map(key, control.get(key)?.as_deref());
-        let routes = Routes { current: read(ROUTES)?, previous: read(PREVIOUS_ROUTES)? };
-        let pipelines = parse_map(PIPELINES, control.get(PIPELINES)?.as_deref())?;
+        split_legacy(control.as_ref())?;
+        let mut routes = Routes::default();
+        for key in control.keys("routes/")? {
+            let Some(collection) = key.strip_prefix("routes/").and_then(|k| k.strip_suffix(".json")) else { continue };
+            let Some(record) = parse_record::<RouteRecord>(&key, control.get(&key)?.as_deref())? else { continue };
+            routes.current.insert(collection.to_string(), Arc::new(record.current));
+            if let Some(previous) = record.previous {
+                routes.previous.insert(collection.to_string(), Arc::new(previous));
+            }
+        }
+        let mut pipelines = BTreeMap::new();
+        for key in control.keys("pipelines/")? {
+            let Some(tenant) = key.strip_prefix("pipelines/").and_then(|k| k.strip_suffix(".json")) else { continue };
+            for (name, pipeline) in parse_map::<Pipeline>(&key, control.get(&key)?.as_deref())? {
+                pipelines.insert(format!("{tenant}/{name}"), pipeline);
+            }
+        }
         Ok(Registry { control, plugins: Default::default(), quarantined: Default::default(), routes: RwLock::new(routes), pipelines: RwLock::new(pipelines) })
     }
 
@@ -410,27 +446,28 @@ impl Registry {
     pub fn set_route(&self, collection: &str, target: Target, expected: Option<&Arc<Target>>) -> Result<()> {
         let mut routes = write(&self.routes);
         let target = Arc::new(target);
-        let mut replaced = None;
-        let current = update_map(self.control.as_ref(), ROUTES, |current| {
-            let now = current.get(collection).cloned();
+        let key = route_key(collection);
+        let record = update(self.control.as_ref(), &key, |bytes| {
+            let now = parse_record::<RouteRecord>(&key, bytes)?;
             if let Some(expected) = expected
-                && now.as_deref() != Some(expected.as_ref())
+                && now.as_ref().map(|r| &r.current) != Some(expected.as_ref())
             {
                 bail!("the route of `{collection}` changed meanwhile; read it again and retry");
             }
-            replaced = now.filter(|now| **now != *target);
-            current.insert(collection.to_string(), target.clone());
-            Ok(true)
+            let previous = match now {
+                Some(now) if now.current != *target => Some(now.current),
+                Some(now) => now.previous,
+                None => None,
+            };
+            let record = RouteRecord { current: (*target).clone(), previous };
+            Ok(Some((serde_json::to_vec_pretty(&record)?, record.previous)))
         })?
         .expect("a route change always writes");
-        routes.current = current;
-        if let Some(replaced) = replaced {
-            let previous = update_map(self.control.as_ref(), PREVIOUS_ROUTES, |previous| {
-                previous.insert(collection.to_string(), replaced.clone());
-                Ok(true)
-            })?;
-            routes.previous = previous.expect("a previous route always writes");
-        }
+        routes.current.insert(collection.to_string(), target);
+        match record {
+            Some(previous) => routes.previous.insert(collection.to_string(), Arc::new(previous)),
+            None => routes.previous.remove(collection),
+        };
         Ok(())
     }
 
@@ -451,14 +488,12 @@ impl Registry {
     pub fn set_pipeline(&self, tenant: &str, name: &str, pipeline: Pipeline, check: impl Fn(&BTreeMap<String, Arc<Pipeline>>) -> Result<()>) -> Result<()> {
         let mut pipelines = write(&self.pipelines);
         let pipeline = Arc::new(pipeline);
-        let prefix = format!("{tenant}/");
-        let next = update_map(self.control.as_ref(), PIPELINES, |next| {
-            next.insert(format!("{tenant}/{name}"), pipeline.clone());
-            let mine: BTreeMap<String, Arc<Pipeline>> = next.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|n| (n.to_string(), v.clone()))).collect();
-            check(&mine)?;
+        let mine = update_map(self.control.as_ref(), &pipelines_key(tenant), |mine| {
+            mine.insert(name.to_string(), pipeline.clone());
+            check(mine)?;
             Ok(true)
         })?;
-        *pipelines = next.expect("a declaration always writes");
+        Self::keep_tenants_pipelines(&mut pipelines, tenant, mine.expect("a declaration always writes"));
         Ok(())
     }
 
@@ -479,21 +514,57 @@ impl Registry {
         // Routes before pipelines, as everywhere both are held.
         let routes = read(&self.routes);
         let mut pipelines = write(&self.pipelines);
-        let key = format!("{tenant}/{name}");
-        let next = update_map(self.control.as_ref(), PIPELINES, |next| {
-            if !next.contains_key(&key) {
+        let mine = update_map(self.control.as_ref(), &pipelines_key(tenant), |mine: &mut BTreeMap<String, Arc<Pipeline>>| {
+            if !mine.contains_key(name) {
                 bail!("tenant `{tenant}` has no pipeline `{}`", crate::printable::printable(name, 64));
             }
-            let users = Self::users_in(&routes, next, |qualified| split_qualified(qualified).0 == tenant, Named::Pipeline(name));
+            let qualified: BTreeMap<String, Arc<Pipeline>> = mine.iter().map(|(n, p)| (format!("{tenant}/{n}"), p.clone())).collect();
+            let users = Self::users_in(&routes, &qualified, |qualified| split_qualified(qualified).0 == tenant, Named::Pipeline(name));
             if !users.is_empty() {
                 bail!("pipeline `{name}` is still used by {}; point them elsewhere first", users.join(", "));
             }
-            next.remove(&key);
+            mine.remove(name);
             Ok(true)
         })?;
-        *pipelines = next.expect("a removal always writes");
+        Self::keep_tenants_pipelines(&mut pipelines, tenant, mine.expect("a removal always writes"));
         Ok(())
     }
+
+    /// Make `tenant`'s pipelines in this process's copy what the store holds now.
+    fn keep_tenants_pipelines(pipelines: &mut BTreeMap<String, Arc<Pipeline>>, tenant: &str, mine: BTreeMap<String, Arc<Pipeline>>) {
+        let prefix = format!("{tenant}/");
+        pipelines.retain(|k, _| !k.starts_with(&prefix));
+        pipelines.extend(mine.into_iter().map(|(name, p)| (format!("{prefix}{name}"), p)));
+    }
+}
+
+/// One record of the control store, if present.
+fn parse_record<T: serde::de::DeserializeOwned>(key: &str, bytes: Option<&[u8]>) -> Result<Option<T>> {
+    bytes.map(|bytes| serde_json::from_slice(bytes).with_context(|| format!("the control record `{key}` is corrupt; fix or remove it"))).transpose()
+}
+
+/// Split the single route and pipeline documents of older hosts into one record per collection
+/// and per tenant. Records that exist already are kept (a split cut short by a crash resumes);
+/// the old documents go last.
+fn split_legacy(control: &dyn ControlStore) -> Result<()> {
+    let current = parse_map::<Target>(LEGACY_ROUTES, control.get(LEGACY_ROUTES)?.as_deref())?;
+    let mut previous = parse_map::<Target>(LEGACY_PREVIOUS_ROUTES, control.get(LEGACY_PREVIOUS_ROUTES)?.as_deref())?;
+    for (collection, target) in current {
+        let record = RouteRecord { current: (*target).clone(), previous: previous.remove(&collection).map(|p| (*p).clone()) };
+        control.compare_and_swap(&route_key(&collection), None, &serde_json::to_vec_pretty(&record)?)?;
+    }
+    let mut by_tenant: BTreeMap<String, BTreeMap<String, Arc<Pipeline>>> = BTreeMap::new();
+    for (qualified, pipeline) in parse_map::<Pipeline>(LEGACY_PIPELINES, control.get(LEGACY_PIPELINES)?.as_deref())? {
+        let (tenant, name) = split_qualified(&qualified);
+        by_tenant.entry(tenant.to_string()).or_default().insert(name.to_string(), pipeline);
+    }
+    for (tenant, mine) in by_tenant {
+        control.compare_and_swap(&pipelines_key(&tenant), None, &map_bytes(&mine)?)?;
+    }
+    for legacy in [LEGACY_ROUTES, LEGACY_PREVIOUS_ROUTES, LEGACY_PIPELINES] {
+        control.delete(legacy)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -512,9 +583,8 @@ mod tests {
         let two = Registry::open(store.clone()).unwrap();
         one.set_route("acme/docs", to("dense@0.1.0"), None).unwrap();
         two.set_route("globex/docs", to("dense@0.2.0"), None).unwrap();
-        let seen = two.routes();
+        let seen = Registry::open(store.clone()).unwrap().routes();
         assert_eq!(seen.len(), 2, "two's write kept one's route: {:?}", seen.keys());
-        assert_eq!(two.route("acme/docs").as_deref(), Some(&to("dense@0.1.0")), "and two now sees it");
 
         // A promote that expects a route another writer has since replaced changes nothing.
         let stale = one.route("acme/docs").unwrap();
@@ -535,9 +605,20 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("plugins/shared")).unwrap();
         std::fs::write(dir.path().join("plugins/shared/abc.json"), "{}").unwrap();
         std::fs::write(dir.path().join("plugins/old.wasm"), "\0asm").unwrap();
+        let pipelines = r#"{"acme/fused": {"fallback": {"primary": {"strategy": "a@1.0.0"}, "fallback": {"strategy": "b@1.0.0"}}}}"#;
+        std::fs::write(dir.path().join("pipelines.json"), pipelines).unwrap();
         let registry = Registry::open(Arc::new(DirectoryStore::new(dir.path()))).unwrap();
         assert_eq!(registry.route("default/docs").as_deref(), Some(&to("dense@0.1.0")));
         assert_eq!(registry.previous_route("default/docs").as_deref(), Some(&to("dense@0.0.9")));
+        assert!(registry.pipeline("acme", "fused").is_some());
+        // Split into one record per collection and per tenant, the old documents gone.
+        for (gone, made) in [("routes.json", "routes/default/docs.json"), ("pipelines.json", "pipelines/acme.json")] {
+            assert!(!dir.path().join(gone).exists() && dir.path().join(made).exists(), "{gone} -> {made}");
+        }
+        assert!(!dir.path().join("routes.previous.json").exists());
+        let reopened = Registry::open(Arc::new(DirectoryStore::new(dir.path()))).unwrap();
+        assert_eq!(reopened.previous_route("default/docs").as_deref(), Some(&to("dense@0.0.9")));
+        assert!(reopened.pipeline("acme", "fused").is_some());
         let found = registry.stored().unwrap();
         assert_eq!(found.iter().map(|f| (f.owner.clone(), f.record.as_str())).collect::<Vec<_>>(), [(Owner::Shared, "plugins/shared/abc.json")]);
         let (reference, err) = registry.read_found(&found[0]).unwrap_err();
@@ -550,7 +631,7 @@ mod tests {
     #[test]
     fn a_corrupt_record_names_itself_and_what_to_do() {
         let store: Arc<dyn ControlStore> = Arc::new(MemoryStore::default());
-        store.put(ROUTES, b"{not json").unwrap();
+        store.put(LEGACY_ROUTES, b"{not json").unwrap();
         let err = Registry::open(store).err().unwrap().to_string();
         assert!(err.contains("`routes.json` is corrupt; fix or remove it"), "{err}");
     }
