@@ -18,7 +18,9 @@ use anyhow::{Result, anyhow, bail};
 use ann::AnnIndex;
 use filter::Filter;
 use flat::FlatIndex;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use tokens::TokenSets;
 use trie::CodeTrie;
@@ -46,6 +48,9 @@ pub struct Indexes {
     metadata: RwLock<HashMap<String, Metadata>>,
     /// Recently read collection blobs (a codebook that every query of a strategy reads).
     blobs: RwLock<BlobCache>,
+    /// Where HNSW graphs are saved, so a start loads them instead of rebuilding; `None` keeps
+    /// them in memory only.
+    graph_dir: Option<PathBuf>,
 }
 
 /// Blobs by (collection, name), up to [`BlobCache::MAX_BYTES`] in all; emptied when full.
@@ -89,6 +94,41 @@ impl Indexes {
             tokens: Default::default(),
             metadata: Default::default(),
             blobs: Default::default(),
+            graph_dir: None,
+        }
+    }
+
+    /// Save HNSW graphs under `dir` (after a build, and at [`Indexes::save_graphs`] or drop) and
+    /// load them from there instead of rebuilding, when they still match the store.
+    pub fn with_graph_dir(mut self, dir: PathBuf) -> Self {
+        self.graph_dir = Some(dir);
+        self
+    }
+
+    /// The file of a field's saved graph: named by a hash, since collection and field names may
+    /// hold any characters.
+    fn graph_path(&self, collection: &str, field: &str) -> Option<PathBuf> {
+        let digest = Sha256::digest(format!("{collection}\0{field}"));
+        let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        Some(self.graph_dir.as_ref()?.join(format!("{name}.hnsw")))
+    }
+
+    /// Save every graph that changed since it was last saved or loaded. A graph that cannot be
+    /// saved is rebuilt at the next start.
+    pub fn save_graphs(&self) {
+        let graphs: Vec<_> = self.ann.read().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for ((collection, field), ann) in graphs {
+            let mut ann = ann.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(ann) = ann.as_mut().filter(|a| a.unsaved()) {
+                self.save_graph(ann, &collection, &field);
+            }
+        }
+    }
+
+    fn save_graph(&self, ann: &mut AnnIndex, collection: &str, field: &str) {
+        let Some(path) = self.graph_path(collection, field) else { return };
+        if let Err(e) = ann.save(&path, &format!("{collection}/{field}")) {
+            eprintln!("warning: cannot save the HNSW graph of `{collection}` field `{field}` ({e:#}); the next start rebuilds it");
         }
     }
 
@@ -128,13 +168,32 @@ impl Indexes {
     fn ann(&self, collection: &str, field: &str, flat: &FlatIndex) -> Result<Arc<RwLock<Option<AnnIndex>>>> {
         load(&self.ann, collection, field, || {
             let schema = self.store.collection(collection)?.and_then(|m| m.fields.get(field).copied());
-            Ok(schema.and_then(|s| s.ann.map(|params| AnnIndex::build(params, s.metric, flat))))
+            let Some((params, metric)) = schema.and_then(|s| s.ann.map(|params| (params, s.metric))) else { return Ok(None) };
+            let path = self.graph_path(collection, field);
+            if let Some(path) = path.as_ref().filter(|p| p.exists()) {
+                match AnnIndex::load(params, metric, flat, path, &format!("{collection}/{field}")) {
+                    Ok(ann) => return Ok(Some(ann)),
+                    Err(e) => eprintln!(
+                        "warning: the saved HNSW graph of `{collection}` field `{field}` ({}) is not used: {e:#}; rebuilding it from the store",
+                        path.display()
+                    ),
+                }
+            }
+            let mut ann = AnnIndex::build(params, metric, flat);
+            if ann.unsaved() {
+                self.save_graph(&mut ann, collection, field);
+            }
+            Ok(Some(ann))
         })
     }
 
-    /// Forget a field's approximate index after its configuration changed.
+    /// Forget a field's approximate index (and its saved graph) after its configuration changed.
     pub fn reset_ann(&self, collection: &str, field: &str) {
         self.ann.write().unwrap().remove(&(collection.to_string(), field.to_string()));
+        if let Some(path) = self.graph_path(collection, field) {
+            // Only a leftover file; a stale one would fail its check at load anyway.
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn code_trie(&self, collection: &str, field: &str) -> Result<Arc<RwLock<CodeTrie>>> {
@@ -384,6 +443,15 @@ impl Indexes {
             ids.iter().for_each(|id| {
                 m.remove(id);
             });
+        }
+    }
+}
+
+impl Drop for Indexes {
+    /// A clean shutdown saves the graphs, so the next start loads them.
+    fn drop(&mut self) {
+        if self.graph_dir.is_some() {
+            self.save_graphs();
         }
     }
 }
