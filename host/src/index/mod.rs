@@ -600,4 +600,51 @@ mod tests {
         assert_eq!(indexes.vectors(c, "emb").unwrap().read().unwrap().precision(), Precision::F32);
         assert_eq!(indexes.nearest(c, "emb", &[1.0, 0.0], 1, None).unwrap()[0].id, "b");
     }
+    #[test]
+    fn a_start_loads_the_saved_graph_and_rebuilds_one_the_store_outran() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let c = "t/c";
+        store.declare_fields(c, &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::Cosine))]).unwrap();
+        store.set_ann(c, "emb", Some(AnnParams::default())).unwrap();
+        let mut next = super::uniform(7);
+        let dim = 16;
+        let vectors: Vec<(String, Vec<f32>)> = (0..400).map(|i| (format!("item-{i}"), (0..dim).map(|_| next()).collect())).collect();
+        let graphs = dir.path().join("graphs");
+        let start = || Indexes::new(store.clone()).with_graph_dir(graphs.clone());
+        let indexes = start();
+        commit(&store, &indexes, &vector_batch(c, vectors.clone())).unwrap();
+        let query: Vec<f32> = (0..dim).map(|_| next()).collect();
+        let first = indexes.nearest(c, "emb", &query, 10, None).unwrap();
+        let path = indexes.graph_path(c, "emb").unwrap();
+        // Built on first use and saved at once; a file replaced by a save is a new inode.
+        let built = std::fs::metadata(&path).unwrap().ino();
+        drop(indexes);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), built, "nothing changed, so nothing was saved again");
+
+        let indexes = start();
+        assert_eq!(indexes.nearest(c, "emb", &query, 10, None).unwrap(), first);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), built, "loaded, not rebuilt");
+        drop(indexes);
+
+        // A commit the graph never saw (a crash between the store's commit and the graph's save).
+        store.commit(&vector_batch(c, [("late".to_string(), query.clone())]), &|_| None).unwrap();
+        let indexes = start();
+        assert_eq!(indexes.nearest(c, "emb", &query, 1, None).unwrap()[0].id, "late", "the stale graph was rebuilt");
+        let rebuilt = std::fs::metadata(&path).unwrap().ino();
+        assert_ne!(rebuilt, built);
+        // Writes after the start are saved at shutdown, and the next start loads them.
+        indexes.remove(c, &["late".to_string()]);
+        store.delete_items(c, &["late".to_string()]).unwrap();
+        drop(indexes);
+        let saved = std::fs::metadata(&path).unwrap().ino();
+        assert_ne!(saved, rebuilt);
+        let indexes = start();
+        assert_eq!(indexes.nearest(c, "emb", &query, 10, None).unwrap(), first);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), saved);
+        // Changing the field's graph settings forgets the saved graph.
+        indexes.reset_ann(c, "emb");
+        assert!(!path.exists());
+    }
 }
