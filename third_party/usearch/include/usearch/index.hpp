@@ -1599,6 +1599,17 @@ class ring_gt {
         return true;
     }
 
+    /// Quarry's patch: takes the element pushed last (a stack), not the oldest.
+    bool try_pop_back(element_t& value) noexcept {
+        if (empty_)
+            return false;
+
+        head_ = (head_ + capacity_ - 1) % capacity_;
+        value = std::move(elements_[head_]);
+        empty_ = head_ == tail_;
+        return true;
+    }
+
     element_t const& operator[](std::size_t i) const noexcept { return elements_[(tail_ + i) % capacity_]; }
 };
 

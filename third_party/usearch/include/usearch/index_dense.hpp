@@ -2182,7 +2182,9 @@ class index_dense_gt {
             return {*this, thread_id, false};
 
         std::unique_lock<std::mutex> lock(available_threads_mutex_);
-        if (!available_threads_.try_pop(thread_id))
+        // Quarry's patch: the context released last, whose buffers are still in the cache. Taking
+        // the oldest cycled every search through all of them (64 on a small machine).
+        if (!available_threads_.try_pop_back(thread_id))
             return {*this, any_thread(), false};
         return {*this, thread_id, true};
     }
