@@ -4774,6 +4774,10 @@ class index_gt {
             if (!is_dummy<prefetch_at>()) {
                 candidates_range_t missing_candidates{*this, candidate_neighbors, visits};
                 prefetch(missing_candidates.begin(), missing_candidates.end());
+                // Quarry's patch: their nodes too, whose keys the predicate reads below and whose
+                // neighbours the next steps read.
+                for (auto it = missing_candidates.begin(); it != missing_candidates.end(); ++it)
+                    usearch_prefetch_m(nodes_[get_slot(it)].tape());
             }
 
             // Assume the worst-case when reserving memory
