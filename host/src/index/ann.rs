@@ -383,7 +383,8 @@ impl AnnIndex {
         let mut head = Reader(blob);
         let (rows, row_bytes) = (head.u32()? as u64, head.u32()? as u64);
         ensure!(
-            row_bytes == dim * 4 && rows <= next_node && rows.saturating_mul(row_bytes) < head.0.len() as u64,
+            // USearch's 64-byte header follows the rows.
+            row_bytes == dim * 4 && rows <= next_node && rows.saturating_mul(row_bytes).saturating_add(64) < head.0.len() as u64,
             "the graph's header does not match the field ({rows} rows of {row_bytes} bytes)"
         );
         let meta = Index::metadata_from_buffer(blob)?;
