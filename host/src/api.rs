@@ -181,7 +181,7 @@ impl Quarry {
         let level = if config.verbose { LogLevel::Debug } else { LogLevel::Warn };
         let services = Arc::new(HostServices {
             models,
-            indexes: Arc::new(Indexes::new(store.clone())),
+            indexes: Arc::new(Indexes::new(store.clone()).with_graph_dir(data_dir.join("graphs"))),
             store,
             counters: Mutex::new(Default::default()),
             log_level: level,

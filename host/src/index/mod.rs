@@ -19,7 +19,9 @@ use anyhow::{Result, anyhow, bail};
 use ann::AnnIndex;
 use filter::Filter;
 use flat::FlatIndex;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use tokens::TokenSets;
 use trie::CodeTrie;
@@ -47,6 +49,9 @@ pub struct Indexes {
     metadata: RwLock<HashMap<String, Metadata>>,
     /// Recently read collection blobs (a codebook that every query of a strategy reads).
     blobs: RwLock<BlobCache>,
+    /// Where HNSW graphs are saved, so a start loads them instead of rebuilding; `None` keeps
+    /// them in memory only.
+    graph_dir: Option<PathBuf>,
 }
 
 /// Blobs by (collection, name), up to [`BlobCache::MAX_BYTES`] in all; emptied when full.
@@ -90,6 +95,41 @@ impl Indexes {
             tokens: Default::default(),
             metadata: Default::default(),
             blobs: Default::default(),
+            graph_dir: None,
+        }
+    }
+
+    /// Save HNSW graphs under `dir` (after a build, and at [`Indexes::save_graphs`] or drop) and
+    /// load them from there instead of rebuilding, when they still match the store.
+    pub fn with_graph_dir(mut self, dir: PathBuf) -> Self {
+        self.graph_dir = Some(dir);
+        self
+    }
+
+    /// The file of a field's saved graph: named by a hash, since collection and field names may
+    /// hold any characters.
+    fn graph_path(&self, collection: &str, field: &str) -> Option<PathBuf> {
+        let digest = Sha256::digest(format!("{collection}\0{field}"));
+        let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        Some(self.graph_dir.as_ref()?.join(format!("{name}.hnsw")))
+    }
+
+    /// Save every graph that changed since it was last saved or loaded. A graph that cannot be
+    /// saved is rebuilt at the next start.
+    pub fn save_graphs(&self) {
+        let graphs: Vec<_> = self.ann.read().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for ((collection, field), ann) in graphs {
+            let mut ann = ann.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(ann) = ann.as_mut().filter(|a| a.unsaved()) {
+                self.save_graph(ann, &collection, &field);
+            }
+        }
+    }
+
+    fn save_graph(&self, ann: &mut AnnIndex, collection: &str, field: &str) {
+        let Some(path) = self.graph_path(collection, field) else { return };
+        if let Err(e) = ann.save(&path, &format!("{collection}/{field}")) {
+            eprintln!("warning: cannot save the HNSW graph of `{collection}` field `{field}` ({e:#}); the next start rebuilds it");
         }
     }
 
@@ -130,13 +170,32 @@ impl Indexes {
     fn ann(&self, collection: &str, field: &str, flat: &FlatIndex) -> Result<Arc<RwLock<Option<AnnIndex>>>> {
         load(&self.ann, collection, field, || {
             let schema = self.store.collection(collection)?.and_then(|m| m.fields.get(field).copied());
-            Ok(schema.and_then(|s| s.ann.map(|params| AnnIndex::build(params, s.metric, flat))))
+            let Some((params, metric)) = schema.and_then(|s| s.ann.map(|params| (params, s.metric))) else { return Ok(None) };
+            let path = self.graph_path(collection, field);
+            if let Some(path) = path.as_ref().filter(|p| p.exists()) {
+                match AnnIndex::load(params, metric, flat, path, &format!("{collection}/{field}")) {
+                    Ok(ann) => return Ok(Some(ann)),
+                    Err(e) => eprintln!(
+                        "warning: the saved HNSW graph of `{collection}` field `{field}` ({}) is not used: {e:#}; rebuilding it from the store",
+                        path.display()
+                    ),
+                }
+            }
+            let mut ann = AnnIndex::build(params, metric, flat);
+            if ann.unsaved() {
+                self.save_graph(&mut ann, collection, field);
+            }
+            Ok(Some(ann))
         })
     }
 
-    /// Forget a field's approximate index after its configuration changed.
+    /// Forget a field's approximate index (and its saved graph) after its configuration changed.
     pub fn reset_ann(&self, collection: &str, field: &str) {
         self.ann.write().unwrap().remove(&(collection.to_string(), field.to_string()));
+        if let Some(path) = self.graph_path(collection, field) {
+            // Only a leftover file; a stale one would fail its check at load anyway.
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn code_trie(&self, collection: &str, field: &str) -> Result<Arc<RwLock<CodeTrie>>> {
@@ -391,6 +450,15 @@ impl Indexes {
     }
 }
 
+impl Drop for Indexes {
+    /// A clean shutdown saves the graphs, so the next start loads them.
+    fn drop(&mut self) {
+        if self.graph_dir.is_some() {
+            self.save_graphs();
+        }
+    }
+}
+
 /// Deterministic values in [-1, 1) (xorshift), for the index tests.
 #[cfg(test)]
 pub(crate) fn uniform(seed: u64) -> impl FnMut() -> f32 {
@@ -597,5 +665,52 @@ mod tests {
         assert_eq!(store.collection(c).unwrap().unwrap().fields["emb"].precision, Precision::F32);
         assert_eq!(indexes.vectors(c, "emb").unwrap().read().unwrap().precision(), Precision::F32);
         assert_eq!(indexes.nearest(c, "emb", &[1.0, 0.0], 1, None).unwrap()[0].id, "b");
+    }
+    #[test]
+    fn a_start_loads_the_saved_graph_and_rebuilds_one_the_store_outran() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let c = "t/c";
+        store.declare_fields(c, &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::Cosine))]).unwrap();
+        store.set_ann(c, "emb", Some(AnnParams::default())).unwrap();
+        let mut next = super::uniform(7);
+        let dim = 16;
+        let vectors: Vec<(String, Vec<f32>)> = (0..400).map(|i| (format!("item-{i}"), (0..dim).map(|_| next()).collect())).collect();
+        let graphs = dir.path().join("graphs");
+        let start = || Indexes::new(store.clone()).with_graph_dir(graphs.clone());
+        let indexes = start();
+        commit(&store, &indexes, &vector_batch(c, vectors.clone())).unwrap();
+        let query: Vec<f32> = (0..dim).map(|_| next()).collect();
+        let first = indexes.nearest(c, "emb", &query, 10, None).unwrap();
+        let path = indexes.graph_path(c, "emb").unwrap();
+        // Built on first use and saved at once; a file replaced by a save is a new inode.
+        let built = std::fs::metadata(&path).unwrap().ino();
+        drop(indexes);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), built, "nothing changed, so nothing was saved again");
+
+        let indexes = start();
+        assert_eq!(indexes.nearest(c, "emb", &query, 10, None).unwrap(), first);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), built, "loaded, not rebuilt");
+        drop(indexes);
+
+        // A commit the graph never saw (a crash between the store's commit and the graph's save).
+        store.commit(&vector_batch(c, [("late".to_string(), query.clone())]), &|_| None).unwrap();
+        let indexes = start();
+        assert_eq!(indexes.nearest(c, "emb", &query, 1, None).unwrap()[0].id, "late", "the stale graph was rebuilt");
+        let rebuilt = std::fs::metadata(&path).unwrap().ino();
+        assert_ne!(rebuilt, built);
+        // Writes after the start are saved at shutdown, and the next start loads them.
+        indexes.remove(c, &["late".to_string()]);
+        store.delete_items(c, &["late".to_string()]).unwrap();
+        drop(indexes);
+        let saved = std::fs::metadata(&path).unwrap().ino();
+        assert_ne!(saved, rebuilt);
+        let indexes = start();
+        assert_eq!(indexes.nearest(c, "emb", &query, 10, None).unwrap(), first);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), saved);
+        // Changing the field's graph settings forgets the saved graph.
+        indexes.reset_ann(c, "emb");
+        assert!(!path.exists());
     }
 }
