@@ -426,18 +426,20 @@ impl Slot {
     /// the run uses it instead of taking another, and charges its own time. Handing the slot
     /// back and forth through the share instead let another tenant's guest take it in between,
     /// and each hand-over could queue the woken thread behind a spinning one.
-    fn lend(&self) {
+    /// Returns whether the slot was held to lend.
+    pub(crate) fn lend(&self) -> bool {
         let held = self.with(|p| {
             if p.held && !p.lent {
                 p.charge();
                 p.lent = true;
             }
             p.held
-        });
-        self.lent.store(held == Some(true), std::sync::atomic::Ordering::Release);
+        }) == Some(true);
+        self.lent.store(held, std::sync::atomic::Ordering::Release);
+        held
     }
 
-    fn take_back(&self) {
+    pub(crate) fn take_back(&self) {
         self.lent.store(false, std::sync::atomic::Ordering::Release);
         self.with(|p| {
             if std::mem::take(&mut p.lent) {
@@ -480,15 +482,6 @@ impl Caller {
         }
     }
 
-    /// Run `wait` (for a run that computes for this caller) with the caller's slot lent to the
-    /// run; see [`Slot::is_lent`].
-    pub fn lending<T>(&self, wait: impl FnOnce() -> T) -> T {
-        let Some(slot) = &self.slot else { return wait() };
-        slot.lend();
-        let out = wait();
-        slot.take_back();
-        out
-    }
 }
 
 /// The tenant name host-internal work is billed to; never a valid tenant name (see

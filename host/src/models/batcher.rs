@@ -12,8 +12,9 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 /// One tokenized text, unpadded, with any slot vectors and the positions they replace.
@@ -32,6 +33,9 @@ pub(crate) struct TextRow {
 /// a quiet tenant's p99 beside 256-text embeds of long texts went from 623 ms at 64 per row to
 /// 166 ms at 16, while 32 short queries still run at once.
 const TOKENS_PER_ROW: usize = 16;
+/// Texts up to this many tokens count as short: they join one another's runs whatever their
+/// lengths.
+const SHORT_TEXT: usize = 16;
 
 /// One request's model inputs.
 pub(crate) enum Inputs {
@@ -125,24 +129,6 @@ struct Job {
     reply: mpsc::SyncSender<Result<Output, ModelError>>,
     /// The caller's compute slot, lent to the run while the caller waits.
     lender: Option<Arc<Slot>>,
-    /// Counts the job among the batcher's outstanding ones until it is dropped.
-    _outstanding: Outstanding,
-}
-
-/// One job queued or running; the count falls when the job is dropped, whatever ended it.
-struct Outstanding(Arc<AtomicUsize>);
-
-impl Outstanding {
-    fn new(count: &Arc<AtomicUsize>) -> (Self, usize) {
-        let before = count.fetch_add(1, Ordering::AcqRel);
-        (Outstanding(count.clone()), before)
-    }
-}
-
-impl Drop for Outstanding {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl Job {
@@ -152,17 +138,57 @@ impl Job {
     }
 }
 
-/// The queue in front of one model's session, which a worker thread owns.
+/// The queue in front of one model's sessions (its lanes), each served by a worker thread.
 pub(crate) struct Batcher {
-    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
     stats: Arc<Stats>,
     compute: Arc<FairShare>,
 }
 
+/// What the submitting callers and the lanes' workers share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when a job is queued, a run ends, or the batcher closes.
+    changed: Condvar,
+    lanes: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: FairQueue,
+    /// Runs going now, and per tenant the runs holding its jobs.
+    runs: usize,
+    running: HashMap<Arc<str>, usize>,
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one tenant's jobs may be in at once: all lanes but one, so another tenant's job
+    /// always finds a lane that no long run of this tenant holds.
+    fn per_tenant(&self) -> usize {
+        self.lanes.saturating_sub(1).max(1)
+    }
+}
+
+impl Queue {
+    fn busy(&self, tenant: &str, per_tenant: usize) -> bool {
+        self.running.get(tenant).is_some_and(|&n| n >= per_tenant)
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_all();
+    }
+}
+
 #[derive(Default)]
 struct Stats {
-    /// Jobs queued or running now.
-    outstanding: Arc<AtomicUsize>,
     runs: AtomicU64,
     inputs: AtomicU64,
     /// Jobs that reached a run, and the microseconds they waited in the queue in all.
@@ -171,22 +197,17 @@ struct Stats {
 }
 
 impl Batcher {
-    /// `token_embeddings`: the embedding layer of an inputs_embeds text encoder (see
-    /// [`SlotSpec`](super::manifest::SlotSpec)). Each run takes one of `compute`'s slots.
-    pub fn start(session: Session, token_embeddings: Option<Session>, manifest: &ModelManifest, compute: Arc<FairShare>) -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel();
+    /// One lane per session pair: the model's graph, and the embedding layer of an
+    /// inputs_embeds text encoder (see [`SlotSpec`](super::manifest::SlotSpec)). Each run takes
+    /// one of `compute`'s slots.
+    pub fn start(lanes: Vec<(Session, Option<Session>)>, manifest: &ModelManifest, compute: Arc<FairShare>) -> std::io::Result<Self> {
         let stats = Arc::new(Stats::default());
-        let worker = Worker {
-            session,
-            token_embeddings,
-            manifest: manifest.clone(),
-            queue,
-            jobs: FairQueue::default(),
-            compute: compute.clone(),
-            stats: stats.clone(),
-        };
-        std::thread::Builder::new().name(format!("quarry-model-{}", manifest.name)).spawn(move || worker.serve())?;
-        Ok(Batcher { jobs, stats, compute })
+        let shared = Arc::new(Shared { queue: Mutex::default(), changed: Condvar::new(), lanes: lanes.len().max(1) });
+        for (lane, (session, token_embeddings)) in lanes.into_iter().enumerate() {
+            let worker = Worker { session, token_embeddings, manifest: manifest.clone(), shared: shared.clone(), compute: compute.clone(), stats: stats.clone() };
+            std::thread::Builder::new().name(format!("quarry-model-{}-{lane}", manifest.name)).spawn(move || worker.serve())?;
+        }
+        Ok(Batcher { shared, stats, compute })
     }
 
     /// Runs made, and inputs run, so far.
@@ -202,9 +223,9 @@ impl Batcher {
     /// Run `inputs` (alone or with other callers' inputs) and return this request's rows of
     /// `output`. It stops waiting at its deadline (a run still going then is terminated once no
     /// caller of it is left). While it waits, the caller's compute slot is lent to the run when
-    /// the run can start at once (one part, nothing queued or running): the slot then goes
-    /// straight to the work done for the caller, with no hand-over through the share. Otherwise
-    /// it is released, so a caller queued behind others holds no slot idle.
+    /// the run can start at once (one part, nothing queued, a lane free for it): the slot then
+    /// goes straight to the work done for the caller, with no hand-over through the share.
+    /// Otherwise it is released, so a caller queued behind others holds no slot idle.
     #[cfg(test)]
     pub fn run(&self, inputs: Inputs, output: &str, caller: &Caller) -> Result<Output, ModelError> {
         Ok(self.run_parts(vec![inputs], output, caller)?.pop().expect("one part in, one out"))
@@ -219,18 +240,31 @@ impl Batcher {
             meter.admit(&caller.tenant)?;
         }
         let lone = parts.len() == 1;
-        let (mut jobs, mut answers, mut idle) = (Vec::with_capacity(parts.len()), Vec::with_capacity(parts.len()), true);
+        let (mut jobs, mut answers) = (Vec::with_capacity(parts.len()), Vec::with_capacity(parts.len()));
         for inputs in parts {
-            let (outstanding, before) = Outstanding::new(&self.stats.outstanding);
-            idle &= before == 0;
             let (reply, answer) = mpsc::sync_channel(1);
             let tenant = caller.tenant.clone();
-            jobs.push(Job { inputs, output: output.to_string(), tenant, deadline: caller.deadline, queued: Instant::now(), reply, lender: None, _outstanding: outstanding });
+            jobs.push(Job { inputs, output: output.to_string(), tenant, deadline: caller.deadline, queued: Instant::now(), reply, lender: None });
             answers.push(answer);
         }
-        let send = |jobs: Vec<Job>| {
-            jobs.into_iter().try_for_each(|job| self.jobs.send(job).map_err(|_| ModelError::Runtime(anyhow!("the model's worker has stopped"))))
+        let lent = {
+            let mut queue = self.shared.lock();
+            if queue.closed {
+                return Err(ModelError::Runtime(anyhow!("the model's workers have stopped")));
+            }
+            // Lent before the job is visible: a run that found the slot not yet lent would
+            // claim another as the caller's tenant, which holds one already, and wait a turn.
+            let starts_now = lone && queue.jobs.is_empty() && queue.runs < self.shared.lanes && !queue.busy(&caller.tenant, self.shared.per_tenant());
+            let lent = caller.slot.as_ref().filter(|_| starts_now).is_some_and(|slot| slot.lend());
+            if lent {
+                jobs[0].lender = caller.slot.clone();
+            }
+            for job in jobs {
+                queue.jobs.push(job);
+            }
+            lent
         };
+        self.shared.changed.notify_all();
         let wait = |answers: Vec<mpsc::Receiver<_>>| {
             answers
                 .into_iter()
@@ -240,17 +274,13 @@ impl Batcher {
                 })
                 .collect::<Vec<_>>()
         };
-        let answers = match &caller.slot {
-            // Lent before the job is sent: a run that found the slot not yet lent would claim
-            // another as the caller's tenant, which holds one already, and wait for a turn.
-            Some(slot) if lone && idle => {
-                jobs[0].lender = Some(slot.clone());
-                caller.lending(|| send(jobs).map(|()| wait(answers)))?
+        let answers = match (&caller.slot, lent) {
+            (Some(slot), true) => {
+                let answers = wait(answers);
+                slot.take_back();
+                answers
             }
-            _ => {
-                send(jobs)?;
-                caller.waiting(|| wait(answers))?
-            }
+            _ => caller.waiting(|| wait(answers))?,
         };
         answers
             .into_iter()
@@ -267,8 +297,7 @@ struct Worker {
     session: Session,
     token_embeddings: Option<Session>,
     manifest: ModelManifest,
-    queue: mpsc::Receiver<Job>,
-    jobs: FairQueue,
+    shared: Arc<Shared>,
     compute: Arc<FairShare>,
     stats: Arc<Stats>,
 }
@@ -305,8 +334,11 @@ impl FairQueue {
     }
 
     /// One run's jobs, taken round-robin across tenants, so a tenant with many queued jobs
-    /// cannot keep another's out of the next run. Jobs whose callers have gone are dropped.
-    fn next_batch(&mut self, max_batch: usize) -> Vec<Job> {
+    /// cannot keep another's out of the next run; none of a tenant that is `busy`. Jobs whose
+    /// callers have gone are dropped. With `by_length` (more than one lane), texts join only
+    /// texts of a similar length, so a short query is never held in a long text's run while
+    /// another lane could run it.
+    fn next_batch(&mut self, max_batch: usize, by_length: bool, busy: impl Fn(&str) -> bool) -> Vec<Job> {
         for queue in self.pending.values_mut() {
             queue.retain(|job| {
                 let gone = job.deadline.expired();
@@ -322,13 +354,18 @@ impl FairQueue {
         'fill: loop {
             let mut took = false;
             for tenant in self.tenant_order() {
+                if busy(&tenant) {
+                    continue;
+                }
                 let Some(queue) = self.pending.get_mut(&tenant) else { continue };
                 let Some(job) = queue.front() else { continue };
                 let fits = match batch.first() {
                     None => true,
                     Some(lead) => {
                         let padded = (rows + job.inputs.len()) * longest.max(job.inputs.longest());
-                        lead.inputs.joins(&job.inputs) && lead.output == job.output && rows + job.inputs.len() <= max_batch && padded <= max_batch * TOKENS_PER_ROW
+                        let (a, b) = (longest, job.inputs.longest());
+                        let similar = !by_length || a.max(b) <= 2 * a.min(b).max(SHORT_TEXT);
+                        lead.inputs.joins(&job.inputs) && lead.output == job.output && rows + job.inputs.len() <= max_batch && padded <= max_batch * TOKENS_PER_ROW && similar
                     }
                 };
                 if !fits {
@@ -359,30 +396,53 @@ impl Worker {
     fn serve(mut self) {
         let max_batch = self.manifest.batch.max_batch;
         let delay = Duration::from_millis(self.manifest.batch.max_delay_ms);
+        let per_tenant = self.shared.per_tenant();
         loop {
-            if self.jobs.is_empty() {
-                match self.queue.recv() {
-                    Ok(job) => self.jobs.push(job),
-                    Err(_) => return,
+            let mut queue = self.shared.lock();
+            let batch = loop {
+                if queue.closed && queue.jobs.is_empty() {
+                    return;
+                }
+                if !queue.jobs.is_empty() {
+                    // Wait for more only while the delay lasts and the run is not full.
+                    let until = Instant::now() + delay;
+                    while queue.jobs.rows() < max_batch && !queue.closed {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        queue = self.shared.changed.wait_timeout(queue, left).unwrap_or_else(PoisonError::into_inner).0;
+                    }
+                    let Queue { jobs, running, .. } = &mut *queue;
+                    let batch = jobs.next_batch(max_batch, self.shared.lanes > 1, |tenant| running.get(tenant).is_some_and(|&n| n >= per_tenant));
+                    if !batch.is_empty() {
+                        break batch;
+                    }
+                }
+                // Nothing this lane may take: every queued tenant already runs in the other lanes.
+                queue = self.shared.changed.wait(queue).unwrap_or_else(PoisonError::into_inner);
+            };
+            let mut tenants: Vec<Arc<str>> = batch.iter().map(|j| j.tenant.clone()).collect();
+            tenants.sort();
+            tenants.dedup();
+            queue.runs += 1;
+            for tenant in &tenants {
+                *queue.running.entry(tenant.clone()).or_default() += 1;
+            }
+            drop(queue);
+            self.run_batch(batch);
+            let mut queue = self.shared.lock();
+            queue.runs -= 1;
+            for tenant in &tenants {
+                if let Some(n) = queue.running.get_mut(tenant) {
+                    *n -= 1;
+                    if *n == 0 {
+                        queue.running.remove(tenant);
+                    }
                 }
             }
-            // Take what is queued now; wait for more only while the delay lasts.
-            let until = Instant::now() + delay;
-            loop {
-                let next = match self.queue.try_recv() {
-                    Ok(job) => Some(job),
-                    Err(_) if self.jobs.rows() >= max_batch => None,
-                    Err(_) => until.checked_duration_since(Instant::now()).and_then(|left| self.queue.recv_timeout(left).ok()),
-                };
-                match next {
-                    Some(job) => self.jobs.push(job),
-                    None => break,
-                }
-            }
-            let batch = self.jobs.next_batch(max_batch);
-            if !batch.is_empty() {
-                self.run_batch(batch);
-            }
+            drop(queue);
+            self.shared.changed.notify_all();
         }
     }
 
@@ -413,7 +473,7 @@ impl Worker {
         // waits. A slot lent by a job still queued is idle too, so it serves as well: host work
         // never waits on slots whose callers wait on it.
         let deadline = batch.iter().map(|j| j.deadline).reduce(Deadline::latest).unwrap_or(Deadline::NONE);
-        let lent = batch.iter().chain(self.jobs.pending.values().flatten()).any(|j| j.lent_slot().is_some());
+        let lent = batch.iter().any(|j| j.lent_slot().is_some()) || self.shared.lock().jobs.pending.values().flatten().any(|j| j.lent_slot().is_some());
         let _slot = match lent {
             true => None,
             false => match self.compute.acquire_unmetered(&batch[0].tenant, deadline) {
@@ -600,7 +660,7 @@ mod tests {
         let mut manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
         manifest.batch.max_delay_ms = 200;
         let session = Session::builder(super::super::environment().unwrap()).unwrap().commit_from_file(&manifest.files.model).unwrap();
-        Batcher::start(session, None, &manifest, FairShare::new("compute slots", 2, None)).unwrap()
+        Batcher::start(vec![(session, None)], &manifest, FairShare::new("compute slots", 2, None)).unwrap()
     }
 
     #[test]
@@ -640,8 +700,7 @@ mod tests {
     fn job(tenant: &str, rows: usize, deadline: Deadline) -> (Job, mpsc::Receiver<Result<Output, ModelError>>) {
         let (reply, answer) = mpsc::sync_channel(1);
         let inputs = Inputs::Vectors { dim: 1, rows: vec![vec![0.0]; rows] };
-        let outstanding = Outstanding::new(&Arc::default()).0;
-        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, queued: Instant::now(), reply, lender: None, _outstanding: outstanding }, answer)
+        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, queued: Instant::now(), reply, lender: None }, answer)
     }
 
     #[test]
@@ -665,8 +724,8 @@ mod tests {
         queue.push(job("small", 1, Deadline::NONE).0);
         let tenants = |batch: &[Job]| batch.iter().map(|j| (j.tenant.to_string(), j.inputs.len())).collect::<Vec<_>>();
         // The small job waits for one part of the large request, not for all of it.
-        assert_eq!(tenants(&queue.next_batch(32)), [("big".to_string(), 32)]);
-        assert_eq!(tenants(&queue.next_batch(32)), [("small".to_string(), 1)]);
+        assert_eq!(tenants(&queue.next_batch(32, false, |_| false)), [("big".to_string(), 32)]);
+        assert_eq!(tenants(&queue.next_batch(32, false, |_| false)), [("small".to_string(), 1)]);
         // Parts of long texts are not joined back into one long run.
         let mut queue = FairQueue::default();
         for part in long_parts {
@@ -674,7 +733,7 @@ mod tests {
             job.inputs = part;
             queue.push(job);
         }
-        assert_eq!(tenants(&queue.next_batch(32)), [("big".to_string(), 2)]);
+        assert_eq!(tenants(&queue.next_batch(32, false, |_| false)), [("big".to_string(), 2)]);
     }
 
     #[test]
@@ -683,7 +742,7 @@ mod tests {
         let manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
         let session = Session::builder(super::super::environment().unwrap()).unwrap().commit_from_file(&manifest.files.model).unwrap();
         let share = FairShare::compute(1);
-        let batcher = Batcher::start(session, None, &manifest, share.clone()).unwrap();
+        let batcher = Batcher::start(vec![(session, None)], &manifest, share.clone()).unwrap();
         let row = || TextRow { ids: vec![101, 2023, 102], mask: vec![1; 3], ..Default::default() };
         let quiet: Arc<str> = Arc::from("quiet");
         let caller = Caller { tenant: quiet.clone(), deadline: Deadline::after(Duration::from_secs(10)), slot: Some(Slot::new(share.acquire(&quiet, Deadline::NONE).unwrap())) };
@@ -706,8 +765,41 @@ mod tests {
             drop(caller);
         });
         assert!(taken.load(Ordering::SeqCst));
-        // Every job is counted out once it ended, so the next lone caller lends again.
-        assert_eq!(batcher.stats.outstanding.load(Ordering::SeqCst), 0);
+        assert_eq!(batcher.shared.lock().runs, 0, "every run is counted out once it ended");
+    }
+
+    #[test]
+    fn a_tenants_long_runs_leave_a_lane_for_another_tenants_short_query() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/minilm-l6.json");
+        let manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
+        let session = || Session::builder(super::super::environment().unwrap()).unwrap().commit_from_file(&manifest.files.model).unwrap();
+        let row = |len: usize| TextRow { ids: (0..len).map(|t| if t == 0 { 101 } else { 2000 + t as i64 }).collect(), mask: vec![1; len], ..Default::default() };
+        let long = || Inputs::Text((0..4).map(|_| row(128)).collect());
+        let short = || Inputs::Text(vec![row(8)]);
+        let tenant = |name: &str| Caller { tenant: Arc::from(name), deadline: Deadline::after(Duration::from_secs(60)), slot: None };
+        for lanes in [1, 2] {
+            let batcher = Batcher::start((0..lanes).map(|_| (session(), None)).collect(), &manifest, FairShare::new("compute slots", 2, None)).unwrap();
+            let started = Instant::now();
+            batcher.run(long(), "last_hidden_state", &tenant("flood")).unwrap();
+            let long_run = started.elapsed();
+            let waited = std::thread::scope(|scope| {
+                // Two flooding callers, each with runs of four 128-token texts queued.
+                for _ in 0..2 {
+                    scope.spawn(|| batcher.run_parts((0..4).map(|_| long()).collect(), "last_hidden_state", &tenant("flood")).unwrap());
+                }
+                std::thread::sleep(long_run / 3);
+                let started = Instant::now();
+                batcher.run(short(), "last_hidden_state", &tenant("quiet")).unwrap();
+                started.elapsed()
+            });
+            if lanes == 2 {
+                // The second lane is never given to the flood, so the short query runs at once.
+                assert!(waited < long_run / 2, "2 lanes: waited {waited:?}, a long run takes {long_run:?}");
+            } else {
+                // One lane: it waits for the long run under way (the test is sound).
+                assert!(waited > long_run / 3, "1 lane: waited {waited:?}, a long run takes {long_run:?}");
+            }
+        }
     }
 
     #[test]
@@ -719,10 +811,10 @@ mod tests {
         queue.push(job("quiet", 1, Deadline::NONE).0);
         // The first run is led by the first tenant in order and already holds quiet's job.
         let tenants = |batch: &[Job]| batch.iter().map(|j| j.tenant.to_string()).collect::<Vec<_>>();
-        assert_eq!(tenants(&queue.next_batch(8)), ["flood", "quiet"]);
+        assert_eq!(tenants(&queue.next_batch(8, false, |_| false)), ["flood", "quiet"]);
         queue.push(job("quiet", 1, Deadline::NONE).0);
         // The next run starts after the last leader: quiet goes first although flood queued earlier.
-        assert_eq!(tenants(&queue.next_batch(5)), ["quiet", "flood"]);
+        assert_eq!(tenants(&queue.next_batch(5, false, |_| false)), ["quiet", "flood"]);
         assert_eq!(queue.rows(), 16);
     }
 
@@ -732,7 +824,7 @@ mod tests {
         let (gone, answer) = job("a", 1, Deadline::at(Instant::now() - Duration::from_millis(1)));
         queue.push(gone);
         queue.push(job("b", 1, Deadline::NONE).0);
-        let batch = queue.next_batch(8);
+        let batch = queue.next_batch(8, false, |_| false);
         assert_eq!(batch.len(), 1);
         assert!(matches!(answer.try_recv(), Ok(Err(ModelError::Expired(_)))));
     }

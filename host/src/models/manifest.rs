@@ -265,15 +265,28 @@ pub struct BatchLimits {
     /// large model's latency matters more than sharing.
     #[serde(default = "one")]
     pub threads: usize,
+    /// Runs that may go at once, each in its own ONNX Runtime session (so each lane holds its
+    /// own copy of the weights). No tenant leads runs in every lane while another tenant's job
+    /// waits, so with 2 lanes one tenant's long runs never queue another's short ones behind
+    /// them. 1 shares one session between all tenants.
+    #[serde(default = "two")]
+    pub lanes: usize,
 }
 
 fn one() -> usize {
     1
 }
 
+fn two() -> usize {
+    2
+}
+
+/// Most lanes a model may have: each is a session with its own weights.
+pub const MAX_LANES: usize = 8;
+
 impl Default for BatchLimits {
     fn default() -> Self {
-        BatchLimits { max_batch: 32, max_delay_ms: 0, threads: 1 }
+        BatchLimits { max_batch: 32, max_delay_ms: 0, threads: 1, lanes: 2 }
     }
 }
 
@@ -405,6 +418,9 @@ impl ModelManifest {
                     self.name
                 ),
             }
+        }
+        if !(1..=MAX_LANES).contains(&self.batch.lanes) {
+            bail!("model `{}`: `batch.lanes` is {}; give 1 to {MAX_LANES} (each lane is a session with its own copy of the weights)", self.name, self.batch.lanes);
         }
         if self.batch.max_batch == 0 {
             bail!("model `{}`: `batch.max_batch` must be at least 1", self.name);

@@ -410,7 +410,14 @@ fn open(manifest: ModelManifest, compute: &Arc<FairShare>) -> Result<LoadedModel
             let mut outputs = vec![&manifest.output.name];
             outputs.extend(manifest.token_output.as_ref());
             check_io(&manifest.name, &main, &inputs, &outputs)?;
-            Runtime::Batched(Batcher::start(main, token_embeddings, &manifest, compute.clone())?)
+            // The other lanes' sessions: the same graphs, checked once above.
+            let mut lanes = vec![(main, token_embeddings)];
+            for _ in 1..manifest.batch.lanes {
+                let main = session(&manifest, &manifest.files.model)?;
+                let lookup = manifest.slots.as_ref().and_then(|s| s.token_embeddings.as_ref()).map(|path| session(&manifest, path)).transpose()?;
+                lanes.push((main, lookup));
+            }
+            Runtime::Batched(Batcher::start(lanes, &manifest, compute.clone())?)
         }
     };
     let tokenizer = match manifest.role {
