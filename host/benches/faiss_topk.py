@@ -50,6 +50,15 @@ def batch(index, queries, k):
     return statistics.median(times), ids.tolist()
 
 
+def single_both(index, queries, k: int, threads: int):
+    """Single queries at faiss's default threads and at 1 thread: (default ms, 1-thread ms, ids)."""
+    default_ms, ids = single(index, queries, k)
+    faiss.omp_set_num_threads(1)
+    one_thread_ms, _ = single(index, queries, k)
+    faiss.omp_set_num_threads(threads)
+    return default_ms, one_thread_ms, ids
+
+
 def sq8(data, queries, k) -> None:
     """Train and fill a QT_8bit index, then time it as `main` times the others."""
     n, dim = data.shape
@@ -60,10 +69,7 @@ def sq8(data, queries, k) -> None:
     build_s = time.perf_counter() - start
     del data
     threads = faiss.omp_get_max_threads()
-    single_default_ms, single_ids = single(index, queries, k)
-    faiss.omp_set_num_threads(1)
-    single_one_thread_ms, _ = single(index, queries, k)
-    faiss.omp_set_num_threads(threads)
+    single_default_ms, single_one_thread_ms, single_ids = single_both(index, queries, k, threads)
     batch_ms, batch_ids = batch(index, queries, k)
     print(
         json.dumps(
@@ -94,20 +100,14 @@ def main() -> None:
     del data  # the indexes hold their own copies
 
     threads = faiss.omp_get_max_threads()
-    single_default_ms, single_ids = single(index, queries, k)
-    faiss.omp_set_num_threads(1)
-    single_one_thread_ms, _ = single(index, queries, k)
-    faiss.omp_set_num_threads(threads)
+    single_default_ms, single_one_thread_ms, single_ids = single_both(index, queries, k, threads)
 
     batch_default_ms, batch_ids = batch(index, queries, k)
     faiss.cvar.distance_compute_blas_threshold = 0
     batch_blas_ms, _ = batch(index, queries, k)
     del index
 
-    fp16_single_default_ms, fp16_single_ids = single(fp16, queries, k)
-    faiss.omp_set_num_threads(1)
-    fp16_single_one_thread_ms, _ = single(fp16, queries, k)
-    faiss.omp_set_num_threads(threads)
+    fp16_single_default_ms, fp16_single_one_thread_ms, fp16_single_ids = single_both(fp16, queries, k, threads)
     fp16_batch_ms, fp16_batch_ids = batch(fp16, queries, k)
 
     print(

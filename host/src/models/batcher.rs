@@ -174,10 +174,9 @@ impl Shared {
     }
 }
 
-impl Queue {
-    fn busy(&self, tenant: &str, per_tenant: usize) -> bool {
-        self.running.get(tenant).is_some_and(|&n| n >= per_tenant)
-    }
+/// Whether `tenant` is in as many runs as it may be at once.
+fn at_lane_limit(running: &HashMap<Arc<str>, usize>, tenant: &str, per_tenant: usize) -> bool {
+    running.get(tenant).is_some_and(|&n| n >= per_tenant)
 }
 
 impl Drop for Batcher {
@@ -254,7 +253,7 @@ impl Batcher {
             }
             // Lent before the job is visible: a run that found the slot not yet lent would
             // claim another as the caller's tenant, which holds one already, and wait a turn.
-            let starts_now = lone && queue.jobs.is_empty() && queue.runs < self.shared.lanes && !queue.busy(&caller.tenant, self.shared.per_tenant());
+            let starts_now = lone && queue.jobs.is_empty() && queue.runs < self.shared.lanes && !at_lane_limit(&queue.running, &caller.tenant, self.shared.per_tenant());
             let lent = caller.slot.as_ref().filter(|_| starts_now).is_some_and(|slot| slot.lend());
             if lent {
                 jobs[0].lender = caller.slot.clone();
@@ -414,7 +413,7 @@ impl Worker {
                         queue = self.shared.changed.wait_timeout(queue, left).unwrap_or_else(PoisonError::into_inner).0;
                     }
                     let Queue { jobs, running, .. } = &mut *queue;
-                    let batch = jobs.next_batch(max_batch, self.shared.lanes > 1, |tenant| running.get(tenant).is_some_and(|&n| n >= per_tenant));
+                    let batch = jobs.next_batch(max_batch, self.shared.lanes > 1, |tenant| at_lane_limit(running, tenant, per_tenant));
                     if !batch.is_empty() {
                         break batch;
                     }
