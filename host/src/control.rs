@@ -28,7 +28,30 @@ pub trait ControlStore: Send + Sync {
     /// writers that read, change and write back never lose one another's change. `false` when
     /// it held something else; nothing changes then.
     fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool>;
+    /// Changes under `prefix` from now on, by every writer (this process included), in the
+    /// order they were committed; the stream ends when the store closes. `None` when no other
+    /// process writes this store (a data directory belongs to one host), so a copy read at
+    /// start never goes stale.
+    fn watch(&self, prefix: &str) -> Result<Option<Watch>> {
+        let _ = prefix;
+        Ok(None)
+    }
 }
+
+/// One change a [`ControlStore::watch`] delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `key` now holds `value`.
+    Put { key: String, value: Vec<u8> },
+    /// `key` was removed.
+    Delete { key: String },
+    /// The watch may have missed changes (its connection was lost and made again): re-read
+    /// everything under its prefix.
+    Resync,
+}
+
+/// The receiving end of a watch.
+pub type Watch = std::sync::mpsc::Receiver<Change>;
 
 /// Rewrites a document until no other writer got in between: `change` gets the current value
 /// and returns the new one (or `None` to leave it, or an error to stop). Returns what `change`
@@ -161,14 +184,33 @@ fn name_is_temporary(key: &str) -> bool {
     key.ends_with(".tmp")
 }
 
-/// Keys in memory: for tests and hosts that keep nothing between runs.
+/// Keys in memory: for tests, hosts that keep nothing between runs, and several hosts in one
+/// process sharing one store (it can be watched).
 #[derive(Default)]
 pub struct MemoryStore {
-    values: Mutex<BTreeMap<String, Vec<u8>>>,
+    values: Mutex<Values>,
+}
+
+#[derive(Default)]
+struct Values {
+    values: BTreeMap<String, Vec<u8>>,
+    /// Open watches by prefix; one whose receiver is gone is dropped at the next change.
+    watches: Vec<(String, std::sync::mpsc::Sender<Change>)>,
+}
+
+impl Values {
+    /// Tell the watches of `key`, inside the lock, so they see changes in commit order.
+    fn changed(&mut self, key: &str, value: Option<&[u8]>) {
+        let change = match value {
+            Some(value) => Change::Put { key: key.to_string(), value: value.to_vec() },
+            None => Change::Delete { key: key.to_string() },
+        };
+        self.watches.retain(|(prefix, tx)| !key.starts_with(prefix.as_str()) || tx.send(change.clone()).is_ok());
+    }
 }
 
 impl MemoryStore {
-    fn values(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+    fn values(&self) -> std::sync::MutexGuard<'_, Values> {
         self.values.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -176,32 +218,46 @@ impl MemoryStore {
 impl ControlStore for MemoryStore {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
-        Ok(self.values().get(key).cloned())
+        Ok(self.values().values.get(key).cloned())
     }
 
     fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self.values().range(prefix.to_string()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix)).cloned().collect())
+        Ok(self.values().values.range(prefix.to_string()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix)).cloned().collect())
     }
 
     fn put(&self, key: &str, value: &[u8]) -> Result<()> {
         check_key(key)?;
-        self.values().insert(key.to_string(), value.to_vec());
+        let mut values = self.values();
+        values.values.insert(key.to_string(), value.to_vec());
+        values.changed(key, Some(value));
         Ok(())
     }
 
     fn delete(&self, key: &str) -> Result<bool> {
         check_key(key)?;
-        Ok(self.values().remove(key).is_some())
+        let mut values = self.values();
+        let removed = values.values.remove(key).is_some();
+        if removed {
+            values.changed(key, None);
+        }
+        Ok(removed)
     }
 
     fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool> {
         check_key(key)?;
         let mut values = self.values();
-        if values.get(key).map(Vec::as_slice) != expected {
+        if values.values.get(key).map(Vec::as_slice) != expected {
             return Ok(false);
         }
-        values.insert(key.to_string(), value.to_vec());
+        values.values.insert(key.to_string(), value.to_vec());
+        values.changed(key, Some(value));
         Ok(true)
+    }
+
+    fn watch(&self, prefix: &str) -> Result<Option<Watch>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.values().watches.push((prefix.to_string(), tx));
+        Ok(Some(rx))
     }
 }
 
@@ -220,71 +276,116 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The behaviour every [`ControlStore`] must have, as checks an implementation's tests call
+/// with a fresh, empty store (each check panics with what went wrong).
+pub mod conformance {
+    use super::{Change, ControlStore, update};
+    use std::time::Duration;
+
+    /// Every check, in turn, on one empty store.
+    pub fn check_all(store: &dyn ControlStore) {
+        keeps_lists_swaps_and_deletes(store);
+        refuses_keys_that_are_not_plain_paths(store);
+        loses_no_concurrent_update(store);
+        keeps_large_values_whole(store);
+    }
+
+    pub fn keeps_lists_swaps_and_deletes(store: &dyn ControlStore) {
+        assert_eq!(store.get("routes.json").unwrap(), None);
+        store.put("routes.json", b"{}").unwrap();
+        store.put("plugins/shared/aa.json", b"1").unwrap();
+        store.put("plugins/tenants/acme/bb.wasm", b"2").unwrap();
+        store.put("pluginsX", b"3").unwrap();
+        assert_eq!(store.keys("plugins/").unwrap(), ["plugins/shared/aa.json", "plugins/tenants/acme/bb.wasm"]);
+        assert_eq!(store.keys("plugins/tenants/ac").unwrap(), ["plugins/tenants/acme/bb.wasm"]);
+        assert_eq!(store.keys("").unwrap().len(), 4);
+        assert!(store.keys("nothing/").unwrap().is_empty());
+
+        assert!(!store.compare_and_swap("routes.json", Some(b"stale"), b"new").unwrap(), "a stale expectation changes nothing");
+        assert_eq!(store.get("routes.json").unwrap().as_deref(), Some(&b"{}"[..]));
+        assert!(store.compare_and_swap("routes.json", Some(b"{}"), b"new").unwrap());
+        assert!(!store.compare_and_swap("routes.json", None, b"again").unwrap(), "`None` means only when absent");
+        assert!(store.compare_and_swap("fresh.json", None, b"x").unwrap());
+
+        assert!(store.delete("plugins/shared/aa.json").unwrap());
+        assert!(!store.delete("plugins/shared/aa.json").unwrap());
+        assert_eq!(store.get("plugins/shared/aa.json").unwrap(), None);
+        for key in store.keys("").unwrap() {
+            store.delete(&key).unwrap();
+        }
+    }
+
+    pub fn refuses_keys_that_are_not_plain_paths(store: &dyn ControlStore) {
+        for bad in ["../escape", "/etc/passwd", "a//b", "a/./b", "a/../../b", "a\\b", "a\nb", "", "a/"] {
+            let err = store.put(bad, b"x").unwrap_err().to_string();
+            assert!(err.contains("not a control store key"), "{bad:?}: {err}");
+            assert!(store.get(bad).is_err() && store.delete(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    pub fn loses_no_concurrent_update(store: &dyn ControlStore) {
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        update(store, "counter", |current| {
+                            let n: u64 = current.map(|b| String::from_utf8_lossy(b).parse().unwrap()).unwrap_or(0);
+                            Ok(Some(((n + 1).to_string().into_bytes(), ())))
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let n: u64 = String::from_utf8(store.get("counter").unwrap().unwrap()).unwrap().parse().unwrap();
+        assert_eq!(n, 100);
+        store.delete("counter").unwrap();
+    }
+
+    /// Plugin bytes run to tens of MiB (a componentize-py plugin is 18 MB).
+    pub fn keeps_large_values_whole(store: &dyn ControlStore) {
+        let big: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        store.put("plugins/shared/big.wasm", &big).unwrap();
+        assert!(store.get("plugins/shared/big.wasm").unwrap().as_deref() == Some(&big[..]), "a 20 MiB value reads back whole");
+        assert!(store.compare_and_swap("plugins/shared/big.wasm", Some(&big), b"small").unwrap());
+        assert_eq!(store.get("plugins/shared/big.wasm").unwrap().as_deref(), Some(&b"small"[..]));
+        assert_eq!(store.keys("plugins/").unwrap(), ["plugins/shared/big.wasm"], "no pieces of the value are listed");
+        assert!(store.delete("plugins/shared/big.wasm").unwrap());
+        assert!(store.keys("").unwrap().is_empty());
+    }
+
+    /// For stores that can be watched: changes arrive in commit order, for the prefix only,
+    /// and a failed compare-and-swap sends nothing.
+    pub fn watches_see_every_change_in_order(store: &dyn ControlStore) {
+        let watch = store.watch("routes/").unwrap().expect("this store can be watched");
+        store.put("routes/a.json", b"1").unwrap();
+        store.put("pipelines/a.json", b"elsewhere").unwrap();
+        assert!(!store.compare_and_swap("routes/a.json", Some(b"stale"), b"2").unwrap());
+        assert!(store.compare_and_swap("routes/a.json", Some(b"1"), b"3").unwrap());
+        store.delete("routes/a.json").unwrap();
+        let next = || watch.recv_timeout(Duration::from_secs(10)).expect("a change arrives");
+        let put = |value: &[u8]| Change::Put { key: "routes/a.json".into(), value: value.to_vec() };
+        assert_eq!([next(), next(), next()], [put(b"1"), put(b"3"), Change::Delete { key: "routes/a.json".into() }]);
+        assert!(watch.recv_timeout(Duration::from_millis(300)).is_err(), "nothing else under the prefix changed");
+        store.delete("pipelines/a.json").unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stores() -> Vec<(Box<dyn ControlStore>, Option<tempfile::TempDir>)> {
+    #[test]
+    fn a_directory_store_behaves_as_a_control_store_must() {
         let dir = tempfile::tempdir().unwrap();
-        vec![(Box::new(DirectoryStore::new(dir.path())), Some(dir)), (Box::new(MemoryStore::default()), None)]
+        conformance::check_all(&DirectoryStore::new(dir.path()));
+        assert!(DirectoryStore::new(dir.path()).watch("").unwrap().is_none(), "one process writes a data directory");
     }
 
     #[test]
-    fn both_stores_keep_list_swap_and_delete_the_same_way() {
-        for (store, _dir) in stores() {
-            assert_eq!(store.get("routes.json").unwrap(), None);
-            store.put("routes.json", b"{}").unwrap();
-            store.put("plugins/shared/aa.json", b"1").unwrap();
-            store.put("plugins/tenants/acme/bb.wasm", b"2").unwrap();
-            store.put("pluginsX", b"3").unwrap();
-            assert_eq!(store.keys("plugins/").unwrap(), ["plugins/shared/aa.json", "plugins/tenants/acme/bb.wasm"]);
-            assert_eq!(store.keys("plugins/tenants/ac").unwrap(), ["plugins/tenants/acme/bb.wasm"]);
-            assert_eq!(store.keys("").unwrap().len(), 4);
-            assert!(store.keys("nothing/").unwrap().is_empty());
-
-            assert!(!store.compare_and_swap("routes.json", Some(b"stale"), b"new").unwrap(), "a stale expectation changes nothing");
-            assert_eq!(store.get("routes.json").unwrap().as_deref(), Some(&b"{}"[..]));
-            assert!(store.compare_and_swap("routes.json", Some(b"{}"), b"new").unwrap());
-            assert!(!store.compare_and_swap("routes.json", None, b"again").unwrap(), "`None` means only when absent");
-            assert!(store.compare_and_swap("fresh.json", None, b"x").unwrap());
-
-            assert!(store.delete("plugins/shared/aa.json").unwrap());
-            assert!(!store.delete("plugins/shared/aa.json").unwrap());
-            assert_eq!(store.get("plugins/shared/aa.json").unwrap(), None);
-        }
-    }
-
-    #[test]
-    fn keys_that_are_not_plain_relative_paths_are_refused() {
-        for (store, _dir) in stores() {
-            for bad in ["../escape", "/etc/passwd", "a//b", "a/./b", "a/../../b", "a\\b", "a\nb", "", "a/"] {
-                let err = store.put(bad, b"x").unwrap_err().to_string();
-                assert!(err.contains("not a control store key"), "{bad:?}: {err}");
-                assert!(store.get(bad).is_err() && store.delete(bad).is_err(), "{bad:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn concurrent_updates_are_never_lost() {
-        for (store, _dir) in stores() {
-            let store: &dyn ControlStore = store.as_ref();
-            std::thread::scope(|s| {
-                for _ in 0..2 {
-                    s.spawn(|| {
-                        for _ in 0..50 {
-                            update(store, "counter", |current| {
-                                let n: u64 = current.map(|b| String::from_utf8_lossy(b).parse().unwrap()).unwrap_or(0);
-                                Ok(Some(((n + 1).to_string().into_bytes(), ())))
-                            })
-                            .unwrap();
-                        }
-                    });
-                }
-            });
-            let n: u64 = String::from_utf8(store.get("counter").unwrap().unwrap()).unwrap().parse().unwrap();
-            assert_eq!(n, 100);
-        }
+    fn a_memory_store_behaves_as_a_control_store_must() {
+        conformance::check_all(&MemoryStore::default());
+        conformance::watches_see_every_change_in_order(&MemoryStore::default());
     }
 
     #[test]
