@@ -146,8 +146,8 @@ pub struct QuarantinedModel {
 pub struct Quarry {
     data_dir: PathBuf,
     control: Arc<dyn ControlStore>,
-    runtime: PluginRuntime,
-    pub(crate) registry: Registry,
+    runtime: Arc<PluginRuntime>,
+    pub(crate) registry: Arc<Registry>,
     services: Arc<HostServices>,
     /// Serialises check-commit-apply so indexes and store agree.
     commit_lock: Mutex<()>,
@@ -156,6 +156,39 @@ pub struct Quarry {
     /// Each tenant's storage cap, when the embedding sets them.
     storage_caps: std::sync::OnceLock<Box<crate::store::StorageCaps>>,
     pub(crate) experiments: crate::experiments::Experiments,
+}
+
+/// Compile a stored plugin and add it, or quarantine it with the reason.
+fn load_found(registry: &Registry, runtime: &PluginRuntime, found: &crate::plugins::registry::Found) {
+    let loaded = registry.read_found(found).and_then(|(stored, bytes)| {
+        let reference = stored.descriptor.reference();
+        let plugin = runtime.load_stored(&bytes, stored.descriptor).map_err(|e| (reference.clone(), e))?;
+        registry.add(&found.owner, plugin, None).map_err(|e| (reference, e))
+    });
+    if let Err((reference, e)) = loaded {
+        eprintln!("quarry: quarantined plugin {reference} ({}, {}): {e:#}", found.owner, found.record);
+        registry.quarantine_found(found, reference, format!("{e:#}"));
+    }
+}
+
+/// Apply the control store's changes to this host as they come, in order, so a plugin added
+/// through another host is compiled before a route that names it takes effect. Ends when the
+/// host or the store closes.
+fn follow(watch: &crate::control::Watch, registry: &std::sync::Weak<Registry>, runtime: &std::sync::Weak<PluginRuntime>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        let change = match watch.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(change) => change,
+            Err(RecvTimeoutError::Timeout) if registry.strong_count() > 0 => continue,
+            Err(_) => return,
+        };
+        let (Some(registry), Some(runtime)) = (registry.upgrade(), runtime.upgrade()) else { return };
+        match registry.apply(&change) {
+            Ok(found) => found.iter().for_each(|found| load_found(&registry, &runtime, found)),
+            // The record stays as it was here; the next change to it, or a restart, tries again.
+            Err(e) => eprintln!("quarry: ignored a change to the control store: {e:#}"),
+        }
+    }
 }
 
 impl Quarry {
@@ -188,20 +221,22 @@ impl Quarry {
         });
         let runtime = PluginRuntime::new(config.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache")), config.limits.clone(), compute)?;
         let control = config.control.clone().unwrap_or_else(|| Arc::new(DirectoryStore::new(&data_dir)));
-        let registry = Registry::open(control.clone())?;
+        // Watch before reading, so no change falls between the read and the watch.
+        let watch = control.watch("")?;
+        let runtime = Arc::new(runtime);
+        let registry = Arc::new(Registry::open(control.clone())?);
         for found in registry.stored()? {
-            let loaded = registry.read_found(&found).and_then(|(stored, bytes)| {
-                let reference = stored.descriptor.reference();
-                let plugin = runtime.load_stored(&bytes, stored.descriptor).map_err(|e| (reference.clone(), e))?;
-                registry.add(&found.owner, plugin, None).map_err(|e| (reference, e))
-            });
-            if let Err((reference, e)) = loaded {
-                eprintln!("quarry: quarantined plugin {reference} ({}, {}): {e:#}", found.owner, found.record);
-                registry.quarantine_found(&found, reference, format!("{e:#}"));
-            }
+            load_found(&registry, &runtime, &found);
         }
         for q in registry.quarantined().iter().filter(|q| q.reason.contains("older Quarry")) {
             eprintln!("quarry: quarantined plugin: {}", q.reason);
+        }
+        if let Some(watch) = watch {
+            let (registry, runtime) = (Arc::downgrade(&registry), Arc::downgrade(&runtime));
+            std::thread::Builder::new()
+                .name("quarry-follow".into())
+                .spawn(move || follow(&watch, &registry, &runtime))
+                .context("cannot start the thread that follows the control store")?;
         }
         let experiments = crate::experiments::Experiments::new(config.limits.max_impressions);
         Ok(Quarry { data_dir, control, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models, compute_meter, storage_caps: Default::default(), experiments })

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 /// One record per tenant, so a store with a value size limit (etcd's) holds any number.
 fn tenant_key(name: &str) -> String {
-    format!("server/tenants/{name}.json")
+    format!("{TENANTS}{name}.json")
 }
 
 /// The single document older servers kept every tenant in; split up at the first start.
@@ -41,7 +41,8 @@ pub struct KeyRecord {
 /// Tenants and keys, read from a copy in memory and written through to the control store.
 pub struct ControlPlane {
     store: Arc<dyn ControlStore>,
-    state: RwLock<State>,
+    /// Shared with the thread that follows changes other servers make to the store.
+    state: Arc<RwLock<State>>,
 }
 
 #[derive(Default)]
@@ -55,6 +56,58 @@ impl State {
     fn index(tenants: BTreeMap<String, Tenant>) -> Self {
         let by_key = tenants.values().flat_map(|t| t.keys.iter().map(|k| (k.sha256.clone(), t.name.clone()))).collect();
         State { tenants, by_key }
+    }
+}
+
+const TENANTS: &str = "server/tenants/";
+
+fn read_tenants(store: &dyn ControlStore) -> Result<BTreeMap<String, Tenant>> {
+    let mut tenants = BTreeMap::new();
+    for key in store.keys(TENANTS)? {
+        if let Some(bytes) = store.get(&key)? {
+            let tenant = parse(&key, &bytes)?;
+            tenants.insert(tenant.name.clone(), tenant);
+        }
+    }
+    Ok(tenants)
+}
+
+/// Apply tenants created, changed or removed through other servers sharing the store (and
+/// this one's own writes, again: that changes nothing). Ends when the plane or the store closes.
+fn follow(watch: &quarry_host::control::Watch, store: &dyn ControlStore, state: &std::sync::Weak<RwLock<State>>) {
+    use quarry_host::control::Change;
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        let change = match watch.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(change) => change,
+            Err(RecvTimeoutError::Timeout) if state.strong_count() > 0 => continue,
+            Err(_) => return,
+        };
+        let Some(state) = state.upgrade() else { return };
+        let changed = match &change {
+            Change::Put { key, value } => parse(key, value).map(|tenant| Some((key.clone(), Some(tenant)))),
+            Change::Delete { key } => Ok(Some((key.clone(), None))),
+            Change::Resync => read_tenants(store).map(|tenants| {
+                *state.write().unwrap_or_else(std::sync::PoisonError::into_inner) = State::index(tenants);
+                None
+            }),
+        };
+        let (key, tenant) = match changed {
+            Ok(Some(changed)) => changed,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("ignored a change to the control store: {e:#}");
+                continue;
+            }
+        };
+        let Some(name) = key.strip_prefix(TENANTS).and_then(|k| k.strip_suffix(".json")) else { continue };
+        let mut state = state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tenants = std::mem::take(&mut state.tenants);
+        match tenant {
+            Some(tenant) if tenant.name == name => tenants.insert(tenant.name.clone(), tenant),
+            _ => tenants.remove(name),
+        };
+        *state = State::index(tenants);
     }
 }
 
@@ -72,14 +125,17 @@ impl ControlPlane {
             }
             store.delete(LEGACY_TENANTS)?;
         }
-        let mut tenants = BTreeMap::new();
-        for key in store.keys("server/tenants/")? {
-            if let Some(bytes) = store.get(&key)? {
-                let tenant = parse(&key, &bytes)?;
-                tenants.insert(tenant.name.clone(), tenant);
-            }
+        // Watch before reading, so no change falls between the read and the watch.
+        let watch = store.watch(TENANTS)?;
+        let state = Arc::new(RwLock::new(State::index(read_tenants(store.as_ref())?)));
+        if let Some(watch) = watch {
+            let (store, state) = (store.clone(), Arc::downgrade(&state));
+            std::thread::Builder::new()
+                .name("quarry-tenants".into())
+                .spawn(move || follow(&watch, store.as_ref(), &state))
+                .context("cannot start the thread that follows the control store")?;
         }
-        Ok(ControlPlane { store, state: RwLock::new(State::index(tenants)) })
+        Ok(ControlPlane { store, state })
     }
 
     /// Apply `change` to tenant `name`'s record as the store holds it (`None`: absent), write it
@@ -199,5 +255,28 @@ mod tests {
         let reopened = ControlPlane::open(store).unwrap();
         let names: Vec<String> = reopened.tenants().unwrap().into_iter().map(|t| t.name).collect();
         assert_eq!(names, ["acme", "globex"]);
+    }
+
+    #[test]
+    fn a_tenant_made_changed_or_removed_through_one_plane_reaches_another() {
+        let store: Arc<dyn ControlStore> = Arc::new(quarry_host::control::MemoryStore::default());
+        let one = ControlPlane::open(store.clone()).unwrap();
+        let two = ControlPlane::open(store).unwrap();
+        let eventually = |what: &str, ready: &dyn Fn() -> bool| {
+            let start = std::time::Instant::now();
+            while !ready() {
+                assert!(start.elapsed() < std::time::Duration::from_secs(5), "{what} never reached the second plane");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        assert!(one.create_tenant(tenant("acme", "aaaa1")).unwrap());
+        eventually("the new tenant's key", &|| two.tenant_by_key("aaaa1").unwrap().is_some());
+        let mut acme = one.tenant("acme").unwrap().unwrap();
+        acme.keys = vec![KeyRecord { id: "bbbb".into(), sha256: "bbbb2".into() }];
+        assert!(one.update_tenant(acme).unwrap());
+        eventually("the revoked key", &|| two.tenant_by_key("aaaa1").unwrap().is_none());
+        assert_eq!(two.tenant_by_key("bbbb2").unwrap().unwrap().name, "acme");
+        assert!(one.delete_tenant("acme").unwrap());
+        eventually("the removal", &|| two.tenants().unwrap().is_empty());
     }
 }

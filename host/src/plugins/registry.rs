@@ -24,7 +24,7 @@
 
 use super::host_api::Grants;
 use super::LoadedPlugin;
-use crate::control::{ControlStore, update};
+use crate::control::{Change, ControlStore, update};
 use crate::routing::{Named, Pipeline, Target};
 use crate::store::{FieldSchema, split_qualified, validate_name};
 use anyhow::{Context as _, Result, bail};
@@ -141,13 +141,31 @@ pub struct Quarantined {
 }
 
 /// A stored plugin found at start.
+#[derive(Debug)]
 pub struct Found {
     pub owner: Owner,
     /// The key of the record beside the bytes (`…/<sha256>.json`).
     pub record: String,
 }
 
+/// The plugin record at `key`, if it is one (`plugins/shared/<sha256>.json` or
+/// `plugins/tenants/<tenant>/<sha256>.json`).
+fn found_at(key: &str) -> Option<Found> {
+    let owner = match key.split('/').collect::<Vec<_>>()[..] {
+        ["plugins", "shared", file] if file.ends_with(".json") => Owner::Shared,
+        ["plugins", "tenants", tenant, file] if file.ends_with(".json") => Owner::tenant(tenant).ok()?,
+        _ => return None,
+    };
+    Some(Found { owner, record: key.to_string() })
+}
+
 impl Found {
+    /// The hash its record is named by.
+    fn sha256(&self) -> &str {
+        let file = self.record.rsplit('/').next().unwrap_or_default();
+        file.strip_suffix(".json").unwrap_or(file)
+    }
+
     /// The key of the plugin's bytes.
     fn bytes(&self) -> String {
         format!("{}.wasm", self.record.strip_suffix(".json").unwrap_or(&self.record))
@@ -237,23 +255,64 @@ impl Registry {
     /// ([`Registry::stored`]).
     pub fn open(control: Arc<dyn ControlStore>) -> Result<Self> {
         split_legacy(control.as_ref())?;
-        let mut routes = Routes::default();
-        for key in control.keys("routes/")? {
-            let Some(collection) = key.strip_prefix("routes/").and_then(|k| k.strip_suffix(".json")) else { continue };
-            let Some(record) = parse_record::<RouteRecord>(&key, control.get(&key)?.as_deref())? else { continue };
-            routes.current.insert(collection.to_string(), Arc::new(record.current));
-            if let Some(previous) = record.previous {
-                routes.previous.insert(collection.to_string(), Arc::new(previous));
-            }
-        }
-        let mut pipelines = BTreeMap::new();
-        for key in control.keys("pipelines/")? {
-            let Some(tenant) = key.strip_prefix("pipelines/").and_then(|k| k.strip_suffix(".json")) else { continue };
-            for (name, pipeline) in parse_map::<Pipeline>(&key, control.get(&key)?.as_deref())? {
-                pipelines.insert(format!("{tenant}/{name}"), pipeline);
-            }
-        }
+        let routes = read_routes(control.as_ref())?;
+        let pipelines = read_pipelines(control.as_ref())?;
         Ok(Registry { control, plugins: Default::default(), quarantined: Default::default(), routes: RwLock::new(routes), pipelines: RwLock::new(pipelines) })
+    }
+
+    /// Bring this process's copy in line with a change to the store, made by another host
+    /// sharing it (or echoed from this one: applying a change twice changes nothing). Returns
+    /// the stored plugins this host has yet to load; the caller compiles and adds them.
+    pub fn apply(&self, change: &Change) -> Result<Vec<Found>> {
+        let (key, value) = match change {
+            Change::Put { key, value } => (key.as_str(), Some(value.as_slice())),
+            Change::Delete { key } => (key.as_str(), None),
+            Change::Resync => return self.resync(),
+        };
+        if let Some(collection) = key.strip_prefix("routes/").and_then(|k| k.strip_suffix(".json")) {
+            let record = parse_record::<RouteRecord>(key, value)?;
+            let mut routes = write(&self.routes);
+            match record {
+                Some(record) => {
+                    routes.current.insert(collection.to_string(), Arc::new(record.current));
+                    match record.previous {
+                        Some(previous) => routes.previous.insert(collection.to_string(), Arc::new(previous)),
+                        None => routes.previous.remove(collection),
+                    };
+                }
+                None => {
+                    routes.current.remove(collection);
+                    routes.previous.remove(collection);
+                }
+            }
+        } else if let Some(tenant) = key.strip_prefix("pipelines/").and_then(|k| k.strip_suffix(".json")) {
+            let mine = parse_map::<Pipeline>(key, value)?;
+            Self::keep_tenants_pipelines(&mut write(&self.pipelines), tenant, mine);
+        } else if let Some(found) = found_at(key) {
+            let sha256 = found.sha256().to_string();
+            match value {
+                Some(_) if self.with_hash(&found.owner, &sha256).is_none() => return Ok(vec![found]),
+                Some(_) => {}
+                None => {
+                    write(&self.plugins).retain(|(o, _), p| !(*o == found.owner && p.sha256 == sha256));
+                    write(&self.quarantined).retain(|_, q| !q.files.contains(&found.record));
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Re-read everything after a watch may have missed changes: routes and pipelines whole,
+    /// plugins whose records are gone forgotten; returns the ones to load.
+    fn resync(&self) -> Result<Vec<Found>> {
+        let routes = read_routes(self.control.as_ref())?;
+        let pipelines = read_pipelines(self.control.as_ref())?;
+        *write(&self.routes) = routes;
+        *write(&self.pipelines) = pipelines;
+        let stored = self.stored()?;
+        let records: std::collections::HashSet<(Owner, String)> = stored.iter().map(|f| (f.owner.clone(), f.sha256().to_string())).collect();
+        write(&self.plugins).retain(|(o, _), p| records.contains(&(o.clone(), p.sha256.clone())));
+        Ok(stored.into_iter().filter(|f| self.with_hash(&f.owner, f.sha256()).is_none()).collect())
     }
 
     /// Every stored plugin record, shared ones first. Plugin files from before plugins had
@@ -262,19 +321,16 @@ impl Registry {
         let mut shared = Vec::new();
         let mut owned = Vec::new();
         for key in self.control.keys("plugins/")? {
-            let parts: Vec<&str> = key.split('/').collect();
-            match parts[..] {
-                ["plugins", "shared", file] if file.ends_with(".json") => shared.push(Found { owner: Owner::Shared, record: key }),
-                ["plugins", "tenants", tenant, file] if file.ends_with(".json") => {
-                    if let Ok(owner) = Owner::tenant(tenant) {
-                        owned.push(Found { owner, record: key });
-                    }
+            if let Some(found) = found_at(&key) {
+                match found.owner {
+                    Owner::Shared => shared.push(found),
+                    Owner::Tenant(_) => owned.push(found),
                 }
-                ["plugins", file] if file.ends_with(".wasm") => {
-                    let reason = format!("{key} was stored by an older Quarry, without its descriptor; add it again with `quarry plugin add <file.wasm>`");
-                    self.quarantine(Owner::Tenant(crate::store::DEFAULT_TENANT.into()), file.to_string(), reason, vec![key.clone()]);
-                }
-                _ => {}
+            } else if let ["plugins", file] = key.split('/').collect::<Vec<_>>()[..]
+                && file.ends_with(".wasm")
+            {
+                let reason = format!("{key} was stored by an older Quarry, without its descriptor; add it again with `quarry plugin add <file.wasm>`");
+                self.quarantine(Owner::Tenant(crate::store::DEFAULT_TENANT.into()), file.to_string(), reason, vec![key.clone()]);
             }
         }
         shared.append(&mut owned);
@@ -538,6 +594,31 @@ impl Registry {
     }
 }
 
+fn read_routes(control: &dyn ControlStore) -> Result<Routes> {
+    let mut routes = Routes::default();
+    for key in control.keys("routes/")? {
+        let Some(collection) = key.strip_prefix("routes/").and_then(|k| k.strip_suffix(".json")) else { continue };
+        let Some(record) = parse_record::<RouteRecord>(&key, control.get(&key)?.as_deref())? else { continue };
+        routes.current.insert(collection.to_string(), Arc::new(record.current));
+        if let Some(previous) = record.previous {
+            routes.previous.insert(collection.to_string(), Arc::new(previous));
+        }
+    }
+    Ok(routes)
+}
+
+/// Every tenant's pipelines, by qualified name.
+fn read_pipelines(control: &dyn ControlStore) -> Result<BTreeMap<String, Arc<Pipeline>>> {
+    let mut pipelines = BTreeMap::new();
+    for key in control.keys("pipelines/")? {
+        let Some(tenant) = key.strip_prefix("pipelines/").and_then(|k| k.strip_suffix(".json")) else { continue };
+        for (name, pipeline) in parse_map::<Pipeline>(&key, control.get(&key)?.as_deref())? {
+            pipelines.insert(format!("{tenant}/{name}"), pipeline);
+        }
+    }
+    Ok(pipelines)
+}
+
 /// One record of the control store, if present.
 fn parse_record<T: serde::de::DeserializeOwned>(key: &str, bytes: Option<&[u8]>) -> Result<Option<T>> {
     bytes.map(|bytes| serde_json::from_slice(bytes).with_context(|| format!("the control record `{key}` is corrupt; fix or remove it"))).transpose()
@@ -594,6 +675,33 @@ mod tests {
         let reopened = Registry::open(store).unwrap();
         assert_eq!(reopened.route("acme/docs").as_deref(), Some(&to("dense@0.3.0")));
         assert_eq!(reopened.previous_route("acme/docs").as_deref(), Some(&to("dense@0.1.0")));
+    }
+
+    #[test]
+    fn changes_made_through_another_registry_apply_and_a_resync_catches_up_on_missed_ones() {
+        let store: Arc<dyn ControlStore> = Arc::new(MemoryStore::default());
+        let watch = store.watch("").unwrap().unwrap();
+        let one = Registry::open(store.clone()).unwrap();
+        let two = Registry::open(store.clone()).unwrap();
+        one.set_route("acme/docs", to("a@1.0.0"), None).unwrap();
+        one.set_route("acme/docs", to("a@2.0.0"), None).unwrap();
+        let pipeline = serde_json::json!({"fallback": {"primary": {"strategy": "a@1.0.0"}, "fallback": {"strategy": "b@1.0.0"}}});
+        one.set_pipeline("acme", "p", serde_json::from_value(pipeline).unwrap(), |_| Ok(())).unwrap();
+        for change in watch.try_iter() {
+            assert!(two.apply(&change).unwrap().is_empty(), "no plugin record changed");
+        }
+        assert_eq!(two.routes(), one.routes());
+        assert_eq!(two.previous_route("acme/docs").as_deref(), Some(&to("a@1.0.0")));
+        assert_eq!(two.pipelines("acme").len(), 1);
+
+        // Changes two never saw: a route removed, and a plugin record added.
+        store.delete("routes/acme/docs.json").unwrap();
+        store.put("plugins/tenants/acme/abc.json", b"{}").unwrap();
+        let missing = two.apply(&Change::Resync).unwrap();
+        assert!(two.routes().is_empty());
+        assert_eq!(missing.iter().map(|f| f.record.as_str()).collect::<Vec<_>>(), ["plugins/tenants/acme/abc.json"], "the new record is to be loaded");
+        let err = two.apply(&Change::Put { key: "routes/acme/docs.json".into(), value: b"{oops".to_vec() }).unwrap_err().to_string();
+        assert!(err.contains("routes/acme/docs.json"), "{err}");
     }
 
     #[test]
