@@ -6,7 +6,7 @@ use crate::models::{ModelManifest, Models};
 use crate::plugins::contract::{CallContext, Item, PluginHit, Query};
 use crate::plugins::host_api::{CallGrants, HostServices, LogLevel};
 use crate::plugins::limits::Limits;
-use crate::control::{ControlStore, DirectoryStore, write_atomically};
+use crate::control::{ControlStore, DirectoryStore};
 use crate::plugins::registry::{Owner, Quarantined, Registry, Route};
 use crate::plugins::{CallError, CallOutput, LoadedPlugin, PluginRuntime};
 use crate::sources::NewItem;
@@ -14,7 +14,7 @@ use crate::index::filter::Filter;
 use crate::store::{AnnParams, FieldSchema, Precision, Store, StoredItem, WriteBatch, qualify, split_qualified};
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Where a host keeps its data, and the limits it runs plugins under.
 #[derive(Clone)]
@@ -138,7 +138,8 @@ pub struct IngestReport {
 /// A stored model that did not load, and why.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QuarantinedModel {
-    pub manifest: PathBuf,
+    /// Its control store key (`models/<name>.json`).
+    pub manifest: String,
     pub reason: String,
 }
 
@@ -151,7 +152,7 @@ pub struct Quarry {
     services: Arc<HostServices>,
     /// Serialises check-commit-apply so indexes and store agree.
     commit_lock: Mutex<()>,
-    quarantined_models: Vec<QuarantinedModel>,
+    quarantined_models: Arc<RwLock<Vec<QuarantinedModel>>>,
     compute_meter: Arc<crate::capacity::ComputeMeter>,
     /// Each tenant's storage cap, when the embedding sets them.
     storage_caps: std::sync::OnceLock<Box<crate::store::StorageCaps>>,
@@ -171,22 +172,73 @@ fn load_found(registry: &Registry, runtime: &PluginRuntime, found: &crate::plugi
     }
 }
 
-/// Apply the control store's changes to this host as they come, in order, so a plugin added
-/// through another host is compiled before a route that names it takes effect. Ends when the
-/// host or the store closes.
-fn follow(watch: &crate::control::Watch, registry: &std::sync::Weak<Registry>, runtime: &std::sync::Weak<PluginRuntime>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    loop {
-        let change = match watch.recv_timeout(std::time::Duration::from_secs(1)) {
-            Ok(change) => change,
-            Err(RecvTimeoutError::Timeout) if registry.strong_count() > 0 => continue,
-            Err(_) => return,
-        };
-        let (Some(registry), Some(runtime)) = (registry.upgrade(), runtime.upgrade()) else { return };
-        match registry.apply(&change) {
-            Ok(found) => found.iter().for_each(|found| load_found(&registry, &runtime, found)),
-            // The record stays as it was here; the next change to it, or a restart, tries again.
-            Err(e) => eprintln!("quarry: ignored a change to the control store: {e:#}"),
+/// The model manifest kept at `key` registered, or quarantined with the reason.
+fn load_model(key: &str, json: &[u8], models: &Models, models_dir: &Path, quarantined: &RwLock<Vec<QuarantinedModel>>) {
+    let mut quarantined = quarantined.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    quarantined.retain(|q| q.manifest != key);
+    if let Err(e) = ModelManifest::parse(json, models_dir, key).and_then(|manifest| models.register(manifest)) {
+        eprintln!("quarry: quarantined model {key}: {e:#}");
+        quarantined.push(QuarantinedModel { manifest: key.to_string(), reason: format!("{e:#}") });
+    }
+}
+
+/// `models/<name>.json`: a model manifest's control store key.
+fn is_model_key(key: &str) -> bool {
+    key.strip_prefix("models/").is_some_and(|name| name.ends_with(".json") && !name.contains('/'))
+}
+
+/// Every model manifest in the store, registered or quarantined.
+fn load_models(control: &dyn ControlStore, models: &Models, models_dir: &Path, quarantined: &RwLock<Vec<QuarantinedModel>>) -> Result<()> {
+    for key in control.keys("models/")?.into_iter().filter(|k| is_model_key(k)) {
+        if let Some(json) = control.get(&key)? {
+            load_model(&key, &json, models, models_dir, quarantined);
+        }
+    }
+    Ok(())
+}
+
+/// What the thread that follows the control store updates, held weakly so it ends with the host.
+struct Followed {
+    control: Arc<dyn ControlStore>,
+    registry: std::sync::Weak<Registry>,
+    runtime: std::sync::Weak<PluginRuntime>,
+    services: std::sync::Weak<HostServices>,
+    quarantined_models: std::sync::Weak<RwLock<Vec<QuarantinedModel>>>,
+    models_dir: PathBuf,
+}
+
+impl Followed {
+    /// Apply the control store's changes to this host as they come, in order, so a plugin
+    /// added through another host is compiled before a route that names it takes effect.
+    /// Ends when the host or the store closes.
+    fn follow(&self, watch: &crate::control::Watch) {
+        use crate::control::Change;
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            let change = match watch.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(change) => change,
+                Err(RecvTimeoutError::Timeout) if self.registry.strong_count() > 0 => continue,
+                Err(_) => return,
+            };
+            let (Some(registry), Some(runtime), Some(services), Some(quarantined)) =
+                (self.registry.upgrade(), self.runtime.upgrade(), self.services.upgrade(), self.quarantined_models.upgrade())
+            else {
+                return;
+            };
+            match &change {
+                Change::Put { key, value } if is_model_key(key) => load_model(key, value, &services.models, &self.models_dir, &quarantined),
+                Change::Resync => {
+                    if let Err(e) = load_models(self.control.as_ref(), &services.models, &self.models_dir, &quarantined) {
+                        eprintln!("quarry: could not re-read the model manifests: {e:#}");
+                    }
+                }
+                _ => {}
+            }
+            match registry.apply(&change) {
+                Ok(found) => found.iter().for_each(|found| load_found(&registry, &runtime, found)),
+                // This host keeps what it had; the next change to the record, or a restart, tries again.
+                Err(e) => eprintln!("quarry: ignored a change to the control store: {e:#}"),
+            }
         }
     }
 }
@@ -204,13 +256,6 @@ impl Quarry {
         let compute = FairShare::compute(config.limits.compute_slots());
         let compute_meter = compute.meter().expect("compute slots are metered").clone();
         let models = Arc::new(Models::new(compute.clone()));
-        let mut quarantined_models = Vec::new();
-        for path in json_files(&data_dir.join("models"))? {
-            if let Err(e) = ModelManifest::load(&path).and_then(|manifest| models.register(manifest)) {
-                eprintln!("quarry: quarantined model {}: {e:#}", path.display());
-                quarantined_models.push(QuarantinedModel { manifest: path, reason: format!("{e:#}") });
-            }
-        }
         let level = if config.verbose { LogLevel::Debug } else { LogLevel::Warn };
         let services = Arc::new(HostServices {
             models,
@@ -223,6 +268,9 @@ impl Quarry {
         let control = config.control.clone().unwrap_or_else(|| Arc::new(DirectoryStore::new(&data_dir)));
         // Watch before reading, so no change falls between the read and the watch.
         let watch = control.watch("")?;
+        let models_dir = std::path::absolute(data_dir.join("models")).context("cannot resolve the data directory")?;
+        let quarantined_models = Arc::new(RwLock::new(Vec::new()));
+        load_models(control.as_ref(), &services.models, &models_dir, &quarantined_models)?;
         let runtime = Arc::new(runtime);
         let registry = Arc::new(Registry::open(control.clone())?);
         for found in registry.stored()? {
@@ -232,10 +280,17 @@ impl Quarry {
             eprintln!("quarry: quarantined plugin: {}", q.reason);
         }
         if let Some(watch) = watch {
-            let (registry, runtime) = (Arc::downgrade(&registry), Arc::downgrade(&runtime));
+            let followed = Followed {
+                control: control.clone(),
+                registry: Arc::downgrade(&registry),
+                runtime: Arc::downgrade(&runtime),
+                services: Arc::downgrade(&services),
+                quarantined_models: Arc::downgrade(&quarantined_models),
+                models_dir,
+            };
             std::thread::Builder::new()
                 .name("quarry-follow".into())
-                .spawn(move || follow(&watch, &registry, &runtime))
+                .spawn(move || followed.follow(&watch))
                 .context("cannot start the thread that follows the control store")?;
         }
         let experiments = crate::experiments::Experiments::new(config.limits.max_impressions);
@@ -302,8 +357,8 @@ impl Quarry {
     }
 
     /// Stored models that did not load at start, and why.
-    pub fn quarantined_models(&self) -> &[QuarantinedModel] {
-        &self.quarantined_models
+    pub fn quarantined_models(&self) -> Vec<QuarantinedModel> {
+        self.quarantined_models.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Remove the default tenant's `reference`.
@@ -318,10 +373,12 @@ impl Quarry {
 
     /// Register a model from its manifest file; the manifest is kept in the data directory.
     pub fn add_model_file(&self, path: &Path) -> Result<ModelManifest> {
-        let manifest = ModelManifest::load(path)?;
+        let mut manifest = ModelManifest::load(path)?;
+        manifest.record_hashes()?;
         self.services.models.register(manifest.clone())?;
-        let stored = self.data_dir.join("models").join(format!("{}.json", manifest.name));
-        write_atomically(&stored, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+        // Every host sharing the control store registers it too, and checks its own copies of
+        // the files against these hashes before loading them.
+        self.control.put(&format!("models/{}.json", manifest.name), &serde_json::to_vec_pretty(&manifest)?)?;
         Ok(manifest)
     }
 
@@ -916,11 +973,3 @@ fn batches(items: Vec<(NewItem, String)>, limits: &Limits) -> Vec<Vec<(NewItem, 
     out
 }
 
-fn json_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    Ok(files)
-}

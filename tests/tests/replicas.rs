@@ -98,3 +98,28 @@ fn a_host_started_later_reads_what_the_store_holds_and_follows_it_from_then() {
     one.add_plugin(&plugin("quarry-test-swap-v2")).unwrap();
     within(PROPAGATION_BOUND, "the new plugin reaching the second host", || two.plugin("swap@2.0.0").is_ok());
 }
+
+#[test]
+fn a_model_added_through_one_host_serves_on_another_only_with_the_same_files() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let control: Arc<dyn ControlStore> = Arc::new(MemoryStore::default());
+    let one = replica(dirs[0].path(), &control);
+    let two = replica(dirs[1].path(), &control);
+    // The replicas' model repository: the same files at the same path on each host.
+    let repository = tempfile::tempdir().unwrap();
+    for file in ["projector.json", "projector.onnx"] {
+        std::fs::copy(quarry_tests::test_models_dir().join(file), repository.path().join(file)).unwrap();
+    }
+    let manifest = one.add_model_file(&repository.path().join("projector.json")).unwrap();
+    assert_eq!(manifest.files.sha256.len(), 1, "the model file's hash is recorded");
+    within(PROPAGATION_BOUND, "the model reaching the second host", || two.models().contains("phi"));
+
+    // A host whose copy differs from the one added refuses to load it, and says why.
+    let onnx = repository.path().join("projector.onnx");
+    let original = std::fs::read(&onnx).unwrap();
+    std::fs::write(&onnx, [&original[..], b"tampered"].concat()).unwrap();
+    let err = two.models().warm("phi").unwrap_err().to_string();
+    assert!(err.contains("is not the file `quarry model add` recorded") && err.contains("provision the same file"), "{err}");
+    std::fs::write(&onnx, &original).unwrap();
+    two.models().warm("phi").unwrap();
+}

@@ -154,6 +154,11 @@ pub struct ModelFiles {
     /// steps after. Cache tensors it does not output (cross-attention keys/values) are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decoder_with_past: Option<PathBuf>,
+    /// SHA-256 (hex) of each of the model's files, by path, recorded by `quarry model add`.
+    /// Every host checks its own copies against them before it loads the model, so replicas
+    /// provisioned with other files refuse to serve them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sha256: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -320,13 +325,18 @@ impl ModelManifest {
 
     /// Read a manifest and resolve its file paths against its folder.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read model manifest {}", path.display()))?;
-        let mut manifest: ModelManifest = serde_json::from_str(&text).with_context(|| {
-            format!("model manifest {} is not valid (see `quarry schema model` for the format)", path.display())
-        })?;
+        let text = std::fs::read(path).with_context(|| format!("cannot read model manifest {}", path.display()))?;
         // Absolute, so the copy `quarry model add` registers still points at the files.
         let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).with_context(|| format!("cannot resolve {}", path.display()))?;
-        let base = base.as_path();
+        Self::parse(&text, &base, &path.display().to_string())
+    }
+
+    /// A manifest from its JSON, with relative file paths resolved against `base` (for a
+    /// manifest kept in the control store: the host's own model folder, where each replica
+    /// keeps its copies). `origin` names it in errors.
+    pub fn parse(json: &[u8], base: &Path, origin: &str) -> Result<Self> {
+        let mut manifest: ModelManifest =
+            serde_json::from_slice(json).with_context(|| format!("model manifest {origin} is not valid (see `quarry schema model` for the format)"))?;
         manifest.files.model = absolute(base, &manifest.files.model);
         manifest.files.tokenizer = manifest.files.tokenizer.as_ref().map(|t| absolute(base, t));
         manifest.files.encoder = manifest.files.encoder.as_ref().map(|t| absolute(base, t));
@@ -334,8 +344,40 @@ impl ModelManifest {
         if let Some(slots) = &mut manifest.slots {
             slots.token_embeddings = slots.token_embeddings.as_ref().map(|t| absolute(base, t));
         }
-        manifest.validate().with_context(|| format!("model manifest {}", path.display()))?;
+        manifest.files.sha256 = std::mem::take(&mut manifest.files.sha256).into_iter().map(|(p, h)| (absolute(base, Path::new(&p)).display().to_string(), h)).collect();
+        manifest.validate().with_context(|| format!("model manifest {origin}"))?;
         Ok(manifest)
+    }
+
+    /// Every file the model reads.
+    pub fn file_paths(&self) -> Vec<&Path> {
+        let files = &self.files;
+        let slots = self.slots.as_ref().and_then(|s| s.token_embeddings.as_deref());
+        [Some(files.model.as_path()), files.tokenizer.as_deref(), files.encoder.as_deref(), files.decoder_with_past.as_deref(), slots].into_iter().flatten().collect()
+    }
+
+    /// Record the hash of each file as it is now.
+    pub fn record_hashes(&mut self) -> Result<()> {
+        let hashes = self.file_paths().into_iter().map(|p| Ok((p.display().to_string(), file_sha256(p)?))).collect::<Result<_>>()?;
+        self.files.sha256 = hashes;
+        Ok(())
+    }
+
+    /// Check each file against the hash recorded for it, if any.
+    pub fn check_hashes(&self) -> Result<()> {
+        for path in self.file_paths() {
+            let Some(expected) = self.files.sha256.get(&path.display().to_string()) else { continue };
+            let found = file_sha256(path)?;
+            if found != *expected {
+                bail!(
+                    "model `{}`: {} is not the file `quarry model add` recorded (sha256 {found}, recorded {expected}); \
+                     provision the same file on this host, or add the model again",
+                    self.name,
+                    path.display()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Check that the manifest is complete for its role and its files exist.
@@ -427,6 +469,23 @@ impl ModelManifest {
         }
         Ok(())
     }
+}
+
+/// SHA-256 of a file, hex, read in pieces (model files run to gigabytes).
+fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn absolute(base: &Path, p: &Path) -> PathBuf {

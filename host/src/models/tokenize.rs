@@ -132,7 +132,7 @@ mod tests {
         let manifest = ModelManifest {
             name: "clip".into(),
             role: ModelRole::TextEncoder,
-            files: ModelFiles { model: "unused.onnx".into(), tokenizer: None, encoder: None, decoder_with_past: None },
+            files: ModelFiles { model: "unused.onnx".into(), tokenizer: None, encoder: None, decoder_with_past: None, sha256: Default::default() },
             inputs: Default::default(),
             output: OutputSpec { name: "text_embeds".into(), kind: OutputKind::Pooled },
             token_output: None,
