@@ -123,3 +123,98 @@ fn a_model_added_through_one_host_serves_on_another_only_with_the_same_files() {
     std::fs::write(&onnx, &original).unwrap();
     two.models().warm("phi").unwrap();
 }
+
+mod over_http {
+    use super::*;
+    use quarry_tests::etcd::EtcdServer;
+    use quarry_tests::server::{ADMIN_KEY, Server, call};
+    use serde_json::{Value, json};
+
+    fn json_body(value: &Value) -> Option<(&'static str, Vec<u8>)> {
+        Some(("application/json", value.to_string().into_bytes()))
+    }
+
+    fn replica(data: &std::path::Path, etcd: &EtcdServer) -> Server {
+        Server::start(data, Some(json!({"control": {"etcd": {"endpoints": [etcd.endpoint()], "namespace": "replicas"}}})))
+    }
+
+    fn served_by(server: &Server, key: &str) -> Option<String> {
+        let (status, out, _) = call("POST", &server.url("/v1/collections/live/search"), Some(key), json_body(&json!({"text": "which", "k": 1})));
+        (status == 200).then(|| out["strategy"].as_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn two_servers_on_one_etcd_serve_as_one_and_a_swap_reaches_the_other_under_load() {
+        let etcd = EtcdServer::start();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let one = replica(&dirs[0].path().join("data"), &etcd);
+        let two = replica(&dirs[1].path().join("data"), &etcd);
+
+        // A tenant made through one server holds a key the other accepts.
+        let (status, out, _) = call("POST", &one.url("/v1/tenants"), Some(ADMIN_KEY), json_body(&json!({"name": "acme"})));
+        assert_eq!(status, 201, "{out}");
+        let key = out["api_key"].as_str().unwrap().to_string();
+        within(PROPAGATION_BOUND, "the new tenant's key working on the second server", || call("GET", &two.url("/v1/usage"), Some(&key), None).0 == 200);
+
+        // Plugins uploaded and a route set through one server serve on the other.
+        for name in ["quarry-test-swap-v1", "quarry-test-swap-v2"] {
+            let (status, out, _) = call("POST", &one.url("/v1/plugins"), Some(&key), Some(("application/wasm", plugin(name))));
+            assert_eq!(status, 201, "{out}");
+        }
+        let (status, out, _) = call("PUT", &one.url("/v1/collections/live/route"), Some(&key), json_body(&json!({"strategy": "swap@1.0.0"})));
+        assert_eq!(status, 200, "{out}");
+        within(PROPAGATION_BOUND * 5, "the route serving on the second server", || served_by(&two, &key).as_deref() == Some("swap@1.0.0"));
+        // Collections stay on each server's disk in the embedded mode: give both the answers.
+        let answers = json!({"items": [{"id": "served-by-1.0.0", "text": "1"}, {"id": "served-by-2.0.0", "text": "2"}]});
+        for server in [&one, &two] {
+            let (status, out, _) = call("POST", &server.url("/v1/collections/live/items"), Some(&key), json_body(&answers));
+            assert_eq!(status, 200, "{out}");
+        }
+
+        // Swaps through the first server while the second serves searches: none fails, and each
+        // swap serves there within the bound.
+        let stop = Arc::new(AtomicBool::new(false));
+        let searchers: Vec<_> = (0..2)
+            .map(|_| {
+                let (url, key, stop) = (two.url("/v1/collections/live/search"), key.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let (mut served, mut failed) = (0, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, out, _) = call("POST", &url, Some(&key), json_body(&json!({"text": "x", "k": 1})));
+                        if status != 200 || out["hits"][0]["id"] != format!("served-by-{}", &out["strategy"].as_str().unwrap_or("swap@?")["swap@".len()..]) {
+                            failed.push(format!("{status}: {out}"));
+                        }
+                        served += 1;
+                    }
+                    (served, failed)
+                })
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for i in 0..10 {
+            let version = if i % 2 == 0 { "swap@2.0.0" } else { "swap@1.0.0" };
+            let (status, out, _) = call("PUT", &one.url("/v1/collections/live/route"), Some(&key), json_body(&json!({"strategy": version})));
+            assert_eq!(status, 200, "{out}");
+            let took = within(PROPAGATION_BOUND, &format!("the swap to {version} serving on the second server"), || served_by(&two, &key).as_deref() == Some(version));
+            slowest = slowest.max(took);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (mut served, mut failed) = (0, Vec::new());
+        for searcher in searchers {
+            let (n, f) = searcher.join().unwrap();
+            served += n;
+            failed.extend(f);
+        }
+        assert!(failed.is_empty(), "{} of {served} searches on the second server failed during the swaps: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+        assert!(served > 10, "only {served} searches ran");
+        eprintln!("over HTTP, the slowest of 10 swaps took {slowest:?} to serve on the other server ({served} searches, none failed)");
+
+        // Killing one server loses nothing of the control plane: a swap through the survivor
+        // is what the killed one serves when it comes back.
+        drop(one);
+        let (status, out, _) = call("PUT", &two.url("/v1/collections/live/route"), Some(&key), json_body(&json!({"strategy": "swap@2.0.0"})));
+        assert_eq!(status, 200, "{out}");
+        let one = replica(&dirs[0].path().join("data"), &etcd);
+        assert_eq!(served_by(&one, &key).as_deref(), Some("swap@2.0.0"), "the restarted server reads the route the other one set");
+    }
+}

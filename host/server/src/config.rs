@@ -42,6 +42,31 @@ pub struct ServerConfig {
     /// Most refusals waiting at once, across tenants; past it they are sent at once with
     /// `Connection: close`.
     pub max_delayed_refusals: usize,
+    /// Where tenants, keys, plugins, model manifests, routes and pipelines are kept. Unset:
+    /// files in the data directory, for one server. Replicas share one etcd, and each follows
+    /// the changes the others make.
+    pub control: Option<ControlConfig>,
+}
+
+/// A control store that several servers share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum ControlConfig {
+    Etcd(EtcdConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd cluster, such as `http://10.0.0.5:2379`.
+    pub endpoints: Vec<String>,
+    /// The key prefix this service keeps everything under, so services can share a cluster.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+fn default_namespace() -> String {
+    "quarry".into()
 }
 
 impl Default for ServerConfig {
@@ -59,6 +84,7 @@ impl Default for ServerConfig {
             max_jobs_per_tenant: 4,
             refusal_delay_ms: 250,
             max_delayed_refusals: 4096,
+            control: None,
         }
     }
 }
@@ -163,6 +189,16 @@ impl ServerConfig {
         if self.refusal_delay_ms > 10_000 {
             bail!("`refusal_delay_ms` is {}; keep it at most 10000 (a refusal never waits past its Retry-After anyway)", self.refusal_delay_ms);
         }
+        if let Some(ControlConfig::Etcd(etcd)) = &self.control {
+            if etcd.endpoints.is_empty() {
+                bail!("`control.etcd.endpoints` is empty; give the etcd client URLs, such as [\"http://127.0.0.1:2379\"]");
+            }
+            for endpoint in &etcd.endpoints {
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) || endpoint.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    bail!("`control.etcd.endpoints` holds `{}`; give URLs such as http://127.0.0.1:2379", endpoint.escape_debug());
+                }
+            }
+        }
         self.default_quotas.validate().context("in `default_quotas`")
     }
 }
@@ -219,6 +255,9 @@ pub struct ServeArgs {
     /// The certificate's private key (PEM).
     #[arg(long, env = "QUARRY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Keep the control plane in etcd at these client URLs (comma-separated), shared by replicas.
+    #[arg(long, env = "QUARRY_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
 }
 
 impl ServeArgs {
@@ -239,6 +278,13 @@ impl ServeArgs {
         }
         if let (Some(certificate), Some(private_key)) = (&self.tls_cert, &self.tls_key) {
             config.tls = Some(TlsFiles { certificate: certificate.clone(), private_key: private_key.clone() });
+        }
+        if !self.etcd.is_empty() {
+            let namespace = match &config.control {
+                Some(ControlConfig::Etcd(etcd)) => etcd.namespace.clone(),
+                None => default_namespace(),
+            };
+            config.control = Some(ControlConfig::Etcd(EtcdConfig { endpoints: self.etcd.clone(), namespace }));
         }
         config.validate()?;
         Ok(config)
