@@ -99,8 +99,10 @@ fn a_twenty_mib_value_is_chunked_reassembled_and_cleaned_up() {
 #[test]
 fn a_watch_lives_through_an_etcd_restart() {
     let mut etcd = EtcdServer::start();
-    let store = store(&etcd, "restart");
+    // A short request timeout, to show it does not cut a watch's long-lived stream.
+    let store = EtcdStore::connect_with_timeouts(&[etcd.endpoint()], "restart", Duration::from_secs(2), Duration::from_secs(2)).unwrap();
     let watch = store.watch("routes/").unwrap().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
     store.put("routes/a.json", b"1").unwrap();
     assert_eq!(next(&watch), Change::Put { key: "routes/a.json".into(), value: b"1".to_vec() });
 
