@@ -136,3 +136,51 @@ fn a_stopped_etcd_fails_calls_in_time_and_says_what_to_check() {
     assert!(err.contains(&format!("cannot reach etcd at {endpoint} within 5 s")) && err.contains("control.etcd.endpoints"), "{err}");
     assert!(EtcdStore::connect(&endpoints, "not/plain").is_err());
 }
+
+/// Two writers of the same content share chunk keys, so one's cleanup after a delete can remove
+/// chunks the other is writing; the manifest is only written if its chunks are still there
+/// (without that check, the reader here sees a manifest whose chunks are gone).
+#[test]
+fn racing_writers_of_one_large_value_never_leave_it_damaged() {
+    let etcd = EtcdServer::start();
+    let (a, b, c, d) = (store(&etcd, "race"), store(&etcd, "race"), store(&etcd, "race"), store(&etcd, "race"));
+    let big: Vec<u8> = (0..(5u32 << 19)).map(|i| (i % 253) as u8).collect(); // 2.5 MiB: three chunks
+    let key = "plugins/shared/same.wasm";
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            (0..20).for_each(|_| a.put(key, &big).unwrap());
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        // A second writer of the same content, so the value is often there to delete while
+        // the first is writing its chunks (whose keys are the same).
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                d.put(key, &big).unwrap();
+            }
+        });
+        // Deletes, each followed by a cleanup of the chunks, at varying paces so they land
+        // while a writer is partway through its chunks.
+        s.spawn(|| {
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                b.delete(key).unwrap();
+                std::thread::sleep(Duration::from_millis(i % 7 * 5));
+            }
+        });
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let read = c.get(key).unwrap_or_else(|e| panic!("{e:#}"));
+                assert!(read.as_deref().is_none_or(|v| v == &big[..]), "a reader sees it whole or not at all");
+            }
+        });
+    });
+    let last = c.get(key).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(last.as_deref().is_none_or(|v| v == &big[..]), "what the race left is whole");
+    a.put(key, &big).unwrap();
+    assert!(c.get(key).unwrap().as_deref() == Some(&big[..]), "whatever raced, the last write stands whole");
+    a.delete(key).unwrap();
+    assert!(raw_keys(&etcd, "race/").is_empty(), "no chunks are left behind: {:?}", raw_keys(&etcd, "race/"));
+}

@@ -32,7 +32,7 @@ const CHUNK: usize = 1 << 20;
 /// Watch responses batch events, and tonic's default 4 MiB would refuse a batch of large values.
 const MAX_MESSAGE: usize = 64 << 20;
 /// Attempts to write a chunked value when concurrent cleanups keep removing its chunks.
-const ATTEMPTS: usize = 5;
+const ATTEMPTS: usize = 10;
 
 /// Where the chunks of a value are, and how to check they are whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
