@@ -135,6 +135,10 @@ fn a_stopped_etcd_fails_calls_in_time_and_says_what_to_check() {
     assert!(started.elapsed() < Duration::from_secs(7), "it took {:?}", started.elapsed());
     assert!(err.contains(&format!("cannot reach etcd at {endpoint} within 5 s")) && err.contains("control.etcd.endpoints"), "{err}");
     assert!(EtcdStore::connect(&endpoints, "not/plain").is_err());
+    // Failing inside another runtime (a server starting up) returns the error, without a panic.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let short = Duration::from_millis(500);
+    assert!(runtime.block_on(async { EtcdStore::connect_with_timeouts(&endpoints, "down", short, short).is_err() }));
 }
 
 /// Two writers of the same content share chunk keys, so one's cleanup after a delete can remove

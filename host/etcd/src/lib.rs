@@ -107,6 +107,7 @@ impl EtcdStore {
         Self::connect_with_timeouts(endpoints, namespace, Duration::from_secs(5), Duration::from_secs(10))
     }
 
+    /// Connect, giving up after `connect`; each etcd request then gets `request`.
     pub fn connect_with_timeouts(endpoints: &[String], namespace: &str, connect: Duration, request: Duration) -> Result<EtcdStore> {
         if check_key(namespace).is_err() || namespace.contains('/') {
             bail!("`{namespace}` is not an etcd namespace for the control store (a plain name, without `/`)");
@@ -126,7 +127,8 @@ impl EtcdStore {
             connect.as_secs_f32()
         );
         let (endpoints, ns) = (endpoints.to_vec(), namespace.to_string());
-        let inner = run(&runtime, async move {
+        let connected = run(&runtime, async move {
+            // Pings, so a watch on a connection that died silently fails and is made again.
             let options = ConnectOptions::new().with_connect_timeout(connect).with_timeout(request).with_keep_alive(Duration::from_secs(10), request);
             let client = Client::connect(&endpoints, Some(options)).await.with_context(|| unreachable.clone())?;
             let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
@@ -138,8 +140,15 @@ impl EtcdStore {
             }
             let watches = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
             Ok(Inner { kv, watches, ns, endpoints: endpoints.join(", "), request_timeout: request })
-        })?;
-        Ok(EtcdStore { inner: Arc::new(inner), runtime: Some(runtime) })
+        });
+        match connected {
+            Ok(inner) => Ok(EtcdStore { inner: Arc::new(inner), runtime: Some(runtime) }),
+            Err(e) => {
+                // Dropping a runtime blocks, which panics inside another runtime.
+                runtime.shutdown_background();
+                Err(e)
+            }
+        }
     }
 
     fn run<T: Send + 'static>(&self, work: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
@@ -194,7 +203,8 @@ impl Inner {
         match tokio::time::timeout(self.request_timeout, call).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(e @ (E::TransportError(_) | E::IoError(_)))) => Err(anyhow!(e).context(unreachable())),
-            Ok(Err(E::GRpcStatus(s))) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => {
+            // A connection that breaks mid-request (etcd going down) comes back as `Unknown`.
+            Ok(Err(E::GRpcStatus(s))) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown) => {
                 Err(anyhow!("{}", s.message()).context(unreachable()))
             }
             Ok(Err(e)) => Err(anyhow!(e).context(format!("etcd at {} refused to {what} `{key}`", self.endpoints))),
