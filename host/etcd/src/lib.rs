@@ -18,10 +18,10 @@ use etcd_client::{
 use quarry_host::control::{Change, ControlStore, Watch, check_key};
 use sha2::{Digest as _, Sha256};
 use std::future::Future;
-use tonic::Code;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
+use tonic::Code;
 
 const INLINE: u8 = 0;
 const CHUNKED: u8 = 1;
