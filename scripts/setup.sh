@@ -27,6 +27,16 @@ if ! command -v openssl >/dev/null; then
     { echo "setup: could not install openssl; install it and run again" >&2; exit 1; }
 fi
 
+# The etcd control store: its client (etcd-client) generates gRPC code with protoc when it
+# builds, and its tests run a real etcd.
+if ! command -v protoc >/dev/null || ! command -v etcd >/dev/null; then
+  echo "setup: installing protobuf-compiler and etcd-server (the etcd control store builds with protoc; its tests run etcd)" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi
+  { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler etcd-server; } >/dev/null 2>&1 ||
+    { echo "setup: could not install protoc and etcd; install protobuf-compiler and etcd-server (or set PROTOC and put etcd on PATH) and run again" >&2; exit 1; }
+fi
+
 # Unpack chosen members of a wheel into a folder (python's zipfile: no `unzip` needed).
 extract() { # wheel dest member...
   python3 - "$@" <<'PY'

@@ -2,6 +2,7 @@
 //! temporary directories, register the real MiniLM models, build the designed test models and
 //! the shapes world.
 
+pub mod etcd;
 pub mod foreign;
 pub mod server;
 
