@@ -40,7 +40,7 @@ impl EtcdServer {
         let etcd = which("etcd").unwrap_or_else(|| panic!("etcd is not installed: run `bash scripts/setup.sh` (it installs etcd-server)"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let (client, peer) = (self.endpoint(), format!("http://127.0.0.1:{}", self.peer_port));
-        let child = Command::new(etcd)
+        let child = crate::dies_with_test(&mut Command::new(etcd))
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(["--name", "t", "--listen-client-urls", &client, "--advertise-client-urls", &client])

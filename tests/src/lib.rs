@@ -237,3 +237,19 @@ pub fn add_shapes_model(host: &Quarry, name: &str) {
     let path = shapes_world().join(format!("{name}.json"));
     host.add_model_file(&path).unwrap_or_else(|e| panic!("shapes world model {name}: {e:#}"));
 }
+
+/// Make `command`'s process die when the thread that starts it ends, however the test ends
+/// (a panic, a kill), so no server a test starts outlives it. Start it from the test's own
+/// thread: the signal follows the starting thread, not the process.
+pub fn dies_with_test(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}

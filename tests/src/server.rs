@@ -20,6 +20,7 @@ pub struct Server {
 impl Server {
     pub fn start(data: &Path, config: Option<Value>) -> Server {
         let mut cmd = Command::new(quarry_binary());
+        crate::dies_with_test(&mut cmd);
         cmd.arg("--data-dir").arg(data).args(["serve", "--listen", "127.0.0.1:0"]);
         if let Some(config) = config {
             let path = data.with_extension("server.json");

@@ -231,6 +231,22 @@ mod tests {
         assert!(format!("{:#}", config.validate().unwrap_err()).contains("address and port"));
         assert!(schema()["properties"]["default_quotas"].is_object());
     }
+
+    #[test]
+    fn an_etcd_control_store_needs_urls_and_the_flag_keeps_the_files_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.json");
+        std::fs::write(&path, r#"{"control": {"etcd": {"endpoints": []}}}"#).unwrap();
+        let err = format!("{:#}", ServerConfig::load(&path).unwrap().validate().unwrap_err());
+        assert!(err.contains("`control.etcd.endpoints` is empty"), "{err}");
+        std::fs::write(&path, r#"{"control": {"etcd": {"endpoints": ["127.0.0.1:2379"]}}}"#).unwrap();
+        let err = format!("{:#}", ServerConfig::load(&path).unwrap().validate().unwrap_err());
+        assert!(err.contains("give URLs such as http://127.0.0.1:2379"), "{err}");
+        std::fs::write(&path, r#"{"control": {"etcd": {"endpoints": ["http://a:2379"], "namespace": "prod"}}}"#).unwrap();
+        let args = ServeArgs { config: Some(path), etcd: vec!["http://b:2379".into(), "http://c:2379".into()], ..Default::default() };
+        let expected = EtcdConfig { endpoints: vec!["http://b:2379".into(), "http://c:2379".into()], namespace: "prod".into() };
+        assert_eq!(args.config().unwrap().control, Some(ControlConfig::Etcd(expected)));
+    }
 }
 
 /// `quarry serve`'s flags: each overrides the config file's key, and reads an environment

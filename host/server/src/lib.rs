@@ -271,6 +271,15 @@ fn admin_key_hash(config: &ServerConfig, control: &ControlPlane) -> Result<Strin
     Ok(keys::hash(&key))
 }
 
+/// The control store `config` names (etcd, for replicas), or `None` for files in the data
+/// directory.
+pub fn control_store(config: &ServerConfig) -> Result<Option<Arc<dyn quarry_host::control::ControlStore>>> {
+    Ok(match &config.control {
+        None => None,
+        Some(config::ControlConfig::Etcd(etcd)) => Some(Arc::new(quarry_etcd::EtcdStore::connect(&etcd.endpoints, &etcd.namespace)?)),
+    })
+}
+
 /// Log to stderr, as text or JSON lines.
 pub fn init_logging(format: config::LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
