@@ -119,7 +119,7 @@ fn a_model_added_through_one_host_serves_on_another_only_with_the_same_files() {
     let original = std::fs::read(&onnx).unwrap();
     std::fs::write(&onnx, [&original[..], b"tampered"].concat()).unwrap();
     let err = two.models().warm("phi").unwrap_err().to_string();
-    assert!(err.contains("is not the file `quarry model add` recorded") && err.contains("provision the same file"), "{err}");
+    assert!(err.contains("is not the file recorded when the model was added") && err.contains("provision the same file"), "{err}");
     std::fs::write(&onnx, &original).unwrap();
     two.models().warm("phi").unwrap();
 }
@@ -151,7 +151,7 @@ mod over_http {
         let two = replica(&dirs[1].path().join("data"), &etcd);
 
         // A tenant made through one server holds a key the other accepts.
-        let (status, out, _) = call("POST", &one.url("/v1/tenants"), Some(ADMIN_KEY), json_body(&json!({"name": "acme"})));
+        let (status, out, _) = call("POST", &one.url("/v1/tenants"), Some(ADMIN_KEY), json_body(&json!({"name": "acme", "quotas": {"requests_per_second": 10000, "burst": 10000, "concurrent_calls": 64}})));
         assert_eq!(status, 201, "{out}");
         let key = out["api_key"].as_str().unwrap().to_string();
         within(PROPAGATION_BOUND, "the new tenant's key working on the second server", || call("GET", &two.url("/v1/usage"), Some(&key), None).0 == 200);

@@ -84,24 +84,27 @@ fn follow(watch: &quarry_host::control::Watch, store: &dyn ControlStore, state: 
             Err(_) => return,
         };
         let Some(state) = state.upgrade() else { return };
-        let changed = match &change {
-            Change::Put { key, value } => parse(key, value).map(|tenant| Some((key.clone(), Some(tenant)))),
-            Change::Delete { key } => Ok(Some((key.clone(), None))),
-            Change::Resync => read_tenants(store).map(|tenants| {
-                *state.write().unwrap_or_else(std::sync::PoisonError::into_inner) = State::index(tenants);
-                None
-            }),
+        let key = match change {
+            Change::Put { key, .. } | Change::Delete { key } => key,
+            Change::Resync => {
+                match read_tenants(store) {
+                    Ok(tenants) => *state.write().unwrap_or_else(std::sync::PoisonError::into_inner) = State::index(tenants),
+                    Err(e) => tracing::warn!("could not re-read the tenants: {e:#}"),
+                }
+                continue;
+            }
         };
-        let (key, tenant) = match changed {
-            Ok(Some(changed)) => changed,
-            Ok(None) => continue,
+        let Some(name) = key.strip_prefix(TENANTS).and_then(|k| k.strip_suffix(".json")) else { continue };
+        // What the store holds now, read under the lock this server's own writes hold: a
+        // change that arrives after a newer local write cannot undo it.
+        let mut state = state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tenant = match store.get(&key).and_then(|bytes| bytes.map(|b| parse(&key, &b)).transpose()) {
+            Ok(tenant) => tenant,
             Err(e) => {
                 tracing::warn!("ignored a change to the control store: {e:#}");
                 continue;
             }
         };
-        let Some(name) = key.strip_prefix(TENANTS).and_then(|k| k.strip_suffix(".json")) else { continue };
-        let mut state = state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut tenants = std::mem::take(&mut state.tenants);
         match tenant {
             Some(tenant) if tenant.name == name => tenants.insert(tenant.name.clone(), tenant),

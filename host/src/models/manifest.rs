@@ -370,7 +370,7 @@ impl ModelManifest {
             let found = file_sha256(path)?;
             if found != *expected {
                 bail!(
-                    "model `{}`: {} is not the file `quarry model add` recorded (sha256 {found}, recorded {expected}); \
+                    "model `{}`: {} is not the file recorded when the model was added (sha256 {found}, recorded {expected}); \
                      provision the same file on this host, or add the model again",
                     self.name,
                     path.display()

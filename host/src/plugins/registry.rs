@@ -269,9 +269,11 @@ impl Registry {
             Change::Delete { key } => (key.as_str(), None),
             Change::Resync => return self.resync(),
         };
+        // Routes and pipelines take what the store holds now, read under the lock this host's
+        // own writes hold: a change that arrives after a newer local write cannot undo it.
         if let Some(collection) = key.strip_prefix("routes/").and_then(|k| k.strip_suffix(".json")) {
-            let record = parse_record::<RouteRecord>(key, value)?;
             let mut routes = write(&self.routes);
+            let record = parse_record::<RouteRecord>(key, self.control.get(key)?.as_deref())?;
             match record {
                 Some(record) => {
                     routes.current.insert(collection.to_string(), Arc::new(record.current));
@@ -286,8 +288,9 @@ impl Registry {
                 }
             }
         } else if let Some(tenant) = key.strip_prefix("pipelines/").and_then(|k| k.strip_suffix(".json")) {
-            let mine = parse_map::<Pipeline>(key, value)?;
-            Self::keep_tenants_pipelines(&mut write(&self.pipelines), tenant, mine);
+            let mut pipelines = write(&self.pipelines);
+            let mine = parse_map::<Pipeline>(key, self.control.get(key)?.as_deref())?;
+            Self::keep_tenants_pipelines(&mut pipelines, tenant, mine);
         } else if let Some(found) = found_at(key) {
             let sha256 = found.sha256().to_string();
             match value {
@@ -700,8 +703,14 @@ mod tests {
         let missing = two.apply(&Change::Resync).unwrap();
         assert!(two.routes().is_empty());
         assert_eq!(missing.iter().map(|f| f.record.as_str()).collect::<Vec<_>>(), ["plugins/tenants/acme/abc.json"], "the new record is to be loaded");
+        // A change is applied as the store holds it when it arrives, so a late one undoes nothing.
+        one.set_route("acme/docs", to("a@3.0.0"), None).unwrap();
+        two.apply(&Change::Put { key: "routes/acme/docs.json".into(), value: serde_json::to_vec(&RouteRecord { current: to("a@1.0.0"), previous: None }).unwrap() }).unwrap();
+        assert_eq!(two.route("acme/docs").as_deref(), Some(&to("a@3.0.0")));
+        store.put("routes/acme/docs.json", b"{oops").unwrap();
         let err = two.apply(&Change::Put { key: "routes/acme/docs.json".into(), value: b"{oops".to_vec() }).unwrap_err().to_string();
         assert!(err.contains("routes/acme/docs.json"), "{err}");
+        assert_eq!(two.route("acme/docs").as_deref(), Some(&to("a@3.0.0")), "a damaged record leaves the route as it was");
     }
 
     #[test]
