@@ -332,6 +332,23 @@ fn quotas_answer_429_with_the_quota_named_and_the_compute_budget_counts_inferenc
     let (status, out, _) = call("POST", &server.url("/v1/tenants"), Some(ADMIN_KEY), json_body(&json!({"name": "none", "quotas": {"stored_bytes": 0}})));
     assert_eq!(status, 400, "{out}");
 
+    // Uploaded plugins count against `plugin_bytes`: past it an upload is refused, naming it,
+    // until the tenant removes a version.
+    let uploader = admin_create_tenant(&server, "uploader", json!({"quotas": {"plugin_bytes": 1 << 20}}));
+    let upload = |name: &str| call("POST", &server.url("/v1/plugins"), Some(&uploader), Some(("application/wasm", plugin(name))));
+    for name in ["quarry-test-hostile", "quarry-plugin-dense", "quarry-plugin-tgdt"] {
+        assert_eq!(upload(name).0, 201, "{name} fits");
+    }
+    let (status, out, headers) = upload("quarry-plugin-avg");
+    assert_eq!((status, out["error"]["quota"].as_str()), (429, Some("plugin_bytes")), "{out}");
+    assert!(out["error"]["message"].as_str().unwrap().contains("DELETE /v1/plugins/"), "{out}");
+    assert!(headers.get("retry-after").is_some());
+    assert_eq!(upload("quarry-test-hostile").0, 201, "the same bytes again take no room");
+    let kept = call("GET", &server.url("/v1/usage"), Some(&uploader), None).1["plugin_bytes"].as_u64().unwrap();
+    assert_eq!(kept, ["quarry-test-hostile", "quarry-plugin-dense", "quarry-plugin-tgdt"].iter().map(|n| plugin(n).len() as u64).sum::<u64>());
+    assert_eq!(call("DELETE", &server.url("/v1/plugins/tgdt@0.2.0"), Some(&uploader), None).0, 204);
+    assert_eq!(upload("quarry-plugin-avg").0, 201, "room was made");
+
     // The rejections are counted per tenant and quota in /metrics, which parses as Prometheus text.
     let (status, text, headers) = call("GET", &server.url("/metrics"), Some(ADMIN_KEY), None);
     assert_eq!(status, 200);

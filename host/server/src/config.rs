@@ -128,11 +128,14 @@ pub struct Quotas {
     /// Unset: no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored_bytes: Option<u64>,
+    /// Bytes of plugins the tenant may keep uploaded (its components, in the control store):
+    /// an upload past it is refused until the tenant removes versions it no longer routes to.
+    pub plugin_bytes: u64,
 }
 
 impl Default for Quotas {
     fn default() -> Self {
-        Quotas { requests_per_second: 50.0, burst: 100.0, concurrent_calls: 8, compute_per_second: 1.0, compute_burst_seconds: 10.0, plugin_memory_bytes: None, stored_bytes: None }
+        Quotas { requests_per_second: 50.0, burst: 100.0, concurrent_calls: 8, compute_per_second: 1.0, compute_burst_seconds: 10.0, plugin_memory_bytes: None, stored_bytes: None, plugin_bytes: 256 << 20 }
     }
 }
 
@@ -156,6 +159,9 @@ impl Quotas {
         }
         if self.plugin_memory_bytes.is_some_and(|bytes| bytes < 1 << 20) {
             bail!("quota `plugin_memory_bytes` is {}; give at least 1048576 (1 MiB), or leave it out for the host's limit", self.plugin_memory_bytes.unwrap_or(0));
+        }
+        if self.plugin_bytes < 1 << 20 {
+            bail!("quota `plugin_bytes` is {}; give at least 1048576 (1 MiB): a plugin is rarely smaller", self.plugin_bytes);
         }
         if self.stored_bytes == Some(0) {
             bail!("quota `stored_bytes` is 0, which refuses every write; give a number of bytes, or leave it out for no cap");

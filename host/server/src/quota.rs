@@ -193,7 +193,7 @@ mod tests {
     use super::*;
 
     fn quotas() -> Quotas {
-        Quotas { requests_per_second: 10.0, burst: 3.0, concurrent_calls: 2, compute_per_second: 0.5, compute_burst_seconds: 1.0, plugin_memory_bytes: None, stored_bytes: None }
+        Quotas { requests_per_second: 10.0, burst: 3.0, concurrent_calls: 2, compute_per_second: 0.5, compute_burst_seconds: 1.0, plugin_memory_bytes: None, stored_bytes: None, plugin_bytes: 1 << 30 }
     }
 
     #[test]

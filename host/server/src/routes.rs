@@ -329,6 +329,12 @@ struct Usage {
     usage: UsageReport,
     /// Bytes the tenant stores (the `stored_bytes` quota counts these).
     stored_bytes: u64,
+    /// Bytes of the tenant's uploaded plugins (the `plugin_bytes` quota counts these).
+    plugin_bytes: u64,
+}
+
+fn plugin_bytes(state: &Shared, owner: &Owner) -> u64 {
+    state.quarry.plugins().iter().filter(|(o, _)| o == owner).map(|(_, p)| p.size).sum()
 }
 
 /// The calling tenant's quotas and what it uses of them.
@@ -338,7 +344,8 @@ async fn usage(State(state): State<Shared>, Extension(caller): Extension<Caller>
     let quotas = state.quotas_of(tenant);
     let report = state.quotas.report(&tenant.name, &quotas, state.quarry.compute_used(&tenant.name));
     let stored_bytes = state.quarry.stored_bytes(&tenant.name).map_err(ApiError::internal)?;
-    Ok(Json(Usage { tenant: tenant.name.clone(), quotas, usage: report, stored_bytes }))
+    let plugin_bytes = plugin_bytes(&state, &Owner::Tenant(tenant.name.clone()));
+    Ok(Json(Usage { tenant: tenant.name.clone(), quotas, usage: report, stored_bytes, plugin_bytes }))
 }
 
 // ---- models ----
@@ -959,6 +966,24 @@ async fn add_plugin(State(state): State<Shared>, Extension(caller): Extension<Ca
     }
     let body = body.map_err(|e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { crate::error::too_large() } else { ApiError::bad_request(e.body_text()) })?;
     let owner = owner_of(&caller);
+    if let Caller::Tenant(tenant) = &caller {
+        let cap = state.quotas_of(tenant).plugin_bytes;
+        let sha256 = quarry_host::plugins::content_hash(&body);
+        let kept = plugin_bytes(&state, &owner);
+        let again = state.quarry.plugins().iter().any(|(o, p)| *o == owner && p.sha256 == sha256);
+        if !again && kept + body.len() as u64 > cap {
+            let message = format!(
+                "tenant `{}` keeps {kept} bytes of plugins, and this one ({} bytes) would pass its quota `plugin_bytes` ({cap} bytes); \
+                 remove versions no route uses (DELETE /v1/plugins/{{name@version}}) or ask the operator to raise it",
+                tenant.name,
+                body.len()
+            );
+            let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message);
+            error.quota = Some("plugin_bytes");
+            error.retry_after = Some(60);
+            return Err(error);
+        }
+    }
     let (quarry, owner2) = (state.quarry.clone(), owner.clone());
     let plugin = blocking(move || quarry.add_plugin_as(&owner2, &body)).await?.map_err(ApiError::from_host)?;
     Ok((StatusCode::CREATED, Json(plugin_view(&owner, &plugin))).into_response())

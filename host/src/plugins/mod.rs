@@ -102,6 +102,8 @@ pub struct LoadedPlugin {
     pub contract: String,
     /// SHA-256 of the component bytes.
     pub sha256: String,
+    /// Length of the component bytes, which the plugin keeps in the control store.
+    pub size: u64,
     /// The SDK that built the plugin, as it stamped itself into the component (if it did).
     pub sdk: Option<String>,
     pre: Pre,
@@ -338,6 +340,7 @@ impl PluginRuntime {
             reference: "(loading)".into(),
             contract,
             sha256,
+            size: bytes.len() as u64,
             sdk: sdk_stamp(bytes),
             pre,
             spare: Default::default(),
