@@ -209,9 +209,14 @@ mod over_http {
         assert!(served > 10, "only {served} searches ran");
         eprintln!("over HTTP, the slowest of 10 swaps took {slowest:?} to serve on the other server ({served} searches, none failed)");
 
-        // Killing one server loses nothing of the control plane: a swap through the survivor
-        // is what the killed one serves when it comes back.
+        // Killing a server loses nothing it acknowledged: a tenant made through it just before
+        // its kill works on the survivor, and a swap through the survivor is what the killed one
+        // serves when it comes back.
+        let (status, out, _) = call("POST", &one.url("/v1/tenants"), Some(ADMIN_KEY), json_body(&json!({"name": "late"})));
+        assert_eq!(status, 201, "{out}");
         drop(one);
+        let late = out["api_key"].as_str().unwrap().to_string();
+        within(PROPAGATION_BOUND, "the tenant acknowledged by the killed server working on the survivor", || call("GET", &two.url("/v1/usage"), Some(&late), None).0 == 200);
         let (status, out, _) = call("PUT", &two.url("/v1/collections/live/route"), Some(&key), json_body(&json!({"strategy": "swap@2.0.0"})));
         assert_eq!(status, 200, "{out}");
         let one = replica(&dirs[0].path().join("data"), &etcd);
