@@ -29,6 +29,8 @@ const CHUNKED: u8 = 1;
 /// in one request, so two of these must fit under etcd's 1.5 MiB limit.
 const INLINE_MAX: usize = 512 << 10;
 const CHUNK: usize = 1 << 20;
+/// The largest value a manifest may name; plugin uploads stop far below it.
+const MAX_VALUE: u64 = 1 << 30;
 /// Watch responses batch events, and tonic's default 4 MiB would refuse a batch of large values.
 const MAX_MESSAGE: usize = 64 << 20;
 /// Attempts to write a chunked value when concurrent cleanups keep removing its chunks.
@@ -77,11 +79,18 @@ fn encode(value: &[u8]) -> Vec<u8> {
 fn decode(stored: &[u8]) -> Result<Stored<'_>> {
     match stored.split_first() {
         Some((&INLINE, value)) => Ok(Stored::Inline(value)),
-        Some((&CHUNKED, rest)) if rest.len() == 44 => Ok(Stored::Chunked(Manifest {
-            sha256: rest[..32].try_into().expect("32 bytes"),
-            len: u64::from_le_bytes(rest[32..40].try_into().expect("8 bytes")),
-            chunks: u32::from_le_bytes(rest[40..].try_into().expect("4 bytes")),
-        })),
+        Some((&CHUNKED, rest)) if rest.len() == 44 => {
+            let manifest = Manifest {
+                sha256: rest[..32].try_into().expect("32 bytes"),
+                len: u64::from_le_bytes(rest[32..40].try_into().expect("8 bytes")),
+                chunks: u32::from_le_bytes(rest[40..].try_into().expect("4 bytes")),
+            };
+            // Checked before anything is sized by it: a damaged manifest must not ask for 2^64 bytes.
+            if manifest.len > MAX_VALUE || u64::from(manifest.chunks) != manifest.len.div_ceil(CHUNK as u64) {
+                bail!("a manifest of {} bytes in {} chunks (at most {MAX_VALUE} bytes, in 1 MiB chunks)", manifest.len, manifest.chunks);
+            }
+            Ok(Stored::Chunked(manifest))
+        }
         _ => bail!("not a value this store wrote (unknown tag or a short manifest)"),
     }
 }
@@ -253,6 +262,9 @@ impl Inner {
     async fn prepare(&self, key: &str, value: &[u8]) -> Result<(Vec<u8>, Vec<Compare>)> {
         if value.len() <= INLINE_MAX {
             return Ok((encode(value), Vec::new()));
+        }
+        if value.len() as u64 > MAX_VALUE {
+            bail!("`{key}` is {} bytes; the etcd control store keeps values of at most {MAX_VALUE} bytes", value.len());
         }
         let manifest = Manifest::of(value);
         for (index, chunk) in value.chunks(CHUNK).enumerate() {
@@ -463,6 +475,10 @@ mod tests {
         assert!(decode(b"").is_err());
         assert!(decode(b"\x02abc").is_err());
         assert!(decode(&Manifest::of(b"x").encode()[..44]).is_err(), "a short manifest");
+        let forged = Manifest { sha256: [0; 32], len: u64::MAX, chunks: u32::MAX }.encode();
+        assert!(decode(&forged).unwrap_err().to_string().contains("at most"), "a forged size is refused before anything is sized by it");
+        let inconsistent = Manifest { sha256: [0; 32], len: 3 << 20, chunks: 1 }.encode();
+        assert!(decode(&inconsistent).is_err());
     }
 
     #[test]
