@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use usearch::{Index, IndexOptions, MetricKind, ScalarKind, VectorType};
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 pub struct AnnIndex {
     params: AnnParams,
@@ -106,17 +106,18 @@ impl AnnIndex {
     /// one accumulator. Measured on the ann bench once searches prefetch their vectors (see
     /// third_party/usearch/PATCHED.md): 15.4k / 9.6k / 6.6k queries/s at ef 16 / 32 / 64 with
     /// these kernels, 11.6k / 8.0k / 5.3k with USearch's, despite the call through a pointer.
+    /// The graph calls them as plain functions with the dimension as state (no closure between),
+    /// and searches measure a node's neighbours four at a time.
     fn use_kernels(&self, graph: &mut Index, dim: usize) -> anyhow::Result<()> {
-        let l2 = self.metric == Metric::L2;
-        <f32 as VectorType>::change_metric(
-            graph,
-            Box::new(move |a, b| {
-                // SAFETY: the graph calls its metric on two of its vectors (or a query), each
-                // `dim` floats long.
-                let (a, b) = unsafe { (std::slice::from_raw_parts(a, dim), std::slice::from_raw_parts(b, dim)) };
-                if l2 { super::simd::l2sq(a, b) } else { 1.0 - super::simd::dot(a, b) }
-            }),
-        )?;
+        // SAFETY: `distance` and `distances` read `dim` floats behind each vector pointer, and the
+        // graph calls them on its own vectors and the query, each `dim` long; the state is `dim`.
+        unsafe {
+            if self.metric == Metric::L2 {
+                graph.change_metric_f32_batched(distance::<true>, distances::<true>, dim)?;
+            } else {
+                graph.change_metric_f32_batched(distance::<false>, distances::<false>, dim)?;
+            }
+        }
         Ok(())
     }
 
@@ -243,6 +244,40 @@ impl AnnIndex {
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
         hits
+    }
+}
+
+/// The graph's distance between two `dim`-float vectors: squared L2, or 1 - a.b (inner product,
+/// and cosine over the normalised vectors the exact index stores).
+///
+/// # Safety
+///
+/// `a` and `b` each point to `dim` floats.
+unsafe extern "C" fn distance<const L2: bool>(a: *const f32, b: *const f32, dim: usize) -> f32 {
+    // SAFETY: the caller's promise.
+    let (a, b) = unsafe { (std::slice::from_raw_parts(a, dim), std::slice::from_raw_parts(b, dim)) };
+    if L2 { super::simd::l2sq(a, b) } else { 1.0 - super::simd::dot(a, b) }
+}
+
+/// `distance` from `query` to each of `count` vectors (at most 4), into `out`.
+///
+/// # Safety
+///
+/// `query` and each of `vectors[..count]` point to `dim` floats, and `out` to room for `count`.
+unsafe extern "C" fn distances<const L2: bool>(query: *const f32, vectors: *const *const f32, count: usize, out: *mut f32, dim: usize) {
+    // SAFETY: the caller's promise.
+    let (q, vectors, out) = unsafe {
+        (std::slice::from_raw_parts(query, dim), std::slice::from_raw_parts(vectors, count), std::slice::from_raw_parts_mut(out, count))
+    };
+    if let [a, b, c, d] = *vectors {
+        // SAFETY: each vector is `dim` floats (the caller's promise).
+        let rows = unsafe { [a, b, c, d].map(|v| std::slice::from_raw_parts(v, dim)) };
+        out.copy_from_slice(&if L2 { super::simd::l2sq4(q, rows) } else { super::simd::dot4(q, rows).map(|d| 1.0 - d) });
+    } else {
+        for (out, &v) in out.iter_mut().zip(vectors) {
+            // SAFETY: as above.
+            *out = unsafe { distance::<L2>(query, v, dim) };
+        }
     }
 }
 

@@ -33,6 +33,30 @@ pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
     l2sq_portable(a, b)
 }
 
+/// `dot` of one query with four vectors, over the shortest of the five slices: each query chunk
+/// is loaded once and the four vectors' loads are in flight together (the HNSW search measures a
+/// node's neighbours four at a time).
+#[inline]
+pub fn dot4(q: &[f32], v: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { x86::dot4_fma(q, v) };
+    }
+    v.map(|v| dot(q, v))
+}
+
+/// `l2sq` of one query with four vectors, as `dot4`.
+#[inline]
+pub fn l2sq4(q: &[f32], v: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { x86::l2sq4_fma(q, v) };
+    }
+    v.map(|v| l2sq(q, v))
+}
+
 /// As `dot_portable`, with 32 independent accumulators.
 #[inline(always)]
 fn l2sq_portable(a: &[f32], b: &[f32]) -> f32 {
@@ -166,6 +190,53 @@ mod x86 {
         hsum(sum) + tail
     }
 
+    /// `dot_fma` against four vectors, one accumulator each, over the shortest of the five.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn dot4_fma(q: &[f32], v: [&[f32]; 4]) -> [f32; 4] {
+        let n = v.iter().fold(q.len(), |n, v| n.min(v.len()));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads 8 floats starting at i, and i + 8 <= n, within all five slices.
+        unsafe {
+            while i + 8 <= n {
+                let x = _mm256_loadu_ps(q.as_ptr().add(i));
+                for (acc, v) in acc.iter_mut().zip(&v) {
+                    *acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(v.as_ptr().add(i)), *acc);
+                }
+                i += 8;
+            }
+        }
+        let mut out = [0f32; 4];
+        for ((out, acc), v) in out.iter_mut().zip(acc).zip(&v) {
+            *out = hsum(acc) + q[i..n].iter().zip(&v[i..n]).map(|(x, y)| x * y).sum::<f32>();
+        }
+        out
+    }
+
+    /// `l2sq_fma` against four vectors, as `dot4_fma`.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn l2sq4_fma(q: &[f32], v: [&[f32]; 4]) -> [f32; 4] {
+        let n = v.iter().fold(q.len(), |n, v| n.min(v.len()));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: as in `dot4_fma`: each load reads 8 floats starting at i, with i + 8 <= n.
+        unsafe {
+            while i + 8 <= n {
+                let x = _mm256_loadu_ps(q.as_ptr().add(i));
+                for (acc, v) in acc.iter_mut().zip(&v) {
+                    let d = _mm256_sub_ps(x, _mm256_loadu_ps(v.as_ptr().add(i)));
+                    *acc = _mm256_fmadd_ps(d, d, *acc);
+                }
+                i += 8;
+            }
+        }
+        let mut out = [0f32; 4];
+        for ((out, acc), v) in out.iter_mut().zip(acc).zip(&v) {
+            *out = hsum(acc) + q[i..n].iter().zip(&v[i..n]).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+        }
+        out
+    }
+
     /// `dot_fma` on the differences: the sum of their squares.
     #[target_feature(enable = "avx2,fma")]
     pub fn l2sq_fma(a: &[f32], b: &[f32]) -> f32 {
@@ -268,6 +339,22 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_four_vector_kernels_equal_four_single_ones() {
+        let mut next = crate::index::uniform(0x9E3779B97F4A7C15);
+        // Lengths around the 8-float step, and one vector shorter than the rest (all are cut to it).
+        for (len_q, len_v) in [(0, 0), (7, 7), (8, 8), (33, 33), (128, 128), (40, 37)] {
+            let q: Vec<f32> = (0..len_q).map(|_| next()).collect();
+            let rows: Vec<Vec<f32>> = (0..4).map(|i| (0..if i == 2 { len_v } else { len_q }).map(|_| next()).collect()).collect();
+            let v = [&rows[0][..], &rows[1], &rows[2], &rows[3]];
+            let n = len_q.min(len_v);
+            for (i, (d, l)) in dot4(&q, v).into_iter().zip(l2sq4(&q, v)).enumerate() {
+                assert!((d - dot(&q[..n], &v[i][..n])).abs() < 1e-4, "dot4, lengths {len_q}/{len_v}, vector {i}");
+                assert!((l - l2sq(&q[..n], &v[i][..n])).abs() < 1e-3, "l2sq4, lengths {len_q}/{len_v}, vector {i}");
+            }
+        }
+    }
 
     #[test]
     fn every_kernel_equals_a_plain_sum() {

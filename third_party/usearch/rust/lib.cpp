@@ -189,6 +189,17 @@ void NativeIndex::change_metric_kind(MetricKind metric) const {
         index_->scalar_kind()));
 }
 
+// Quarry's patch: a stateful metric with a batch form (see `metric_punned_t::batch`).
+void NativeIndex::change_metric_batched(uptr_t metric, uptr_t batch, uptr_t state) const {
+    index_->change_metric(metric_punned_t::stateful_batched( //
+        index_->dimensions(),                                //
+        static_cast<std::uintptr_t>(metric),                 //
+        static_cast<std::uintptr_t>(batch),                  //
+        static_cast<std::uintptr_t>(state),                  //
+        index_->metric().metric_kind(),                      //
+        index_->scalar_kind()));
+}
+
 void NativeIndex::change_metric(uptr_t metric, uptr_t state) const {
     index_->change_metric(metric_punned_t::stateful( //
         index_->dimensions(),                        //

@@ -99,6 +99,7 @@ class NativeIndex {
     MetricKind metric_kind() const;
     void change_metric_kind(MetricKind metric) const;
     void change_metric(uptr_t metric, uptr_t state) const;
+    void change_metric_batched(uptr_t metric, uptr_t batch, uptr_t state) const;
 
     size_t dimensions() const;
     size_t connectivity() const;

@@ -427,6 +427,10 @@ pub mod ffi {
         /// argument is the `metric_state` propagated from the Rust layer.
         pub fn change_metric(self: &NativeIndex, metric: usize, metric_state: usize) -> Result<()>;
 
+        /// Quarry's patch: `change_metric` with a batch form, called as
+        /// `(query, vectors, count, distances, metric_state)` for up to 4 vectors at once.
+        pub fn change_metric_batched(self: &NativeIndex, metric: usize, batch: usize, metric_state: usize) -> Result<()>;
+
         pub fn new_native_index(options: &IndexOptions) -> Result<UniquePtr<NativeIndex>>;
 
         /// Reads only the index header from a serialized file, returning enough
@@ -1425,6 +1429,23 @@ impl Index {
         metric: std::boxed::Box<dyn Fn(*const T, *const T) -> Distance + Send + Sync>,
     ) {
         T::change_metric(self, metric).unwrap();
+    }
+
+    /// Quarry's patch: an `f32` metric given as plain functions, with no closure between the graph
+    /// and them. `metric(a, b, state)` is one distance; `batch(query, vectors, count, distances,
+    /// state)` writes `count` (at most 4) distances from `query` to `vectors[..count]`.
+    ///
+    /// # Safety
+    ///
+    /// Both functions must be sound for any two vectors of the index's dimension, and `state`
+    /// must stay valid for as long as the index uses them.
+    pub unsafe fn change_metric_f32_batched(
+        &mut self,
+        metric: unsafe extern "C" fn(*const f32, *const f32, usize) -> Distance,
+        batch: unsafe extern "C" fn(*const f32, *const *const f32, usize, *mut Distance, usize),
+        state: usize,
+    ) -> Result<(), cxx::Exception> {
+        self.inner.change_metric_batched(metric as usize, batch as usize, state)
     }
 
     /// Retrieves the hardware acceleration information.

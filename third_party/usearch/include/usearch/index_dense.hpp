@@ -453,6 +453,15 @@ class index_dense_gt {
         inline byte_t const* v(member_cref_t m) const noexcept { return index_->vectors_lookup_[get_slot(m)]; }
         inline byte_t const* v(member_citerator_t m) const noexcept { return index_->vectors_lookup_[get_slot(m)]; }
         inline distance_t f(byte_t const* a, byte_t const* b) const noexcept { return index_->metric_(a, b); }
+
+        /// Quarry's patch: distances from `a` to up to 4 slots' vectors in one call of the metric.
+        inline void batch(byte_t const* a, compressed_slot_t const* slots, std::size_t count,
+                          distance_t* distances) const noexcept {
+            byte_t const* vectors[4];
+            for (std::size_t i = 0; i != count; ++i)
+                vectors[i] = index_->vectors_lookup_[slots[i]];
+            index_->metric_.batch(a, vectors, count, distances);
+        }
     };
 
     /// Quarry's patch: pulls the vectors of a node's unvisited neighbours into the cache before

@@ -2911,6 +2911,10 @@ class metric_punned_t {
     metric_routed_t metric_routed_ = nullptr;
     uptr_t metric_ptr_ = 0;
     uptr_t metric_third_arg_ = 0;
+    /// Quarry's patch: an optional batch form of a stateful metric, called as
+    /// `(query, vectors, count, distances, state)` for up to 4 vectors at once.
+    using metric_batch_t = void (*)(uptr_t, uptr_t, uptr_t, uptr_t, uptr_t);
+    uptr_t metric_batch_ptr_ = 0;
 
     std::size_t dimensions_ = 0;
     metric_kind_t metric_kind_ = metric_kind_t::unknown_k;
@@ -2928,6 +2932,29 @@ class metric_punned_t {
      */
     inline result_t operator()(byte_t const* a, byte_t const* b) const noexcept {
         return (this->*metric_routed_)(reinterpret_cast<uptr_t>(a), reinterpret_cast<uptr_t>(b));
+    }
+
+    /// Quarry's patch: the distances from `query` to `count` vectors, through the batch form if
+    /// the metric has one.
+    inline void batch(byte_t const* query, byte_t const* const* vectors, std::size_t count,
+                      result_t* distances) const noexcept {
+        if (metric_batch_ptr_) {
+            auto function_pointer = (metric_batch_t)(metric_batch_ptr_);
+            function_pointer(reinterpret_cast<uptr_t>(query), reinterpret_cast<uptr_t>(vectors), count,
+                             reinterpret_cast<uptr_t>(distances), metric_third_arg_);
+            return;
+        }
+        for (std::size_t i = 0; i != count; ++i)
+            distances[i] = (*this)(query, vectors[i]);
+    }
+
+    /// Quarry's patch: `stateful`, with a batch form taking the same state.
+    inline static metric_punned_t stateful_batched( //
+        std::size_t dimensions, std::uintptr_t metric_uintptr, std::uintptr_t batch_uintptr,
+        std::uintptr_t metric_state, metric_kind_t metric_kind, scalar_kind_t scalar_kind) noexcept {
+        metric_punned_t metric = stateful(dimensions, metric_uintptr, metric_state, metric_kind, scalar_kind);
+        metric.metric_batch_ptr_ = batch_uintptr;
+        return metric;
     }
 
     inline metric_punned_t() noexcept = default;
