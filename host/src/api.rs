@@ -156,7 +156,7 @@ pub struct Quarry {
     compute_meter: Arc<crate::capacity::ComputeMeter>,
     /// Each tenant's storage cap, when the embedding sets them.
     storage_caps: std::sync::OnceLock<Box<crate::store::StorageCaps>>,
-    pub(crate) experiments: crate::experiments::Experiments,
+    pub(crate) experiments: Arc<crate::experiments::Experiments>,
 }
 
 /// Compile a stored plugin and add it, or quarantine it with the reason.
@@ -204,6 +204,7 @@ struct Followed {
     runtime: std::sync::Weak<PluginRuntime>,
     services: std::sync::Weak<HostServices>,
     quarantined_models: std::sync::Weak<RwLock<Vec<QuarantinedModel>>>,
+    experiments: std::sync::Weak<crate::experiments::Experiments>,
     models_dir: PathBuf,
 }
 
@@ -239,6 +240,12 @@ impl Followed {
                 // This host keeps what it had; the next change to the record, or a restart, tries again.
                 Err(e) => eprintln!("quarry: ignored a change to the control store: {e:#}"),
             }
+            // A route changed elsewhere retires old experiments' counts here too.
+            if let (Change::Put { key, .. } | Change::Delete { key }, Some(experiments)) = (&change, self.experiments.upgrade())
+                && let Some(collection) = key.strip_prefix("routes/").and_then(|k| k.strip_suffix(".json"))
+            {
+                crate::compose::forget_old_experiments(&registry, &experiments, collection);
+            }
         }
     }
 }
@@ -270,6 +277,7 @@ impl Quarry {
         let watch = control.watch("")?;
         let models_dir = std::path::absolute(data_dir.join("models")).context("cannot resolve the data directory")?;
         let quarantined_models = Arc::new(RwLock::new(Vec::new()));
+        let experiments = Arc::new(crate::experiments::Experiments::new(config.limits.max_impressions));
         load_models(control.as_ref(), &services.models, &models_dir, &quarantined_models)?;
         let runtime = Arc::new(runtime);
         let registry = Arc::new(Registry::open(control.clone())?);
@@ -286,6 +294,7 @@ impl Quarry {
                 runtime: Arc::downgrade(&runtime),
                 services: Arc::downgrade(&services),
                 quarantined_models: Arc::downgrade(&quarantined_models),
+                experiments: Arc::downgrade(&experiments),
                 models_dir,
             };
             std::thread::Builder::new()
@@ -293,7 +302,6 @@ impl Quarry {
                 .spawn(move || followed.follow(&watch))
                 .context("cannot start the thread that follows the control store")?;
         }
-        let experiments = crate::experiments::Experiments::new(config.limits.max_impressions);
         Ok(Quarry { data_dir, control, runtime, registry, services, commit_lock: Mutex::new(()), quarantined_models, compute_meter, storage_caps: Default::default(), experiments })
     }
 

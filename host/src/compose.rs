@@ -385,12 +385,7 @@ impl Quarry {
 
     /// Keep the counts only of experiments the collection's route or previous route runs.
     fn forget_old_experiments(&self, collection: &str) {
-        let name = |t: Option<Arc<Target>>| match t.as_deref() {
-            Some(Target::Experiment { experiment }) => Some(experiment.name.clone()),
-            _ => None,
-        };
-        let keep: Vec<String> = [name(self.registry.route(collection)), name(self.registry.previous_route(collection))].into_iter().flatten().collect();
-        self.experiments.retain(collection, &keep);
+        forget_old_experiments(&self.registry, &self.experiments, collection);
     }
 
     fn check_target(&self, collection: &str, target: &Target) -> Result<()> {
@@ -569,6 +564,17 @@ impl Quarry {
     }
 }
 
+
+/// Keep the counts only of experiments `collection`'s route or previous route runs, so an
+/// experiment started again under an old name starts from nothing (on every replica).
+pub(crate) fn forget_old_experiments(registry: &crate::plugins::registry::Registry, experiments: &crate::experiments::Experiments, collection: &str) {
+    let name = |t: Option<Arc<Target>>| match t.as_deref() {
+        Some(Target::Experiment { experiment }) => Some(experiment.name.clone()),
+        _ => None,
+    };
+    let keep: Vec<String> = [name(registry.route(collection)), name(registry.previous_route(collection))].into_iter().flatten().collect();
+    experiments.retain(collection, &keep);
+}
 fn stage_failed(stage: &Stage, e: CallError) -> CallError {
     match e {
         CallError::Host(e) => CallError::Host(e.context(format!("stage `{}`", stage.label))),

@@ -87,6 +87,39 @@ fn a_route_swap_through_one_host_serves_on_another_within_the_bound_and_fails_no
 }
 
 #[test]
+fn an_experiment_retired_and_started_again_through_one_host_starts_from_nothing_on_another() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let control: Arc<dyn ControlStore> = Arc::new(MemoryStore::default());
+    let one = replica(dirs[0].path(), &control);
+    let two = replica(dirs[1].path(), &control);
+    one.add_plugin(&plugin("quarry-test-swap-v1")).unwrap();
+    one.add_plugin(&plugin("quarry-test-swap-v2")).unwrap();
+    let experiment = || -> quarry_host::routing::Target {
+        serde_json::from_value(serde_json::json!({"experiment": {"name": "ab", "arms": [{"name": "one", "strategy": "swap@1.0.0"}, {"name": "two", "strategy": "swap@2.0.0"}]}})).unwrap()
+    };
+    let two = &two;
+    let routed = |to: &'static str| move || two.route("live").is_ok_and(|t| t.describe() == to);
+    one.set_target("live", experiment()).unwrap();
+    within(PROPAGATION_BOUND, "the experiment reaching the second host", routed("experiment:ab"));
+    let answers = ["served-by-1.0.0", "served-by-2.0.0"].map(|id| quarry_host::NewItem::text(id, id));
+    two.ingest("live", answers.to_vec(), |_| {}).unwrap();
+    for _ in 0..5 {
+        two.search("live", &SearchRequest::text("x", 1)).unwrap();
+    }
+    let calls = |host: &Quarry| host.experiment_report("live").unwrap().arms.iter().map(|a| a.calls).sum::<u64>();
+    assert_eq!(calls(two), 5);
+
+    // Retired through the first host (neither the route nor the one before it), then started again.
+    for version in ["swap@1.0.0", "swap@2.0.0"] {
+        one.set_route("live", route(version, &[], serde_json::json!({}))).unwrap();
+        within(PROPAGATION_BOUND, "the swap reaching the second host", routed(version));
+    }
+    one.set_target("live", experiment()).unwrap();
+    within(PROPAGATION_BOUND, "the experiment again", routed("experiment:ab"));
+    assert_eq!(calls(two), 0, "the second host kept the retired experiment's counts");
+}
+
+#[test]
 fn a_host_started_later_reads_what_the_store_holds_and_follows_it_from_then() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let control: Arc<dyn ControlStore> = Arc::new(MemoryStore::default());
