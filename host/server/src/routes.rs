@@ -968,10 +968,17 @@ async fn add_plugin(State(state): State<Shared>, Extension(caller): Extension<Ca
     let owner = owner_of(&caller);
     if let Caller::Tenant(tenant) = &caller {
         let cap = state.quotas_of(tenant).plugin_bytes;
-        let sha256 = quarry_host::plugins::content_hash(&body);
         let kept = plugin_bytes(&state, &owner);
-        let again = state.quarry.plugins().iter().any(|(o, p)| *o == owner && p.sha256 == sha256);
-        if !again && kept + body.len() as u64 > cap {
+        // Only an upload past the cap is hashed here (off the async threads), to let the same
+        // bytes again through; the host hashes every upload anyway.
+        let again = || {
+            let (quarry, owner, bytes) = (state.quarry.clone(), owner.clone(), body.clone());
+            blocking(move || {
+                let sha256 = quarry_host::plugins::content_hash(&bytes);
+                quarry.plugins().iter().any(|(o, p)| *o == owner && p.sha256 == sha256)
+            })
+        };
+        if kept + body.len() as u64 > cap && !again().await? {
             let message = format!(
                 "tenant `{}` keeps {kept} bytes of plugins, and this one ({} bytes) would pass its quota `plugin_bytes` ({cap} bytes); \
                  remove versions no route uses (DELETE /v1/plugins/{{name@version}}) or ask the operator to raise it",
