@@ -92,7 +92,7 @@ if [ ! -x "$VENDOR/venv/bin/python" ] || ! "$VENDOR/venv/bin/python" -c "import 
   python3 -m venv "$VENDOR/venv"
   "$VENDOR/venv/bin/python" -m pip install --quiet "onnx==1.23.2" "numpy>=1.26,<3" "pillow==13.0.0" "openapi-spec-validator==0.8.4" "prometheus-client==0.23.1" >&2
 fi
-# componentize-py builds Python plugins (tests/tests/foreign_plugins.rs), in the same venv.
+# componentize-py builds Python plugins (tests/tests/e2e/foreign_plugins.rs), in the same venv.
 if ! "$VENDOR/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('componentize-py') != '0.25.1')" 2>/dev/null; then
   "$VENDOR/venv/bin/python" -m pip install --quiet "componentize-py==0.25.1" >&2
 fi

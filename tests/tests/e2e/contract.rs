@@ -44,7 +44,7 @@ fn scans_item_reads_and_counts_through_the_sdk() {
     let response = host.search("c", &request).unwrap();
     let got: Vec<(&str, f32, Option<&f32>)> = response.hits.iter().map(|h| (h.id.as_str(), h.score, h.features.get("has-lang"))).collect();
     assert_eq!(got, [("c", 7.0, Some(&0.0)), ("a", 5.0, Some(&1.0))], "scored by text length, `a` has a lang");
-    // Calling another strategy needs the route's grant (tests/tests/strategy_calls.rs calls one).
+    // Calling another strategy needs the route's grant (tests/tests/e2e/strategy_calls.rs calls one).
     let request = SearchRequest { params: json!({"op": "call-strategy"}), ..SearchRequest::text("probe", 10) };
     match host.search("c", &request) {
         Err(CallError::Strategy { error: StrategyError::Denied(m), .. }) => assert!(m.contains("may not call strategy `dense@0.3.0`"), "{m}"),
