@@ -11,7 +11,7 @@ use crate::plugins::registry::{Owner, Quarantined, Registry, Route};
 use crate::plugins::{CallError, CallOutput, LoadedPlugin, PluginRuntime};
 use crate::sources::NewItem;
 use crate::index::filter::Filter;
-use crate::store::{AnnParams, FieldSchema, Precision, Store, StoredItem, WriteBatch, qualify, split_qualified};
+use crate::store::{AnnParams, CollectionStore, FieldSchema, Precision, RedbStore, StoredItem, WriteBatch, qualify, split_qualified};
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,11 +19,13 @@ use std::sync::{Arc, Mutex, RwLock};
 /// Where a host keeps its data, and the limits it runs plugins under.
 #[derive(Clone)]
 pub struct HostConfig {
-    /// Collections and model manifests live here, and plugins and routes unless `control` says
-    /// otherwise.
+    /// Model manifests live here, and collections, plugins and routes unless `collections` and
+    /// `control` say otherwise.
     pub data_dir: PathBuf,
     /// Where plugins, routes and pipelines are kept; defaults to files in `data_dir`.
     pub control: Option<Arc<dyn ControlStore>>,
+    /// Where collections are kept; defaults to `<data_dir>/collections.redb`.
+    pub collections: Option<Arc<dyn CollectionStore>>,
     /// Compiled plugins, keyed by content hash; defaults to `<data_dir>/cache`.
     pub cache_dir: Option<PathBuf>,
     pub limits: Limits,
@@ -33,7 +35,7 @@ pub struct HostConfig {
 
 impl HostConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        HostConfig { data_dir: data_dir.into(), control: None, cache_dir: None, limits: Limits::default(), verbose: false }
+        HostConfig { data_dir: data_dir.into(), control: None, collections: None, cache_dir: None, limits: Limits::default(), verbose: false }
     }
 }
 
@@ -42,6 +44,7 @@ impl std::fmt::Debug for HostConfig {
         f.debug_struct("HostConfig")
             .field("data_dir", &self.data_dir)
             .field("control", &self.control.as_ref().map(|_| "custom"))
+            .field("collections", &self.collections.as_ref().map(|_| "custom"))
             .field("cache_dir", &self.cache_dir)
             .field("limits", &self.limits)
             .field("verbose", &self.verbose)
@@ -259,7 +262,10 @@ impl Quarry {
         let data_dir = config.data_dir.clone();
         config.limits.validate()?;
         std::fs::create_dir_all(data_dir.join("models")).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-        let store = Arc::new(Store::open(&data_dir.join("collections.redb"))?);
+        let store: Arc<dyn CollectionStore> = match &config.collections {
+            Some(store) => store.clone(),
+            None => Arc::new(RedbStore::open(&data_dir.join("collections.redb"))?),
+        };
         let compute = FairShare::compute(config.limits.compute_slots());
         let compute_meter = compute.meter().expect("compute slots are metered").clone();
         let models = Arc::new(Models::new(compute.clone()));

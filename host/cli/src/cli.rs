@@ -982,7 +982,7 @@ fn demo(dir: &Path, plugin: Option<PathBuf>, model: Option<PathBuf>, verbose: bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{FieldKind, FieldSchema, FieldValue, Metric, Precision, Store, WriteBatch};
+    use crate::store::{CollectionStore, FieldKind, FieldSchema, FieldValue, Metric, Precision, RedbStore, WriteBatch};
 
     fn quarry(dir: &Path, args: &[&str]) -> Result<()> {
         let mut argv = vec!["quarry", "--data-dir", dir.to_str().unwrap()];
@@ -1042,7 +1042,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             // Vectors written straight to the store, as a strategy's ingest leaves them.
-            let store = Store::open(&dir.path().join("collections.redb")).unwrap();
+            let store = RedbStore::open(&dir.path().join("collections.redb")).unwrap();
             store.declare_fields("default/docs", &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::Cosine))]).unwrap();
             let mut batch = WriteBatch::default();
             for i in 0..50 {

@@ -14,7 +14,7 @@ pub mod simd;
 pub mod tokens;
 pub mod trie;
 
-use crate::store::{FieldValue, Metric, Precision, Store, WriteBatch};
+use crate::store::{CollectionStore, FieldValue, Metric, Precision, WriteBatch};
 use anyhow::{Result, anyhow, bail};
 use ann::AnnIndex;
 use filter::Filter;
@@ -39,7 +39,7 @@ type Loaded<T> = RwLock<HashMap<FieldKey, Arc<RwLock<T>>>>;
 type Metadata = Arc<RwLock<HashMap<String, serde_json::Value>>>;
 
 pub struct Indexes {
-    store: Arc<Store>,
+    store: Arc<dyn CollectionStore>,
     vectors: Loaded<FlatIndex>,
     /// Approximate indexes of the vector fields configured for them.
     ann: Loaded<Option<AnnIndex>>,
@@ -86,7 +86,7 @@ fn load<T>(map: &Loaded<T>, collection: &str, field: &str, build: impl FnOnce() 
 }
 
 impl Indexes {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<dyn CollectionStore>) -> Self {
         Indexes {
             store,
             vectors: Default::default(),
@@ -145,7 +145,7 @@ impl Indexes {
     fn load_vectors(&self, collection: &str, field: &str, metric: Metric, precision: Precision) -> Result<FlatIndex> {
         let mut index = FlatIndex::with_precision(metric, precision);
         index.reserve(self.store.field_len(collection, field)?);
-        self.store.visit_field(collection, field, |id, value| match value {
+        self.store.visit_field(collection, field, &mut |id, value| match value {
             FieldValue::Vector(v) => index.upsert(id, &v),
             _ => Ok(()),
         })?;
@@ -474,9 +474,9 @@ pub(crate) fn uniform(seed: u64) -> impl FnMut() -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AnnParams, FieldKind, FieldSchema, StoredItem};
+    use crate::store::{AnnParams, FieldKind, FieldSchema, RedbStore, StoredItem};
 
-    fn commit(store: &Store, indexes: &Indexes, batch: &WriteBatch) -> Result<()> {
+    fn commit(store: &Arc<dyn CollectionStore>, indexes: &Indexes, batch: &WriteBatch) -> Result<()> {
         indexes.check(batch)?;
         store.commit(batch, &|_| None)?;
         indexes.apply(batch)
@@ -507,7 +507,7 @@ mod tests {
     #[test]
     fn cached_blobs_and_in_memory_vectors_follow_every_write() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let store: Arc<dyn CollectionStore> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
         let c = "t/c";
         store.declare_fields(c, &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::L2))]).unwrap();
         let indexes = Indexes::new(store.clone());
@@ -532,7 +532,7 @@ mod tests {
     #[test]
     fn switching_precision_keeps_every_item_and_the_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let store: Arc<dyn CollectionStore> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
         let c = "t/c";
         store.declare_fields(c, &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::L2))]).unwrap();
         let mut next = super::uniform(0x2545F4914F6CDD1D);
@@ -589,7 +589,7 @@ mod tests {
     #[test]
     fn int8_fields_answer_exactly_across_switches_restarts_writes_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let store: Arc<dyn CollectionStore> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
         let c = "t/c";
         store.declare_fields(c, &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::L2))]).unwrap();
         // Clustered rows, so the nearest ten sit close together.
@@ -652,7 +652,7 @@ mod tests {
     #[test]
     fn a_field_f16_cannot_hold_keeps_its_precision() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let store: Arc<dyn CollectionStore> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
         let c = "t/c";
         store.ensure_collection(c).unwrap();
         let indexes = Indexes::new(store.clone());
@@ -670,7 +670,7 @@ mod tests {
     fn a_start_loads_the_saved_graph_and_rebuilds_one_the_store_outran() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let store: Arc<dyn CollectionStore> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
         let c = "t/c";
         store.declare_fields(c, &[("emb".to_string(), FieldSchema::new(FieldKind::Vector, Metric::Cosine))]).unwrap();
         store.set_ann(c, "emb", Some(AnnParams::default())).unwrap();

@@ -18,7 +18,7 @@ use crate::index::{Indexes, Scored};
 use crate::models::decoder::DecoderBudget;
 use crate::models::{ModelError, Models};
 use crate::printable::printable;
-use crate::store::{self, FieldValue, Store, StoredItem, WriteBatch};
+use crate::store::{self, CollectionStore, FieldValue, StoredItem, WriteBatch};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -137,7 +137,7 @@ pub const HOST_COUNTER_PREFIX: &str = "quarry.";
 /// Everything shared by all calls: models, the store and its indexes, metrics.
 pub struct HostServices {
     pub models: Arc<Models>,
-    pub store: Arc<Store>,
+    pub store: Arc<dyn CollectionStore>,
     pub indexes: Arc<Indexes>,
     pub counters: Mutex<Counters>,
     /// Print plugin log lines at or above this level to stderr.
@@ -717,7 +717,7 @@ impl CallState {
         let (entries, more) = self
             .services
             .store
-            .scan_field_page(&key, field, after, |id, value| {
+            .scan_field_page(&key, field, after, &mut |id, value| {
                 let size = id.len() + value_bytes(value);
                 // Always take one entry, so a page of a huge value still moves the cursor.
                 let fits = bytes == 0 || bytes + size <= max_bytes;

@@ -11,7 +11,7 @@ use quarry_host::models::Models;
 use quarry_host::plugins::contract::v0_2::quarry::retrieval::types::{Error as WitError, Query, TokenSet};
 use quarry_host::plugins::contract::v0_2::quarry::retrieval::{collections, decoders, encoders, log, rankers, strategies};
 use quarry_host::plugins::host_api::{CallGrants, CallState, Counters, HostFault, HostServices, LogLevel};
-use quarry_host::store::{FieldValue, Store, StoredItem, WriteBatch};
+use quarry_host::store::{CollectionStore, FieldValue, RedbStore, StoredItem, WriteBatch};
 use quarry_host::Limits;
 use std::sync::{Arc, Mutex, OnceLock};
 use wasmtime::component::Resource;
@@ -23,7 +23,7 @@ fn services() -> &'static (Arc<HostServices>, tempfile::TempDir) {
     static SERVICES: OnceLock<(Arc<HostServices>, tempfile::TempDir)> = OnceLock::new();
     SERVICES.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let store: Arc<dyn CollectionStore> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
         store.ensure_collection("default/c").unwrap();
         let mut batch = WriteBatch::default();
         for i in 0..20u32 {

@@ -7,35 +7,20 @@
 //! stores (keys and values of items, fields and blobs), updated in the same transactions, so a
 //! storage quota is checked against an exact count without a scan.
 
+use super::{
+    AnnParams, CollectionMeta, CollectionStore, FieldKind, FieldSchema, FieldValue, Metric, OverStorage, Precision, SCHEMA_VERSION, StorageCaps,
+    StoredItem, WriteBatch, qualify, split_qualified, validate_name,
+};
+use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use anyhow::{Context as _, Result, bail};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// Bumped when the on-disk layout of a collection changes.
-pub const SCHEMA_VERSION: u32 = 1;
 
 const COLLECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("collections");
 const ITEMS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("items");
 const FIELDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("fields");
 const BLOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("blobs");
 const TENANT_BYTES: TableDefinition<&str, u64> = TableDefinition::new("tenant_bytes");
-
-/// A write that would take a tenant past its storage quota; nothing of it was stored.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "tenant `{tenant}` would store {would_store} bytes, over its quota `stored_bytes` ({limit} bytes); \
-     delete items or collections it no longer needs, or ask the operator to raise the quota"
-)]
-pub struct OverStorage {
-    pub tenant: String,
-    pub would_store: u64,
-    pub limit: u64,
-}
-
-/// The most bytes each tenant may store, where it has a cap.
-pub type StorageCaps = dyn Fn(&str) -> Option<u64> + Send + Sync;
 
 /// Bytes stored per tenant, changed by one transaction.
 #[derive(Default)]
@@ -70,205 +55,12 @@ impl Growth {
     }
 }
 
-/// A collection's metadata.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CollectionMeta {
-    pub name: String,
-    pub schema_version: u32,
-    /// Every field written or declared so far, with its kind.
-    #[serde(default)]
-    pub fields: BTreeMap<String, FieldSchema>,
-}
-
-/// The kind of value a field holds.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum FieldKind {
-    Vector,
-    Tokens,
-    Codes,
-    Blob,
-}
-
-/// How a vector field compares vectors; scores are "higher is nearer".
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Metric {
-    #[default]
-    InnerProduct,
-    Cosine,
-    L2,
-}
-
-/// How a vector field's in-memory index holds its vectors. The store keeps what was written, in
-/// f32, either way, so switching back to f32 loses nothing.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Precision {
-    #[default]
-    F32,
-    /// Half precision: half the memory and memory traffic, about 3 significant digits.
-    F16,
-    /// f32 plus an int8 copy (a quarter more memory) that single-query scans read first, with
-    /// the best candidates re-scored in f32: exact scores, at about a quarter of the traffic.
-    Int8,
-}
-
-impl Precision {
-    fn is_f32(&self) -> bool {
-        *self == Precision::F32
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FieldSchema {
-    pub kind: FieldKind,
-    #[serde(default)]
-    pub metric: Metric,
-    /// Vector fields the operator chose approximate search for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ann: Option<AnnParams>,
-    /// The operator's choice for vector fields; absent (f32) in stores from before the option.
-    #[serde(default, skip_serializing_if = "Precision::is_f32")]
-    pub precision: Precision,
-}
-
-impl FieldSchema {
-    /// A field as declared or first written: exact search, f32.
-    pub fn new(kind: FieldKind, metric: Metric) -> Self {
-        FieldSchema { kind, metric, ann: None, precision: Precision::F32 }
-    }
-}
-
-/// HNSW parameters of an approximate vector index.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AnnParams {
-    /// Links per node (HNSW's M).
-    pub m: usize,
-    /// Candidates considered while inserting.
-    pub ef_construction: usize,
-    /// Candidates considered while searching; higher is slower and more exact.
-    pub ef_search: usize,
-}
-
-impl Default for AnnParams {
-    fn default() -> Self {
-        AnnParams { m: 16, ef_construction: 200, ef_search: 64 }
-    }
-}
-
-/// An item as the host stores it; strategies index it into fields.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StoredItem {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    /// Where the item's image came from (a file path), if it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_source: Option<String>,
-    #[serde(default)]
-    pub metadata: serde_json::Value,
-    /// A hash of the item's text, image and metadata, so a re-ingest can skip unchanged items.
-    #[serde(default)]
-    pub fingerprint: String,
-    /// The `name@version` that indexed the item.
-    #[serde(default)]
-    pub indexed_by: String,
-}
-
-/// One stored field value. Mirrors the contract's `field-value`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FieldValue {
-    Vector(Vec<f32>),
-    Tokens { dim: u32, data: Vec<f32> },
-    Codes(Vec<u32>),
-    Blob(Vec<u8>),
-}
-
-impl FieldValue {
-    pub fn kind(&self) -> FieldKind {
-        match self {
-            FieldValue::Vector(_) => FieldKind::Vector,
-            FieldValue::Tokens { .. } => FieldKind::Tokens,
-            FieldValue::Codes(_) => FieldKind::Codes,
-            FieldValue::Blob(_) => FieldKind::Blob,
-        }
-    }
-
-    /// Tag byte, then little-endian payload.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        match self {
-            FieldValue::Vector(v) => {
-                out.push(0);
-                v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-            }
-            FieldValue::Tokens { dim, data } => {
-                out.push(1);
-                out.extend_from_slice(&dim.to_le_bytes());
-                data.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-            }
-            FieldValue::Codes(c) => {
-                out.push(2);
-                c.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-            }
-            FieldValue::Blob(b) => {
-                out.push(3);
-                out.extend_from_slice(b);
-            }
-        }
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let (&tag, rest) = bytes.split_first().context("empty field value")?;
-        let words = |b: &[u8]| -> Result<Vec<[u8; 4]>> {
-            if !b.len().is_multiple_of(4) {
-                bail!("field value has {} payload bytes, not a multiple of 4", b.len());
-            }
-            Ok(b.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect())
-        };
-        Ok(match tag {
-            0 => FieldValue::Vector(words(rest)?.into_iter().map(f32::from_le_bytes).collect()),
-            1 => {
-                let w = words(rest)?;
-                let (dim, data) = w.split_first().context("token set without a dimension")?;
-                FieldValue::Tokens { dim: u32::from_le_bytes(*dim), data: data.iter().copied().map(f32::from_le_bytes).collect() }
-            }
-            2 => FieldValue::Codes(words(rest)?.into_iter().map(u32::from_le_bytes).collect()),
-            3 => FieldValue::Blob(rest.to_vec()),
-            other => bail!("unknown field value tag {other}; the store may be from a newer Quarry"),
-        })
-    }
-}
-
-/// Writes gathered during one plugin call and committed together.
-#[derive(Debug, Default)]
-pub struct WriteBatch {
-    pub items: Vec<(String, StoredItem)>,
-    pub fields: Vec<(String, String, String, FieldValue)>,
-    pub blobs: Vec<(String, String, Vec<u8>)>,
-}
-
-impl WriteBatch {
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty() && self.fields.is_empty() && self.blobs.is_empty()
-    }
-    /// The newest pending value of a field, if this batch wrote one.
-    pub fn pending_field(&self, collection: &str, id: &str, field: &str) -> Option<&FieldValue> {
-        self.fields.iter().rev().find(|(c, i, f, _)| c == collection && i == id && f == field).map(|(.., v)| v)
-    }
-    pub fn pending_blob(&self, collection: &str, name: &str) -> Option<&[u8]> {
-        self.blobs.iter().rev().find(|(c, n, _)| c == collection && n == name).map(|(.., b)| b.as_slice())
-    }
-}
-
-pub struct Store {
+/// The default [`CollectionStore`]: one redb file on local disk.
+pub struct RedbStore {
     db: Database,
 }
 
-impl Store {
+impl RedbStore {
     /// Open or create the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).with_context(|| {
@@ -284,18 +76,35 @@ impl Store {
             count_tenant_bytes(&txn)?;
         }
         txn.commit()?;
-        Ok(Store { db })
+        Ok(RedbStore { db })
     }
 
-    /// Bytes `tenant` stores: keys and values of its items, fields and blobs.
-    pub fn tenant_bytes(&self, tenant: &str) -> Result<u64> {
+    fn update_vector_field(&self, collection: &str, field: &str, what: &str, update: impl FnOnce(&mut FieldSchema)) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(COLLECTIONS)?;
+            let stored = table.get(collection)?.with_context(|| format!("collection `{collection}` does not exist"))?;
+            let mut meta: CollectionMeta = serde_json::from_slice(stored.value())?;
+            drop(stored);
+            let schema = meta.fields.get_mut(field).with_context(|| format!("collection `{collection}` has no field `{field}`"))?;
+            if schema.kind != FieldKind::Vector {
+                bail!("field `{field}` holds {:?} values; only vector fields have {what}", schema.kind);
+            }
+            update(schema);
+            table.insert(collection, serde_json::to_vec(&meta)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl CollectionStore for RedbStore {
+    fn tenant_bytes(&self, tenant: &str) -> Result<u64> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(TENANT_BYTES)?.get(tenant)?.map_or(0, |v| v.value()))
     }
 
-    /// Create collection `name` (a qualified `tenant/name` key) if it does not exist; fail if it
-    /// exists with another schema version.
-    pub fn ensure_collection(&self, name: &str) -> Result<CollectionMeta> {
+    fn ensure_collection(&self, name: &str) -> Result<CollectionMeta> {
         if qualify(name)? != name {
             bail!("`{name}` is not a qualified collection key (tenant/name)");
         }
@@ -316,8 +125,7 @@ impl Store {
         Ok(meta)
     }
 
-    /// Record a strategy's field declarations; a field keeps one kind and metric for life.
-    pub fn declare_fields(&self, collection: &str, fields: &[(String, FieldSchema)]) -> Result<()> {
+    fn declare_fields(&self, collection: &str, fields: &[(String, FieldSchema)]) -> Result<()> {
         self.ensure_collection(collection)?;
         let txn = self.db.begin_write()?;
         {
@@ -342,45 +150,15 @@ impl Store {
         Ok(())
     }
 
-    /// Choose approximate (HNSW) or exact search for a vector field.
-    pub fn set_ann(&self, collection: &str, field: &str, ann: Option<AnnParams>) -> Result<()> {
+    fn set_ann(&self, collection: &str, field: &str, ann: Option<AnnParams>) -> Result<()> {
         self.update_vector_field(collection, field, "approximate search", |schema| schema.ann = ann)
     }
 
-    /// Choose the precision of a vector field's in-memory index.
-    pub fn set_precision(&self, collection: &str, field: &str, precision: Precision) -> Result<()> {
+    fn set_precision(&self, collection: &str, field: &str, precision: Precision) -> Result<()> {
         self.update_vector_field(collection, field, "a precision", |schema| schema.precision = precision)
     }
 
-    /// The schema of a vector field, or an error naming what is missing.
-    pub fn vector_field(&self, collection: &str, field: &str, what: &str) -> Result<FieldSchema> {
-        let meta = self.collection(collection)?.with_context(|| format!("collection `{collection}` does not exist"))?;
-        let schema = *meta.fields.get(field).with_context(|| format!("collection `{collection}` has no field `{field}`"))?;
-        if schema.kind != FieldKind::Vector {
-            bail!("field `{field}` holds {:?} values; only vector fields have {what}", schema.kind);
-        }
-        Ok(schema)
-    }
-
-    fn update_vector_field(&self, collection: &str, field: &str, what: &str, update: impl FnOnce(&mut FieldSchema)) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(COLLECTIONS)?;
-            let stored = table.get(collection)?.with_context(|| format!("collection `{collection}` does not exist"))?;
-            let mut meta: CollectionMeta = serde_json::from_slice(stored.value())?;
-            drop(stored);
-            let schema = meta.fields.get_mut(field).with_context(|| format!("collection `{collection}` has no field `{field}`"))?;
-            if schema.kind != FieldKind::Vector {
-                bail!("field `{field}` holds {:?} values; only vector fields have {what}", schema.kind);
-            }
-            update(schema);
-            table.insert(collection, serde_json::to_vec(&meta)?.as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    pub fn collection(&self, name: &str) -> Result<Option<CollectionMeta>> {
+    fn collection(&self, name: &str) -> Result<Option<CollectionMeta>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(COLLECTIONS)?;
         Ok(match table.get(name)? {
@@ -389,9 +167,7 @@ impl Store {
         })
     }
 
-
-    /// Several items in one read transaction, in the order asked (None where missing).
-    pub fn items(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<StoredItem>>> {
+    fn items(&self, collection: &str, ids: &[&str]) -> Result<Vec<Option<StoredItem>>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ITEMS)?;
         ids.iter()
@@ -402,15 +178,13 @@ impl Store {
             .collect()
     }
 
-    /// Whether the collection stores item `id`.
-    pub fn item_exists(&self, collection: &str, id: &str) -> Result<bool> {
+    fn item_exists(&self, collection: &str, id: &str) -> Result<bool> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ITEMS)?;
         Ok(table.get((collection, id))?.is_some())
     }
 
-    /// The qualified names (`tenant/name`) of `tenant`'s collections, in name order.
-    pub fn collection_names(&self, tenant: &str) -> Result<Vec<String>> {
+    fn collection_names(&self, tenant: &str) -> Result<Vec<String>> {
         let prefix = format!("{tenant}/");
         let txn = self.db.begin_read()?;
         let table = txn.open_table(COLLECTIONS)?;
@@ -426,7 +200,7 @@ impl Store {
         Ok(names)
     }
 
-    pub fn item_count(&self, collection: &str) -> Result<usize> {
+    fn item_count(&self, collection: &str) -> Result<usize> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ITEMS)?;
         let mut n = 0;
@@ -440,12 +214,11 @@ impl Store {
         Ok(n)
     }
 
-    /// Commit a plugin call's writes in one durable transaction, unless they take a tenant past
-    /// its cap in `caps` ([`OverStorage`]; then nothing is written).
-    pub fn commit(&self, batch: &WriteBatch, caps: &StorageCaps) -> Result<()> {
+    fn commit(&self, batch: &WriteBatch, caps: &StorageCaps) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
+        batch.validate()?;
         let txn = self.db.begin_write()?;
         {
             let mut collections = txn.open_table(COLLECTIONS)?;
@@ -490,8 +263,7 @@ impl Store {
         Ok(())
     }
 
-    /// Delete items and all their fields in one transaction; returns how many items existed.
-    pub fn delete_items(&self, collection: &str, ids: &[String]) -> Result<usize> {
+    fn delete_items(&self, collection: &str, ids: &[String]) -> Result<usize> {
         let fields: Vec<String> = self.collection(collection)?.map(|m| m.fields.into_keys().collect()).unwrap_or_default();
         let txn = self.db.begin_write()?;
         let mut existed = 0;
@@ -516,8 +288,7 @@ impl Store {
         Ok(existed)
     }
 
-    /// Every item of a collection (for metadata filters), in id order.
-    pub fn scan_items(&self, collection: &str) -> Result<Vec<StoredItem>> {
+    fn scan_items(&self, collection: &str) -> Result<Vec<StoredItem>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ITEMS)?;
         let mut out = Vec::new();
@@ -531,7 +302,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn field(&self, collection: &str, id: &str, field: &str) -> Result<Option<FieldValue>> {
+    fn field(&self, collection: &str, id: &str, field: &str) -> Result<Option<FieldValue>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(FIELDS)?;
         match table.get((collection, field, id))? {
@@ -540,30 +311,12 @@ impl Store {
         }
     }
 
-    /// Every (id, value) of one field of a collection, in id order.
-    pub fn scan_field(&self, collection: &str, field: &str) -> Result<Vec<(String, FieldValue)>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(FIELDS)?;
-        let mut out = Vec::new();
-        for entry in table.range((collection, field, "")..)? {
-            let (k, v) = entry?;
-            let (c, f, id) = k.value();
-            if c != collection || f != field {
-                break;
-            }
-            out.push((id.to_string(), FieldValue::decode(v.value())?));
-        }
-        Ok(out)
-    }
-
-    /// Values of one field in id order after `after` (from the first when none): at most
-    /// `limit`, and only while `accept` takes them. Returns the page and whether more follow.
-    pub fn scan_field_page(
+    fn scan_field_page(
         &self,
         collection: &str,
         field: &str,
         after: Option<&str>,
-        mut accept: impl FnMut(&str, &FieldValue) -> bool,
+        accept: &mut dyn FnMut(&str, &FieldValue) -> bool,
         limit: usize,
     ) -> Result<(Vec<(String, FieldValue)>, bool)> {
         let txn = self.db.begin_read()?;
@@ -590,8 +343,7 @@ impl Store {
         Ok((out, false))
     }
 
-    /// How many values one field of a collection holds.
-    pub fn field_len(&self, collection: &str, field: &str) -> Result<usize> {
+    fn field_len(&self, collection: &str, field: &str) -> Result<usize> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(FIELDS)?;
         let mut n = 0;
@@ -606,8 +358,7 @@ impl Store {
         Ok(n)
     }
 
-    /// `scan_field` one value at a time, so a large field is never decoded whole into memory.
-    pub fn visit_field(&self, collection: &str, field: &str, mut visit: impl FnMut(&str, FieldValue) -> Result<()>) -> Result<()> {
+    fn visit_field(&self, collection: &str, field: &str, visit: &mut dyn FnMut(&str, FieldValue) -> Result<()>) -> Result<()> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(FIELDS)?;
         for entry in table.range((collection, field, "")..)? {
@@ -621,17 +372,13 @@ impl Store {
         Ok(())
     }
 
-    pub fn blob(&self, collection: &str, name: &str) -> Result<Option<Vec<u8>>> {
+    fn blob(&self, collection: &str, name: &str) -> Result<Option<Vec<u8>>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOBS)?;
         Ok(table.get((collection, name))?.map(|v| v.value().to_vec()))
     }
 }
 
-/// The tenant a collection belongs to when its name does not say.
-pub const DEFAULT_TENANT: &str = "default";
-
-/// The store key of a collection: `tenant/name`. A bare `name` belongs to [`DEFAULT_TENANT`].
 /// Count every tenant's bytes, for a store written before they were counted as they changed.
 fn count_tenant_bytes(txn: &redb::WriteTransaction) -> Result<()> {
     let mut growth = Growth::default();
@@ -653,78 +400,15 @@ fn count_tenant_bytes(txn: &redb::WriteTransaction) -> Result<()> {
     growth.apply(txn, &|_| None)
 }
 
-pub fn qualify(collection: &str) -> Result<String> {
-    let (tenant, name) = collection.split_once('/').unwrap_or((DEFAULT_TENANT, collection));
-    validate_name("tenant", tenant)?;
-    validate_name("collection", name)?;
-    Ok(format!("{tenant}/{name}"))
-}
-
-/// The tenant and bare name of a qualified collection key.
-pub fn split_qualified(key: &str) -> (&str, &str) {
-    key.split_once('/').unwrap_or((DEFAULT_TENANT, key))
-}
-
-/// Names become keys and file names: keep them to a safe, readable alphabet.
-pub fn validate_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.');
-    if !ok {
-        bail!("{what} name `{name}` is invalid: use 1-128 characters from a-z, A-Z, 0-9, `-`, `_`, `.`, not starting with `.`");
-    }
-    Ok(())
-}
-
-/// Longest item id, in bytes.
-pub const MAX_ITEM_ID_BYTES: usize = 512;
-
-/// Item ids are shown in tables, logs and JSON: 1 to 512 bytes, without control or
-/// bidirectional-override characters. Any other character (spaces, slashes, any script) is fine.
-pub fn validate_item_id(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > MAX_ITEM_ID_BYTES {
-        bail!(
-            "item id `{}` is {} bytes; ids must be 1 to {MAX_ITEM_ID_BYTES} bytes",
-            crate::printable::printable(id, 64),
-            id.len()
-        );
-    }
-    if id.chars().any(|c| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')) {
-        bail!("item id `{}` holds control characters; use printable text", crate::printable::printable(id, 64));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance;
 
     #[test]
-    fn item_ids_are_validated() {
-        assert!(validate_item_id("docs/2024 report.pdf").is_ok());
-        assert!(validate_item_id("写真-1").is_ok());
-        for bad in ["", "a\nb", "\u{1b}[2J", "x\u{202E}y"] {
-            assert!(validate_item_id(bad).is_err(), "{bad:?}");
-        }
-        let long = "x".repeat(MAX_ITEM_ID_BYTES + 1);
-        let err = validate_item_id(&long).unwrap_err().to_string();
-        assert!(err.contains("513 bytes") && err.len() < 200, "{err}");
-    }
-
-    #[test]
-    fn field_values_round_trip() {
-        for v in [
-            FieldValue::Vector(vec![1.0, -2.5, f32::MIN_POSITIVE]),
-            FieldValue::Tokens { dim: 2, data: vec![0.5, 1.5, 2.5, 3.5] },
-            FieldValue::Codes(vec![0, 7, u32::MAX]),
-            FieldValue::Blob(b"codebook".to_vec()),
-            FieldValue::Vector(vec![]),
-        ] {
-            assert_eq!(FieldValue::decode(&v.encode()).unwrap(), v);
-        }
-        assert!(FieldValue::decode(&[9, 0, 0, 0, 0]).is_err());
-        assert!(FieldValue::decode(&[0, 1, 2]).is_err());
+    fn a_redb_store_behaves_as_a_collection_store_must() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::check_all(&RedbStore::open(&dir.path().join("s.redb")).unwrap());
     }
 
     #[test]
@@ -732,7 +416,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
         {
-            let store = Store::open(&path).unwrap();
+            let store = RedbStore::open(&path).unwrap();
             store.ensure_collection("t/a").unwrap();
             store.ensure_collection("t/b").unwrap();
             let mut batch = WriteBatch::default();
@@ -750,7 +434,7 @@ mod tests {
             batch.items.push(("t/a".into(), item));
             store.commit(&batch, &|_| None).unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         assert_eq!(store.scan_field("t/a", "emb").unwrap(), vec![("x".to_string(), FieldValue::Vector(vec![1.0]))]);
         assert_eq!(store.field("t/b", "y", "emb").unwrap(), Some(FieldValue::Vector(vec![2.0])));
         assert_eq!(store.field("t/a", "y", "emb").unwrap(), None);
@@ -763,7 +447,7 @@ mod tests {
     #[test]
     fn field_pages_follow_the_cursor_and_stop_where_asked() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
         store.ensure_collection("t/c").unwrap();
         store.ensure_collection("t/d").unwrap();
         let mut batch = WriteBatch::default();
@@ -775,7 +459,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let (page, more) = store.scan_field_page("t/c", "codes", after.as_deref(), |_, _| true, 3).unwrap();
+            let (page, more) = store.scan_field_page("t/c", "codes", after.as_deref(), &mut |_, _| true, 3).unwrap();
             seen.extend(page.iter().map(|(id, _)| id.clone()));
             after = page.last().map(|(id, _)| id.clone());
             if !more {
@@ -783,9 +467,9 @@ mod tests {
             }
         }
         assert_eq!(seen, (0..10).map(|i| format!("id-{i}")).collect::<Vec<_>>(), "every value once, in id order, no other collection's");
-        let (page, more) = store.scan_field_page("t/c", "codes", None, |id, _| id < "id-2", 100).unwrap();
+        let (page, more) = store.scan_field_page("t/c", "codes", None, &mut |id, _| id < "id-2", 100).unwrap();
         assert_eq!((page.len(), more), (2, true), "`accept` ends the page early");
-        let (page, more) = store.scan_field_page("t/c", "codes", Some("id-9"), |_, _| true, 5).unwrap();
+        let (page, more) = store.scan_field_page("t/c", "codes", Some("id-9"), &mut |_, _| true, 5).unwrap();
         assert!(page.is_empty() && !more);
     }
 
@@ -793,10 +477,10 @@ mod tests {
     fn each_tenants_stored_bytes_are_counted_exactly_and_capped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        let store = Store::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         store.ensure_collection("acme/c").unwrap();
         store.ensure_collection("globex/c").unwrap();
-        let write = |store: &Store, tenant: &str, id: &str, bytes: usize, caps: &StorageCaps| {
+        let write = |store: &RedbStore, tenant: &str, id: &str, bytes: usize, caps: &StorageCaps| {
             let mut batch = WriteBatch::default();
             batch.fields.push((format!("{tenant}/c"), id.into(), "b".into(), FieldValue::Blob(vec![7; bytes])));
             store.commit(&batch, caps)
@@ -828,14 +512,14 @@ mod tests {
         txn.delete_table(TENANT_BYTES).unwrap();
         txn.commit().unwrap();
         drop(store);
-        let store = Store::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         assert_eq!((store.tenant_bytes("acme").unwrap(), store.tenant_bytes("globex").unwrap()), (0, globex));
     }
 
     #[test]
     fn a_field_keeps_its_kind_and_metric() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
         let vector = |metric| FieldSchema::new(FieldKind::Vector, metric);
         store.declare_fields("t/c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
         store.declare_fields("t/c", &[("emb".into(), vector(Metric::Cosine))]).unwrap();
@@ -863,7 +547,7 @@ mod tests {
         assert_eq!(serde_json::from_value::<FieldSchema>(serde_json::to_value(half).unwrap()).unwrap(), half);
 
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
         store.declare_fields("t/c", &[("emb".into(), old), ("ids".into(), FieldSchema::new(FieldKind::Codes, Metric::default()))]).unwrap();
         store.set_precision("t/c", "emb", Precision::F16).unwrap();
         assert_eq!(store.collection("t/c").unwrap().unwrap().fields["emb"], half);
@@ -880,19 +564,4 @@ mod tests {
         assert!(err.contains("only vector fields have a precision"), "{err}");
     }
 
-    #[test]
-    fn collections_are_qualified_by_tenant() {
-        assert_eq!(qualify("docs").unwrap(), "default/docs");
-        assert_eq!(qualify("acme/docs").unwrap(), "acme/docs");
-        assert!(qualify("a/b/c").is_err() && qualify("/docs").is_err() && qualify("acme/").is_err());
-        assert_eq!(split_qualified("acme/docs"), ("acme", "docs"));
-    }
-
-    #[test]
-    fn names_are_validated() {
-        assert!(validate_name("collection", "docs-2024_v1.0").is_ok());
-        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
-            assert!(validate_name("collection", bad).is_err(), "{bad:?}");
-        }
-    }
 }
