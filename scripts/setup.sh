@@ -96,6 +96,12 @@ fi
 if ! "$VENDOR/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('componentize-py') != '0.25.1')" 2>/dev/null; then
   "$VENDOR/venv/bin/python" -m pip install --quiet "componentize-py==0.25.1" >&2
 fi
+# The Milvus collection store's tests (host/milvus) run milvus-lite, which serves Milvus's gRPC
+# protocol from Python; its server mode needs pymilvus. Kept in a venv of their own.
+if ! "$VENDOR/milvus/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('milvus-lite') != '3.2.2')" 2>/dev/null; then
+  python3 -m venv "$VENDOR/milvus"
+  "$VENDOR/milvus/bin/python" -m pip install --quiet "milvus-lite==3.2.2" "pymilvus==3.0.2" >&2
+fi
 # ComponentizeJS builds JavaScript plugins; it needs Node.js (Debian's nodejs and npm when absent).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "setup: installing nodejs and npm (ComponentizeJS builds the JavaScript plugins)" >&2

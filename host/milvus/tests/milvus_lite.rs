@@ -1,0 +1,44 @@
+//! The collection store contract, checked against a real milvus-lite on loopback.
+
+mod support;
+
+use quarry_host::store::{CollectionStore, FieldValue, WriteBatch, conformance};
+use quarry_milvus::MilvusStore;
+use support::MilvusLite;
+
+#[test]
+fn a_milvus_store_behaves_as_a_collection_store_must_and_keeps_it_across_connections() {
+    let server = MilvusLite::start();
+    let store = MilvusStore::connect(&server.uri(), "conformance").unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
+    conformance::check_all(&store);
+    let names = store.collection_names("whole-t").unwrap();
+    let bytes = store.tenant_bytes("whole-t").unwrap();
+    drop(store);
+
+    let again = MilvusStore::connect(&server.uri(), "conformance").unwrap();
+    assert_eq!(again.collection_names("whole-t").unwrap(), names);
+    assert_eq!(again.tenant_bytes("whole-t").unwrap(), bytes);
+    assert!(again.item_exists("whole-t/a", "new").unwrap());
+    let other = MilvusStore::connect(&server.uri(), "other").unwrap();
+    assert!(other.collection_names("whole-t").unwrap().is_empty(), "namespaces are apart");
+    assert!(MilvusStore::connect(&server.uri(), "bad-name").is_err());
+}
+
+#[test]
+fn a_vector_field_keeps_the_dimension_of_its_first_write() {
+    let server = MilvusLite::start();
+    let store = MilvusStore::connect(&server.uri(), "dims").unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
+    store.ensure_collection("t/c").unwrap();
+    let write = |id: &str, v: Vec<f32>| {
+        let mut batch = WriteBatch::default();
+        batch.fields.push(("t/c".into(), id.into(), "emb".into(), FieldValue::Vector(v)));
+        batch.fields.push(("t/c".into(), id.into(), "codes".into(), FieldValue::Codes(vec![1])));
+        store.commit(&batch, &|_| None)
+    };
+    write("a", vec![1.0, 2.0, 3.0]).unwrap();
+    let err = write("b", vec![1.0, 2.0]).unwrap_err();
+    assert!(format!("{err:#}").contains("rolled back"), "{err:#}");
+    assert_eq!(store.field("t/c", "b", "codes").unwrap(), None, "the refused commit stored nothing");
+    assert!(write("c", Vec::new()).unwrap_err().to_string().contains("empty vector"));
+    assert_eq!(store.scan_field("t/c", "emb").unwrap(), [("a".to_string(), FieldValue::Vector(vec![1.0, 2.0, 3.0]))]);
+}
