@@ -24,7 +24,8 @@
 //! generation number `g`. A commit (1) records `g` as allocated, (2) inserts all its rows, a
 //! deletion as a tombstone, with `gen = g`, (3) records `g` as committed, with one single-row
 //! upsert, which is when the whole commit becomes visible, and (4) deletes the versions it
-//! replaced (should that fail, they stay, hidden by the newer ones). Metadata changes
+//! replaced, ten seconds later (at a later commit, or when the store is dropped), so reads that
+//! listed them can still fetch them; should that fail, they stay, hidden by the newer ones. Metadata changes
 //! (`ensure_collection`, `declare_fields`, `set_ann`, `set_precision`) are commits too.
 //! Reads take, per key, the newest version of a committed generation, and read again when the
 //! committed generation moved while they read, so they see whole commits. A commit that fails
@@ -34,8 +35,8 @@
 //!
 //! Not guaranteed: commits are serialised within one [`MilvusStore`], not between processes.
 //! Two hosts writing one namespace at once can allocate the same generation; keep one writer
-//! per namespace. A [`CollectionStore::visit_field`] that outlives a concurrent commit which
-//! replaces values it has yet to read fails and asks to be retried. Reads list a part's rows in
+//! per namespace. A [`CollectionStore::visit_field`] that runs longer than those ten seconds
+//! while commits replace values it has yet to read fails and asks to be retried. Reads list a part's rows in
 //! one query, so a part larger than a Milvus server's query window (16,384 rows; milvus-lite has
 //! none) needs the query iterator, which this store does not use yet.
 
@@ -56,7 +57,7 @@ use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Value bytes per row: base64 makes 64,000 of them, under VARCHAR's 65,535.
 const CHUNK: usize = 48_000;
@@ -64,6 +65,8 @@ const CHUNK: usize = 48_000;
 const ROWS_PER_REQUEST: usize = 24;
 /// Vectors per fetch.
 const VECTORS_PER_REQUEST: usize = 64;
+/// How long the versions a commit replaced stay, so reads that listed them can fetch them.
+const REPLACED_KEPT_FOR: Duration = Duration::from_secs(10);
 /// Times a read starts again when commits keep landing while it reads.
 const READ_ATTEMPTS: usize = 20;
 const PLACEHOLDER_DIM: usize = 2;
@@ -82,6 +85,24 @@ pub struct MilvusStore {
     writing: Mutex<()>,
     /// Milvus collections known to exist and be loaded.
     ready: Mutex<HashSet<String>>,
+    /// Rows that commits replaced, kept a while for reads that listed them before.
+    replaced: Mutex<Vec<Replaced>>,
+}
+
+struct Replaced {
+    at: Instant,
+    stale: BTreeMap<Table, Vec<String>>,
+    tombstones: BTreeMap<Table, Vec<String>>,
+}
+
+impl Drop for MilvusStore {
+    fn drop(&mut self) {
+        let store = &*self;
+        let _ = store.run(move || async move {
+            store.remove_replaced(Duration::ZERO).await;
+            Ok(())
+        });
+    }
 }
 
 /// The commit record: the newest committed generation, the newest handed out, and those that
@@ -185,7 +206,7 @@ impl MilvusStore {
         let client = runtime
             .block_on(ClientV2::new(&config))
             .with_context(|| format!("cannot connect to Milvus at {uri}; is it running and reachable from here?"))?;
-        let store = MilvusStore { runtime, client, namespace: namespace.to_string(), writing: Mutex::new(()), ready: Mutex::new(HashSet::new()) };
+        let store = MilvusStore { runtime, client, namespace: namespace.to_string(), writing: Mutex::new(()), ready: Mutex::new(HashSet::new()), replaced: Mutex::new(Vec::new()) };
         let opened = &store;
         store.run(move || async move {
             opened.ensure_table(&opened.catalog(), PLACEHOLDER_DIM).await?;
@@ -628,16 +649,30 @@ impl MilvusStore {
             return Err(e.context("the commit to Milvus failed and was rolled back"));
         }
 
-        // Nobody reads the versions this commit replaced, nor, once those are gone, its
-        // tombstones. A tombstone stays while an older version it hides might.
-        if self.delete_pks(&stale).await.is_ok() {
-            let tombstones: BTreeMap<Table, Vec<String>> = rows
-                .iter()
-                .map(|(table, new)| (table.clone(), new.iter().filter(|r| r.chunks == 0).map(|r| r.pk(generation)).collect()))
-                .collect();
-            let _ = self.delete_pks(&tombstones).await;
-        }
+        let tombstones: BTreeMap<Table, Vec<String>> = rows
+            .iter()
+            .map(|(table, new)| (table.clone(), new.iter().filter(|r| r.chunks == 0).map(|r| r.pk(generation)).collect()))
+            .collect();
+        self.replaced.lock().unwrap().push(Replaced { at: Instant::now(), stale, tombstones });
+        self.remove_replaced(REPLACED_KEPT_FOR).await;
         Ok(())
+    }
+
+    /// Delete the versions commits replaced at least `age` ago, and then their tombstones (a
+    /// tombstone stays while an older version it hides might). Failures leave rows that are
+    /// never read.
+    async fn remove_replaced(&self, age: Duration) {
+        let due: Vec<Replaced> = {
+            let mut replaced = self.replaced.lock().unwrap();
+            let (due, kept) = std::mem::take(&mut *replaced).into_iter().partition(|r| r.at.elapsed() >= age);
+            *replaced = kept;
+            due
+        };
+        for Replaced { stale, tombstones, .. } in due {
+            if self.delete_pks(&stale).await.is_ok() {
+                let _ = self.delete_pks(&tombstones).await;
+            }
+        }
     }
 
     async fn insert_all(&self, rows: &BTreeMap<Table, Vec<NewRow>>, generation: i64) -> Result<()> {

@@ -42,3 +42,41 @@ fn a_vector_field_keeps_the_dimension_of_its_first_write() {
     assert!(write("c", Vec::new()).unwrap_err().to_string().contains("empty vector"));
     assert_eq!(store.scan_field("t/c", "emb").unwrap(), [("a".to_string(), FieldValue::Vector(vec![1.0, 2.0, 3.0]))]);
 }
+
+#[test]
+fn reads_see_whole_commits_while_commits_land() {
+    let server = MilvusLite::start();
+    let store = MilvusStore::connect(&server.uri(), "snapshots").unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
+    store.ensure_collection("t/c").unwrap();
+    let write = |round: usize| {
+        let mut batch = WriteBatch::default();
+        for id in ["a", "b"] {
+            let mut item = conformance::item(id);
+            item.text = Some(round.to_string());
+            batch.items.push(("t/c".into(), item));
+            batch.fields.push(("t/c".into(), id.into(), "codes".into(), FieldValue::Codes(vec![round as u32])));
+        }
+        store.commit(&batch, &|_| None).unwrap();
+    };
+    write(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for round in 1..=15 {
+                write(round);
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut reads = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) || reads == 0 {
+            let items = store.items("t/c", &["a", "b"]).unwrap();
+            let texts: Vec<_> = items.iter().map(|i| i.as_ref().expect("both items are always there").text.clone()).collect();
+            assert_eq!(texts[0], texts[1], "one read sees one commit");
+            let codes = store.scan_field("t/c", "codes").unwrap();
+            assert_eq!(codes.len(), 2, "{codes:?}");
+            assert_eq!(codes[0].1, codes[1].1, "one scan sees one commit");
+            reads += 1;
+        }
+    });
+    assert_eq!(store.items("t/c", &["a"]).unwrap()[0].as_ref().unwrap().text.as_deref(), Some("15"));
+}
