@@ -4,6 +4,8 @@
 
 pub mod etcd;
 pub mod foreign;
+#[path = "../../host/milvus/tests/support/mod.rs"]
+pub mod milvus;
 pub mod server;
 
 use quarry_host::{Grants, HostConfig, Limits, Quarry, Route};

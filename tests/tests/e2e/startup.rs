@@ -116,3 +116,32 @@ fn plugins_and_routes_live_in_the_control_store_the_host_is_given() {
     let answer = host.search("docs", &SearchRequest::text("the ocean", 1)).unwrap();
     assert_eq!((answer.hits[0].id.as_str(), answer.strategy.as_str()), ("sea", "dense@0.3.0"));
 }
+
+#[test]
+fn collections_live_in_the_collection_store_the_host_is_given() {
+    let server = quarry_tests::milvus::MilvusLite::start();
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let mut config = quarry_host::HostConfig::new(dir.path());
+        config.cache_dir = Some(quarry_tests::shared_cache());
+        let store = quarry_milvus::MilvusStore::connect(&server.uri(), "e2e").unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
+        config.collections = Some(std::sync::Arc::new(store));
+        quarry_host::Quarry::open(config).unwrap()
+    };
+    {
+        let host = open();
+        add_model(&host, "minilm-l6");
+        host.add_plugin(&plugin("quarry-plugin-dense")).unwrap();
+        host.set_route("docs", route("dense@0.3.0", &["minilm-l6"], json!({"text-model": "minilm-l6"}))).unwrap();
+        let items = vec![NewItem::text("sea", "waves crash on the shore"), NewItem::text("desert", "dry sand dunes under a hot sun")];
+        host.ingest("docs", items, |_| {}).unwrap();
+        assert_eq!(host.item_count("docs").unwrap(), 2);
+    }
+    assert!(!dir.path().join("collections.redb").exists(), "no collection is a file here");
+
+    // A host started afresh builds its index from what Milvus holds.
+    let host = open();
+    let answer = host.search("docs", &SearchRequest::text("the ocean", 1)).unwrap();
+    assert_eq!(answer.hits[0].id, "sea");
+    assert!(host.stored_bytes("default").unwrap() > 0);
+}

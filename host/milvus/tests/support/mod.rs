@@ -1,4 +1,5 @@
-//! A throwaway milvus-lite server for the Milvus store's tests.
+//! A throwaway milvus-lite server for the Milvus store's tests (quarry-milvus's and the
+//! end-to-end ones, which include this file).
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -62,7 +63,9 @@ fn milvus_lite() -> PathBuf {
     if let Some(path) = std::env::var_os("QUARRY_MILVUS_LITE") {
         return path.into();
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The workspace root: this file is shared by crates at different depths.
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.ancestors().find(|dir| dir.join("scripts/setup.sh").is_file()).expect("the crate sits in the Quarry workspace");
     let installed = root.join("vendor/milvus/bin/milvus-lite");
     assert!(
         installed.is_file(),
