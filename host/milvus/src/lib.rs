@@ -78,7 +78,8 @@ const COLUMNS: [&str; 7] = ["pk", "part", "key", "gen", "chunk", "chunks", "byte
 /// A [`CollectionStore`] in a Milvus database; see the crate documentation for the mapping and
 /// what a commit guarantees.
 pub struct MilvusStore {
-    runtime: tokio::runtime::Runtime,
+    /// Taken only when the store is dropped.
+    runtime: Option<tokio::runtime::Runtime>,
     client: ClientV2,
     namespace: String,
     /// Commits and metadata changes, one at a time.
@@ -102,6 +103,10 @@ impl Drop for MilvusStore {
             store.remove_replaced(Duration::ZERO).await;
             Ok(())
         });
+        // Dropping a runtime blocks, which panics on another runtime's worker.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -203,10 +208,14 @@ impl MilvusStore {
         ensure!(valid, "Milvus namespace `{namespace}` is invalid: use 1-64 characters from a-z, A-Z, 0-9 and `_`, starting with a letter");
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let config = ConnectConfig::new().uri(uri).connect_timeout(Duration::from_secs(10));
-        let client = runtime
-            .block_on(ClientV2::new(&config))
-            .with_context(|| format!("cannot connect to Milvus at {uri}; is it running and reachable from here?"))?;
-        let store = MilvusStore { runtime, client, namespace: namespace.to_string(), writing: Mutex::new(()), ready: Mutex::new(HashSet::new()), replaced: Mutex::new(Vec::new()) };
+        let client = match block_on(&runtime, || async { Ok(ClientV2::new(&config).await?) }) {
+            Ok(client) => client,
+            Err(e) => {
+                runtime.shutdown_background();
+                return Err(e.context(format!("cannot connect to Milvus at {uri}; is it running and reachable from here?")));
+            }
+        };
+        let store = MilvusStore { runtime: Some(runtime), client, namespace: namespace.to_string(), writing: Mutex::new(()), ready: Mutex::new(HashSet::new()), replaced: Mutex::new(Vec::new()) };
         let opened = &store;
         store.run(move || async move {
             opened.ensure_table(&opened.catalog(), PLACEHOLDER_DIM).await?;
@@ -215,13 +224,9 @@ impl MilvusStore {
         Ok(store)
     }
 
-    /// Run async work to completion from a plain thread or from inside another runtime (whose
-    /// worker this blocks, as any synchronous store would).
+    /// Run async work on the store's runtime; see [`block_on`].
     fn run<T: Send, F: Future<Output = Result<T>>>(&self, work: impl FnOnce() -> F + Send) -> Result<T> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.runtime.block_on(work());
-        }
-        std::thread::scope(|s| s.spawn(move || self.runtime.block_on(work())).join()).map_err(|_| anyhow!("a Milvus call panicked"))?
+        block_on(self.runtime.as_ref().expect("the runtime lives as long as the store"), work)
     }
 
     fn catalog(&self) -> Table {
@@ -780,6 +785,15 @@ impl NewRow {
             }
         }
     }
+}
+
+/// Run async work on `runtime` to completion, from a plain thread or from inside another
+/// runtime (whose worker this blocks, as any synchronous store would).
+fn block_on<T: Send, F: Future<Output = Result<T>>>(runtime: &tokio::runtime::Runtime, work: impl FnOnce() -> F + Send) -> Result<T> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return runtime.block_on(work());
+    }
+    std::thread::scope(|s| s.spawn(move || runtime.block_on(work())).join()).map_err(|_| anyhow!("a Milvus call panicked"))?
 }
 
 /// A Milvus string literal.

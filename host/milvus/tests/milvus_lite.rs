@@ -80,3 +80,19 @@ fn reads_see_whole_commits_while_commits_land() {
     });
     assert_eq!(store.items("t/c", &["a"]).unwrap()[0].as_ref().unwrap().text.as_deref(), Some("15"));
 }
+
+#[test]
+fn the_store_answers_from_inside_another_runtime() {
+    let server = MilvusLite::start();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        assert!(MilvusStore::connect("http://127.0.0.1:1", "nested").is_err(), "a failed connection returns its error");
+        let store = MilvusStore::connect(&server.uri(), "nested").unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
+        store.ensure_collection("t/c").unwrap();
+        let mut batch = WriteBatch::default();
+        batch.items.push(("t/c".into(), conformance::item("x")));
+        store.commit(&batch, &|_| None).unwrap();
+        assert_eq!(store.item_count("t/c").unwrap(), 1);
+        drop(store);
+    });
+}
