@@ -277,6 +277,18 @@ impl Quarry {
             counters: Mutex::new(Default::default()),
             log_level: level,
         });
+        if let Some(changes) = services.store.changes_elsewhere()? {
+            let indexes = Arc::downgrade(&services.indexes);
+            std::thread::Builder::new()
+                .name("quarry-collections-follower".into())
+                .spawn(move || {
+                    for collections in changes {
+                        let Some(indexes) = indexes.upgrade() else { return };
+                        indexes.forget(&collections);
+                    }
+                })
+                .context("cannot start the thread that follows other hosts' collection changes")?;
+        }
         let runtime = PluginRuntime::new(config.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache")), config.limits.clone(), compute)?;
         let control = config.control.clone().unwrap_or_else(|| Arc::new(DirectoryStore::new(&data_dir)));
         // Watch before reading, so no change falls between the read and the watch.

@@ -33,12 +33,22 @@
 //! opens the namespace (found through the catalog's list: milvus-lite cannot list collections);
 //! readers never take an aborted generation's rows.
 //!
-//! Not guaranteed: commits are serialised within one [`MilvusStore`], not between processes.
-//! Two hosts writing one namespace at once can allocate the same generation; keep one writer
-//! per namespace. A [`CollectionStore::visit_field`] that runs longer than those ten seconds
-//! while commits replace values it has yet to read fails and asks to be retried. Reads list a part's rows in
-//! one query, so a part larger than a Milvus server's query window (16,384 rows; milvus-lite has
-//! none) needs the query iterator, which this store does not use yet.
+//! # Several writers
+//! [`MilvusStore::connect`] keeps the commit record in the catalog: that store must be the
+//! namespace's only writer. Replicas use [`MilvusStore::connect_shared`], which keeps the record
+//! in the control store they share (etcd) and changes it only by compare-and-swap. A writer
+//! takes a turn (a 30 s lease in the record) before it reads what it will change, and gives it
+//! back with its commit, so commits from every host apply one at a time, in full. A host that
+//! dies holding the turn delays others until its lease ends; one that outlives its lease fails
+//! its commit, and its generation is marked aborted for good, so rows it still inserts are never
+//! read. Leases compare wall clocks, so hosts' clocks must agree to well within 30 s. The record
+//! also names the collections of the newest commit, which
+//! [`CollectionStore::changes_elsewhere`] reports to the other hosts so they drop their caches.
+//!
+//! Not guaranteed: a [`CollectionStore::visit_field`] that runs longer than ten seconds while
+//! commits replace values it has yet to read fails and asks to be retried. Reads list a part's
+//! rows in one query, so a part larger than a Milvus server's query window (16,384 rows;
+//! milvus-lite has none) needs the query iterator, which this store does not use yet.
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use base64::Engine as _;
@@ -48,6 +58,7 @@ use milvus::v2::prelude::{
     FieldSchema as MilvusField, HasCollectionRequest, IndexParam, IndexType, InsertRequest, LoadCollectionRequest, MetricType,
     QueryRequest, UpsertRequest,
 };
+use quarry_host::control::{Change, ControlStore};
 use quarry_host::store::{
     AnnParams, CollectionMeta, CollectionStore, FieldKind, FieldSchema, FieldValue, Metric, OverStorage, Precision, SCHEMA_VERSION, StorageCaps,
     StoredItem, WriteBatch, qualify, split_qualified, validate_name,
@@ -56,7 +67,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Value bytes per row: base64 makes 64,000 of them, under VARCHAR's 65,535.
@@ -88,6 +99,7 @@ pub struct MilvusStore {
     ready: Mutex<HashSet<String>>,
     /// Rows that commits replaced, kept a while for reads that listed them before.
     replaced: Mutex<Vec<Replaced>>,
+    record: Record,
 }
 
 struct Replaced {
@@ -118,6 +130,53 @@ struct State {
     allocated: i64,
     #[serde(default)]
     aborted: Vec<i64>,
+    /// Shared records only: the writer whose turn it is, until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lease: Option<Lease>,
+    /// Shared records only: who made the newest commit and which collections it changed, so
+    /// other hosts drop what they cached of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<LastCommit>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Lease {
+    writer: String,
+    /// Milliseconds since the Unix epoch.
+    until_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct LastCommit {
+    writer: String,
+    collections: Vec<String>,
+}
+
+/// Where the commit record lives.
+enum Record {
+    /// A row of the catalog: this store is the namespace's only writer.
+    Catalog,
+    /// A key of a control store that several hosts share (etcd, for replicas). Writers take
+    /// turns under a lease in the record, and every change of it is a compare-and-swap.
+    Shared {
+        control: Arc<dyn ControlStore>,
+        key: String,
+        /// This store's name in leases.
+        writer: String,
+        /// The record as this store last wrote it while holding the lease.
+        held: Mutex<Option<Vec<u8>>>,
+    },
+}
+
+/// The longest one store call may take, its retries and its wait for a turn included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a writer may hold the lease; a commit that takes longer is rolled back.
+const LEASE: Duration = Duration::from_secs(30);
+/// How long a writer waits for its turn before giving up.
+const LEASE_WAIT: Duration = Duration::from_secs(60);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl State {
@@ -201,6 +260,18 @@ impl MilvusStore {
     /// named `<namespace>_…`, creating the catalog if it is missing and removing what failed
     /// commits left behind.
     pub fn connect(uri: &str, namespace: &str) -> Result<Self> {
+        Self::open(uri, namespace, Record::Catalog)
+    }
+
+    /// Connect as one of several hosts writing the namespace: the commit record lives in
+    /// `control` (the control store the hosts share, such as etcd), where writers take turns.
+    pub fn connect_shared(uri: &str, namespace: &str, control: Arc<dyn ControlStore>) -> Result<Self> {
+        let writer = format!("{}-{}-{:x}", std::process::id(), now_ms(), Sha256::digest(format!("{:?}", std::time::Instant::now()))[0]);
+        let key = format!("collections/milvus/{namespace}/commits");
+        Self::open(uri, namespace, Record::Shared { control, key, writer, held: Mutex::new(None) })
+    }
+
+    fn open(uri: &str, namespace: &str, record: Record) -> Result<Self> {
         let valid = !namespace.is_empty()
             && namespace.len() <= 64
             && namespace.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -215,7 +286,7 @@ impl MilvusStore {
                 return Err(e.context(format!("cannot connect to Milvus at {uri}; is it running and reachable from here?")));
             }
         };
-        let store = MilvusStore { runtime: Some(runtime), client, namespace: namespace.to_string(), writing: Mutex::new(()), ready: Mutex::new(HashSet::new()), replaced: Mutex::new(Vec::new()) };
+        let store = MilvusStore { runtime: Some(runtime), client, namespace: namespace.to_string(), writing: Mutex::new(()), ready: Mutex::new(HashSet::new()), replaced: Mutex::new(Vec::new()), record };
         let opened = &store;
         store.run(move || async move {
             opened.ensure_table(&opened.catalog(), PLACEHOLDER_DIM).await?;
@@ -303,6 +374,12 @@ impl MilvusStore {
     }
 
     async fn state(&self) -> Result<State> {
+        if let Record::Shared { control, key, .. } = &self.record {
+            return match control.get(key)? {
+                Some(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("the commit record `{key}` is not JSON; was it written by something else?")),
+                None => Ok(State::default()),
+            };
+        }
         let response = self
             .client
             .query(
@@ -320,6 +397,18 @@ impl MilvusStore {
     }
 
     async fn set_state(&self, state: &State) -> Result<()> {
+        if let Record::Shared { control, key, held, .. } = &self.record {
+            let mut held = held.lock().unwrap();
+            let bytes = serde_json::to_vec(state)?;
+            ensure!(
+                held.is_some() && control.compare_and_swap(key, held.as_deref(), &bytes)?,
+                "this host lost its turn to write the Milvus namespace `{}` (a commit took over {} s, or another host took the turn); nothing of it is read",
+                self.namespace,
+                LEASE.as_secs()
+            );
+            *held = Some(bytes);
+            return Ok(());
+        }
         let data = BASE64.encode(serde_json::to_vec(state)?);
         self.put_fixed(STATE_PK, STATE_PK, STATE_PK, data).await.context("cannot write the Milvus commit record")
     }
@@ -342,9 +431,66 @@ impl MilvusStore {
         Ok(())
     }
 
+    /// Run `body` (a read-modify-write) in this host's turn to write: under the shared
+    /// record's lease, or at once for a catalog record (the `writing` lock serialises it).
+    async fn in_turn<T>(&self, body: impl Future<Output = Result<T>>) -> Result<T> {
+        self.acquire().await?;
+        let result = body.await;
+        self.release().await;
+        result
+    }
+
+    async fn acquire(&self) -> Result<()> {
+        let Record::Shared { control, key, writer, held } = &self.record else { return Ok(()) };
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let current = control.get(key)?;
+            let mut state: State = match &current {
+                Some(bytes) => serde_json::from_slice(bytes).with_context(|| format!("the commit record `{key}` is not JSON"))?,
+                None => State::default(),
+            };
+            let now = now_ms();
+            if state.lease.as_ref().is_none_or(|l| l.until_ms <= now || l.writer == *writer) {
+                state.lease = Some(Lease { writer: writer.clone(), until_ms: now + LEASE.as_millis() as u64 });
+                let bytes = serde_json::to_vec(&state)?;
+                if control.compare_and_swap(key, current.as_deref(), &bytes)? {
+                    *held.lock().unwrap() = Some(bytes);
+                    return Ok(());
+                }
+                continue;
+            }
+            ensure!(
+                started.elapsed() < LEASE_WAIT,
+                "another host has held the turn to write the Milvus namespace `{}` for over {} s; is one stuck? Its lease ends by itself after {} s",
+                self.namespace,
+                LEASE_WAIT.as_secs(),
+                LEASE.as_secs()
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Give the turn back, if this host still holds it.
+    async fn release(&self) {
+        let Record::Shared { control, key, held, .. } = &self.record else { return };
+        let Some(bytes) = held.lock().unwrap().take() else { return };
+        let Ok(mut state) = serde_json::from_slice::<State>(&bytes) else { return };
+        state.lease = None;
+        if let Ok(released) = serde_json::to_vec(&state) {
+            // Failure leaves the lease to expire.
+            let _ = control.compare_and_swap(key, Some(&bytes), &released);
+        }
+    }
+
     /// Remove the rows of generations that were handed out but never committed. Runs before
     /// the store is shared, so nothing of this process writes meanwhile.
     async fn recover(&self) -> Result<()> {
+        if matches!(self.record, Record::Shared { .. }) {
+            // Another host may be mid-commit; the next commit marks what failed as aborted.
+            return Ok(());
+        }
         let mut state = self.state().await?;
         let failed: Vec<i64> = (state.committed + 1..=state.allocated).filter(|g| !state.aborted.contains(g)).collect();
         if failed.is_empty() && state.aborted.is_empty() {
@@ -372,7 +518,10 @@ impl MilvusStore {
                 self.client.delete(DeleteRequest::builder().collection_name(&table.name).filter(filter).build()?).await?;
             }
         }
-        state.aborted.clear();
+        if matches!(self.record, Record::Catalog) {
+            // A shared record keeps them: a host that lost its turn may still be inserting.
+            state.aborted.clear();
+        }
         self.set_state(state).await
     }
 
@@ -542,7 +691,7 @@ impl MilvusStore {
     }
 
     /// Apply `puts` as one commit (see the crate documentation). The caller holds `writing`.
-    async fn apply(&self, puts: Vec<Put>, caps: &StorageCaps) -> Result<()> {
+    async fn apply(&self, puts: Vec<Put>, caps: &StorageCaps, collections: &[&str]) -> Result<()> {
         let mut state = self.state().await?;
         // The last put of a key wins, as in a batch applied in order.
         let mut latest: BTreeMap<(Table, String, String), Put> = BTreeMap::new();
@@ -640,6 +789,9 @@ impl MilvusStore {
             Ok(()) => {
                 let mut committed = state.clone();
                 committed.committed = generation;
+                if let Record::Shared { writer, .. } = &self.record {
+                    committed.last = Some(LastCommit { writer: writer.clone(), collections: collections.iter().map(|c| c.to_string()).collect() });
+                }
                 self.set_state(&committed).await
             }
             Err(e) => Err(e),
@@ -718,13 +870,16 @@ impl MilvusStore {
     fn update_meta(&self, collection: &str, update: impl FnOnce(&mut CollectionMeta) -> Result<()> + Send) -> Result<()> {
         let _writing = self.writing.lock().unwrap();
         self.run(move || async move {
-            let mut meta = self.meta(collection).await?.with_context(|| format!("collection `{collection}` does not exist"))?;
-            let before = meta.clone();
-            update(&mut meta)?;
-            if meta != before {
-                self.apply(vec![self.meta_put(&meta)?], &|_| None).await?;
-            }
-            Ok(())
+            self.in_turn(async move {
+                let mut meta = self.meta(collection).await?.with_context(|| format!("collection `{collection}` does not exist"))?;
+                let before = meta.clone();
+                update(&mut meta)?;
+                if meta != before {
+                    self.apply(vec![self.meta_put(&meta)?], &|_| None, &[collection]).await?;
+                }
+                Ok(())
+            })
+            .await
         })
     }
 
@@ -790,10 +945,16 @@ impl NewRow {
 /// Run async work on `runtime` to completion, from a plain thread or from inside another
 /// runtime (whose worker this blocks, as any synchronous store would).
 fn block_on<T: Send, F: Future<Output = Result<T>>>(runtime: &tokio::runtime::Runtime, work: impl FnOnce() -> F + Send) -> Result<T> {
+    // A Milvus that stops answering fails the call instead of holding it (and a turn to write).
+    let bounded = move || async move {
+        tokio::time::timeout(CALL_TIMEOUT, work())
+            .await
+            .map_err(|_| anyhow!("Milvus did not answer within {} s; check that it is up and reachable from here", CALL_TIMEOUT.as_secs()))?
+    };
     if tokio::runtime::Handle::try_current().is_err() {
-        return runtime.block_on(work());
+        return runtime.block_on(bounded());
     }
-    std::thread::scope(|s| s.spawn(move || runtime.block_on(work())).join()).map_err(|_| anyhow!("a Milvus call panicked"))?
+    std::thread::scope(|s| s.spawn(move || runtime.block_on(bounded())).join()).map_err(|_| anyhow!("a Milvus call panicked"))?
 }
 
 /// A Milvus string literal.
@@ -825,17 +986,20 @@ impl CollectionStore for MilvusStore {
         }
         let _writing = self.writing.lock().unwrap();
         self.run(move || async move {
-            if let Some(meta) = self.meta(name).await? {
-                ensure!(
-                    meta.schema_version == SCHEMA_VERSION,
-                    "collection `{name}` has schema version {}, this Quarry reads version {SCHEMA_VERSION}; re-ingest it or use a matching Quarry",
-                    meta.schema_version
-                );
-                return Ok(meta);
-            }
-            let meta = CollectionMeta { name: name.to_string(), schema_version: SCHEMA_VERSION, fields: BTreeMap::new() };
-            self.apply(vec![self.meta_put(&meta)?], &|_| None).await?;
-            Ok(meta)
+            self.in_turn(async move {
+                if let Some(meta) = self.meta(name).await? {
+                    ensure!(
+                        meta.schema_version == SCHEMA_VERSION,
+                        "collection `{name}` has schema version {}, this Quarry reads version {SCHEMA_VERSION}; re-ingest it or use a matching Quarry",
+                        meta.schema_version
+                    );
+                    return Ok(meta);
+                }
+                let meta = CollectionMeta { name: name.to_string(), schema_version: SCHEMA_VERSION, fields: BTreeMap::new() };
+                self.apply(vec![self.meta_put(&meta)?], &|_| None, &[name]).await?;
+                Ok(meta)
+            })
+            .await
         })
     }
 
@@ -884,76 +1048,86 @@ impl CollectionStore for MilvusStore {
         batch.validate()?;
         let _writing = self.writing.lock().unwrap();
         self.run(move || async move {
-            let mut metas: BTreeMap<&str, (CollectionMeta, bool)> = BTreeMap::new();
-            for (collection, id, field, value) in &batch.fields {
-                if !metas.contains_key(collection.as_str()) {
-                    let meta = self.meta(collection).await?.with_context(|| format!("collection `{collection}` does not exist"))?;
-                    metas.insert(collection.as_str(), (meta, false));
+            self.in_turn(async move {
+                let mut metas: BTreeMap<&str, (CollectionMeta, bool)> = BTreeMap::new();
+                for (collection, id, field, value) in &batch.fields {
+                    if !metas.contains_key(collection.as_str()) {
+                        let meta = self.meta(collection).await?.with_context(|| format!("collection `{collection}` does not exist"))?;
+                        metas.insert(collection.as_str(), (meta, false));
+                    }
+                    let (meta, changed) = metas.get_mut(collection.as_str()).expect("just inserted");
+                    let schema = meta.fields.entry(field.clone()).or_insert_with(|| {
+                        *changed = true;
+                        FieldSchema::new(value.kind(), Metric::default())
+                    });
+                    if schema.kind != value.kind() {
+                        bail!("field `{field}` of collection `{collection}` holds {:?} values; `{id}` got a {:?}", schema.kind, value.kind());
+                    }
+                    if let FieldValue::Vector(v) = value {
+                        ensure!(!v.is_empty(), "field `{field}` of collection `{collection}`: `{id}` got an empty vector; Milvus stores vectors of at least one dimension");
+                    }
                 }
-                let (meta, changed) = metas.get_mut(collection.as_str()).expect("just inserted");
-                let schema = meta.fields.entry(field.clone()).or_insert_with(|| {
-                    *changed = true;
-                    FieldSchema::new(value.kind(), Metric::default())
-                });
-                if schema.kind != value.kind() {
-                    bail!("field `{field}` of collection `{collection}` holds {:?} values; `{id}` got a {:?}", schema.kind, value.kind());
+                let mut puts = Vec::new();
+                for (meta, changed) in metas.values() {
+                    if *changed {
+                        puts.push(self.meta_put(meta)?);
+                    }
                 }
-                if let FieldValue::Vector(v) = value {
-                    ensure!(!v.is_empty(), "field `{field}` of collection `{collection}`: `{id}` got an empty vector; Milvus stores vectors of at least one dimension");
+                let tenant = |collection: &str| split_qualified(collection).0.to_string();
+                for (collection, item) in &batch.items {
+                    puts.push(Put {
+                        table: self.rows_table(collection),
+                        part: "item".into(),
+                        key: item.id.clone(),
+                        value: Some(Payload::Bytes(serde_json::to_vec(item)?)),
+                        counted: Some((tenant(collection), collection.len() + item.id.len())),
+                    });
                 }
-            }
-            let mut puts = Vec::new();
-            for (meta, changed) in metas.values() {
-                if *changed {
-                    puts.push(self.meta_put(meta)?);
+                for (collection, id, field, value) in &batch.fields {
+                    let (table, part) = self.field_place(collection, field, &metas[collection.as_str()].0.fields[field]);
+                    let value = match value {
+                        FieldValue::Vector(v) => Payload::Vector(v.clone()),
+                        other => Payload::Bytes(other.encode()),
+                    };
+                    let counted = Some((tenant(collection), collection.len() + field.len() + id.len()));
+                    puts.push(Put { table, part, key: id.clone(), value: Some(value), counted });
                 }
-            }
-            let tenant = |collection: &str| split_qualified(collection).0.to_string();
-            for (collection, item) in &batch.items {
-                puts.push(Put {
-                    table: self.rows_table(collection),
-                    part: "item".into(),
-                    key: item.id.clone(),
-                    value: Some(Payload::Bytes(serde_json::to_vec(item)?)),
-                    counted: Some((tenant(collection), collection.len() + item.id.len())),
-                });
-            }
-            for (collection, id, field, value) in &batch.fields {
-                let (table, part) = self.field_place(collection, field, &metas[collection.as_str()].0.fields[field]);
-                let value = match value {
-                    FieldValue::Vector(v) => Payload::Vector(v.clone()),
-                    other => Payload::Bytes(other.encode()),
-                };
-                let counted = Some((tenant(collection), collection.len() + field.len() + id.len()));
-                puts.push(Put { table, part, key: id.clone(), value: Some(value), counted });
-            }
-            for (collection, name, data) in &batch.blobs {
-                let counted = Some((tenant(collection), collection.len() + name.len()));
-                puts.push(Put { table: self.rows_table(collection), part: "blob".into(), key: name.clone(), value: Some(Payload::Bytes(data.clone())), counted });
-            }
-            self.apply(puts, caps).await
+                for (collection, name, data) in &batch.blobs {
+                    let counted = Some((tenant(collection), collection.len() + name.len()));
+                    puts.push(Put { table: self.rows_table(collection), part: "blob".into(), key: name.clone(), value: Some(Payload::Bytes(data.clone())), counted });
+                }
+                let mut collections: Vec<&str> = batch.items.iter().map(|(c, _)| c.as_str()).collect();
+                collections.extend(batch.fields.iter().map(|(c, ..)| c.as_str()).chain(batch.blobs.iter().map(|(c, ..)| c.as_str())));
+                collections.sort_unstable();
+                collections.dedup();
+                self.apply(puts, caps, &collections).await
+            })
+            .await
         })
     }
 
     fn delete_items(&self, collection: &str, ids: &[String]) -> Result<usize> {
         let _writing = self.writing.lock().unwrap();
         self.run(move || async move {
-            let fields = self.meta(collection).await?.map(|m| m.fields).unwrap_or_default();
-            let rows_table = self.rows_table(collection);
-            let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let existed = self.versions(&rows_table, "item", Some(keys.as_slice()), &self.state().await?).await?.values().filter(|v| !v.deleted).count();
-            let tenant = split_qualified(collection).0.to_string();
-            let mut puts = Vec::new();
-            for id in ids {
-                let delete = |table: Table, part: String, key_len: usize| Put { table, part, key: id.clone(), value: None, counted: Some((tenant.clone(), key_len)) };
-                puts.push(delete(rows_table.clone(), "item".into(), collection.len() + id.len()));
-                for (field, schema) in &fields {
-                    let (table, part) = self.field_place(collection, field, schema);
-                    puts.push(delete(table, part, collection.len() + field.len() + id.len()));
+            self.in_turn(async move {
+                let fields = self.meta(collection).await?.map(|m| m.fields).unwrap_or_default();
+                let rows_table = self.rows_table(collection);
+                let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let existed = self.versions(&rows_table, "item", Some(keys.as_slice()), &self.state().await?).await?.values().filter(|v| !v.deleted).count();
+                let tenant = split_qualified(collection).0.to_string();
+                let mut puts = Vec::new();
+                for id in ids {
+                    let delete = |table: Table, part: String, key_len: usize| Put { table, part, key: id.clone(), value: None, counted: Some((tenant.clone(), key_len)) };
+                    puts.push(delete(rows_table.clone(), "item".into(), collection.len() + id.len()));
+                    for (field, schema) in &fields {
+                        let (table, part) = self.field_place(collection, field, schema);
+                        puts.push(delete(table, part, collection.len() + field.len() + id.len()));
+                    }
                 }
-            }
-            self.apply(puts, &|_| None).await?;
-            Ok(existed)
+                self.apply(puts, &|_| None, &[collection]).await?;
+                Ok(existed)
+            })
+            .await
         })
     }
 
@@ -1048,6 +1222,42 @@ impl CollectionStore for MilvusStore {
         found.into_iter().next().map(|(_, payload)| bytes_of(payload)).transpose()
     }
 
+    fn changes_elsewhere(&self) -> Result<Option<std::sync::mpsc::Receiver<Vec<String>>>> {
+        let Record::Shared { control, key, writer, .. } = &self.record else { return Ok(None) };
+        // Watch first, then read where the commits stand, so none falls in between.
+        let Some(watch) = control.watch(key)? else { return Ok(None) };
+        let mut seen = self.run(move || async move { self.state().await })?.committed;
+        let (changed, changes) = std::sync::mpsc::channel();
+        let (key, writer) = (key.clone(), writer.clone());
+        std::thread::Builder::new()
+            .name("quarry-milvus-commits".into())
+            .spawn(move || {
+                for change in watch {
+                    let collections = match change {
+                        Change::Put { key: k, value } if k == key => match serde_json::from_slice::<State>(&value) {
+                            Ok(state) if state.committed == seen => continue,
+                            Ok(state) => {
+                                seen = state.committed;
+                                match state.last {
+                                    Some(last) if last.writer == writer => continue,
+                                    Some(last) => last.collections,
+                                    None => Vec::new(),
+                                }
+                            }
+                            Err(_) => Vec::new(),
+                        },
+                        Change::Put { .. } => continue,
+                        Change::Delete { .. } | Change::Resync => Vec::new(),
+                    };
+                    if changed.send(collections).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("cannot start the thread that follows the Milvus commit record")?;
+        Ok(Some(changes))
+    }
+
     fn tenant_bytes(&self, tenant: &str) -> Result<u64> {
         let found = self.run(move || async move { self.read(&self.catalog(), "bytes", Some(&[tenant][..])).await })?;
         match found.into_iter().next() {
@@ -1125,7 +1335,7 @@ mod tests {
 
     #[test]
     fn only_committed_generations_that_did_not_fail_are_read() {
-        let state = State { committed: 5, allocated: 7, aborted: vec![3, 6] };
+        let state = State { committed: 5, allocated: 7, aborted: vec![3, 6], ..State::default() };
         assert_eq!((1..=7).filter(|g| state.visible(*g)).collect::<Vec<_>>(), [1, 2, 4, 5]);
     }
 

@@ -96,3 +96,77 @@ fn the_store_answers_from_inside_another_runtime() {
         drop(store);
     });
 }
+
+/// Two hosts on one namespace, their commit record in a control store they share.
+fn two_writers(server: &MilvusLite, namespace: &str) -> (MilvusStore, MilvusStore, std::sync::Arc<quarry_host::control::MemoryStore>) {
+    let control = std::sync::Arc::new(quarry_host::control::MemoryStore::default());
+    let connect = || MilvusStore::connect_shared(&server.uri(), namespace, control.clone()).unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
+    (connect(), connect(), control)
+}
+
+#[test]
+fn hosts_sharing_a_namespace_take_turns_and_lose_no_write() {
+    let server = MilvusLite::start();
+    let (a, b, _control) = two_writers(&server, "shared");
+    conformance::check_all(&a);
+    a.ensure_collection("t/c").unwrap();
+    std::thread::scope(|s| {
+        for (store, who) in [(&a, "a"), (&b, "b")] {
+            s.spawn(move || {
+                for i in 0..8 {
+                    let mut batch = WriteBatch::default();
+                    let id = format!("{who}{i}");
+                    batch.items.push(("t/c".into(), conformance::item(&id)));
+                    batch.fields.push(("t/c".into(), id.clone(), format!("codes_{who}"), FieldValue::Codes(vec![i])));
+                    store.commit(&batch, &|_| None).unwrap();
+                }
+            });
+        }
+    });
+    for store in [&a, &b] {
+        assert_eq!(store.item_count("t/c").unwrap(), 16, "every commit of both hosts landed");
+        let meta = store.collection("t/c").unwrap().unwrap();
+        assert!(meta.fields.contains_key("codes_a") && meta.fields.contains_key("codes_b"), "neither host's field declaration undid the other's: {meta:?}");
+        assert_eq!(store.scan_field("t/c", "codes_b").unwrap().len(), 8);
+    }
+    assert_eq!(a.tenant_bytes("t").unwrap(), b.tenant_bytes("t").unwrap());
+}
+
+#[test]
+fn a_host_learns_which_collections_the_other_changed_and_not_its_own() {
+    let server = MilvusLite::start();
+    let (a, b, _control) = two_writers(&server, "follow");
+    let changes = a.changes_elsewhere().unwrap().expect("a shared namespace reports other hosts' commits");
+    a.ensure_collection("t/mine").unwrap();
+    b.ensure_collection("t/theirs").unwrap();
+    let mut batch = WriteBatch::default();
+    batch.items.push(("t/theirs".into(), conformance::item("x")));
+    b.commit(&batch, &|_| None).unwrap();
+    let wait = std::time::Duration::from_secs(5);
+    assert_eq!(changes.recv_timeout(wait).unwrap(), ["t/theirs"], "b made the collection");
+    assert_eq!(changes.recv_timeout(wait).unwrap(), ["t/theirs"], "b wrote an item");
+    assert!(changes.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "a's own commit is not reported to a");
+    assert!(MilvusStore::connect(&server.uri(), "single").unwrap().changes_elsewhere().unwrap().is_none());
+}
+
+#[test]
+fn a_writer_waits_for_another_hosts_turn_and_takes_an_expired_one() {
+    use quarry_host::control::ControlStore as _;
+    let server = MilvusLite::start();
+    let (a, _b, control) = two_writers(&server, "turns");
+    a.ensure_collection("t/c").unwrap();
+    let key = "collections/milvus/turns/commits";
+    let record: serde_json::Value = serde_json::from_slice(&control.get(key).unwrap().unwrap()).unwrap();
+    assert!(record.get("lease").is_none(), "a finished commit gives its turn back: {record}");
+    // Another host's turn for the next 600 ms.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mut held = record.clone();
+    held["lease"] = serde_json::json!({"writer": "elsewhere", "until_ms": now + 600});
+    control.put(key, &serde_json::to_vec(&held).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    let mut batch = WriteBatch::default();
+    batch.items.push(("t/c".into(), conformance::item("after")));
+    a.commit(&batch, &|_| None).unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500), "the commit waited for the other turn to end ({:?})", started.elapsed());
+    assert!(a.item_exists("t/c", "after").unwrap());
+}

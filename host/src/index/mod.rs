@@ -189,6 +189,22 @@ impl Indexes {
         })
     }
 
+    /// Forget everything cached of `collections` (of every collection, when empty), after
+    /// another host changed them; the next search reads them again. A build in progress holds
+    /// its map's lock, so it is forgotten too once it ends.
+    pub fn forget(&self, collections: &[String]) {
+        let stale = |collection: &str| collections.is_empty() || collections.iter().any(|c| c == collection);
+        self.vectors.write().unwrap().retain(|(c, _), _| !stale(c));
+        self.ann.write().unwrap().retain(|(c, _), _| !stale(c));
+        self.codes.write().unwrap().retain(|(c, _), _| !stale(c));
+        self.tokens.write().unwrap().retain(|(c, _), _| !stale(c));
+        self.metadata.write().unwrap().retain(|c, _| !stale(c));
+        let mut blobs = self.blobs.write().unwrap();
+        blobs.blobs.retain(|(c, _), _| !stale(c));
+        blobs.bytes = blobs.blobs.values().map(|b| b.len()).sum();
+        blobs.generation += 1;
+    }
+
     /// Forget a field's approximate index (and its saved graph) after its configuration changed.
     pub fn reset_ann(&self, collection: &str, field: &str) {
         self.ann.write().unwrap().remove(&(collection.to_string(), field.to_string()));

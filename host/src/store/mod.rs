@@ -326,6 +326,13 @@ pub trait CollectionStore: Send + Sync {
     /// values of its items, fields and blobs. Commits add to it, rewrites replace, deletes subtract.
     fn tenant_bytes(&self, tenant: &str) -> Result<u64>;
 
+    /// The collections other hosts change, one list per commit as it lands, for a store that
+    /// several hosts write; `None` where this host is the only writer. An empty list means
+    /// anything may have changed (the feed missed some). Hosts drop what they cached of them.
+    fn changes_elsewhere(&self) -> Result<Option<std::sync::mpsc::Receiver<Vec<String>>>> {
+        Ok(None)
+    }
+
     /// Every (id, value) of one field of a collection, in id order.
     fn scan_field(&self, collection: &str, field: &str) -> Result<Vec<(String, FieldValue)>> {
         let mut out = Vec::new();
