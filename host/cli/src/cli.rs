@@ -434,15 +434,21 @@ fn data_dir(cli: &Cli) -> PathBuf {
 
 /// Open the host, reading `limits.json` from the data directory if present.
 fn open(dir: &Path, verbose: bool) -> Result<Quarry> {
-    open_with(dir, verbose, None)
+    open_with(dir, verbose, None, None)
 }
 
 /// [`open`] with the control store kept in `control` (a server's shared etcd) instead of the
 /// data directory's files.
-fn open_with(dir: &Path, verbose: bool, control: Option<std::sync::Arc<dyn quarry_host::control::ControlStore>>) -> Result<Quarry> {
+fn open_with(
+    dir: &Path,
+    verbose: bool,
+    control: Option<std::sync::Arc<dyn quarry_host::control::ControlStore>>,
+    collections: Option<std::sync::Arc<dyn quarry_host::store::CollectionStore>>,
+) -> Result<Quarry> {
     let mut config = HostConfig::new(dir);
     config.verbose = verbose;
     config.control = control;
+    config.collections = collections;
     let limits_path = dir.join("limits.json");
     if limits_path.is_file() {
         config.limits = serde_json::from_str::<Limits>(&std::fs::read_to_string(&limits_path)?)
@@ -472,7 +478,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => {
             let config = args.config()?;
             let control = quarry_server::control_store(&config)?;
-            quarry_server::serve(open_with(&dir, cli.verbose, control)?, config)
+            let collections = quarry_server::collection_store(&config, control.as_ref(), &dir)?;
+            quarry_server::serve(open_with(&dir, cli.verbose, control, collections)?, config)
         }
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));

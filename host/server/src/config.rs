@@ -46,6 +46,32 @@ pub struct ServerConfig {
     /// files in the data directory, for one server. Replicas share one etcd, and each follows
     /// the changes the others make.
     pub control: Option<ControlConfig>,
+    /// Where collections (items, fields, blobs) are kept. Unset: `collections.redb` in the data
+    /// directory, this server's own. Replicas share one Milvus, and take turns to commit
+    /// through the control store.
+    pub collections: Option<CollectionsConfig>,
+}
+
+/// A collection store that several servers share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum CollectionsConfig {
+    Milvus(MilvusConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MilvusConfig {
+    /// The Milvus server's URL, such as `http://10.0.0.6:19530`.
+    pub uri: String,
+    /// The prefix of the Milvus collections this service makes (letters, digits and `_`), so
+    /// services can share a Milvus.
+    #[serde(default = "default_milvus_namespace")]
+    pub namespace: String,
+}
+
+fn default_milvus_namespace() -> String {
+    "quarry".into()
 }
 
 /// A control store that several servers share.
@@ -85,6 +111,7 @@ impl Default for ServerConfig {
             refusal_delay_ms: 250,
             max_delayed_refusals: 4096,
             control: None,
+            collections: None,
         }
     }
 }
@@ -205,6 +232,16 @@ impl ServerConfig {
                 }
             }
         }
+        if let Some(CollectionsConfig::Milvus(milvus)) = &self.collections {
+            let uri = &milvus.uri;
+            if !(uri.starts_with("http://") || uri.starts_with("https://")) || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("`collections.milvus.uri` is `{}`; give a URL such as http://127.0.0.1:19530", uri.escape_debug());
+            }
+            let namespace = &milvus.namespace;
+            if namespace.is_empty() || namespace.len() > 64 || !namespace.starts_with(|c: char| c.is_ascii_alphabetic()) || !namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                bail!("`collections.milvus.namespace` is `{}`; use 1-64 letters, digits and `_`, starting with a letter", namespace.escape_debug());
+            }
+        }
         self.default_quotas.validate().context("in `default_quotas`")
     }
 }
@@ -253,6 +290,26 @@ mod tests {
         let expected = EtcdConfig { endpoints: vec!["http://b:2379".into(), "http://c:2379".into()], namespace: "prod".into() };
         assert_eq!(args.config().unwrap().control, Some(ControlConfig::Etcd(expected)));
     }
+
+    #[test]
+    fn a_milvus_collection_store_needs_a_url_and_a_plain_namespace_and_the_flag_keeps_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.json");
+        for (bad, says) in [
+            (r#"{"uri": "127.0.0.1:19530"}"#, "give a URL such as http://127.0.0.1:19530"),
+            (r#"{"uri": "http://a:19530\nx"}"#, "give a URL such as"),
+            (r#"{"uri": "http://a:19530", "namespace": "a-b"}"#, "`collections.milvus.namespace` is `a-b`"),
+            (r#"{"uri": "http://a:19530", "namespace": ""}"#, "use 1-64 letters"),
+        ] {
+            std::fs::write(&path, format!(r#"{{"collections": {{"milvus": {bad}}}}}"#)).unwrap();
+            let err = format!("{:#}", ServerConfig::load(&path).unwrap().validate().unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        std::fs::write(&path, r#"{"collections": {"milvus": {"uri": "http://a:19530", "namespace": "prod"}}}"#).unwrap();
+        let args = ServeArgs { config: Some(path), milvus: Some("http://b:19530".into()), ..Default::default() };
+        let expected = MilvusConfig { uri: "http://b:19530".into(), namespace: "prod".into() };
+        assert_eq!(args.config().unwrap().collections, Some(CollectionsConfig::Milvus(expected)));
+    }
 }
 
 /// `quarry serve`'s flags: each overrides the config file's key, and reads an environment
@@ -280,6 +337,9 @@ pub struct ServeArgs {
     /// Keep the control plane in etcd at these client URLs (comma-separated), shared by replicas.
     #[arg(long, env = "QUARRY_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
+    /// Keep collections in Milvus at this URL, shared by replicas.
+    #[arg(long, env = "QUARRY_MILVUS")]
+    pub milvus: Option<String>,
 }
 
 impl ServeArgs {
@@ -307,6 +367,13 @@ impl ServeArgs {
                 None => default_namespace(),
             };
             config.control = Some(ControlConfig::Etcd(EtcdConfig { endpoints: self.etcd.clone(), namespace }));
+        }
+        if let Some(uri) = &self.milvus {
+            let namespace = match &config.collections {
+                Some(CollectionsConfig::Milvus(milvus)) => milvus.namespace.clone(),
+                None => default_milvus_namespace(),
+            };
+            config.collections = Some(CollectionsConfig::Milvus(MilvusConfig { uri: uri.clone(), namespace }));
         }
         config.validate()?;
         Ok(config)

@@ -280,6 +280,23 @@ pub fn control_store(config: &ServerConfig) -> Result<Option<Arc<dyn quarry_host
     })
 }
 
+/// The collection store `config` names (Milvus, for replicas), or `None` for the data
+/// directory's own. Writers take turns through `control`, the control store the servers share
+/// (the data directory's files when `None`).
+pub fn collection_store(
+    config: &ServerConfig,
+    control: Option<&Arc<dyn quarry_host::control::ControlStore>>,
+    data_dir: &std::path::Path,
+) -> Result<Option<Arc<dyn quarry_host::store::CollectionStore>>> {
+    Ok(match &config.collections {
+        None => None,
+        Some(config::CollectionsConfig::Milvus(milvus)) => {
+            let control = control.cloned().unwrap_or_else(|| Arc::new(quarry_host::control::DirectoryStore::new(data_dir)));
+            Some(Arc::new(quarry_milvus::MilvusStore::connect_shared(&milvus.uri, &milvus.namespace, control)?))
+        }
+    })
+}
+
 /// Log to stderr, as text or JSON lines.
 pub fn init_logging(format: config::LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -255,4 +255,71 @@ mod over_http {
         let one = replica(&dirs[0].path().join("data"), &etcd);
         assert_eq!(served_by(&one, &key).as_deref(), Some("swap@2.0.0"), "the restarted server reads the route the other one set");
     }
+
+    /// A replica on one etcd and one milvus-lite: control plane and collections both shared.
+    fn shared_replica(data: &std::path::Path, etcd: &EtcdServer, milvus: &quarry_tests::milvus::MilvusLite) -> Server {
+        Server::start(
+            data,
+            Some(json!({
+                "control": {"etcd": {"endpoints": [etcd.endpoint()], "namespace": "shared"}},
+                "collections": {"milvus": {"uri": milvus.uri(), "namespace": "shared"}}
+            })),
+        )
+    }
+
+    fn top_hit(server: &Server, key: &str, text: &str) -> Option<String> {
+        let (status, out, _) = call("POST", &server.url("/v1/collections/docs/search"), Some(key), json_body(&json!({"text": text, "k": 1})));
+        (status == 200).then(|| out["hits"][0]["id"].as_str().map(str::to_string)).flatten()
+    }
+
+    fn ingest(server: &Server, key: &str, items: &[(&str, &str)]) {
+        let items: Vec<Value> = items.iter().map(|(id, text)| json!({"id": id, "text": text})).collect();
+        let (status, out, _) = call("POST", &server.url("/v1/collections/docs/items"), Some(key), json_body(&json!({"items": items})));
+        assert_eq!(status, 200, "{out}");
+    }
+
+    #[test]
+    fn two_servers_on_one_etcd_and_one_milvus_share_collections_and_keep_what_a_killed_one_acknowledged() {
+        let etcd = EtcdServer::start();
+        let milvus = quarry_tests::milvus::MilvusLite::start();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let one = shared_replica(&dirs[0].path().join("data"), &etcd, &milvus);
+        let two = shared_replica(&dirs[1].path().join("data"), &etcd, &milvus);
+
+        let manifest = quarry_tests::root().join("examples/models/minilm-l6.json");
+        let (status, out, _) = call("POST", &one.url("/v1/models"), Some(ADMIN_KEY), json_body(&json!({"manifest": manifest})));
+        assert_eq!(status, 201, "{out}; run `bash scripts/setup.sh` first");
+        let (status, out, _) = call("POST", &one.url("/v1/tenants"), Some(ADMIN_KEY), json_body(&json!({"name": "acme", "models": ["minilm-l6"]})));
+        assert_eq!(status, 201, "{out}");
+        let key = out["api_key"].as_str().unwrap().to_string();
+        let (status, out, _) = call("POST", &one.url("/v1/plugins"), Some(&key), Some(("application/wasm", plugin("quarry-plugin-dense"))));
+        assert_eq!(status, 201, "{out}");
+        let route = json!({"strategy": "dense@0.3.0", "config": {"text-model": "minilm-l6"}, "models": ["minilm-l6"]});
+        let (status, out, _) = call("PUT", &one.url("/v1/collections/docs/route"), Some(&key), json_body(&route));
+        assert_eq!(status, 200, "{out}");
+
+        // Ingested through one, found through the other.
+        ingest(&one, &key, &[("sea", "waves crash on the shore"), ("desert", "dry sand dunes under a hot sun"), ("forest", "tall trees and moss")]);
+        within(PROPAGATION_BOUND * 5, "items ingested through one found through two", || top_hit(&two, &key, "the ocean").as_deref() == Some("sea"));
+
+        // Two has the collection cached now; what one adds later still reaches its searches.
+        ingest(&one, &key, &[("glacier", "ice sheets and frozen mountains")]);
+        let took = within(PROPAGATION_BOUND, "an item added through one found by two's cached index", || top_hit(&two, &key, "frozen ice").as_deref() == Some("glacier"));
+        eprintln!("an item ingested through one server was found through the other after {took:?}");
+        // And the other way round.
+        ingest(&two, &key, &[("reef", "coral under warm tropical water")]);
+        within(PROPAGATION_BOUND, "an item added through two found by one", || top_hit(&one, &key, "coral").as_deref() == Some("reef"));
+
+        // Killed right after it acknowledged an ingest, one loses none of it.
+        ingest(&one, &key, &[("volcano", "molten lava erupting from a mountain")]);
+        drop(one);
+        within(PROPAGATION_BOUND, "the item acknowledged by the killed server found through the survivor", || {
+            top_hit(&two, &key, "lava eruption").as_deref() == Some("volcano")
+        });
+        let (status, out, _) = call("GET", &two.url("/v1/collections"), Some(&key), None);
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out[0]["items"], 6, "{out}");
+        // The survivor writes on: the killed server held no turn to write.
+        ingest(&two, &key, &[("meadow", "grass and wild flowers")]);
+    }
 }
