@@ -41,7 +41,8 @@
 //! back with its commit, so commits from every host apply one at a time, in full. A host that
 //! dies holding the turn delays others until its lease ends; one that outlives its lease fails
 //! its commit, and its generation is marked aborted for good, so rows it still inserts are never
-//! read. Leases compare wall clocks, so hosts' clocks must agree to well within 30 s. The record
+//! read. A store that opens the namespace while no host holds the turn removes the rows of
+//! aborted generations. Leases compare wall clocks, so hosts' clocks must agree to well within 30 s. The record
 //! also names the collections of the newest commit, which
 //! [`CollectionStore::changes_elsewhere`] reports to the other hosts so they drop their caches.
 //!
@@ -133,6 +134,10 @@ struct State {
     /// Shared records only: the writer whose turn it is, until when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lease: Option<Lease>,
+    /// Shared records only: how many of `aborted` (which only grows there) had their rows
+    /// removed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    swept: usize,
     /// Shared records only: who made the newest commit and which collections it changed, so
     /// other hosts drop what they cached of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +179,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(90);
 const LEASE: Duration = Duration::from_secs(30);
 /// How long a writer waits for its turn before giving up.
 const LEASE_WAIT: Duration = Duration::from_secs(60);
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -434,13 +443,14 @@ impl MilvusStore {
     /// Run `body` (a read-modify-write) in this host's turn to write: under the shared
     /// record's lease, or at once for a catalog record (the `writing` lock serialises it).
     async fn in_turn<T>(&self, body: impl Future<Output = Result<T>>) -> Result<T> {
-        self.acquire().await?;
+        self.acquire(LEASE_WAIT).await?;
         let result = body.await;
         self.release().await;
         result
     }
 
-    async fn acquire(&self) -> Result<()> {
+    /// Take the turn to write, waiting up to `wait` for another host's to end.
+    async fn acquire(&self, wait: Duration) -> Result<()> {
         let Record::Shared { control, key, writer, held } = &self.record else { return Ok(()) };
         let started = Instant::now();
         let mut pause = Duration::from_millis(2);
@@ -461,10 +471,10 @@ impl MilvusStore {
                 continue;
             }
             ensure!(
-                started.elapsed() < LEASE_WAIT,
+                started.elapsed() < wait,
                 "another host has held the turn to write the Milvus namespace `{}` for over {} s; is one stuck? Its lease ends by itself after {} s",
                 self.namespace,
-                LEASE_WAIT.as_secs(),
+                wait.as_secs(),
                 LEASE.as_secs()
             );
             tokio::time::sleep(pause).await;
@@ -488,12 +498,23 @@ impl MilvusStore {
     /// the store is shared, so nothing of this process writes meanwhile.
     async fn recover(&self) -> Result<()> {
         if matches!(self.record, Record::Shared { .. }) {
-            // Another host may be mid-commit; the next commit marks what failed as aborted.
-            return Ok(());
+            // Only in a free turn: then no host is mid-commit. Otherwise a later open sweeps.
+            if self.acquire(Duration::ZERO).await.is_err() {
+                return Ok(());
+            }
+            let swept = self.sweep().await;
+            self.release().await;
+            return swept;
         }
+        self.sweep().await
+    }
+
+    /// Mark the generations handed out but never committed as aborted, and remove the rows of
+    /// aborted generations. The caller is the only writer, or holds the turn.
+    async fn sweep(&self) -> Result<()> {
         let mut state = self.state().await?;
         let failed: Vec<i64> = (state.committed + 1..=state.allocated).filter(|g| !state.aborted.contains(g)).collect();
-        if failed.is_empty() && state.aborted.is_empty() {
+        if failed.is_empty() && state.aborted.len() == state.swept {
             return Ok(());
         }
         state.aborted.extend(failed);
@@ -503,24 +524,27 @@ impl MilvusStore {
         let listed = self.rows(&catalog, &format!("part == {}", quote(TABLE_PART))).await?;
         let mut tables: Vec<Table> = listed.into_iter().map(|row| Table { name: row.key, metric: None }).collect();
         tables.push(catalog);
-        self.purge(&tables, &mut state).await
+        self.purge(&tables, &mut state, true).await
     }
 
-    /// Delete aborted generations' rows from `tables` and forget the generations.
-    async fn purge(&self, tables: &[Table], state: &mut State) -> Result<()> {
-        if state.aborted.is_empty() {
+    /// Delete aborted generations' rows from `tables`; a catalog record then forgets the
+    /// generations, a shared one remembers them as swept once `tables` were all of them.
+    async fn purge(&self, tables: &[Table], state: &mut State, all_tables: bool) -> Result<()> {
+        if state.aborted.len() <= state.swept {
             return Ok(());
         }
-        let generations = state.aborted.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let generations = state.aborted[state.swept..].iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
         for table in tables {
             if self.table_exists(table).await? {
                 let filter = format!("gen in [{generations}]");
                 self.client.delete(DeleteRequest::builder().collection_name(&table.name).filter(filter).build()?).await?;
             }
         }
-        if matches!(self.record, Record::Catalog) {
+        match self.record {
+            Record::Catalog => state.aborted.clear(),
             // A shared record keeps them: a host that lost its turn may still be inserting.
-            state.aborted.clear();
+            Record::Shared { .. } if all_tables => state.swept = state.aborted.len(),
+            Record::Shared { .. } => {}
         }
         self.set_state(state).await
     }
@@ -801,7 +825,7 @@ impl MilvusStore {
             // Best effort: what this leaves, the next open removes.
             if self.set_state(&state).await.is_ok() {
                 let tables: Vec<Table> = rows.keys().cloned().collect();
-                let _ = self.purge(&tables, &mut state).await;
+                let _ = self.purge(&tables, &mut state, false).await;
             }
             return Err(e.context("the commit to Milvus failed and was rolled back"));
         }
@@ -1318,6 +1342,44 @@ mod tests {
         assert_eq!(stored(&store), 0, "opening removes them");
         assert!(store.run(|| store.state()).unwrap().aborted.is_empty());
         assert_eq!(store.item_count("t/c").unwrap(), 2);
+    }
+
+    #[test]
+    fn a_shared_namespace_never_reads_a_failed_commit_and_sweeps_its_rows_when_the_turn_is_free() {
+        let server = support::MilvusLite::start();
+        let control: Arc<dyn ControlStore> = Arc::new(quarry_host::control::MemoryStore::default());
+        let connect = || MilvusStore::connect_shared(&server.uri(), "sweep", control.clone()).unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
+        let store = connect();
+        store.ensure_collection("t/c").unwrap();
+        let mut batch = WriteBatch::default();
+        batch.items.push(("t/c".into(), quarry_host::store::conformance::item("kept")));
+        store.commit(&batch, &|_| None).unwrap();
+        // A host that took its turn, inserted rows, and lost the turn before committing.
+        let table = store.rows_table("t/c");
+        let ghost = Payload::Bytes(serde_json::to_vec(&quarry_host::store::conformance::item("ghost")).unwrap());
+        let generation = store
+            .run(|| async {
+                store.acquire(LEASE_WAIT).await?;
+                let mut state = store.state().await?;
+                state.allocated += 1;
+                store.set_state(&state).await?;
+                store.insert_all(&BTreeMap::from([(table.clone(), NewRow::split("item", "ghost", Some(&ghost), 10))]), state.allocated).await?;
+                store.release().await;
+                Ok(state.allocated)
+            })
+            .unwrap();
+        let stored = |store: &MilvusStore| store.run(|| async { Ok(store.rows(&table, &format!("gen == {generation}")).await?.len()) }).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.items.push(("t/c".into(), quarry_host::store::conformance::item("next")));
+        store.commit(&batch, &|_| None).unwrap();
+        assert!(!store.item_exists("t/c", "ghost").unwrap(), "a later commit does not make them readable");
+        assert_eq!(stored(&store), 1);
+
+        let again = connect();
+        assert_eq!(stored(&again), 0, "opening in a free turn removes them");
+        let state = again.run(|| again.state()).unwrap();
+        assert!(state.aborted.contains(&generation) && state.swept == state.aborted.len() && state.lease.is_none(), "{state:?}");
+        assert_eq!(again.scan_items("t/c").unwrap().iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["kept", "next"]);
     }
 
     #[test]

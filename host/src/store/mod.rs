@@ -19,7 +19,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 #[error(
     "tenant `{tenant}` would store {would_store} bytes, over its quota `stored_bytes` ({limit} bytes); \
-     delete items or collections it no longer needs, or ask the operator to raise the quota"
+     delete items it no longer needs, or ask the operator to raise the quota"
 )]
 pub struct OverStorage {
     pub tenant: String,
