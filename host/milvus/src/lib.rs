@@ -62,7 +62,7 @@ use milvus::v2::prelude::{
 use quarry_host::control::{Change, ControlStore};
 use quarry_host::store::{
     AnnParams, CollectionMeta, CollectionStore, FieldKind, FieldSchema, FieldValue, Metric, OverStorage, Precision, SCHEMA_VERSION, StorageCaps,
-    StoredItem, WriteBatch, qualify, split_qualified, validate_name,
+    StoredItem, WriteBatch, qualify, split_qualified,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -179,6 +179,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(90);
 const LEASE: Duration = Duration::from_secs(30);
 /// How long a writer waits for its turn before giving up.
 const LEASE_WAIT: Duration = Duration::from_secs(60);
+
+/// A shared commit record as stored (for a compare-and-swap) and as read.
+fn shared_record(control: &dyn ControlStore, key: &str) -> Result<(Option<Vec<u8>>, State)> {
+    let stored = control.get(key)?;
+    let state = match &stored {
+        Some(bytes) => serde_json::from_slice(bytes).with_context(|| format!("the commit record `{key}` is not JSON; was it written by something else?"))?,
+        None => State::default(),
+    };
+    Ok((stored, state))
+}
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
@@ -384,10 +394,7 @@ impl MilvusStore {
 
     async fn state(&self) -> Result<State> {
         if let Record::Shared { control, key, .. } = &self.record {
-            return match control.get(key)? {
-                Some(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("the commit record `{key}` is not JSON; was it written by something else?")),
-                None => Ok(State::default()),
-            };
+            return Ok(shared_record(control.as_ref(), key)?.1);
         }
         let response = self
             .client
@@ -455,11 +462,7 @@ impl MilvusStore {
         let started = Instant::now();
         let mut pause = Duration::from_millis(2);
         loop {
-            let current = control.get(key)?;
-            let mut state: State = match &current {
-                Some(bytes) => serde_json::from_slice(bytes).with_context(|| format!("the commit record `{key}` is not JSON"))?,
-                None => State::default(),
-            };
+            let (current, mut state) = shared_record(control.as_ref(), key)?;
             let now = now_ms();
             if state.lease.as_ref().is_none_or(|l| l.until_ms <= now || l.writer == *writer) {
                 state.lease = Some(Lease { writer: writer.clone(), until_ms: now + LEASE.as_millis() as u64 });
@@ -909,11 +912,7 @@ impl MilvusStore {
 
     fn update_vector_field(&self, collection: &str, field: &str, what: &str, update: impl FnOnce(&mut FieldSchema) + Send) -> Result<()> {
         self.update_meta(collection, |meta| {
-            let schema = meta.fields.get_mut(field).with_context(|| format!("collection `{collection}` has no field `{field}`"))?;
-            if schema.kind != FieldKind::Vector {
-                bail!("field `{field}` holds {:?} values; only vector fields have {what}", schema.kind);
-            }
-            update(schema);
+            update(meta.vector_field_mut(field, what)?);
             Ok(())
         })
     }
@@ -1029,22 +1028,7 @@ impl CollectionStore for MilvusStore {
 
     fn declare_fields(&self, collection: &str, fields: &[(String, FieldSchema)]) -> Result<()> {
         self.ensure_collection(collection)?;
-        self.update_meta(collection, |meta| {
-            for (name, schema) in fields {
-                validate_name("field", name)?;
-                match meta.fields.get(name) {
-                    Some(existing) if (existing.kind, existing.metric) != (schema.kind, schema.metric) => bail!(
-                        "field `{name}` of collection `{collection}` is {existing:?}, but the strategy declares it as {schema:?}; \
-                         use another field name or another collection"
-                    ),
-                    Some(_) => {}
-                    None => {
-                        meta.fields.insert(name.clone(), *schema);
-                    }
-                }
-            }
-            Ok(())
-        })
+        self.update_meta(collection, |meta| meta.declare(fields))
     }
 
     fn set_ann(&self, collection: &str, field: &str, ann: Option<AnnParams>) -> Result<()> {
@@ -1080,13 +1064,7 @@ impl CollectionStore for MilvusStore {
                         metas.insert(collection.as_str(), (meta, false));
                     }
                     let (meta, changed) = metas.get_mut(collection.as_str()).expect("just inserted");
-                    let schema = meta.fields.entry(field.clone()).or_insert_with(|| {
-                        *changed = true;
-                        FieldSchema::new(value.kind(), Metric::default())
-                    });
-                    if schema.kind != value.kind() {
-                        bail!("field `{field}` of collection `{collection}` holds {:?} values; `{id}` got a {:?}", schema.kind, value.kind());
-                    }
+                    *changed |= meta.accept_write(field, id, value)?;
                     if let FieldValue::Vector(v) = value {
                         ensure!(!v.is_empty(), "field `{field}` of collection `{collection}`: `{id}` got an empty vector; Milvus stores vectors of at least one dimension");
                     }
@@ -1306,40 +1284,50 @@ mod support;
 mod tests {
     use super::*;
 
+    fn commit_item(store: &MilvusStore, id: &str) {
+        let mut batch = WriteBatch::default();
+        batch.items.push(("t/c".into(), quarry_host::store::conformance::item(id)));
+        store.commit(&batch, &|_| None).unwrap();
+    }
+
+    /// What a host leaves that took its turn, inserted an item's rows into `t/c`, and died or
+    /// lost the turn before committing them: returns their generation.
+    fn leave_uncommitted_item(store: &MilvusStore, id: &str) -> i64 {
+        let ghost = Payload::Bytes(serde_json::to_vec(&quarry_host::store::conformance::item(id)).unwrap());
+        store
+            .run(|| async {
+                store.acquire(LEASE_WAIT).await?;
+                let mut state = store.state().await?;
+                state.allocated += 1;
+                store.set_state(&state).await?;
+                store.insert_all(&BTreeMap::from([(store.rows_table("t/c"), NewRow::split("item", id, Some(&ghost), 10))]), state.allocated).await?;
+                store.release().await;
+                Ok(state.allocated)
+            })
+            .unwrap()
+    }
+
+    fn rows_of(store: &MilvusStore, generation: i64) -> usize {
+        store.run(|| async { Ok(store.rows(&store.rows_table("t/c"), &format!("gen == {generation}")).await?.len()) }).unwrap()
+    }
+
     #[test]
     fn a_commit_that_never_committed_is_never_read_and_is_removed_on_open() {
         let server = support::MilvusLite::start();
         let store = MilvusStore::connect(&server.uri(), "crash").unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
         store.ensure_collection("t/c").unwrap();
-        let mut batch = WriteBatch::default();
-        batch.items.push(("t/c".into(), quarry_host::store::conformance::item("kept")));
-        store.commit(&batch, &|_| None).unwrap();
-
-        // What a process that died between inserting its rows and committing leaves behind.
-        let table = store.rows_table("t/c");
-        let ghost = Payload::Bytes(serde_json::to_vec(&quarry_host::store::conformance::item("ghost")).unwrap());
-        let generation = store
-            .run(|| async {
-                let mut state = store.state().await?;
-                state.allocated += 1;
-                store.set_state(&state).await?;
-                store.insert_all(&BTreeMap::from([(table.clone(), NewRow::split("item", "ghost", Some(&ghost), 10))]), state.allocated).await?;
-                Ok(state.allocated)
-            })
-            .unwrap();
-        let stored = |store: &MilvusStore| store.run(|| async { Ok(store.rows(&table, &format!("gen == {generation}")).await?.len()) }).unwrap();
-        assert_eq!(stored(&store), 1);
+        commit_item(&store, "kept");
+        let generation = leave_uncommitted_item(&store, "ghost");
+        assert_eq!(rows_of(&store, generation), 1);
         assert!(!store.item_exists("t/c", "ghost").unwrap() && store.item_count("t/c").unwrap() == 1, "uncommitted rows are not read");
 
-        let mut batch = WriteBatch::default();
-        batch.items.push(("t/c".into(), quarry_host::store::conformance::item("next")));
-        store.commit(&batch, &|_| None).unwrap();
+        commit_item(&store, "next");
         assert!(!store.item_exists("t/c", "ghost").unwrap(), "a later commit does not make them readable");
         assert_eq!(store.scan_items("t/c").unwrap().iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["kept", "next"]);
 
         drop(store);
         let store = MilvusStore::connect(&server.uri(), "crash").unwrap();
-        assert_eq!(stored(&store), 0, "opening removes them");
+        assert_eq!(rows_of(&store, generation), 0, "opening removes them");
         assert!(store.run(|| store.state()).unwrap().aborted.is_empty());
         assert_eq!(store.item_count("t/c").unwrap(), 2);
     }
@@ -1351,32 +1339,14 @@ mod tests {
         let connect = || MilvusStore::connect_shared(&server.uri(), "sweep", control.clone()).unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
         let store = connect();
         store.ensure_collection("t/c").unwrap();
-        let mut batch = WriteBatch::default();
-        batch.items.push(("t/c".into(), quarry_host::store::conformance::item("kept")));
-        store.commit(&batch, &|_| None).unwrap();
-        // A host that took its turn, inserted rows, and lost the turn before committing.
-        let table = store.rows_table("t/c");
-        let ghost = Payload::Bytes(serde_json::to_vec(&quarry_host::store::conformance::item("ghost")).unwrap());
-        let generation = store
-            .run(|| async {
-                store.acquire(LEASE_WAIT).await?;
-                let mut state = store.state().await?;
-                state.allocated += 1;
-                store.set_state(&state).await?;
-                store.insert_all(&BTreeMap::from([(table.clone(), NewRow::split("item", "ghost", Some(&ghost), 10))]), state.allocated).await?;
-                store.release().await;
-                Ok(state.allocated)
-            })
-            .unwrap();
-        let stored = |store: &MilvusStore| store.run(|| async { Ok(store.rows(&table, &format!("gen == {generation}")).await?.len()) }).unwrap();
-        let mut batch = WriteBatch::default();
-        batch.items.push(("t/c".into(), quarry_host::store::conformance::item("next")));
-        store.commit(&batch, &|_| None).unwrap();
+        commit_item(&store, "kept");
+        let generation = leave_uncommitted_item(&store, "ghost");
+        commit_item(&store, "next");
         assert!(!store.item_exists("t/c", "ghost").unwrap(), "a later commit does not make them readable");
-        assert_eq!(stored(&store), 1);
+        assert_eq!(rows_of(&store, generation), 1);
 
         let again = connect();
-        assert_eq!(stored(&again), 0, "opening in a free turn removes them");
+        assert_eq!(rows_of(&again, generation), 0, "opening in a free turn removes them");
         let state = again.run(|| again.state()).unwrap();
         assert!(state.aborted.contains(&generation) && state.swept == state.aborted.len() && state.lease.is_none(), "{state:?}");
         assert_eq!(again.scan_items("t/c").unwrap().iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["kept", "next"]);

@@ -40,6 +40,51 @@ pub struct CollectionMeta {
     pub fields: BTreeMap<String, FieldSchema>,
 }
 
+/// The rules every store applies to a collection's fields; a store saves the result.
+impl CollectionMeta {
+    /// Record a strategy's field declarations: a field keeps one kind and metric for life.
+    pub fn declare(&mut self, fields: &[(String, FieldSchema)]) -> Result<()> {
+        for (name, schema) in fields {
+            validate_name("field", name)?;
+            match self.fields.get(name) {
+                Some(existing) if (existing.kind, existing.metric) != (schema.kind, schema.metric) => bail!(
+                    "field `{name}` of collection `{}` is {existing:?}, but the strategy declares it as {schema:?}; \
+                     use another field name or another collection",
+                    self.name
+                ),
+                Some(_) => {}
+                None => {
+                    self.fields.insert(name.clone(), *schema);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A vector field's schema, to change how it is searched (`what`, for the error).
+    pub fn vector_field_mut(&mut self, field: &str, what: &str) -> Result<&mut FieldSchema> {
+        let schema = self.fields.get_mut(field).with_context(|| format!("collection `{}` has no field `{field}`", self.name))?;
+        if schema.kind != FieldKind::Vector {
+            bail!("field `{field}` holds {:?} values; only vector fields have {what}", schema.kind);
+        }
+        Ok(schema)
+    }
+
+    /// Check a write of `value` to `field` of item `id` against the field's kind; a field
+    /// written before it is declared is declared with the default metric (then returns true).
+    pub fn accept_write(&mut self, field: &str, id: &str, value: &FieldValue) -> Result<bool> {
+        let mut declared = false;
+        let schema = self.fields.entry(field.to_string()).or_insert_with(|| {
+            declared = true;
+            FieldSchema::new(value.kind(), Metric::default())
+        });
+        if schema.kind != value.kind() {
+            bail!("field `{field}` of collection `{}` holds {:?} values; `{id}` got a {:?}", self.name, schema.kind, value.kind());
+        }
+        Ok(declared)
+    }
+}
+
 /// The kind of value a field holds.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]

@@ -8,8 +8,8 @@
 //! storage quota is checked against an exact count without a scan.
 
 use super::{
-    AnnParams, CollectionMeta, CollectionStore, FieldKind, FieldSchema, FieldValue, Metric, OverStorage, Precision, SCHEMA_VERSION, StorageCaps,
-    StoredItem, WriteBatch, qualify, split_qualified, validate_name,
+    AnnParams, CollectionMeta, CollectionStore, FieldSchema, FieldValue, OverStorage, Precision, SCHEMA_VERSION, StorageCaps,
+    StoredItem, WriteBatch, qualify, split_qualified,
 };
 use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use anyhow::{Context as _, Result, bail};
@@ -86,11 +86,7 @@ impl RedbStore {
             let stored = table.get(collection)?.with_context(|| format!("collection `{collection}` does not exist"))?;
             let mut meta: CollectionMeta = serde_json::from_slice(stored.value())?;
             drop(stored);
-            let schema = meta.fields.get_mut(field).with_context(|| format!("collection `{collection}` has no field `{field}`"))?;
-            if schema.kind != FieldKind::Vector {
-                bail!("field `{field}` holds {:?} values; only vector fields have {what}", schema.kind);
-            }
-            update(schema);
+            update(meta.vector_field_mut(field, what)?);
             table.insert(collection, serde_json::to_vec(&meta)?.as_slice())?;
         }
         txn.commit()?;
@@ -131,19 +127,7 @@ impl CollectionStore for RedbStore {
         {
             let mut table = txn.open_table(COLLECTIONS)?;
             let mut meta: CollectionMeta = serde_json::from_slice(table.get(collection)?.context("collection vanished")?.value())?;
-            for (name, schema) in fields {
-                validate_name("field", name)?;
-                match meta.fields.get(name) {
-                    Some(existing) if (existing.kind, existing.metric) != (schema.kind, schema.metric) => bail!(
-                        "field `{name}` of collection `{collection}` is {existing:?}, but the strategy declares it as {schema:?}; \
-                         use another field name or another collection"
-                    ),
-                    Some(_) => {}
-                    None => {
-                        meta.fields.insert(name.clone(), *schema);
-                    }
-                }
-            }
+            meta.declare(fields)?;
             table.insert(collection, serde_json::to_vec(&meta)?.as_slice())?;
         }
         txn.commit()?;
@@ -231,10 +215,7 @@ impl CollectionStore for RedbStore {
                         e.insert(serde_json::from_slice(stored.value())?)
                     }
                 };
-                let schema = meta.fields.entry(field.clone()).or_insert(FieldSchema::new(value.kind(), Metric::default()));
-                if schema.kind != value.kind() {
-                    bail!("field `{field}` of collection `{collection}` holds {:?} values; `{id}` got a {:?}", schema.kind, value.kind());
-                }
+                meta.accept_write(field, id, value)?;
             }
             for (name, meta) in &metas {
                 collections.insert(*name, serde_json::to_vec(meta)?.as_slice())?;
@@ -403,7 +384,7 @@ fn count_tenant_bytes(txn: &redb::WriteTransaction) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::conformance;
+    use crate::store::{FieldKind, Metric, conformance};
 
     #[test]
     fn a_redb_store_behaves_as_a_collection_store_must() {
