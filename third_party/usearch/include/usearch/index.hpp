@@ -4688,15 +4688,29 @@ class index_gt {
                     prefetch(missing_candidates.begin(), missing_candidates.end());
                 }
 
-                // Actual traversal
+                // Actual traversal. Quarry's patch: neighbours measured four at a time (as in the base
+                // layer), compared in the order listed.
+                compressed_slot_t batch_slots[4];
+                distance_t batch_distances[4];
+                std::size_t batch_size = 0;
+                auto measured = [&]() {
+                    measure_batch_(query, batch_slots, batch_size, batch_distances, metric, 0);
+                    context.computed_distances += batch_size;
+                    for (std::size_t i = 0; i != batch_size; ++i)
+                        if (batch_distances[i] < closest_dist) {
+                            closest_dist = batch_distances[i];
+                            closest_slot = batch_slots[i];
+                            changed = true;
+                        }
+                    batch_size = 0;
+                };
                 for (compressed_slot_t candidate_slot : closest_neighbors) {
-                    distance_t candidate_dist = context.measure(query, citerator_at(candidate_slot), metric);
-                    if (candidate_dist < closest_dist) {
-                        closest_dist = candidate_dist;
-                        closest_slot = candidate_slot;
-                        changed = true;
-                    }
+                    batch_slots[batch_size++] = candidate_slot;
+                    if (batch_size == 4)
+                        measured();
                 }
+                if (batch_size)
+                    measured();
 
                 context.iteration_cycles++;
             } while (changed);
@@ -4948,10 +4962,6 @@ class index_gt {
             if (!is_dummy<prefetch_at>()) {
                 candidates_range_t missing_candidates{*this, candidate_neighbors, visits};
                 prefetch(missing_candidates.begin(), missing_candidates.end());
-                // Quarry's patch: their nodes too, whose keys the predicate reads below and whose
-                // neighbours the next steps read.
-                for (auto it = missing_candidates.begin(); it != missing_candidates.end(); ++it)
-                    usearch_prefetch_m(nodes_[get_slot(it)].tape());
             }
 
             // Assume the worst-case when reserving memory
@@ -4972,6 +4982,10 @@ class index_gt {
                     if (top.size() < top_limit || successor_dist < radius) {
                         // This can substantially grow our priority queue:
                         next.insert({-successor_dist, successor_slot});
+                        // Quarry's patch: a candidate's node is read when it is expanded (its
+                        // neighbours) and by a predicate (its key), so it is fetched once it is one.
+                        if (!is_dummy<prefetch_at>())
+                            usearch_prefetch_m(nodes_[successor_slot].tape());
                         if (is_dummy<predicate_at>() ||
                             predicate(member_cref_t{node_at_(successor_slot).ckey(), successor_slot})) {
                             top.insert({successor_dist, successor_slot}, top_limit);

@@ -450,8 +450,8 @@ class index_dense_gt {
 
         inline distance_t operator()(byte_t const* a, byte_t const* b) const noexcept { return f(a, b); }
 
-        inline byte_t const* v(member_cref_t m) const noexcept { return index_->vectors_lookup_[get_slot(m)]; }
-        inline byte_t const* v(member_citerator_t m) const noexcept { return index_->vectors_lookup_[get_slot(m)]; }
+        inline byte_t const* v(member_cref_t m) const noexcept { return index_->vector_at_(get_slot(m)); }
+        inline byte_t const* v(member_citerator_t m) const noexcept { return index_->vector_at_(get_slot(m)); }
         inline distance_t f(byte_t const* a, byte_t const* b) const noexcept { return index_->metric_(a, b); }
 
         /// Quarry's patch: distances from `a` to up to 4 slots' vectors in one call of the metric.
@@ -459,7 +459,7 @@ class index_dense_gt {
                           distance_t* distances) const noexcept {
             byte_t const* vectors[4];
             for (std::size_t i = 0; i != count; ++i)
-                vectors[i] = index_->vectors_lookup_[slots[i]];
+                vectors[i] = index_->vector_at_(slots[i]);
             index_->metric_.batch(a, vectors, count, distances);
         }
     };
@@ -477,7 +477,7 @@ class index_dense_gt {
         inline void operator()(member_citerator_like_at begin, member_citerator_like_at end) const noexcept {
             std::size_t bytes = index_->metric_.bytes_per_vector();
             for (; begin != end; ++begin) {
-                byte_t const* vector = index_->vectors_lookup_[get_slot(begin)];
+                byte_t const* vector = index_->vector_at_(get_slot(begin));
                 for (std::size_t offset = 0; offset < bytes; offset += 64)
                     usearch_prefetch_m(vector + offset);
             }
@@ -505,6 +505,21 @@ class index_dense_gt {
 
     /// @brief For every managed `compressed_slot_t` stores a pointer to the allocated vector copy.
     mutable vectors_lookup_t vectors_lookup_;
+
+    /// Quarry's patch: copied vectors live in one matrix whose row is the slot (`vectors_matrix_`,
+    /// `vectors_matrix_rows_` rows), so a search finds a vector by arithmetic instead of loading
+    /// its pointer from `vectors_lookup_` first. `vectors_rows_` is non-null while every stored
+    /// vector is at `vectors_rows_ + slot * vectors_stride_` (the matrix, or a viewed file's
+    /// rows); `vectors_lookup_` keeps the same pointers for everything else.
+    using vectors_matrix_t = buffer_gt<byte_t, dynamic_allocator_t>;
+    vectors_matrix_t vectors_matrix_;
+    std::size_t vectors_matrix_rows_ = 0;
+    byte_t* vectors_rows_ = nullptr;
+    std::size_t vectors_stride_ = 0;
+
+    inline byte_t* vector_at_(std::size_t slot) const noexcept {
+        return vectors_rows_ ? vectors_rows_ + slot * vectors_stride_ : vectors_lookup_[slot];
+    }
 
     using available_threads_allocator_t = aligned_allocator_gt<std::size_t, 64>;
     using available_threads_t = ring_gt<std::size_t, available_threads_allocator_t>;
@@ -552,6 +567,10 @@ class index_dense_gt {
 
     /// @brief Ring-shaped queue of deleted entries, to be reused on future insertions.
     ring_gt<compressed_slot_t, aligned_allocator_gt<compressed_slot_t, 64>> free_keys_;
+
+    /// Quarry's patch: how many nodes may hold `free_key_` (removed, and not yet reused by a finished
+    /// insertion). While none do, searches skip reading each candidate's key to exclude them.
+    std::atomic<std::size_t> tombstones_{0};
 
     /// @brief Mutex, controlling concurrent access to `free_keys_`.
     mutable std::mutex free_keys_mutex_;
@@ -624,10 +643,15 @@ class index_dense_gt {
 
           vectors_tape_allocator_(std::move(other.vectors_tape_allocator_)), //
           vectors_lookup_(std::move(other.vectors_lookup_)),                 //
+          vectors_matrix_(std::move(other.vectors_matrix_)),                 //
+          vectors_matrix_rows_(exchange(other.vectors_matrix_rows_, 0)),     //
+          vectors_rows_(exchange(other.vectors_rows_, nullptr)),             //
+          vectors_stride_(exchange(other.vectors_stride_, 0)),               //
 
           available_threads_(std::move(other.available_threads_)), //
           slot_lookup_(std::move(other.slot_lookup_)),             //
           free_keys_(std::move(other.free_keys_)),                 //
+          tombstones_(other.tombstones_.exchange(0)),              //
           free_key_(std::move(other.free_key_)) {}                 //
 
     index_dense_gt& operator=(index_dense_gt&& other) {
@@ -649,10 +673,15 @@ class index_dense_gt {
 
         std::swap(vectors_tape_allocator_, other.vectors_tape_allocator_);
         std::swap(vectors_lookup_, other.vectors_lookup_);
+        std::swap(vectors_matrix_, other.vectors_matrix_);
+        std::swap(vectors_matrix_rows_, other.vectors_matrix_rows_);
+        std::swap(vectors_rows_, other.vectors_rows_);
+        std::swap(vectors_stride_, other.vectors_stride_);
 
         std::swap(available_threads_, other.available_threads_);
         std::swap(slot_lookup_, other.slot_lookup_);
         std::swap(free_keys_, other.free_keys_);
+        tombstones_.store(other.tombstones_.exchange(tombstones_.load()));
         std::swap(free_key_, other.free_key_);
     }
 
@@ -1103,6 +1132,8 @@ class index_dense_gt {
                             vectors_lookup_.size() * sizeof(byte_t*));
             vectors_lookup_ = std::move(new_vectors_lookup);
         }
+        if (!reserve_vectors_matrix_(limits.members))
+            return false;
 
         // During reserve, no insertions may be happening, so we can safely overwrite the whole collection.
         std::unique_lock<std::mutex> available_threads_lock(available_threads_mutex_);
@@ -1122,6 +1153,37 @@ class index_dense_gt {
         cast_buffer_ = std::move(cast_buffer);
 
         return typed_->reserve(limits);
+    }
+
+    /// Quarry's patch: moves every stored vector into a matrix of `rows` rows, row = slot (no-op
+    /// for a viewed index, or one that does not store vectors). Like `try_reserve`, not concurrent
+    /// with anything else.
+    bool reserve_vectors_matrix_(std::size_t rows) {
+        std::size_t const stride = metric_.bytes_per_vector();
+        if (config_.exclude_vectors || typed_->is_immutable() || rows == 0 || stride == 0)
+            return true;
+        if (vectors_rows_ && vectors_rows_ == vectors_matrix_.data() && vectors_matrix_rows_ == rows &&
+            vectors_stride_ == stride)
+            return true;
+        checked_size_result_t bytes = checked_mul(rows, stride);
+        if (!bytes)
+            return false;
+        vectors_matrix_t matrix(bytes.value);
+        if (!matrix)
+            return false;
+        // Only the first `size()` slots were ever given a vector; the rest of the lookup is uninitialised.
+        std::size_t const used = (std::min)(typed_->size(), (std::min)(rows, vectors_lookup_.size()));
+        for (std::size_t slot = 0; slot != used; ++slot)
+            if (byte_t* vector = vectors_lookup_[slot]) {
+                byte_t* row = matrix.data() + slot * stride;
+                std::memcpy(row, vector, stride);
+                vectors_lookup_[slot] = row;
+            }
+        vectors_matrix_ = std::move(matrix);
+        vectors_matrix_rows_ = rows;
+        vectors_rows_ = vectors_matrix_.data();
+        vectors_stride_ = stride;
+        return true;
     }
 
     void reserve(index_limits_t limits) {
@@ -1144,6 +1206,7 @@ class index_dense_gt {
         // Tape pointers are about to be invalidated by the reset below.
         std::fill(vectors_lookup_.begin(), vectors_lookup_.end(), nullptr);
         free_keys_.clear();
+        tombstones_ = 0;
         vectors_tape_allocator_.reset();
     }
 
@@ -1164,7 +1227,12 @@ class index_dense_gt {
             typed_->reset();
         slot_lookup_.clear();
         vectors_lookup_.reset();
+        vectors_matrix_.reset();
+        vectors_matrix_rows_ = 0;
+        vectors_rows_ = nullptr;
+        vectors_stride_ = 0;
         free_keys_.clear();
+        tombstones_ = 0;
         vectors_tape_allocator_.reset();
         available_threads_.reset();
     }
@@ -1297,11 +1365,23 @@ class index_dense_gt {
             vectors_lookup_ = vectors_lookup_t(matrix_rows);
             if (!vectors_lookup_)
                 return result.failed("Failed to allocate memory to address vectors");
+            // Quarry's patch: into one matrix, row = slot.
+            checked_size_result_t matrix_bytes = checked_mul(matrix_rows, matrix_cols);
+            if (!matrix_bytes)
+                return result.failed("The saved vectors do not fit in memory");
+            vectors_matrix_ = vectors_matrix_t(matrix_bytes.value);
+            if (matrix_bytes.value && !vectors_matrix_)
+                return result.failed("Failed to allocate memory for the vectors");
             for (std::uint64_t slot = 0; slot != matrix_rows; ++slot) {
-                byte_t* vector = vectors_tape_allocator_.allocate(matrix_cols);
+                byte_t* vector = vectors_matrix_.data() + matrix_cols * slot;
                 if (!input(vector, matrix_cols))
                     return result.failed("Failed to read vectors");
                 vectors_lookup_[slot] = vector;
+            }
+            if (matrix_bytes.value) {
+                vectors_matrix_rows_ = matrix_rows;
+                vectors_rows_ = vectors_matrix_.data();
+                vectors_stride_ = matrix_cols;
             }
         }
 
@@ -1490,9 +1570,14 @@ class index_dense_gt {
         vectors_lookup_ = vectors_lookup_t(matrix_rows);
         if (!vectors_lookup_)
             return result.failed("Failed to allocate memory to address vectors");
-        if (!config.exclude_vectors)
+        if (!config.exclude_vectors) {
             for (std::uint64_t slot = 0; slot != matrix_rows; ++slot)
                 vectors_lookup_[slot] = (byte_t*)vectors_buffer.data() + matrix_cols * slot;
+            if (matrix_rows) {
+                vectors_rows_ = (byte_t*)vectors_buffer.data();
+                vectors_stride_ = matrix_cols;
+            }
+        }
 
         // After the index is viewed, resize `available_threads_` to match the new limits.
         available_threads_t available_threads;
@@ -1698,6 +1783,7 @@ class index_dense_gt {
             compressed_slot_t slot = (*slots_it).slot;
             free_keys_.push(slot);
             typed_->at(slot).key = free_key_;
+            ++tombstones_;
         }
         slot_lookup_.erase(key);
         result.completed = matching_count;
@@ -1742,6 +1828,7 @@ class index_dense_gt {
                 compressed_slot_t slot = (*slots_it).slot;
                 free_keys_.push(slot);
                 typed_->at(slot).key = free_key_;
+                ++tombstones_;
                 ++matching_count;
             }
 
@@ -1828,6 +1915,7 @@ class index_dense_gt {
             return result.failed(std::move(typed_result.error));
         for (std::size_t i = 0; i != free_keys_.size(); ++i)
             copy.free_keys_.push(free_keys_[i]);
+        copy.tombstones_ = tombstones_.load();
 
         // Allocate buffers and move the vectors themselves
         copy.vectors_lookup_ = vectors_lookup_t(vectors_lookup_.size());
@@ -1946,9 +2034,15 @@ class index_dense_gt {
             return result.failed("Out of memory!");
 
         vectors_tape_allocator_t new_vectors_allocator;
+        // Quarry's patch: an index with a vectors matrix compacts into a new one.
+        bool const into_matrix = vectors_rows_ && vectors_rows_ == vectors_matrix_.data();
+        vectors_matrix_t new_matrix(into_matrix ? vectors_matrix_rows_ * vectors_stride_ : 0);
+        if (into_matrix && !new_matrix)
+            return result.failed("Out of memory!");
 
         auto track_slot_change = [&](vector_key_t, compressed_slot_t old_slot, compressed_slot_t new_slot) {
-            byte_t* new_vector = new_vectors_allocator.allocate(metric_.bytes_per_vector());
+            byte_t* new_vector = into_matrix ? new_matrix.data() + new_slot * vectors_stride_
+                                             : new_vectors_allocator.allocate(metric_.bytes_per_vector());
             byte_t* old_vector = vectors_lookup_[old_slot];
             std::memcpy(new_vector, old_vector, metric_.bytes_per_vector());
             new_vectors_lookup[new_slot] = new_vector;
@@ -1957,6 +2051,11 @@ class index_dense_gt {
                         std::forward<executor_at>(executor), std::forward<progress_at>(progress));
         vectors_lookup_ = std::move(new_vectors_lookup);
         vectors_tape_allocator_ = std::move(new_vectors_allocator);
+        if (into_matrix) {
+            vectors_matrix_ = std::move(new_matrix);
+            vectors_rows_ = vectors_matrix_.data();
+        } else
+            vectors_rows_ = nullptr;
 
         // Slots were permuted, so the key-to-slot lookup and the free-slot list are stale
         if (!reindex_keys_())
@@ -2235,8 +2334,13 @@ class index_dense_gt {
         // Perform the insertion or the update
         bool reuse_node = free_slot != default_free_value<compressed_slot_t>();
 
+        // Quarry's patch: an index with a vectors matrix copies every vector into its slot's row.
+        bool const into_matrix = vectors_rows_ && vectors_rows_ == vectors_matrix_.data() &&
+                                 typed_->capacity() <= vectors_matrix_rows_;
+        if (into_matrix)
+            copy_vector = true;
         byte_t* allocated_vector = nullptr;
-        if (copy_vector && !reuse_node) {
+        if (copy_vector && !reuse_node && !into_matrix) {
             allocated_vector = vectors_tape_allocator_.allocate(metric_.bytes_per_vector());
             if (!allocated_vector)
                 return add_result_t{}.failed("Out of memory!");
@@ -2248,7 +2352,9 @@ class index_dense_gt {
                 key_mapped = slot_lookup_.try_emplace(key_and_slot_t{key, static_cast<compressed_slot_t>(member.slot)});
             }
             if (copy_vector) {
-                if (!reuse_node)
+                if (into_matrix)
+                    vectors_lookup_[member.slot] = vectors_rows_ + member.slot * vectors_stride_;
+                else if (!reuse_node)
                     vectors_lookup_[member.slot] = allocated_vector;
                 std::memcpy(vectors_lookup_[member.slot], vector_data, metric_.bytes_per_vector());
             } else
@@ -2264,6 +2370,8 @@ class index_dense_gt {
             reuse_node //
                 ? typed_->update(typed_->iterator_at(free_slot), key, vector_data, metric, update_config, on_success)
                 : typed_->add(key, vector_data, metric, update_config, on_success);
+        if (result && reuse_node)
+            --tombstones_;
         if (result && !key_mapped)
             return result.failed("Failed to map the key to its slot");
         return result;
@@ -2291,7 +2399,12 @@ class index_dense_gt {
         search_config.exact = exact;
 
         vector_key_t free_key_copy = free_key_;
-        if (std::is_same<typename std::decay<predicate_at>::type, dummy_predicate_t>::value) {
+        if (std::is_same<typename std::decay<predicate_at>::type, dummy_predicate_t>::value && tombstones_ == 0) {
+            // Quarry's patch: no node is removed, so none needs its key read to be excluded.
+            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config,
+                                               dummy_predicate_t{}, vectors_prefetch_t{*this});
+            return search_result_t{std::move(typed_result), std::move(lock)};
+        } else if (std::is_same<typename std::decay<predicate_at>::type, dummy_predicate_t>::value) {
             auto allow = [free_key_copy](member_cref_t const& member) noexcept {
                 return (vector_key_t)member.key != free_key_copy;
             };
@@ -2302,7 +2415,8 @@ class index_dense_gt {
             auto allow = [free_key_copy, &predicate](member_cref_t const& member) noexcept {
                 return (vector_key_t)member.key != free_key_copy && predicate(member.key);
             };
-            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow);
+            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow,
+                                               vectors_prefetch_t{*this});
             return search_result_t{std::move(typed_result), std::move(lock)};
         }
     }
@@ -2413,6 +2527,7 @@ class index_dense_gt {
             else if (config_.enable_key_lookups)
                 slot_lookup_.try_emplace(key_and_slot_t{vector_key_t(member.key), member_slot});
         }
+        tombstones_ = free_keys_.size();
         return true;
     }
 
