@@ -41,7 +41,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("field.hnsw");
     let started = Instant::now();
-    ann.save(&path, "bench/field").expect("save");
+    ann.save(&flat, &path, "bench/field").expect("save");
     let save = started.elapsed().as_secs_f64();
     let bytes = std::fs::metadata(&path).expect("saved file").len();
     println!("save: {save:.1} s, {:.0} MB", bytes as f64 / 1e6);

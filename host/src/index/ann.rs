@@ -1,17 +1,17 @@
 //! Approximate nearest neighbours for vector fields the operator marks for it: an HNSW graph
 //! (Unum's USearch, the `usearch` crate) beside the exact index, which stays the source of truth.
 //!
-//! The graph holds its own f32 copy of the vectors (f16 fields' rows widened). Deleting marks a
-//! node free and the next insert reuses it; once free nodes pile up (more deletes than inserts)
-//! the graph is rebuilt from the exact index. Candidates are re-scored exactly.
+//! The graph holds its own f32 copy of the vectors (f16 fields' rows widened), each under its row
+//! in the exact index as key, so a hit's id and exact score are read by row with no lookup by id.
+//! Deleting marks a node free and the next insert reuses it; once free nodes pile up (more deletes
+//! than inserts) the graph is rebuilt from the exact index. Candidates are re-scored exactly.
 
 use super::Scored;
-use super::flat::FlatIndex;
+use super::flat::{FlatIndex, RemovedRow};
 use crate::store::{AnnParams, Metric};
 use rayon::prelude::*;
 use anyhow::{Context, bail, ensure};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
@@ -23,11 +23,6 @@ pub struct AnnIndex {
     /// after the library failed, when searches answer exactly.
     graph: Option<Index>,
     failed: bool,
-    /// Graph key -> item id, for live nodes only.
-    items: HashMap<u64, String>,
-    /// Item id -> its graph key.
-    nodes: HashMap<String, u64>,
-    next_node: u64,
     /// Deleted nodes not yet reused by an insert.
     stale: usize,
     /// Whether the graph is as last saved (or loaded), so a shutdown need not write it again.
@@ -56,9 +51,6 @@ impl AnnIndex {
             metric,
             graph: None,
             failed: false,
-            items: HashMap::new(),
-            nodes: HashMap::new(),
-            next_node: 0,
             stale: 0,
             saved: false,
         };
@@ -85,11 +77,6 @@ impl AnnIndex {
             first.chunks_exact(dim).zip(rows.clone()).try_for_each(|(v, row)| graph.add(row as u64, v))?;
             rest.par_chunks_exact(dim).zip((rows.start + serial..rows.end).into_par_iter()).try_for_each(|(v, row)| graph.add(row as u64, v))?;
         }
-        for node in 0..flat.len() {
-            self.items.insert(node as u64, flat.id(node).to_string());
-            self.nodes.insert(flat.id(node).to_string(), node as u64);
-        }
-        self.next_node = flat.len() as u64;
         self.graph = Some(graph);
         Ok(())
     }
@@ -145,64 +132,58 @@ impl AnnIndex {
         eprintln!("warning: the HNSW graph failed ({error:#}); the field answers by exact search until it is rebuilt");
         self.graph = None;
         self.failed = true;
-        self.items.clear();
-        self.nodes.clear();
     }
 
-    /// Add or replace `id`'s vector, as the exact index stores it.
-    pub fn upsert(&mut self, id: &str, stored: &[f32]) {
+    /// Add or replace `id`'s vector, as `flat` (which `id` was just written to) stores it.
+    pub fn upsert(&mut self, flat: &FlatIndex, id: &str) {
+        let Some(row) = flat.row_of(id) else { return };
         if self.failed {
             return;
         }
-        if let Err(e) = self.try_upsert(id, stored) {
+        if let Err(e) = self.try_upsert(row as u64, &flat.row_vectors(row..row + 1)) {
             self.fail(&e);
         }
     }
 
-    fn try_upsert(&mut self, id: &str, stored: &[f32]) -> anyhow::Result<()> {
+    fn try_upsert(&mut self, row: u64, stored: &[f32]) -> anyhow::Result<()> {
         self.saved = false;
         if self.graph.is_none() {
             self.graph = Some(self.new_graph(stored.len(), 1024)?);
         }
         let graph = self.graph.as_ref().expect("graph made just above");
-        let node = match self.nodes.get(id) {
-            Some(&node) => {
-                graph.remove(node)?;
-                self.stale += 1;
-                node
-            }
-            None => {
-                self.next_node += 1;
-                self.next_node - 1
-            }
-        };
+        if graph.remove(row)? > 0 {
+            self.stale += 1;
+        }
         // An insert takes a free node if there is one, else a new slot.
         if self.stale == 0 && graph.size() >= graph.capacity() {
             graph.reserve_capacity_and_threads(graph.capacity() * 2, contexts())?;
         }
-        graph.add(node, stored)?;
+        graph.add(row, stored)?;
         self.stale = self.stale.saturating_sub(1);
-        self.items.insert(node, id.to_string());
-        self.nodes.insert(id.to_string(), node);
         Ok(())
     }
 
-    pub fn remove(&mut self, id: &str) {
-        if let Some(node) = self.nodes.remove(id) {
-            self.saved = false;
-            self.items.remove(&node);
-            if let Some(graph) = &self.graph {
-                match graph.remove(node) {
-                    Ok(_) => self.stale += 1,
-                    Err(e) => self.fail(&e.into()),
-                }
+    /// Follow what `FlatIndex::remove` did: drop the removed row's node, and re-key the row that
+    /// moved into its place.
+    pub fn remove(&mut self, removed: RemovedRow) {
+        let Some(graph) = &self.graph else { return };
+        self.saved = false;
+        let step = || -> anyhow::Result<usize> {
+            let removed_nodes = graph.remove(removed.row as u64)?;
+            if let Some(from) = removed.moved_from {
+                graph.rename(from as u64, removed.row as u64)?;
             }
+            Ok(removed_nodes)
+        };
+        match step() {
+            Ok(removed_nodes) => self.stale += removed_nodes,
+            Err(e) => self.fail(&e),
         }
     }
 
     /// Whether deleted nodes have piled up enough to rebuild.
     pub fn needs_rebuild(&self) -> bool {
-        self.stale > 1024.max(self.items.len() / 4)
+        self.stale > 1024.max(self.graph.as_ref().map_or(0, |g| g.size()) / 4)
     }
 
     pub fn params(&self) -> &AnnParams {
@@ -238,9 +219,10 @@ impl AnnIndex {
         let mut hits: Vec<Scored> = found
             .keys
             .iter()
-            .filter_map(|n| self.items.get(n))
+            .map(|&row| row as usize)
+            .filter(|&row| row < flat.len())
             .take(k)
-            .filter_map(|id| flat.prepared_score(id, &prepared, q_sq).map(|score| Scored { id: id.clone(), score }))
+            .map(|row| Scored { id: flat.id(row).to_string(), score: flat.row_score(row, &prepared, q_sq) })
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
         hits
@@ -269,23 +251,31 @@ unsafe extern "C" fn distances<const L2: bool>(query: *const f32, vectors: *cons
     let (q, vectors, out) = unsafe {
         (std::slice::from_raw_parts(query, dim), std::slice::from_raw_parts(vectors, count), std::slice::from_raw_parts_mut(out, count))
     };
-    if let [a, b, c, d] = *vectors {
-        // SAFETY: each vector is `dim` floats (the caller's promise).
-        let rows = unsafe { [a, b, c, d].map(|v| std::slice::from_raw_parts(v, dim)) };
-        out.copy_from_slice(&if L2 { super::simd::l2sq4(q, rows) } else { super::simd::dot4(q, rows).map(|d| 1.0 - d) });
-    } else {
-        for (out, &v) in out.iter_mut().zip(vectors) {
-            // SAFETY: as above.
-            *out = unsafe { distance::<L2>(query, v, dim) };
-        }
+    let Some(&last) = vectors.last() else { return };
+    if let [only] = *vectors {
+        // SAFETY: as below.
+        out[0] = unsafe { distance::<L2>(query, only, dim) };
+        return;
     }
+    // Two or three vectors go through the four-vector kernel too (the last one repeated): their
+    // loads overlap, and the query is read once.
+    let four = [0, 1, 2, 3].map(|i| vectors.get(i).copied().unwrap_or(last));
+    // SAFETY: each vector is `dim` floats (the caller's promise).
+    let rows = unsafe { four.map(|v| std::slice::from_raw_parts(v, dim)) };
+    let all = if L2 { super::simd::l2sq4(q, rows) } else { super::simd::dot4(q, rows).map(|d| 1.0 - d) };
+    out.copy_from_slice(&all[..count]);
 }
 
 /// A saved graph: [`MAGIC`], [`FORMAT`], what the graph was built for (field, metric, dimension,
-/// M, efConstruction), the node -> item id map, USearch's own serialisation, then a SHA-256 of
-/// everything before it. All integers little-endian.
+/// M, efConstruction), its free nodes and live items, the item id of each key (key k's first),
+/// USearch's own serialisation, then a SHA-256 of everything before it. All integers
+/// little-endian.
 const MAGIC: &[u8; 8] = b"QRYHNSW\0";
-const FORMAT: u32 = 1;
+/// 2: keys are the exact index's rows (1 had its own node numbers).
+const FORMAT: u32 = 2;
+/// Keys are moved through this offset when a loaded graph is re-keyed to the rows of the exact
+/// index, so no key is taken twice on the way; rows stay far below it.
+const REKEY_OFFSET: u64 = 1 << 48;
 
 fn metric_code(metric: Metric) -> u8 {
     match metric {
@@ -331,19 +321,19 @@ impl AnnIndex {
 
     /// Write the graph and its id map to `path` (through a temporary file and a rename, so a
     /// crash leaves the old file or the new one). `field` names what it indexes, checked at load.
-    pub fn save(&mut self, path: &Path, field: &str) -> anyhow::Result<()> {
+    pub fn save(&mut self, flat: &FlatIndex, path: &Path, field: &str) -> anyhow::Result<()> {
         let Some(graph) = &self.graph else { bail!("the field has no graph to save") };
-        let mut out = Vec::with_capacity(graph.serialized_length() + 64 + self.items.len() * 40);
+        ensure!(graph.size() == flat.len(), "the graph holds {} items, the exact index {}", graph.size(), flat.len());
+        let mut out = Vec::with_capacity(graph.serialized_length() + 64 + flat.len() * 40);
         out.extend(MAGIC);
         out.extend(FORMAT.to_le_bytes());
         put_str(&mut out, field);
         out.push(metric_code(self.metric));
-        for n in [graph.dimensions(), self.params.m, self.params.ef_construction, self.next_node as usize, self.stale, self.items.len()] {
+        for n in [graph.dimensions(), self.params.m, self.params.ef_construction, self.stale, flat.len()] {
             out.extend((n as u64).to_le_bytes());
         }
-        for (node, id) in &self.items {
-            out.extend(node.to_le_bytes());
-            put_str(&mut out, id);
+        for row in 0..flat.len() {
+            put_str(&mut out, flat.id(row));
         }
         let len = graph.serialized_length();
         out.extend((len as u64).to_le_bytes());
@@ -390,25 +380,18 @@ impl AnnIndex {
             params.m,
             params.ef_construction
         );
-        let (next_node, stale, count) = (r.u64()?, r.u64()?, r.u64()?);
+        let (stale, count) = (r.u64()?, r.u64()?);
         ensure!(count == flat.len() as u64, "the graph holds {count} items, the store {}", flat.len());
-        let mut index = AnnIndex {
-            params,
-            metric,
-            graph: None,
-            failed: false,
-            items: HashMap::with_capacity(flat.len()),
-            nodes: HashMap::with_capacity(flat.len()),
-            next_node,
-            stale: stale as usize,
-            saved: true,
-        };
+        let mut index = AnnIndex { params, metric, graph: None, failed: false, stale: stale as usize, saved: true };
+        // Key k was the row of the k-th id when the graph was saved; `rows[k]` is its row now
+        // (the exact index is rebuilt from the store at a start, in another order).
+        let mut rows = Vec::with_capacity(flat.len());
+        let mut seen = vec![false; flat.len()];
         for _ in 0..count {
-            let node = r.u64()?;
             let id = r.str()?;
-            ensure!(node < next_node, "node {node} is past the graph's last ({next_node})");
-            ensure!(index.items.insert(node, id.to_string()).is_none(), "node {node} appears twice");
-            ensure!(index.nodes.insert(id.to_string(), node).is_none(), "item `{id}` appears twice");
+            let row = flat.row_of(id).with_context(|| format!("item `{id}` is in the graph but not in the store"))?;
+            ensure!(!std::mem::replace(&mut seen[row], true), "item `{id}` appears twice");
+            rows.push(row);
         }
         let len = r.u64()?;
         ensure!(len == r.0.len() as u64, "the graph's length ({len}) does not match the file");
@@ -416,11 +399,11 @@ impl AnnIndex {
         // USearch trusts its own header, so check it before handing it the bytes: vector rows
         // of exactly `dim` f32s, as many as the live and deleted nodes.
         let mut head = Reader(blob);
-        let (rows, row_bytes) = (head.u32()? as u64, head.u32()? as u64);
+        let (slots, row_bytes) = (head.u32()? as u64, head.u32()? as u64);
         ensure!(
             // USearch's 64-byte header follows the rows.
-            row_bytes == dim * 4 && rows <= next_node && rows.saturating_mul(row_bytes).saturating_add(64) < head.0.len() as u64,
-            "the graph's header does not match the field ({rows} rows of {row_bytes} bytes)"
+            row_bytes == dim * 4 && slots <= count.saturating_add(stale) && slots.saturating_mul(row_bytes).saturating_add(64) < head.0.len() as u64,
+            "the graph's header does not match the field ({slots} rows of {row_bytes} bytes)"
         );
         let meta = Index::metadata_from_buffer(blob)?;
         ensure!(
@@ -428,8 +411,8 @@ impl AnnIndex {
                 && meta.quantization == ScalarKind::F32
                 && !meta.multi
                 && meta.count_present == count
-                && rows == meta.count_present + meta.count_deleted,
-            "the graph's header does not match the field ({} live and {} deleted of {rows} rows)",
+                && slots == meta.count_present + meta.count_deleted,
+            "the graph's header does not match the field ({} live and {} deleted of {slots} rows)",
             meta.count_present,
             meta.count_deleted
         );
@@ -442,13 +425,20 @@ impl AnnIndex {
         graph.change_expansion_search(1);
         // The store is the source of truth: every node must hold the vector the exact index holds.
         let mut vector = vec![0f32; dim as usize];
-        for (&node, id) in &index.items {
-            let stored = flat.stored(id).with_context(|| format!("item `{id}` is in the graph but not in the store"))?;
-            ensure!(graph.get(node, &mut vector)? == 1, "node {node} (`{id}`) is missing from the graph");
+        for (key, &row) in rows.iter().enumerate() {
+            let id = flat.id(row);
+            ensure!(graph.get(key as u64, &mut vector)? == 1, "`{id}` is missing from the graph");
             ensure!(
-                vector.iter().zip(stored.iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
+                vector.iter().zip(flat.row_vectors(row..row + 1).iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "the vector of `{id}` changed since the graph was saved"
             );
+        }
+        let moved: Vec<(u64, u64)> = rows.iter().enumerate().map(|(key, &row)| (key as u64, row as u64)).filter(|(key, row)| key != row).collect();
+        for &(key, row) in &moved {
+            ensure!(graph.rename(key, REKEY_OFFSET + row)? == 1, "key {key} cannot be moved");
+        }
+        for &(_, row) in &moved {
+            ensure!(graph.rename(REKEY_OFFSET + row, row)? == 1, "row {row} cannot be keyed");
         }
         graph.reserve_capacity_and_threads(graph.capacity().max(1024), contexts())?;
         index.graph = Some(graph);
@@ -514,9 +504,8 @@ mod tests {
         let mut ann = AnnIndex::build(AnnParams::default(), Metric::InnerProduct, &flat);
         // item-0 moves to where item-1 was; item-1 is deleted.
         flat.upsert("item-0", &vectors[1]).unwrap();
-        ann.upsert("item-0", &vectors[1]);
-        flat.remove("item-1");
-        ann.remove("item-1");
+        ann.upsert(&flat, "item-0");
+        ann.remove(flat.remove("item-1").unwrap());
         let hits = ann.search(&flat, &vectors[1], 5);
         assert_eq!(hits[0].id, "item-0");
         assert!(hits.iter().all(|h| h.id != "item-1"));
@@ -531,15 +520,14 @@ mod tests {
         // Past the first reservation (1024 nodes), so the graph grows.
         for (i, v) in vectors.iter().enumerate() {
             flat.upsert(&format!("item-{i}"), v).unwrap();
-            ann.upsert(&format!("item-{i}"), &flat.stored(&format!("item-{i}")).unwrap());
+            ann.upsert(&flat, &format!("item-{i}"));
         }
         for i in 0..500 {
-            flat.remove(&format!("item-{i}"));
-            ann.remove(&format!("item-{i}"));
+            ann.remove(flat.remove(&format!("item-{i}")).unwrap());
         }
         for (i, v) in vectors.iter().enumerate().take(250) {
             flat.upsert(&format!("again-{i}"), v).unwrap();
-            ann.upsert(&format!("again-{i}"), &flat.stored(&format!("again-{i}")).unwrap());
+            ann.upsert(&flat, &format!("again-{i}"));
         }
         assert!(!ann.failed);
         for (i, v) in vectors.iter().enumerate().step_by(50) {
@@ -549,12 +537,18 @@ mod tests {
             assert_eq!(hits[0].id, own);
         }
     }
+    /// The vectors `flat_of` writes, in order.
+    fn inputs(metric: Metric, n: usize, dim: usize) -> Vec<Vec<f32>> {
+        let vectors = data(n, dim, 11).into_iter().enumerate();
+        // Not unit length for inner product and L2, so the metrics order differently.
+        let scale = |i: usize| if metric == Metric::Cosine { 1.0 } else { 1.0 + (i % 7) as f32 * 0.3 };
+        vectors.map(|(i, v)| v.iter().map(|x| x * scale(i)).collect()).collect()
+    }
+
     fn flat_of(metric: Metric, n: usize, dim: usize) -> FlatIndex {
         let mut flat = FlatIndex::new(metric);
-        for (i, v) in data(n, dim, 11).iter().enumerate() {
-            // Not unit length for inner product and L2, so the metrics order differently.
-            let scale = if metric == Metric::Cosine { 1.0 } else { 1.0 + (i % 7) as f32 * 0.3 };
-            flat.upsert(&format!("item-{i}"), &v.iter().map(|x| x * scale).collect::<Vec<_>>()).unwrap();
+        for (i, v) in inputs(metric, n, dim).iter().enumerate() {
+            flat.upsert(&format!("item-{i}"), v).unwrap();
         }
         flat
     }
@@ -589,26 +583,50 @@ mod tests {
             let mut ann = AnnIndex::build(AnnParams::default(), metric, &flat);
             // Free nodes and a replaced vector travel too.
             for i in 0..50 {
-                flat.remove(&format!("item-{i}"));
-                ann.remove(&format!("item-{i}"));
+                ann.remove(flat.remove(&format!("item-{i}")).unwrap());
             }
             let moved = flat.stored("item-60").unwrap().into_owned();
             flat.upsert("item-61", &moved).unwrap();
-            ann.upsert("item-61", &flat.stored("item-61").unwrap());
-            ann.save(&path, "t/c/emb").unwrap();
+            ann.upsert(&flat, "item-61");
+            ann.save(&flat, &path, "t/c/emb").unwrap();
             assert!(!ann.unsaved());
 
-            let mut loaded = AnnIndex::load(AnnParams::default(), metric, &flat, &path, "t/c/emb").unwrap();
-            assert_eq!((loaded.items.len(), loaded.next_node, loaded.stale), (ann.items.len(), ann.next_node, ann.stale));
+            let loaded = AnnIndex::load(AnnParams::default(), metric, &flat, &path, "t/c/emb").unwrap();
+            assert_eq!((loaded.graph.as_ref().unwrap().size(), loaded.stale), (ann.graph.as_ref().unwrap().size(), ann.stale));
             for q in data(50, 24, 77) {
                 assert_eq!(ann.search(&flat, &q, 10), loaded.search(&flat, &q, 10), "{metric:?}");
             }
+            // A start rebuilds the exact index from the store, in another row order: the loaded
+            // graph is re-keyed to it and answers the same.
+            let written = inputs(metric, 3_000, 24);
+            let mut reordered = FlatIndex::new(metric);
+            for row in (0..flat.len()).rev() {
+                let id = flat.id(row);
+                let input = if id == "item-61" { &moved } else { &written[id[5..].parse::<usize>().unwrap()] };
+                reordered.upsert(id, input).unwrap();
+            }
+            let mut loaded = AnnIndex::load(AnnParams::default(), metric, &reordered, &path, "t/c/emb").unwrap();
+            for q in data(50, 24, 77) {
+                assert_eq!(ann.search(&flat, &q, 10), loaded.search(&reordered, &q, 10), "{metric:?}");
+            }
+            let mut flat = reordered;
             // The loaded graph keeps taking writes.
             // Long enough to be its own nearest neighbour under inner product too.
             let v: Vec<f32> = data(1, 24, 999)[0].iter().map(|x| x * 10.0).collect();
             flat.upsert("new", &v).unwrap();
-            loaded.upsert("new", &flat.stored("new").unwrap());
+            loaded.upsert(&flat, "new");
             assert!(loaded.unsaved());
+            assert_eq!(loaded.search(&flat, &v, 1)[0].id, "new");
+            // Past its free nodes and its capacity: the loaded vectors move to a larger matrix.
+            let grown: Vec<Vec<f32>> = data(4_000, 24, 4242).into_iter().map(|v| v.iter().map(|x| x * 10.0).collect()).collect();
+            for (i, v) in grown.iter().enumerate() {
+                flat.upsert(&format!("grow-{i}"), v).unwrap();
+                loaded.upsert(&flat, &format!("grow-{i}"));
+            }
+            assert!(!loaded.failed);
+            for (i, v) in grown.iter().enumerate().step_by(97) {
+                assert_eq!(loaded.search(&flat, v, 1)[0].id, format!("grow-{i}"), "{metric:?}");
+            }
             assert_eq!(loaded.search(&flat, &v, 1)[0].id, "new");
         }
     }
@@ -620,7 +638,7 @@ mod tests {
         let metric = Metric::InnerProduct;
         let flat = flat_of(metric, 500, 8);
         let mut ann = AnnIndex::build(AnnParams::default(), metric, &flat);
-        ann.save(&path, "t/c/emb").unwrap();
+        ann.save(&flat, &path, "t/c/emb").unwrap();
         let load = |flat: &FlatIndex| AnnIndex::load(AnnParams::default(), metric, flat, &path, "t/c/emb").map(|_| ()).unwrap_err().to_string();
 
         // A commit after the save (a crash before the next one): one more item, one changed, one gone.
@@ -650,7 +668,7 @@ mod tests {
         let metric = Metric::L2;
         let flat = flat_of(metric, 400, 8);
         let mut ann = AnnIndex::build(AnnParams::default(), metric, &flat);
-        ann.save(&path, "f").unwrap();
+        ann.save(&flat, &path, "f").unwrap();
         let good = std::fs::read(&path).unwrap();
         let try_bytes = |bytes: &[u8]| {
             std::fs::write(&path, bytes).unwrap();
@@ -670,13 +688,13 @@ mod tests {
             body.extend(digest);
             body
         };
-        // Offsets: magic 8, format 4, field (4 + 1), metric 1, then dim, m, efc, next, stale, count.
-        let count_at = 8 + 4 + 5 + 1 + 5 * 8;
+        // Offsets: magic 8, format 4, field (4 + 1), metric 1, then dim, m, efc, stale, count.
+        let count_at = 8 + 4 + 5 + 1 + 4 * 8;
         let mut huge = good.clone();
         huge[count_at..count_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(try_bytes(&reseal(huge)).contains("items"));
         let mut long_id = good.clone();
-        long_id[count_at + 16..count_at + 20].copy_from_slice(&u32::MAX.to_le_bytes());
+        long_id[count_at + 8..count_at + 12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(try_bytes(&reseal(long_id)).contains("ends early"));
         let blob_at = good.len() - 32 - ann.graph.as_ref().unwrap().serialized_length();
         let mut short_rows = good.clone();

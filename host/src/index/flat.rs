@@ -13,7 +13,8 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use ahash::HashMap;
+use std::collections::BinaryHeap;
 use std::ops::Range;
 
 /// Rows one task scans in `search`. Smaller indexes are scanned on the calling thread, where
@@ -204,7 +205,7 @@ impl FlatIndex {
             Precision::F16 => Rows::F16(Vec::new()),
             Precision::Int8 => Rows::Int8(Vec::new(), Sq8::new()),
         };
-        FlatIndex { metric, dim: 0, ids: Vec::new(), rows: HashMap::new(), data, sq_norms: Vec::new(), reserved_rows: 0 }
+        FlatIndex { metric, dim: 0, ids: Vec::new(), rows: HashMap::default(), data, sq_norms: Vec::new(), reserved_rows: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -339,8 +340,9 @@ impl FlatIndex {
     }
 
     /// Remove `id`'s vector, if present (the last row moves into its place).
-    pub fn remove(&mut self, id: &str) {
-        let Some(row) = self.rows.remove(id) else { return };
+    /// Forget `id`. The last row moves into its place, as the answer says, so rows stay dense.
+    pub fn remove(&mut self, id: &str) -> Option<RemovedRow> {
+        let row = self.rows.remove(id)?;
         let last = self.ids.len() - 1;
         if row != last {
             let moved = self.ids[last].clone();
@@ -352,6 +354,7 @@ impl FlatIndex {
         self.ids.pop();
         self.sq_norms.pop();
         self.data.truncate(last * self.dim);
+        Some(RemovedRow { row, moved_from: (row != last).then_some(last) })
     }
 
     /// The `k` nearest rows to `query` that `accept` lets through, best first, ties by id.
@@ -527,17 +530,35 @@ impl FlatIndex {
 
     /// `id`'s stored vector (normalised, for cosine fields; rounded, for f16 fields) as f32.
     pub fn stored(&self, id: &str) -> Option<Cow<'_, [f32]>> {
-        let row = *self.rows.get(id)?;
-        Some(self.data.get(row * self.dim..(row + 1) * self.dim))
+        let row = self.row_of(id)?;
+        Some(self.row_vectors(row..row + 1))
+    }
+
+    /// The row holding `id`.
+    pub fn row_of(&self, id: &str) -> Option<usize> {
+        self.rows.get(id).copied()
+    }
+
+    /// The exact score of row `row` (below `len()`), for a query as `prepare_query` returns it,
+    /// whose squared norm is `q_sq`.
+    pub fn row_score(&self, row: usize, prepared: &[f32], q_sq: f32) -> f32 {
+        let ip = self.data.dot(prepared, row * self.dim..(row + 1) * self.dim);
+        self.score(ip, row, q_sq)
     }
 
     /// The exact score of `id`, if stored, for a query as `prepare_query` returns it, whose
     /// squared norm is `q_sq`.
     pub fn prepared_score(&self, id: &str, prepared: &[f32], q_sq: f32) -> Option<f32> {
-        let row = *self.rows.get(id)?;
-        let ip = self.data.dot(prepared, row * self.dim..(row + 1) * self.dim);
-        Some(self.score(ip, row, q_sq))
+        Some(self.row_score(self.row_of(id)?, prepared, q_sq))
     }
+}
+
+/// What `FlatIndex::remove` did to the rows: `row` is gone, and the last row, if another, moved
+/// from `moved_from` into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemovedRow {
+    pub row: usize,
+    pub moved_from: Option<usize>,
 }
 
 /// Which rows a scan scores: a match per row instead of a call through a pointer, so the

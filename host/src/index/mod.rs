@@ -119,16 +119,19 @@ impl Indexes {
     pub fn save_graphs(&self) {
         let graphs: Vec<_> = self.ann.read().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for ((collection, field), ann) in graphs {
+            // The exact index first, as every writer locks them.
+            let Some(flat) = self.vectors.read().unwrap().get(&(collection.clone(), field.clone())).cloned() else { continue };
+            let flat = flat.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut ann = ann.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(ann) = ann.as_mut().filter(|a| a.unsaved()) {
-                self.save_graph(ann, &collection, &field);
+                self.save_graph(ann, &flat, &collection, &field);
             }
         }
     }
 
-    fn save_graph(&self, ann: &mut AnnIndex, collection: &str, field: &str) {
+    fn save_graph(&self, ann: &mut AnnIndex, flat: &FlatIndex, collection: &str, field: &str) {
         let Some(path) = self.graph_path(collection, field) else { return };
-        if let Err(e) = ann.save(&path, &format!("{collection}/{field}")) {
+        if let Err(e) = ann.save(flat, &path, &format!("{collection}/{field}")) {
             eprintln!("warning: cannot save the HNSW graph of `{collection}` field `{field}` ({e:#}); the next start rebuilds it");
         }
     }
@@ -183,7 +186,7 @@ impl Indexes {
             }
             let mut ann = AnnIndex::build(params, metric, flat);
             if ann.unsaved() {
-                self.save_graph(&mut ann, collection, field);
+                self.save_graph(&mut ann, flat, collection, field);
             }
             Ok(Some(ann))
         })
@@ -392,11 +395,7 @@ impl Indexes {
                     let index = self.vectors(collection, field)?;
                     let mut index = index.write().unwrap();
                     index.upsert(id, v)?;
-                    self.update_ann(collection, field, &index, |ann, flat| {
-                        if let Some(stored) = flat.stored(id) {
-                            ann.upsert(id, &stored);
-                        }
-                    });
+                    self.update_ann(collection, field, &index, |ann, flat| ann.upsert(flat, id));
                 }
                 FieldValue::Codes(c) => self.code_trie(collection, field)?.write().unwrap().upsert(id, c),
                 FieldValue::Tokens { dim, data } => self.token_sets(collection, field)?.write().unwrap().upsert(id, *dim as usize, data),
@@ -449,12 +448,13 @@ impl Indexes {
                 }
             }
         }
-        each(&self.vectors, collection, |index| ids.iter().for_each(|id| index.remove(id)));
-        each(&self.ann, collection, |ann| {
-            if let Some(ann) = ann {
-                ids.iter().for_each(|id| ann.remove(id));
-            }
-        });
+        let fields: Vec<_> = self.vectors.read().unwrap().iter().filter(|((c, _), _)| c == collection).map(|(k, v)| (k.clone(), v.clone())).collect();
+        for ((_, field), flat) in fields {
+            let mut flat = flat.write().unwrap();
+            let removed: Vec<_> = ids.iter().filter_map(|id| flat.remove(id)).collect();
+            // The graph replays the exact index's row moves in order, so its keys stay its rows.
+            self.update_ann(collection, &field, &flat, |ann, _| removed.iter().for_each(|r| ann.remove(*r)));
+        }
         each(&self.codes, collection, |trie| ids.iter().for_each(|id| trie.remove(id)));
         each(&self.tokens, collection, |sets| ids.iter().for_each(|id| sets.remove(id)));
         if let Some(m) = self.metadata.read().unwrap().get(collection) {
