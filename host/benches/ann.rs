@@ -3,6 +3,10 @@
 //! ef_search on both, reports recall@10 against exact search and queries/s, and the ratio of
 //! queries/s at equal recall (each curve interpolated linearly). Prints; fails on nothing.
 //!
+//! The machine is shared, so its speed drifts over seconds. Each ef therefore runs ROUNDS passes
+//! of each engine, alternating Quarry's and faiss's (faiss waits in a subprocess for each pass),
+//! and each engine's fastest pass counts: both see the same quiet and busy spells.
+//!
 //! Run with `cargo bench -p quarry-host --bench ann`. The faiss side runs `faiss_hnsw.py` and
 //! needs `python3 -m pip install faiss-cpu numpy`; without it only Quarry's numbers are printed.
 
@@ -14,7 +18,8 @@ use quarry_host::index::flat::FlatIndex;
 use quarry_host::store::{AnnParams, Metric};
 use serde::Deserialize;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::path::Path;
 use std::time::Instant;
 
@@ -30,21 +35,70 @@ const M: usize = 16;
 const EF_CONSTRUCTION: usize = 200;
 const EF_SEARCH: [usize; 11] = [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384];
 const TARGET_RECALLS: [f64; 3] = [0.90, 0.95, 0.99];
-/// Timed passes over all queries per ef; the fastest gives queries/s (as in faiss_hnsw.py).
-const RUNS: usize = 3;
+/// Timed passes over all queries per ef and engine, alternated; the fastest gives queries/s.
+const ROUNDS: usize = 5;
 const FAISS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/faiss_hnsw.py");
 
 #[derive(Deserialize)]
-struct Faiss {
+struct FaissBuilt {
     build_s: f64,
-    runs: Vec<FaissRun>,
 }
 
 #[derive(Deserialize)]
-struct FaissRun {
+struct FaissPass {
     ef: usize,
-    qps: f64,
+    seconds: f64,
     ids: Vec<Vec<i64>>,
+}
+
+/// faiss_hnsw.py with its graph built, waiting for passes to time.
+struct Faiss {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Faiss {
+    fn start(dir: &Path, threads: usize) -> Option<Faiss> {
+        let mut child = python()
+            .arg(FAISS_SCRIPT)
+            .arg(dir)
+            .args([N, DIM, QUERIES, K, M, EF_CONSTRUCTION, threads].map(|v| v.to_string()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        let input = child.stdin.take().expect("piped stdin");
+        let mut output = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        output.read_line(&mut line).expect("read faiss");
+        match serde_json::from_str::<FaissBuilt>(&line) {
+            Ok(built) => println!("faiss IndexHNSWFlat built in {:.1} s", built.build_s),
+            Err(e) => {
+                println!("faiss did not start ({e}); only Quarry's numbers follow");
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+        Some(Faiss { child, input, output })
+    }
+
+    fn pass(&mut self, ef: usize) -> FaissPass {
+        writeln!(self.input, "{ef}").expect("ask faiss");
+        let mut line = String::new();
+        self.output.read_line(&mut line).expect("read faiss");
+        let pass: FaissPass = serde_json::from_str(&line).expect("faiss pass");
+        assert_eq!(pass.ef, ef);
+        pass
+    }
+}
+
+impl Drop for Faiss {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// One ef_search setting of one engine.
@@ -68,33 +122,39 @@ fn main() {
     let started = Instant::now();
     let ann = AnnIndex::build(AnnParams { m: M, ef_construction: EF_CONSTRUCTION, ef_search: EF_SEARCH[0] }, Metric::Cosine, &flat);
     println!("Quarry (USearch) built in {:.1} s", started.elapsed().as_secs_f64());
-    let quarry: Vec<Point> = EF_SEARCH
-        .iter()
-        .map(|&ef| {
-            let search = |q: &[f32]| ann.search_ef(&flat, q, K, ef);
-            queries.chunks_exact(DIM).take(10).for_each(|q| drop(search(q)));
-            let mut best = f64::INFINITY;
-            let mut found = Vec::new();
-            for _ in 0..RUNS {
-                let started = Instant::now();
-                let hits: Vec<_> = queries.chunks_exact(DIM).map(search).collect();
-                best = best.min(started.elapsed().as_secs_f64());
-                found = hits.iter().map(|h| rows(h)).collect();
-            }
-            Point { ef, recall: recall(&found, &truth), qps: QUERIES as f64 / best }
-        })
-        .collect();
-
-    let faiss = if faiss_available() {
-        run_faiss(dir.path(), threads)
+    let mut engine = if faiss_available() {
+        Faiss::start(dir.path(), threads)
     } else {
         println!("faiss is not installed, so only Quarry's numbers follow; to compare, run `{INSTALL_FAISS}`");
         None
     };
-    let faiss: Option<Vec<Point>> = faiss.map(|f| {
-        println!("faiss IndexHNSWFlat built in {:.1} s", f.build_s);
-        f.runs.iter().map(|r| Point { ef: r.ef, recall: recall(&r.ids, &truth), qps: r.qps }).collect()
-    });
+
+    let mut quarry = Vec::new();
+    let mut faiss = engine.as_ref().map(|_| Vec::new());
+    for ef in EF_SEARCH {
+        let search = |q: &[f32]| ann.search_ef(&flat, q, K, ef);
+        queries.chunks_exact(DIM).take(10).for_each(|q| drop(search(q)));
+        let (mut ours, mut theirs) = ((f64::INFINITY, Vec::new()), (f64::INFINITY, Vec::new()));
+        for _ in 0..ROUNDS {
+            let started = Instant::now();
+            let hits: Vec<_> = queries.chunks_exact(DIM).map(search).collect();
+            let seconds = started.elapsed().as_secs_f64();
+            if seconds < ours.0 {
+                ours = (seconds, hits.iter().map(|h| rows(h)).collect());
+            }
+            if let Some(engine) = &mut engine {
+                let pass = engine.pass(ef);
+                if pass.seconds < theirs.0 {
+                    theirs = (pass.seconds, pass.ids);
+                }
+            }
+        }
+        quarry.push(Point { ef, recall: recall(&ours.1, &truth), qps: QUERIES as f64 / ours.0 });
+        if let Some(faiss) = &mut faiss {
+            faiss.push(Point { ef, recall: recall(&theirs.1, &truth), qps: QUERIES as f64 / theirs.0 });
+        }
+    }
+    drop(engine);
 
     println!("\n{:>9} {:>14} {:>12} {:>13} {:>11}", "ef_search", "Quarry recall", "Quarry q/s", "faiss recall", "faiss q/s");
     for (i, q) in quarry.iter().enumerate() {
@@ -178,20 +238,4 @@ fn write_and_index(dir: &Path) -> (FlatIndex, Vec<f32>) {
     write_f32(&mut file, &queries);
     file.flush().expect("write queries");
     (flat, queries)
-}
-
-fn run_faiss(dir: &Path, threads: usize) -> Option<Faiss> {
-    let efs: Vec<String> = EF_SEARCH.iter().map(usize::to_string).collect();
-    let out = python()
-        .arg(FAISS_SCRIPT)
-        .arg(dir)
-        .args([N, DIM, QUERIES, K, M, EF_CONSTRUCTION, threads].map(|v| v.to_string()))
-        .arg(efs.join(","))
-        .output()
-        .expect("run python3");
-    if !out.status.success() {
-        println!("faiss run failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| println!("faiss output unreadable: {e}")).ok()
 }
