@@ -4958,18 +4958,14 @@ class index_gt {
 
             neighbors_ref_t candidate_neighbors = neighbors_base_(node_at_(candidate.slot));
 
-            // Optional prefetching
-            if (!is_dummy<prefetch_at>()) {
-                candidates_range_t missing_candidates{*this, candidate_neighbors, visits};
-                prefetch(missing_candidates.begin(), missing_candidates.end());
-            }
-
             // Assume the worst-case when reserving memory
             if (!visits.reserve(visits.size() + candidate_neighbors.size()))
                 return false;
 
-            // Quarry's patch: unvisited neighbours are measured 4 at a time (one call of the metric,
-            // whose loads then overlap), and handled in the order they were listed.
+            // Quarry's patch: one pass over the neighbours marks the unvisited ones visited and
+            // collects them (up to 64 at a time), their vectors are prefetched together, then they
+            // are measured 4 at a time (one call of the metric, whose loads then overlap) and
+            // handled in the order they were listed.
             compressed_slot_t batch_slots[4];
             distance_t batch_distances[4];
             std::size_t batch_size = 0;
@@ -4995,15 +4991,27 @@ class index_gt {
                 }
                 batch_size = 0;
             };
-            for (compressed_slot_t successor_slot : candidate_neighbors) {
-                if (visits.set(successor_slot))
-                    continue;
-                batch_slots[batch_size++] = successor_slot;
-                if (batch_size == 4)
+            compressed_slot_t unvisited[64];
+            auto neighbor = candidate_neighbors.begin();
+            auto const neighbors_end = candidate_neighbors.end();
+            while (neighbor != neighbors_end) {
+                std::size_t count = 0;
+                for (; neighbor != neighbors_end && count != 64; ++neighbor) {
+                    compressed_slot_t successor_slot = *neighbor;
+                    if (!visits.set(successor_slot))
+                        unvisited[count++] = successor_slot;
+                }
+                if (!is_dummy<prefetch_at>())
+                    for (std::size_t i = 0; i != count; ++i)
+                        prefetch(citerator_at(unvisited[i]), citerator_at(unvisited[i]) + 1);
+                for (std::size_t i = 0; i != count; ++i) {
+                    batch_slots[batch_size++] = unvisited[i];
+                    if (batch_size == 4)
+                        measured();
+                }
+                if (batch_size)
                     measured();
             }
-            if (batch_size)
-                measured();
         }
 
         return true;
