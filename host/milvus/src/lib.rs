@@ -57,7 +57,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use milvus::v2::prelude::{
     ClientV2, CollectionSchema, ConnectConfig, ConsistencyLevel, CreateCollectionRequest, CreateIndexRequest, DataType, DeleteRequest, FieldData,
     FieldSchema as MilvusField, HasCollectionRequest, IndexParam, IndexType, InsertRequest, LoadCollectionRequest, MetricType,
-    QueryRequest, UpsertRequest,
+    QueryRequest, QueryResponse, UpsertRequest,
 };
 use quarry_host::control::{Change, ControlStore};
 use quarry_host::store::{
@@ -396,17 +396,7 @@ impl MilvusStore {
         if let Record::Shared { control, key, .. } = &self.record {
             return Ok(shared_record(control.as_ref(), key)?.1);
         }
-        let response = self
-            .client
-            .query(
-                QueryRequest::builder()
-                    .collection_name(self.catalog().name)
-                    .filter(format!("pk == {}", quote(STATE_PK)))
-                    .output_fields(["data"])
-                    .consistency_level(ConsistencyLevel::Strong)
-                    .build()?,
-            )
-            .await?;
+        let response = self.query(&self.catalog().name, format!("pk == {}", quote(STATE_PK)), &["data"]).await?;
         let Some(row) = response.results().rows()?.next() else { return Ok(State::default()) };
         let data = BASE64.decode(row.get_str("data")?).context("the Milvus commit record is not base64")?;
         serde_json::from_slice(&data).context("the Milvus commit record is not JSON; was this namespace written by something else?")
@@ -552,23 +542,24 @@ impl MilvusStore {
         self.set_state(state).await
     }
 
+    /// The `fields` of the rows of the Milvus collection `name` that `filter` selects, as of every
+    /// write acknowledged before.
+    async fn query(&self, name: &str, filter: String, fields: &[&str]) -> Result<QueryResponse> {
+        let request = QueryRequest::builder()
+            .collection_name(name)
+            .filter(filter)
+            .output_fields(fields.iter().copied())
+            .consistency_level(ConsistencyLevel::Strong)
+            .build()?;
+        self.client.query(request).await.with_context(|| format!("cannot query the Milvus collection `{name}`"))
+    }
+
     /// The rows of `table` that `filter` selects, without their payloads.
     async fn rows(&self, table: &Table, filter: &str) -> Result<Vec<Row>> {
         if !self.table_exists(table).await? {
             return Ok(Vec::new());
         }
-        let response = self
-            .client
-            .query(
-                QueryRequest::builder()
-                    .collection_name(&table.name)
-                    .filter(filter)
-                    .output_fields(COLUMNS)
-                    .consistency_level(ConsistencyLevel::Strong)
-                    .build()?,
-            )
-            .await
-            .with_context(|| format!("cannot query the Milvus collection `{}`", table.name))?;
+        let response = self.query(&table.name, filter.to_string(), &COLUMNS).await?;
         let mut rows = Vec::new();
         for row in response.results().rows()? {
             rows.push(Row {
@@ -625,17 +616,7 @@ impl MilvusStore {
         let column = if table.metric.is_some() { "vec" } else { "data" };
         for batch in pks.chunks(per_request) {
             let filter = format!("pk in [{}]", batch.iter().map(|pk| quote(pk)).collect::<Vec<_>>().join(", "));
-            let response = self
-                .client
-                .query(
-                    QueryRequest::builder()
-                        .collection_name(&table.name)
-                        .filter(filter)
-                        .output_fields(["pk", column])
-                        .consistency_level(ConsistencyLevel::Strong)
-                        .build()?,
-                )
-                .await?;
+            let response = self.query(&table.name, filter, &["pk", column]).await?;
             for row in response.results().rows()? {
                 let payload = match table.metric {
                     Some(_) => Payload::Vector(row.get_float_vector("vec")?.to_vec()),

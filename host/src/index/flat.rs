@@ -545,12 +545,6 @@ impl FlatIndex {
         let ip = self.data.dot(prepared, row * self.dim..(row + 1) * self.dim);
         self.score(ip, row, q_sq)
     }
-
-    /// The exact score of `id`, if stored, for a query as `prepare_query` returns it, whose
-    /// squared norm is `q_sq`.
-    pub fn prepared_score(&self, id: &str, prepared: &[f32], q_sq: f32) -> Option<f32> {
-        Some(self.row_score(self.row_of(id)?, prepared, q_sq))
-    }
 }
 
 /// What `FlatIndex::remove` did to the rows: `row` is gone, and the last row, if another, moved
@@ -835,7 +829,7 @@ mod tests {
                     let v = exact.stored(&hit.id).unwrap();
                     let ip_bound: f32 = q_prepared.iter().zip(v.iter()).map(|(a, b)| (a * b).abs()).sum();
                     let bound = (if metric == Metric::L2 { 2.0 * (ip_bound + dot(&v, &v)) } else { ip_bound }) / 2048.0 + 1e-4;
-                    let reference = exact.prepared_score(&hit.id, &q_prepared, dot(&q_prepared, &q_prepared)).unwrap();
+                    let reference = exact.row_score(exact.row_of(&hit.id).unwrap(), &q_prepared, dot(&q_prepared, &q_prepared));
                     assert!((hit.score - reference).abs() <= bound, "{metric:?}: {} vs {reference} (bound {bound})", hit.score);
                 }
                 assert_eq!(half.search_batch(&q, 10, Some(&keep)).unwrap()[0].iter().map(|h| &h.id).collect::<Vec<_>>(), got.iter().map(|h| &h.id).collect::<Vec<_>>());
@@ -905,7 +899,7 @@ mod tests {
                     // Re-scored from the f32 rows by the f32 scan's own arithmetic: equal to the bit.
                     let (q_prepared, q_sq) = (exact.prepare_query(&q), dot(&exact.prepare_query(&q), &exact.prepare_query(&q)));
                     for hit in &got {
-                        assert_eq!(hit.score, exact.prepared_score(&hit.id, &q_prepared, q_sq).unwrap(), "{metric:?}");
+                        assert_eq!(hit.score, exact.row_score(exact.row_of(&hit.id).unwrap(), &q_prepared, q_sq), "{metric:?}");
                     }
                     if hit_ids(&got) == hit_ids(&want) {
                         assert_eq!(got, want, "{metric:?}");

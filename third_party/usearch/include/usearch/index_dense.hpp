@@ -506,19 +506,23 @@ class index_dense_gt {
     /// @brief For every managed `compressed_slot_t` stores a pointer to the allocated vector copy.
     mutable vectors_lookup_t vectors_lookup_;
 
-    /// Quarry's patch: copied vectors live in one matrix whose row is the slot (`vectors_matrix_`,
-    /// `vectors_matrix_rows_` rows), so a search finds a vector by arithmetic instead of loading
-    /// its pointer from `vectors_lookup_` first. `vectors_rows_` is non-null while every stored
+    /// Quarry's patch: copied vectors live in one matrix whose row is the slot
+    /// (`vectors_matrix_`), so a search finds a vector by arithmetic instead of loading its
+    /// pointer from `vectors_lookup_` first. `vectors_rows_` is non-null while every stored
     /// vector is at `vectors_rows_ + slot * vectors_stride_` (the matrix, or a viewed file's
     /// rows); `vectors_lookup_` keeps the same pointers for everything else.
     using vectors_matrix_t = buffer_gt<byte_t, dynamic_allocator_t>;
     vectors_matrix_t vectors_matrix_;
-    std::size_t vectors_matrix_rows_ = 0;
     byte_t* vectors_rows_ = nullptr;
     std::size_t vectors_stride_ = 0;
 
     inline byte_t* vector_at_(std::size_t slot) const noexcept {
         return vectors_rows_ ? vectors_rows_ + slot * vectors_stride_ : vectors_lookup_[slot];
+    }
+
+    /// Rows of the vectors matrix, while the vectors live in it (else 0).
+    inline std::size_t vectors_matrix_rows_() const noexcept {
+        return vectors_rows_ && vectors_rows_ == vectors_matrix_.data() ? vectors_matrix_.size() / vectors_stride_ : 0;
     }
 
     using available_threads_allocator_t = aligned_allocator_gt<std::size_t, 64>;
@@ -644,7 +648,6 @@ class index_dense_gt {
           vectors_tape_allocator_(std::move(other.vectors_tape_allocator_)), //
           vectors_lookup_(std::move(other.vectors_lookup_)),                 //
           vectors_matrix_(std::move(other.vectors_matrix_)),                 //
-          vectors_matrix_rows_(exchange(other.vectors_matrix_rows_, 0)),     //
           vectors_rows_(exchange(other.vectors_rows_, nullptr)),             //
           vectors_stride_(exchange(other.vectors_stride_, 0)),               //
 
@@ -674,7 +677,6 @@ class index_dense_gt {
         std::swap(vectors_tape_allocator_, other.vectors_tape_allocator_);
         std::swap(vectors_lookup_, other.vectors_lookup_);
         std::swap(vectors_matrix_, other.vectors_matrix_);
-        std::swap(vectors_matrix_rows_, other.vectors_matrix_rows_);
         std::swap(vectors_rows_, other.vectors_rows_);
         std::swap(vectors_stride_, other.vectors_stride_);
 
@@ -1162,8 +1164,7 @@ class index_dense_gt {
         std::size_t const stride = metric_.bytes_per_vector();
         if (config_.exclude_vectors || typed_->is_immutable() || rows == 0 || stride == 0)
             return true;
-        if (vectors_rows_ && vectors_rows_ == vectors_matrix_.data() && vectors_matrix_rows_ == rows &&
-            vectors_stride_ == stride)
+        if (vectors_matrix_rows_() == rows && vectors_stride_ == stride)
             return true;
         checked_size_result_t bytes = checked_mul(rows, stride);
         if (!bytes)
@@ -1180,7 +1181,6 @@ class index_dense_gt {
                 vectors_lookup_[slot] = row;
             }
         vectors_matrix_ = std::move(matrix);
-        vectors_matrix_rows_ = rows;
         vectors_rows_ = vectors_matrix_.data();
         vectors_stride_ = stride;
         return true;
@@ -1228,7 +1228,6 @@ class index_dense_gt {
         slot_lookup_.clear();
         vectors_lookup_.reset();
         vectors_matrix_.reset();
-        vectors_matrix_rows_ = 0;
         vectors_rows_ = nullptr;
         vectors_stride_ = 0;
         free_keys_.clear();
@@ -1379,7 +1378,6 @@ class index_dense_gt {
                 vectors_lookup_[slot] = vector;
             }
             if (matrix_bytes.value) {
-                vectors_matrix_rows_ = matrix_rows;
                 vectors_rows_ = vectors_matrix_.data();
                 vectors_stride_ = matrix_cols;
             }
@@ -2035,8 +2033,8 @@ class index_dense_gt {
 
         vectors_tape_allocator_t new_vectors_allocator;
         // Quarry's patch: an index with a vectors matrix compacts into a new one.
-        bool const into_matrix = vectors_rows_ && vectors_rows_ == vectors_matrix_.data();
-        vectors_matrix_t new_matrix(into_matrix ? vectors_matrix_rows_ * vectors_stride_ : 0);
+        bool const into_matrix = vectors_matrix_rows_() != 0;
+        vectors_matrix_t new_matrix(into_matrix ? vectors_matrix_.size() : 0);
         if (into_matrix && !new_matrix)
             return result.failed("Out of memory!");
 
@@ -2335,8 +2333,7 @@ class index_dense_gt {
         bool reuse_node = free_slot != default_free_value<compressed_slot_t>();
 
         // Quarry's patch: an index with a vectors matrix copies every vector into its slot's row.
-        bool const into_matrix = vectors_rows_ && vectors_rows_ == vectors_matrix_.data() &&
-                                 typed_->capacity() <= vectors_matrix_rows_;
+        bool const into_matrix = vectors_matrix_rows_() != 0 && typed_->capacity() <= vectors_matrix_rows_();
         if (into_matrix)
             copy_vector = true;
         byte_t* allocated_vector = nullptr;
