@@ -64,8 +64,15 @@ impl Watched {
         let key = deadline.instant().map(|at| {
             let dog = watchdog();
             let key = (at, dog.next.fetch_add(1, Ordering::Relaxed));
-            dog.runs.lock().unwrap_or_else(PoisonError::into_inner).insert(key, options.clone());
-            dog.changed.notify_one();
+            let mut runs = dog.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            runs.insert(key, options.clone());
+            // The watchdog sleeps until the earliest deadline; only an earlier one needs it
+            // now (waking it for every run put one more thread on a busy CPU per run).
+            let earliest = runs.first_key_value().is_some_and(|(first, _)| *first == key);
+            drop(runs);
+            if earliest {
+                dog.changed.notify_one();
+            }
             key
         });
         Ok(Watched { options, key, deadline })
