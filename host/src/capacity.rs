@@ -8,6 +8,11 @@
 //! [yield](Permit::yield_if_contended) to a tenant holding fewer and queue again: running guest
 //! code does so at every epoch tick, and a new claim on a full compute share makes the guests
 //! look at once, which is how one tenant's loops leave room for another tenant's searches.
+//!
+//! Two rules keep the kernel's scheduler from undoing this on a machine with few cores: a
+//! tenant's last permit is kept for it for a tick when every waiting tenant already holds one
+//! (a tenant calling in sequence comes straight back), and a thread handed a permit by a
+//! releasing thread never preempts it ([`QuietWake`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -81,6 +86,8 @@ pub struct FairShare {
     /// Called when a claim starts waiting on a full share, so holders that can yield (running
     /// guest code) look at once instead of at their next tick.
     on_contention: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// How long a tenant's last permit is kept for it (see [`FairShare::keep_for_returning_tenants`]).
+    keep: OnceLock<Duration>,
     /// Time permits were held, per tenant (compute slots are metered; see [`ComputeMeter`]).
     meter: Option<Arc<ComputeMeter>>,
 }
@@ -153,6 +160,9 @@ struct State {
     /// between tenants, not between their claims.
     last_grant: HashMap<Arc<str>, u64>,
     grants: u64,
+    /// A permit kept free until the instant for the tenant that gave back its last one (see
+    /// [`FairShare::keep_for_returning_tenants`]).
+    kept: Option<(Arc<str>, Instant)>,
 }
 
 struct Waiter {
@@ -160,6 +170,8 @@ struct Waiter {
     thread: std::thread::Thread,
     /// Set when a releaser hands the claim a permit (already counted as the claim's).
     granted: bool,
+    /// How to keep the woken thread from taking its waker's CPU.
+    quiet: QuietWake,
 }
 
 impl State {
@@ -172,6 +184,9 @@ impl State {
     }
 
     fn take(&mut self, tenant: &Arc<str>) {
+        if self.kept.as_ref().is_some_and(|(keeper, _)| keeper == tenant) {
+            self.kept = None;
+        }
         self.total += 1;
         *self.held.entry(tenant.clone()).or_default() += 1;
         self.grants += 1;
@@ -194,12 +209,16 @@ impl State {
     /// Hand free permits to waiters: each to the claim whose tenant holds the fewest permits
     /// (under `limit`); among equals, the tenant served longest ago; within a tenant, its oldest
     /// claim. Only that claim's thread is woken.
-    fn hand_over(&mut self, capacity: usize, limit: Option<usize>) {
+    ///
+    /// `releasing`: the waker goes on running (it released a permit rather than yielding one
+    /// and waiting), so the woken threads must not take its CPU (see [`QuietWake`]).
+    fn hand_over(&mut self, capacity: usize, limit: Option<usize>, releasing: bool) {
         while self.total < capacity {
+            let kept_from = |state: &State, tenant: &Arc<str>| state.kept.as_ref().is_some_and(|(keeper, _)| keeper != tenant && capacity - state.total <= 1);
             let next = self
                 .waiting
                 .iter()
-                .filter(|(_, w)| !w.granted && limit.is_none_or(|limit| self.held(&w.tenant) < limit))
+                .filter(|(_, w)| !w.granted && limit.is_none_or(|limit| self.held(&w.tenant) < limit) && !kept_from(self, &w.tenant))
                 .min_by_key(|(ticket, w)| (self.held(&w.tenant), self.last_grant(&w.tenant), **ticket))
                 .map(|(ticket, _)| *ticket);
             let Some(ticket) = next else { return };
@@ -207,6 +226,9 @@ impl State {
             self.take(&tenant);
             let waiter = self.waiting.get_mut(&ticket).expect("the ticket was just found");
             waiter.granted = true;
+            if releasing {
+                waiter.quiet.before_wake();
+            }
             waiter.thread.unpark();
         }
     }
@@ -214,7 +236,7 @@ impl State {
 
 impl FairShare {
     pub fn new(what: &'static str, capacity: usize, per_tenant: Option<usize>) -> Arc<Self> {
-        Arc::new(FairShare { what, capacity: capacity.max(1), per_tenant, state: Mutex::default(), on_contention: OnceLock::new(), meter: None })
+        Arc::new(FairShare { what, capacity: capacity.max(1), per_tenant, state: Mutex::default(), on_contention: OnceLock::new(), keep: OnceLock::new(), meter: None })
     }
 
     /// `slots` compute slots, shared fairly, with no per-tenant cap; the time each tenant holds
@@ -226,6 +248,7 @@ impl FairShare {
             per_tenant: None,
             state: Mutex::default(),
             on_contention: OnceLock::new(),
+            keep: OnceLock::new(),
             meter: Some(Arc::default()),
         })
     }
@@ -261,7 +284,7 @@ impl FairShare {
             Some(limit) if self.held(tenant) >= limit => Refused::TenantAtLimit { tenant: tenant.to_string(), limit, what: self.what },
             _ => Refused::Expired(e),
         })?;
-        Ok(Permit { share: self.clone(), tenant: tenant.clone(), held: true, metered: true, lent: false, since: Instant::now() })
+        Ok(Permit { share: self.clone(), tenant: tenant.clone(), held: true, metered: true, since: Instant::now() })
     }
 
     /// [`FairShare::acquire`] for work whose time the holder charges itself (a batched run
@@ -275,14 +298,19 @@ impl FairShare {
     /// Take a permit for `tenant`, queueing behind fairer claims; on `Ok` the permit is held.
     fn wait_turn(&self, mut state: MutexGuard<'_, State>, tenant: &Arc<str>, deadline: Deadline) -> Result<(), Expired> {
         let under_limit = self.per_tenant.is_none_or(|limit| state.held(tenant) < limit);
-        if state.total < self.capacity && state.waiting.is_empty() && under_limit {
+        // A permit is kept only while every claim's tenant holds one.
+        if state.held(tenant) == 0 && state.kept.as_ref().is_some_and(|(keeper, _)| keeper != tenant) {
+            state.kept = None;
+        }
+        let kept_from = state.kept.as_ref().is_some_and(|(keeper, _)| keeper != tenant && self.capacity - state.total <= 1);
+        if state.total < self.capacity && state.waiting.is_empty() && under_limit && !kept_from {
             state.take(tenant);
             return Ok(());
         }
         let ticket = state.next_ticket;
         state.next_ticket += 1;
-        state.waiting.insert(ticket, Waiter { tenant: tenant.clone(), thread: std::thread::current(), granted: false });
-        state.hand_over(self.capacity, self.per_tenant);
+        state.waiting.insert(ticket, Waiter { tenant: tenant.clone(), thread: std::thread::current(), granted: false, quiet: QuietWake::for_current_thread() });
+        state.hand_over(self.capacity, self.per_tenant, false);
         let contended = !state.waiting[&ticket].granted;
         drop(state);
         if contended && let Some(hook) = self.on_contention.get() {
@@ -291,7 +319,9 @@ impl FairShare {
         loop {
             let mut state = self.lock();
             if state.waiting[&ticket].granted {
-                state.waiting.remove(&ticket);
+                let waiter = state.waiting.remove(&ticket).expect("the ticket is ours");
+                drop(state);
+                waiter.quiet.after_wake();
                 return Ok(());
             }
             let left = deadline.remaining();
@@ -307,10 +337,86 @@ impl FairShare {
         }
     }
 
-    fn release(&self, tenant: &str) {
+    fn release(&self, tenant: &Arc<str>) {
         let mut state = self.lock();
         state.give_back(tenant);
-        state.hand_over(self.capacity, self.per_tenant);
+        // Kept for the tenant when every waiting tenant already holds a permit: handing it over
+        // would wake a thread that the tenant's next call makes yield again at once.
+        if let Some(grace) = self.keep.get()
+            && state.kept.is_none()
+            && state.held(tenant) == 0
+            && !state.waiting.is_empty()
+            && state.waiting.values().all(|w| w.granted || (w.tenant != *tenant && state.held(&w.tenant) > 0))
+        {
+            state.kept = Some((tenant.clone(), Instant::now() + *grace));
+            return;
+        }
+        state.hand_over(self.capacity, self.per_tenant, true);
+    }
+
+    /// Keep a permit given back by a tenant's last holder free for that tenant for `grace`,
+    /// while every waiting claim's tenant holds one already. A tenant calling in sequence
+    /// comes back within microseconds; handing its permit to a tenant that has one meant
+    /// waking a thread only to make it yield at the tenant's next call, with three threads
+    /// wanting two cores in between (and the kernel often queueing the returning thread behind
+    /// guest code for a scheduler tick). Kept permits are freed by [`FairShare::tick`], which
+    /// the host calls more often than `grace`. Set once; later calls are ignored.
+    pub fn keep_for_returning_tenants(&self, grace: Duration) {
+        let _ = self.keep.set(grace);
+    }
+
+    /// Free a kept permit whose grace has passed, to the claims waiting for it.
+    pub fn tick(&self) {
+        let mut state = self.lock();
+        if state.kept.as_ref().is_some_and(|(_, until)| Instant::now() >= *until) {
+            state.kept = None;
+            state.hand_over(self.capacity, self.per_tenant, false);
+        }
+    }
+}
+
+/// Keeps a thread handed a permit by a releasing thread from preempting it. The kernel lets a
+/// woken thread take the CPU of the thread that woke it; here the waker is finishing its call,
+/// and the woken one is about to run guest code until the next scheduler tick (4 ms at
+/// HZ=250): in `--bench fairness` that stalled a quiet tenant's searches in their release. So
+/// the waker switches the waiter to `SCHED_BATCH`, which never preempts on wake-up, and the
+/// waiter switches itself back once it runs. Only a waiter on the default policy is switched:
+/// that is the one switch a thread can undo without privileges.
+struct QuietWake {
+    #[cfg(target_os = "linux")]
+    tid: Option<libc::pid_t>,
+    #[cfg(target_os = "linux")]
+    switched: bool,
+}
+
+impl QuietWake {
+    fn for_current_thread() -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: plain syscalls about the calling thread.
+            let tid = unsafe { (libc::sched_getscheduler(0) == libc::SCHED_OTHER).then(|| libc::gettid()) };
+            QuietWake { tid, switched: false }
+        }
+        #[cfg(not(target_os = "linux"))]
+        QuietWake {}
+    }
+
+    fn before_wake(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(tid) = self.tid {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: a thread of this process, parked until this waker unparks it.
+            self.switched = unsafe { libc::sched_setscheduler(tid, libc::SCHED_BATCH, &param) } == 0;
+        }
+    }
+
+    fn after_wake(&self) {
+        #[cfg(target_os = "linux")]
+        if self.switched {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: the calling thread, back to the default policy it had.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+        }
     }
 }
 
@@ -320,8 +426,6 @@ pub struct Permit {
     tenant: Arc<str>,
     held: bool,
     metered: bool,
-    /// Lent to a run computing for the holder, which charges its own time.
-    lent: bool,
     /// When the permit was last taken.
     since: Instant,
 }
@@ -340,7 +444,7 @@ impl Permit {
     }
 
     fn charge(&self) {
-        if self.metered && !self.lent && let Some(meter) = &self.share.meter {
+        if self.metered && let Some(meter) = &self.share.meter {
             meter.charge(&self.tenant, self.since.elapsed());
         }
     }
@@ -373,7 +477,7 @@ impl Permit {
         state.give_back(&self.tenant);
         self.held = false;
         self.charge();
-        state.hand_over(self.share.capacity, self.share.per_tenant);
+        state.hand_over(self.share.capacity, self.share.per_tenant, false);
         self.share.wait_turn(state, &self.tenant, deadline)?;
         self.held = true;
         self.since = Instant::now();
@@ -391,14 +495,11 @@ impl Drop for Permit {
 /// the call waits, taken again before it computes.
 pub struct Slot {
     permit: Mutex<Option<Permit>>,
-    /// Lent to a run now. Outside the mutex, which a holder keeps while it waits for a turn:
-    /// a model's worker asking must never wait on that.
-    lent: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
     pub fn new(permit: Permit) -> Arc<Self> {
-        Arc::new(Slot { permit: Mutex::new(Some(permit)), lent: Default::default() })
+        Arc::new(Slot { permit: Mutex::new(Some(permit)) })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Permit) -> T) -> Option<T> {
@@ -422,35 +523,9 @@ impl Slot {
         self.with(|p| p.yield_if_contended(deadline)).unwrap_or(Ok(()))
     }
 
-    /// Keep the slot, but lend it to a run that computes for this call while the call waits:
-    /// the run uses it instead of taking another, and charges its own time. Handing the slot
-    /// back and forth through the share instead let another tenant's guest take it in between,
-    /// and each hand-over could queue the woken thread behind a spinning one.
-    /// Returns whether the slot was held to lend.
-    pub(crate) fn lend(&self) -> bool {
-        let held = self.with(|p| {
-            if p.held && !p.lent {
-                p.charge();
-                p.lent = true;
-            }
-            p.held
-        }) == Some(true);
-        self.lent.store(held, std::sync::atomic::Ordering::Release);
-        held
-    }
-
-    pub(crate) fn take_back(&self) {
-        self.lent.store(false, std::sync::atomic::Ordering::Release);
-        self.with(|p| {
-            if std::mem::take(&mut p.lent) {
-                p.since = Instant::now();
-            }
-        });
-    }
-
-    /// Whether the slot is held and lent to a run now.
-    pub fn is_lent(&self) -> bool {
-        self.lent.load(std::sync::atomic::Ordering::Acquire)
+    /// Whether the slot is held now (not released while its call waits).
+    pub fn is_held(&self) -> bool {
+        self.with(|p| p.held) == Some(true)
     }
 }
 
@@ -628,6 +703,67 @@ mod tests {
             assert!(waiter.join().unwrap().is_ok());
         });
         assert_eq!(share.held("a"), 1, "a got the slot back once b was done");
+    }
+
+    #[test]
+    fn a_tenants_last_permit_is_kept_for_its_next_call_while_waiters_hold_one() {
+        let share = FairShare::new("compute slots", 2, None);
+        share.keep_for_returning_tenants(Duration::from_millis(1));
+        let (a, b) = (tenant("a"), tenant("b"));
+        let b1 = share.acquire(&b, Deadline::NONE).unwrap();
+        let a1 = share.acquire(&a, Deadline::NONE).unwrap();
+        std::thread::scope(|scope| {
+            // b holds one and wants another.
+            let waiter = scope.spawn(|| share.acquire(&b, Deadline::after(Duration::from_secs(5))).unwrap());
+            while share.lock().waiting.is_empty() {
+                std::thread::yield_now();
+            }
+            // a gives back its only permit: kept for a, not handed to b's second claim.
+            drop(a1);
+            assert_eq!((share.held("a"), share.held("b")), (0, 1));
+            let again = share.acquire(&a, Deadline::after(Duration::from_millis(1))).expect("a's next call takes its kept permit at once");
+            assert_eq!(share.held("a"), 1);
+            // Not coming back: after the grace, a tick hands the permit to b.
+            drop(again);
+            std::thread::sleep(Duration::from_millis(2));
+            share.tick();
+            let b2 = waiter.join().unwrap();
+            assert_eq!(share.held("b"), 2);
+            drop(b2);
+        });
+        // A waiting tenant holding none is never kept waiting for another's return.
+        let a1 = share.acquire(&a, Deadline::NONE).unwrap();
+        let c = tenant("c");
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| share.acquire(&c, Deadline::after(Duration::from_secs(5))).map(drop));
+            while share.lock().waiting.is_empty() {
+                std::thread::yield_now();
+            }
+            drop(b1);
+            assert!(waiter.join().unwrap().is_ok(), "c got b's permit without a tick");
+        });
+        drop(a1);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_thread_woken_by_a_release_runs_on_its_own_policy_again() {
+        let share = FairShare::new("compute slots", 1, None);
+        let held = share.acquire(&tenant("a"), Deadline::NONE).unwrap();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                let permit = share.acquire(&tenant("b"), Deadline::after(Duration::from_secs(5))).unwrap();
+                // SAFETY: a plain query about the calling thread.
+                let policy = unsafe { libc::sched_getscheduler(0) };
+                drop(permit);
+                policy
+            });
+            while share.lock().waiting.is_empty() {
+                std::thread::yield_now();
+            }
+            drop(held);
+            assert_eq!(waiter.join().unwrap(), libc::SCHED_OTHER, "woken as SCHED_BATCH, and left so");
+        });
     }
 
     #[test]

@@ -2,11 +2,16 @@
 //! ONNX Runtime run of up to `batch.max_batch` inputs. Requests that queue while a run is busy
 //! join the next run; `batch.max_delay_ms` optionally waits longer for more. Tokenizing and
 //! image decoding happen on the callers' threads, in parallel; only the run is shared.
+//!
+//! A lone request that finds a lane idle and nothing queued runs on its caller's thread, in the
+//! caller's compute slot: handing it to a worker and back cost two thread wake-ups a call, and
+//! on a busy host each wake-up could queue the thread behind another tenant's guest code for
+//! a scheduler slice (milliseconds).
 
 use super::ModelError;
 use super::manifest::ModelManifest;
 use super::watchdog::Watched;
-use crate::capacity::{Caller, Deadline, Expired, FairShare, Slot};
+use crate::capacity::{Caller, Deadline, Expired, FairShare};
 use anyhow::anyhow;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
@@ -126,38 +131,38 @@ struct Job {
     deadline: Deadline,
     /// When it was queued, for the queue-delay figures.
     queued: Instant,
-    reply: mpsc::SyncSender<Result<Output, ModelError>>,
-    /// The caller's compute slot, lent to the run while the caller waits.
-    lender: Option<Arc<Slot>>,
+    reply: Reply,
 }
 
-impl Job {
-    /// The caller's slot, if it still lends it (a caller past its deadline has taken it back).
-    fn lent_slot(&self) -> Option<&Arc<Slot>> {
-        self.lender.as_ref().filter(|slot| slot.is_lent())
-    }
+type Reply = mpsc::SyncSender<Result<Output, ModelError>>;
+
+/// One lane: a session pair, run by a worker for queued jobs or by a lone caller itself.
+struct Lane {
+    session: Session,
+    token_embeddings: Option<Session>,
 }
 
-/// The queue in front of one model's sessions (its lanes), each served by a worker thread.
+/// The queue in front of one model's sessions (its lanes), served by one worker thread per lane.
 pub(crate) struct Batcher {
     shared: Arc<Shared>,
-    stats: Arc<Stats>,
     compute: Arc<FairShare>,
 }
 
-/// What the submitting callers and the lanes' workers share.
+/// What the submitting callers and the workers share.
 struct Shared {
     queue: Mutex<Queue>,
-    /// Signalled when a job is queued, a run ends, or the batcher closes.
+    /// Signalled when a job is queued, a lane is freed, or the batcher closes.
     changed: Condvar,
-    lanes: usize,
+    lanes: Vec<Mutex<Lane>>,
+    manifest: ModelManifest,
+    stats: Stats,
 }
 
-#[derive(Default)]
 struct Queue {
     jobs: FairQueue,
-    /// Runs going now, and per tenant the runs holding its jobs.
-    runs: usize,
+    /// Lanes no run holds now.
+    idle: Vec<usize>,
+    /// Per tenant, the runs going now that hold its jobs.
     running: HashMap<Arc<str>, usize>,
     closed: bool,
 }
@@ -170,7 +175,49 @@ impl Shared {
     /// Runs one tenant's jobs may be in at once: all lanes but one, so another tenant's job
     /// always finds a lane that no long run of this tenant holds.
     fn per_tenant(&self) -> usize {
-        self.lanes.saturating_sub(1).max(1)
+        self.lanes.len().saturating_sub(1).max(1)
+    }
+
+    /// Take an idle lane for a run holding `tenants`' jobs.
+    fn claim(self: &Arc<Self>, queue: &mut Queue, tenants: Vec<Arc<str>>) -> Option<Claimed> {
+        let lane = queue.idle.pop()?;
+        for tenant in &tenants {
+            *queue.running.entry(tenant.clone()).or_default() += 1;
+        }
+        Some(Claimed { shared: self.clone(), lane, tenants })
+    }
+}
+
+/// A lane held for one run; given back (and the run counted out) when dropped, even by a panic.
+struct Claimed {
+    shared: Arc<Shared>,
+    lane: usize,
+    tenants: Vec<Arc<str>>,
+}
+
+impl Claimed {
+    fn lane(&self) -> MutexGuard<'_, Lane> {
+        self.shared.lanes[self.lane].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        let mut queue = self.shared.lock();
+        queue.idle.push(self.lane);
+        for tenant in &self.tenants {
+            if let Some(n) = queue.running.get_mut(tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    queue.running.remove(tenant);
+                }
+            }
+        }
+        let waiting = !queue.jobs.is_empty() || queue.closed;
+        drop(queue);
+        if waiting {
+            self.shared.changed.notify_all();
+        }
     }
 }
 
@@ -200,31 +247,39 @@ impl Batcher {
     /// inputs_embeds text encoder (see [`SlotSpec`](super::manifest::SlotSpec)). Each run takes
     /// one of `compute`'s slots.
     pub fn start(lanes: Vec<(Session, Option<Session>)>, manifest: &ModelManifest, compute: Arc<FairShare>) -> std::io::Result<Self> {
-        let stats = Arc::new(Stats::default());
-        let shared = Arc::new(Shared { queue: Mutex::default(), changed: Condvar::new(), lanes: lanes.len().max(1) });
-        for (lane, (session, token_embeddings)) in lanes.into_iter().enumerate() {
-            let worker = Worker { session, token_embeddings, manifest: manifest.clone(), shared: shared.clone(), compute: compute.clone(), stats: stats.clone() };
-            std::thread::Builder::new().name(format!("quarry-model-{}-{lane}", manifest.name)).spawn(move || worker.serve())?;
+        assert!(!lanes.is_empty(), "a model has at least one lane");
+        let workers = lanes.len();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue { jobs: FairQueue::default(), idle: (0..lanes.len()).rev().collect(), running: HashMap::new(), closed: false }),
+            changed: Condvar::new(),
+            lanes: lanes.into_iter().map(|(session, token_embeddings)| Mutex::new(Lane { session, token_embeddings })).collect(),
+            manifest: manifest.clone(),
+            stats: Stats::default(),
+        });
+        for n in 0..workers {
+            let worker = Worker { shared: shared.clone(), compute: compute.clone() };
+            std::thread::Builder::new().name(format!("quarry-model-{}-{n}", manifest.name)).spawn(move || worker.serve())?;
         }
-        Ok(Batcher { shared, stats, compute })
+        Ok(Batcher { shared, compute })
     }
 
     /// Runs made, and inputs run, so far.
     pub fn stats(&self) -> (u64, u64) {
-        (self.stats.runs.load(Ordering::Relaxed), self.stats.inputs.load(Ordering::Relaxed))
+        (self.shared.stats.runs.load(Ordering::Relaxed), self.shared.stats.inputs.load(Ordering::Relaxed))
     }
 
     /// Jobs that reached a run, and how long they waited in the queue in all.
     pub fn queue_stats(&self) -> (u64, Duration) {
-        (self.stats.waited_jobs.load(Ordering::Relaxed), Duration::from_micros(self.stats.waited_micros.load(Ordering::Relaxed)))
+        let stats = &self.shared.stats;
+        (stats.waited_jobs.load(Ordering::Relaxed), Duration::from_micros(stats.waited_micros.load(Ordering::Relaxed)))
     }
 
     /// Run `inputs` (alone or with other callers' inputs) and return this request's rows of
     /// `output`. It stops waiting at its deadline (a run still going then is terminated once no
-    /// caller of it is left). While it waits, the caller's compute slot is lent to the run when
-    /// the run can start at once (one part, nothing queued, a lane free for it): the slot then
-    /// goes straight to the work done for the caller, with no hand-over through the share.
-    /// Otherwise it is released, so a caller queued behind others holds no slot idle.
+    /// caller of it is left). A caller holding a compute slot whose request can run at once (one
+    /// part, nothing queued, a lane idle and not at its tenant's limit) runs it on its own
+    /// thread, in that slot. Otherwise the request queues and the slot is released while it
+    /// waits, so a caller queued behind others holds no slot idle.
     #[cfg(test)]
     pub fn run(&self, inputs: Inputs, output: &str, caller: &Caller) -> Result<Output, ModelError> {
         Ok(self.run_parts(vec![inputs], output, caller)?.pop().expect("one part in, one out"))
@@ -233,36 +288,32 @@ impl Batcher {
     /// [`Batcher::run`] for a request split into parts (each at most a run's rows): all parts
     /// queue at once as the caller's jobs, so a large request takes its runs in turn with other
     /// tenants' jobs instead of holding the model for one long run. Outputs in part order.
-    pub fn run_parts(&self, parts: Vec<Inputs>, output: &str, caller: &Caller) -> Result<Vec<Output>, ModelError> {
+    pub fn run_parts(&self, mut parts: Vec<Inputs>, output: &str, caller: &Caller) -> Result<Vec<Output>, ModelError> {
         caller.deadline.check("a model run")?;
         if let Some(meter) = self.compute.meter() {
             meter.admit(&caller.tenant)?;
         }
-        let lone = parts.len() == 1;
-        let (mut jobs, mut answers) = (Vec::with_capacity(parts.len()), Vec::with_capacity(parts.len()));
+        let mut queue = self.shared.lock();
+        if queue.closed {
+            return Err(ModelError::Runtime(anyhow!("the model's workers have stopped")));
+        }
+        let computing = caller.slot.as_ref().is_some_and(|slot| slot.is_held());
+        let lone = computing && parts.len() == 1 && queue.jobs.is_empty() && !at_lane_limit(&queue.running, &caller.tenant, self.shared.per_tenant());
+        if lone && let Some(claimed) = self.shared.claim(&mut queue, vec![caller.tenant.clone()]) {
+            drop(queue);
+            let stats = &self.shared.stats;
+            stats.waited_jobs.fetch_add(1, Ordering::Relaxed);
+            let inputs = parts.pop().expect("one part");
+            return run(&mut claimed.lane(), &self.shared.manifest, stats, &[&inputs], output, caller.deadline);
+        }
+        let mut answers = Vec::with_capacity(parts.len());
         for inputs in parts {
             let (reply, answer) = mpsc::sync_channel(1);
             let tenant = caller.tenant.clone();
-            jobs.push(Job { inputs, output: output.to_string(), tenant, deadline: caller.deadline, queued: Instant::now(), reply, lender: None });
+            queue.jobs.push(Job { inputs, output: output.to_string(), tenant, deadline: caller.deadline, queued: Instant::now(), reply });
             answers.push(answer);
         }
-        let lent = {
-            let mut queue = self.shared.lock();
-            if queue.closed {
-                return Err(ModelError::Runtime(anyhow!("the model's workers have stopped")));
-            }
-            // Lent before the job is visible: a run that found the slot not yet lent would
-            // claim another as the caller's tenant, which holds one already, and wait a turn.
-            let starts_now = lone && queue.jobs.is_empty() && queue.runs < self.shared.lanes && !at_lane_limit(&queue.running, &caller.tenant, self.shared.per_tenant());
-            let lent = caller.slot.as_ref().filter(|_| starts_now).is_some_and(|slot| slot.lend());
-            if lent {
-                jobs[0].lender = caller.slot.clone();
-            }
-            for job in jobs {
-                queue.jobs.push(job);
-            }
-            lent
-        };
+        drop(queue);
         self.shared.changed.notify_all();
         let wait = |answers: Vec<mpsc::Receiver<_>>| {
             answers
@@ -273,15 +324,8 @@ impl Batcher {
                 })
                 .collect::<Vec<_>>()
         };
-        let answers = match (&caller.slot, lent) {
-            (Some(slot), true) => {
-                let answers = wait(answers);
-                slot.take_back();
-                answers
-            }
-            _ => caller.waiting(|| wait(answers))?,
-        };
-        answers
+        caller
+            .waiting(|| wait(answers))?
             .into_iter()
             .map(|answer| match answer {
                 Ok(result) => result,
@@ -292,13 +336,10 @@ impl Batcher {
     }
 }
 
+/// Runs queued jobs in whichever lane is idle.
 struct Worker {
-    session: Session,
-    token_embeddings: Option<Session>,
-    manifest: ModelManifest,
     shared: Arc<Shared>,
     compute: Arc<FairShare>,
-    stats: Arc<Stats>,
 }
 
 /// Jobs received and not yet run, per tenant, oldest first.
@@ -392,17 +433,17 @@ impl FairQueue {
 }
 
 impl Worker {
-    fn serve(mut self) {
-        let max_batch = self.manifest.batch.max_batch;
-        let delay = Duration::from_millis(self.manifest.batch.max_delay_ms);
-        let per_tenant = self.shared.per_tenant();
+    fn serve(self) {
+        let max_batch = self.shared.manifest.batch.max_batch;
+        let delay = Duration::from_millis(self.shared.manifest.batch.max_delay_ms);
+        let (per_tenant, by_length) = (self.shared.per_tenant(), self.shared.lanes.len() > 1);
         loop {
             let mut queue = self.shared.lock();
-            let batch = loop {
+            let (batch, claimed) = loop {
                 if queue.closed && queue.jobs.is_empty() {
                     return;
                 }
-                if !queue.jobs.is_empty() {
+                if !queue.jobs.is_empty() && !queue.idle.is_empty() {
                     // Wait for more only while the delay lasts and the run is not full.
                     let until = Instant::now() + delay;
                     while queue.jobs.rows() < max_batch && !queue.closed {
@@ -412,244 +453,229 @@ impl Worker {
                         }
                         queue = self.shared.changed.wait_timeout(queue, left).unwrap_or_else(PoisonError::into_inner).0;
                     }
-                    let Queue { jobs, running, .. } = &mut *queue;
-                    let batch = jobs.next_batch(max_batch, self.shared.lanes > 1, |tenant| at_lane_limit(running, tenant, per_tenant));
+                    let Queue { jobs, running, idle, .. } = &mut *queue;
+                    let batch = match idle.is_empty() {
+                        true => Vec::new(),
+                        false => jobs.next_batch(max_batch, by_length, |tenant| at_lane_limit(running, tenant, per_tenant)),
+                    };
                     if !batch.is_empty() {
-                        break batch;
+                        let mut tenants: Vec<Arc<str>> = batch.iter().map(|j| j.tenant.clone()).collect();
+                        tenants.sort();
+                        tenants.dedup();
+                        let claimed = self.shared.claim(&mut queue, tenants).expect("a lane was idle under this lock");
+                        break (batch, claimed);
                     }
                 }
-                // Nothing this lane may take: every queued tenant already runs in the other lanes.
+                // Nothing to run, no idle lane, or every queued tenant is at its lane limit.
                 queue = self.shared.changed.wait(queue).unwrap_or_else(PoisonError::into_inner);
             };
-            let mut tenants: Vec<Arc<str>> = batch.iter().map(|j| j.tenant.clone()).collect();
-            tenants.sort();
-            tenants.dedup();
-            queue.runs += 1;
-            for tenant in &tenants {
-                *queue.running.entry(tenant.clone()).or_default() += 1;
-            }
             drop(queue);
-            self.run_batch(batch);
-            let mut queue = self.shared.lock();
-            queue.runs -= 1;
-            for tenant in &tenants {
-                if let Some(n) = queue.running.get_mut(tenant) {
-                    *n -= 1;
-                    if *n == 0 {
-                        queue.running.remove(tenant);
-                    }
-                }
+            let replies = self.run_batch(&claimed, batch);
+            // Counted out before the callers hear back, so a caller's next request finds the
+            // lane idle.
+            drop(claimed);
+            for (reply, result) in replies {
+                let _ = reply.send(result);
             }
-            drop(queue);
-            self.shared.changed.notify_all();
         }
     }
 
-    fn run_batch(&mut self, batch: Vec<Job>) {
+    /// Run `batch` in `claimed`'s lane; each job's reply and result.
+    fn run_batch(&self, claimed: &Claimed, batch: Vec<Job>) -> Vec<(Reply, Result<Output, ModelError>)> {
         // Parts queued before a tenant's budget ran out do not run after it.
-        let batch: Vec<Job> = match self.compute.meter() {
-            Some(meter) => batch
-                .into_iter()
-                .filter_map(|job| match meter.admit(&job.tenant) {
-                    Ok(()) => Some(job),
-                    Err(refused) => {
-                        let _ = job.reply.send(Err(ModelError::OverBudget(refused)));
-                        None
-                    }
-                })
-                .collect(),
-            None => batch,
-        };
-        if batch.is_empty() {
-            return;
-        }
-        for job in &batch {
-            self.stats.waited_jobs.fetch_add(1, Ordering::Relaxed);
-            self.stats.waited_micros.fetch_add(job.queued.elapsed().as_micros() as u64, Ordering::Relaxed);
-        }
-        // The run computes for its callers, in a slot one of them lends; with none lent (host
-        // work), in one taken as the leading job's tenant, for as long as any caller still
-        // waits. A slot lent by a job still queued is idle too, so it serves as well: host work
-        // never waits on slots whose callers wait on it.
-        let deadline = batch.iter().map(|j| j.deadline).reduce(Deadline::latest).unwrap_or(Deadline::NONE);
-        let lent = batch.iter().any(|j| j.lent_slot().is_some()) || self.shared.lock().jobs.pending.values().flatten().any(|j| j.lent_slot().is_some());
-        let _slot = match lent {
-            true => None,
-            false => match self.compute.acquire_unmetered(&batch[0].tenant, deadline) {
-                Ok(slot) => Some(slot),
-                Err(e) => {
-                    for job in batch {
-                        let _ = job.reply.send(Err(ModelError::Runtime(anyhow!("{e}"))));
-                    }
-                    return;
+        let meter = self.compute.meter();
+        let mut replies = Vec::new();
+        let batch: Vec<Job> = batch
+            .into_iter()
+            .filter_map(|job| match meter.map_or(Ok(()), |m| m.admit(&job.tenant)) {
+                Ok(()) => Some(job),
+                Err(refused) => {
+                    replies.push((job.reply, Err(ModelError::OverBudget(refused))));
+                    None
                 }
-            },
+            })
+            .collect();
+        if batch.is_empty() {
+            return replies;
+        }
+        let stats = &self.shared.stats;
+        for job in &batch {
+            stats.waited_jobs.fetch_add(1, Ordering::Relaxed);
+            stats.waited_micros.fetch_add(job.queued.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        // The callers released their slots while they wait: the run computes in one taken as
+        // the leading job's tenant, for as long as any caller still waits.
+        let deadline = batch.iter().map(|j| j.deadline).reduce(Deadline::latest).unwrap_or(Deadline::NONE);
+        let _slot = match self.compute.acquire_unmetered(&batch[0].tenant, deadline) {
+            Ok(slot) => slot,
+            Err(e) => {
+                replies.extend(batch.into_iter().map(|job| (job.reply, Err(ModelError::Runtime(anyhow!("{e}"))))));
+                return replies;
+            }
         };
+        let manifest = &self.shared.manifest;
+        let mut lane = claimed.lane();
         let inputs: Vec<&Inputs> = batch.iter().map(|j| &j.inputs).collect();
         // Each caller is charged the run's time in proportion to its rows.
         let started = Instant::now();
-        let ran = self.run(&inputs, &batch[0].output, deadline);
-        if let Some(meter) = self.compute.meter() {
+        let ran = run(&mut lane, manifest, stats, &inputs, &batch[0].output, deadline);
+        if let Some(meter) = meter {
             meter.apportion(started.elapsed(), batch.iter().map(|j| (&j.tenant, j.inputs.len())));
         }
         match ran {
-            Ok(outputs) => {
-                for (job, output) in batch.into_iter().zip(outputs) {
-                    let _ = job.reply.send(Ok(output));
-                }
-            }
+            Ok(outputs) => replies.extend(batch.into_iter().zip(outputs).map(|(job, output)| (job.reply, Ok(output)))),
             // One caller's bad input must not fail the others: run each alone.
             Err(ModelError::Runtime(_)) if batch.len() > 1 => {
                 for job in batch {
                     let started = Instant::now();
-                    let result = self.run(&[&job.inputs], &job.output, job.deadline).map(|mut o| o.remove(0));
-                    if let Some(meter) = self.compute.meter() {
+                    let result = run(&mut lane, manifest, stats, &[&job.inputs], &job.output, job.deadline).map(|mut o| o.remove(0));
+                    if let Some(meter) = meter {
                         meter.charge(&job.tenant, started.elapsed());
                     }
-                    let _ = job.reply.send(result);
+                    replies.push((job.reply, result));
                 }
             }
             Err(e) => {
                 let message = e.to_string();
                 let mut batch = batch.into_iter();
-                let _ = batch.next().map(|job| job.reply.send(Err(e)));
-                for job in batch {
-                    let _ = job.reply.send(Err(ModelError::Runtime(anyhow!("{message}"))));
-                }
+                replies.extend(batch.next().map(|job| (job.reply, Err(e))));
+                replies.extend(batch.map(|job| (job.reply, Err(ModelError::Runtime(anyhow!("{message}"))))));
             }
         }
+        replies
     }
+}
 
-    /// One session run over the concatenated inputs; returns each request's rows.
-    fn run(&mut self, parts: &[&Inputs], output: &str, deadline: Deadline) -> Result<Vec<Output>, ModelError> {
-        let watched = Watched::new(deadline)?;
-        let name = &self.manifest.name;
-        let counts: Vec<usize> = parts.iter().map(|p| p.len()).collect();
-        let n: usize = counts.iter().sum();
-        let mut feed: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::new();
-        let mut text_mask = None;
-        match parts[0] {
-            Inputs::Text(_) => {
-                let spec = self.manifest.tokenizer.as_ref().expect("validated: text encoders have a tokenizer section");
-                let rows: Vec<&TextRow> = parts
-                    .iter()
-                    .flat_map(|p| match p {
-                        Inputs::Text(rows) => rows.iter(),
-                        _ => unreachable!("batches hold one kind of input"),
-                    })
-                    .collect();
-                let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0).max(1);
-                // Fixed-length exports (CLIP's 77) get `pad_to`; others pad to the longest text.
-                let seq = spec.pad_to.map_or(longest, |p| p.max(longest));
-                let mut ids = vec![spec.pad_id as i64; n * seq];
-                let mut mask = vec![0i64; n * seq];
-                let mut type_ids = vec![0i64; n * seq];
+/// One session run over the concatenated inputs; returns each request's rows.
+fn run(lane: &mut Lane, manifest: &ModelManifest, stats: &Stats, parts: &[&Inputs], output: &str, deadline: Deadline) -> Result<Vec<Output>, ModelError> {
+    let watched = Watched::new(deadline)?;
+    let name = &manifest.name;
+    let counts: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+    let n: usize = counts.iter().sum();
+    let mut feed: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::new();
+    let mut text_mask = None;
+    match parts[0] {
+        Inputs::Text(_) => {
+            let spec = manifest.tokenizer.as_ref().expect("validated: text encoders have a tokenizer section");
+            let rows: Vec<&TextRow> = parts
+                .iter()
+                .flat_map(|p| match p {
+                    Inputs::Text(rows) => rows.iter(),
+                    _ => unreachable!("batches hold one kind of input"),
+                })
+                .collect();
+            let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0).max(1);
+            // Fixed-length exports (CLIP's 77) get `pad_to`; others pad to the longest text.
+            let seq = spec.pad_to.map_or(longest, |p| p.max(longest));
+            let mut ids = vec![spec.pad_id as i64; n * seq];
+            let mut mask = vec![0i64; n * seq];
+            let mut type_ids = vec![0i64; n * seq];
+            for (row, r) in rows.iter().enumerate() {
+                ids[row * seq..row * seq + r.ids.len()].copy_from_slice(&r.ids);
+                mask[row * seq..row * seq + r.mask.len()].copy_from_slice(&r.mask);
+                type_ids[row * seq..row * seq + r.type_ids.len()].copy_from_slice(&r.type_ids);
+            }
+            let shape = vec![n as i64, seq as i64];
+            let tensor = |data: Vec<i64>| Tensor::from_array((shape.clone(), data)).map_err(|e| anyhow!("{e}"));
+            let names = &manifest.inputs;
+            let slots = manifest.slots.as_ref();
+            if let (Some(lookup), Some(slots)) = (&mut lane.token_embeddings, slots) {
+                // inputs_embeds: look every token up, then put slot vectors in place.
+                let ids = tensor(ids)?;
+                let looked_up = lookup.run_with_options(ort::inputs![ids], watched.options()).map_err(|e| watched.explain(e, &format!("the token-embeddings graph of `{name}`")))?;
+                let (got, data) = looked_up[0].try_extract_tensor::<f32>().map_err(|e| anyhow!("token embeddings of `{name}` are not f32: {e}"))?;
+                if got[..] != [n as i64, seq as i64, slots.dim as i64] {
+                    return Err(ModelError::Runtime(anyhow!(
+                        "the token-embeddings graph of `{name}` returned {got:?}, not [{n}, {seq}, {}] (`slots.dim`)",
+                        slots.dim
+                    )));
+                }
+                let mut embeds = data.to_vec();
                 for (row, r) in rows.iter().enumerate() {
-                    ids[row * seq..row * seq + r.ids.len()].copy_from_slice(&r.ids);
-                    mask[row * seq..row * seq + r.mask.len()].copy_from_slice(&r.mask);
-                    type_ids[row * seq..row * seq + r.type_ids.len()].copy_from_slice(&r.type_ids);
-                }
-                let shape = vec![n as i64, seq as i64];
-                let tensor = |data: Vec<i64>| Tensor::from_array((shape.clone(), data)).map_err(|e| anyhow!("{e}"));
-                let names = &self.manifest.inputs;
-                let slots = self.manifest.slots.as_ref();
-                if let (Some(lookup), Some(slots)) = (&mut self.token_embeddings, slots) {
-                    // inputs_embeds: look every token up, then put slot vectors in place.
-                    let ids = tensor(ids)?;
-                    let looked_up = lookup.run_with_options(ort::inputs![ids], watched.options()).map_err(|e| watched.explain(e, &format!("the token-embeddings graph of `{name}`")))?;
-                    let (got, data) = looked_up[0].try_extract_tensor::<f32>().map_err(|e| anyhow!("token embeddings of `{name}` are not f32: {e}"))?;
-                    if got[..] != [n as i64, seq as i64, slots.dim as i64] {
-                        return Err(ModelError::Runtime(anyhow!(
-                            "the token-embeddings graph of `{name}` returned {got:?}, not [{n}, {seq}, {}] (`slots.dim`)",
-                            slots.dim
-                        )));
+                    for (pos, vector) in &r.slots {
+                        let at = (row * seq + pos) * slots.dim;
+                        embeds[at..at + slots.dim].copy_from_slice(vector);
                     }
-                    let mut embeds = data.to_vec();
-                    for (row, r) in rows.iter().enumerate() {
-                        for (pos, vector) in &r.slots {
-                            let at = (row * seq + pos) * slots.dim;
-                            embeds[at..at + slots.dim].copy_from_slice(vector);
-                        }
-                    }
-                    let embeds = Tensor::from_array((vec![n as i64, seq as i64, slots.dim as i64], embeds)).map_err(|e| anyhow!("{e}"))?;
-                    feed.push((slots.embeds_input.clone().into(), embeds.into()));
-                } else if let Some(input) = &names.input_ids {
-                    feed.push((input.clone().into(), tensor(ids)?.into()));
                 }
-                if let Some(input) = &names.attention_mask {
-                    feed.push((input.clone().into(), tensor(mask.clone())?.into()));
-                }
-                if let Some(input) = &names.token_type_ids {
-                    feed.push((input.clone().into(), tensor(type_ids)?.into()));
-                }
-                // A graph with slot inputs always takes them; rows without slots pass zeros.
-                if let Some((slots, mask_input)) = slots.and_then(|s| s.mask_input.as_ref().map(|m| (s, m))) {
-                    let mut embeds = vec![0f32; n * seq * slots.dim];
-                    let mut slot_mask = vec![0f32; n * seq];
-                    for (row, r) in rows.iter().enumerate() {
-                        for (pos, vector) in &r.slots {
-                            let at = (row * seq + pos) * slots.dim;
-                            embeds[at..at + slots.dim].copy_from_slice(vector);
-                            slot_mask[row * seq + pos] = 1.0;
-                        }
-                    }
-                    let embeds = Tensor::from_array((vec![n as i64, seq as i64, slots.dim as i64], embeds)).map_err(|e| anyhow!("{e}"))?;
-                    let slot_mask = Tensor::from_array((shape.clone(), slot_mask)).map_err(|e| anyhow!("{e}"))?;
-                    feed.push((slots.embeds_input.clone().into(), embeds.into()));
-                    feed.push((mask_input.clone().into(), slot_mask.into()));
-                }
-                text_mask = Some((mask, seq));
+                let embeds = Tensor::from_array((vec![n as i64, seq as i64, slots.dim as i64], embeds)).map_err(|e| anyhow!("{e}"))?;
+                feed.push((slots.embeds_input.clone().into(), embeds.into()));
+            } else if let Some(input) = &names.input_ids {
+                feed.push((input.clone().into(), tensor(ids)?.into()));
             }
-            Inputs::Pixels { side, .. } => {
-                let mut pixels = Vec::with_capacity(n * 3 * side * side);
-                for part in parts {
-                    if let Inputs::Pixels { rows, .. } = part {
-                        rows.iter().for_each(|r| pixels.extend_from_slice(r));
+            if let Some(input) = &names.attention_mask {
+                feed.push((input.clone().into(), tensor(mask.clone())?.into()));
+            }
+            if let Some(input) = &names.token_type_ids {
+                feed.push((input.clone().into(), tensor(type_ids)?.into()));
+            }
+            // A graph with slot inputs always takes them; rows without slots pass zeros.
+            if let Some((slots, mask_input)) = slots.and_then(|s| s.mask_input.as_ref().map(|m| (s, m))) {
+                let mut embeds = vec![0f32; n * seq * slots.dim];
+                let mut slot_mask = vec![0f32; n * seq];
+                for (row, r) in rows.iter().enumerate() {
+                    for (pos, vector) in &r.slots {
+                        let at = (row * seq + pos) * slots.dim;
+                        embeds[at..at + slots.dim].copy_from_slice(vector);
+                        slot_mask[row * seq + pos] = 1.0;
                     }
                 }
-                let tensor = Tensor::from_array((vec![n as i64, 3, *side as i64, *side as i64], pixels)).map_err(|e| anyhow!("{e}"))?;
-                let input = self.manifest.inputs.pixel_values.clone().expect("validated: image encoders name pixel_values");
-                feed.push((input.into(), tensor.into()));
+                let embeds = Tensor::from_array((vec![n as i64, seq as i64, slots.dim as i64], embeds)).map_err(|e| anyhow!("{e}"))?;
+                let slot_mask = Tensor::from_array((shape.clone(), slot_mask)).map_err(|e| anyhow!("{e}"))?;
+                feed.push((slots.embeds_input.clone().into(), embeds.into()));
+                feed.push((mask_input.clone().into(), slot_mask.into()));
             }
-            Inputs::Vectors { dim, .. } => {
-                let mut data = Vec::with_capacity(n * dim);
-                for part in parts {
-                    if let Inputs::Vectors { rows, .. } = part {
-                        rows.iter().for_each(|r| data.extend_from_slice(r));
-                    }
-                }
-                let tensor = Tensor::from_array((vec![n as i64, *dim as i64], data)).map_err(|e| anyhow!("{e}"))?;
-                let input = self.manifest.inputs.vectors.clone().expect("validated: projectors name their vectors input");
-                feed.push((input.into(), tensor.into()));
-            }
+            text_mask = Some((mask, seq));
         }
-        self.stats.runs.fetch_add(1, Ordering::Relaxed);
-        self.stats.inputs.fetch_add(n as u64, Ordering::Relaxed);
-        let outputs = self.session.run_with_options(feed, watched.options()).map_err(|e| watched.explain(e, &format!("model `{name}`")))?;
-        let value = outputs.get(output).ok_or_else(|| anyhow!("model `{name}` produced no output `{output}`"))?;
-        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("model `{name}` output `{output}` is not an f32 tensor: {e}"))?;
-        if shape.first().copied() != Some(n as i64) {
-            return Err(ModelError::Runtime(anyhow!("model `{name}` returned {shape:?} for {n} inputs")));
+        Inputs::Pixels { side, .. } => {
+            let mut pixels = Vec::with_capacity(n * 3 * side * side);
+            for part in parts {
+                if let Inputs::Pixels { rows, .. } = part {
+                    rows.iter().for_each(|r| pixels.extend_from_slice(r));
+                }
+            }
+            let tensor = Tensor::from_array((vec![n as i64, 3, *side as i64, *side as i64], pixels)).map_err(|e| anyhow!("{e}"))?;
+            let input = manifest.inputs.pixel_values.clone().expect("validated: image encoders name pixel_values");
+            feed.push((input.into(), tensor.into()));
         }
-        let row_size = data.len() / n.max(1);
-        let mut start = 0;
-        Ok(counts
-            .into_iter()
-            .map(|count| {
-                let mut part_shape = shape.to_vec();
-                part_shape[0] = count as i64;
-                let mask = text_mask.as_ref().map(|(mask, seq)| (mask[start * seq..(start + count) * seq].to_vec(), *seq));
-                let part = Output { shape: part_shape, data: data[start * row_size..(start + count) * row_size].to_vec(), mask };
-                start += count;
-                part
-            })
-            .collect())
+        Inputs::Vectors { dim, .. } => {
+            let mut data = Vec::with_capacity(n * dim);
+            for part in parts {
+                if let Inputs::Vectors { rows, .. } = part {
+                    rows.iter().for_each(|r| data.extend_from_slice(r));
+                }
+            }
+            let tensor = Tensor::from_array((vec![n as i64, *dim as i64], data)).map_err(|e| anyhow!("{e}"))?;
+            let input = manifest.inputs.vectors.clone().expect("validated: projectors name their vectors input");
+            feed.push((input.into(), tensor.into()));
+        }
     }
+    stats.runs.fetch_add(1, Ordering::Relaxed);
+    stats.inputs.fetch_add(n as u64, Ordering::Relaxed);
+    let outputs = lane.session.run_with_options(feed, watched.options()).map_err(|e| watched.explain(e, &format!("model `{name}`")))?;
+    let value = outputs.get(output).ok_or_else(|| anyhow!("model `{name}` produced no output `{output}`"))?;
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("model `{name}` output `{output}` is not an f32 tensor: {e}"))?;
+    if shape.first().copied() != Some(n as i64) {
+        return Err(ModelError::Runtime(anyhow!("model `{name}` returned {shape:?} for {n} inputs")));
+    }
+    let row_size = data.len() / n.max(1);
+    let mut start = 0;
+    Ok(counts
+        .into_iter()
+        .map(|count| {
+            let mut part_shape = shape.to_vec();
+            part_shape[0] = count as i64;
+            let mask = text_mask.as_ref().map(|(mask, seq)| (mask[start * seq..(start + count) * seq].to_vec(), *seq));
+            let part = Output { shape: part_shape, data: data[start * row_size..(start + count) * row_size].to_vec(), mask };
+            start += count;
+            part
+        })
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capacity::Slot;
     use std::path::Path;
 
     /// The real MiniLM from `vendor/` (installed by scripts/setup.sh), batching with a delay so
@@ -699,7 +725,7 @@ mod tests {
     fn job(tenant: &str, rows: usize, deadline: Deadline) -> (Job, mpsc::Receiver<Result<Output, ModelError>>) {
         let (reply, answer) = mpsc::sync_channel(1);
         let inputs = Inputs::Vectors { dim: 1, rows: vec![vec![0.0]; rows] };
-        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, queued: Instant::now(), reply, lender: None }, answer)
+        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, queued: Instant::now(), reply }, answer)
     }
 
     #[test]
@@ -764,7 +790,8 @@ mod tests {
             drop(caller);
         });
         assert!(taken.load(Ordering::SeqCst));
-        assert_eq!(batcher.shared.lock().runs, 0, "every run is counted out once it ended");
+        let queue = batcher.shared.lock();
+        assert!(queue.idle.len() == 1 && queue.running.is_empty(), "every run is counted out once it ended");
     }
 
     #[test]
@@ -841,5 +868,8 @@ mod tests {
         // The worker is still serving.
         let ok = batcher.run(Inputs::Text(vec![row()]), "last_hidden_state", &Caller::host()).unwrap();
         assert_eq!(ok.shape[0], 1);
+        // A worker's run is counted out before its caller hears back, so the caller's next
+        // request finds the lane idle.
+        assert_eq!(batcher.shared.lock().idle.len(), 1);
     }
 }

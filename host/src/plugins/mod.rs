@@ -241,11 +241,13 @@ impl PluginRuntime {
                 engine.increment_epoch();
             }
         });
-        let weak = engine.weak();
+        compute.keep_for_returning_tenants(EPOCH_TICK);
+        let (weak, ticked) = (engine.weak(), compute.clone());
         std::thread::Builder::new().name("quarry-epoch".into()).spawn(move || {
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
+                ticked.tick();
                 std::thread::sleep(EPOCH_TICK);
             }
         })?;
