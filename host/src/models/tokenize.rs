@@ -40,6 +40,10 @@ impl TextTokenizer {
         let path = manifest.files.tokenizer.as_ref();
         match spec.kind {
             TokenizerKind::HfJson => {
+                // Tokenize on the caller's thread, in its compute slot. By default a batch goes
+                // to rayon's global pool: a handoff to another thread and back for every query,
+                // and a tenant's 256-text embed computing on every core outside its share.
+                tokenizers::utils::parallelism::set_parallelism(false);
                 let path = path.context("validated: tokenizer.json models name the file")?;
                 let mut t = tokenizers::Tokenizer::from_file(path)
                     .map_err(|e| anyhow!("cannot read tokenizer {} for model `{}`: {e}", path.display(), manifest.name))?;
@@ -146,6 +150,16 @@ mod tests {
             execution_provider: Default::default(),
         };
         TextTokenizer::open(&manifest).unwrap()
+    }
+
+    #[test]
+    fn batches_are_tokenized_on_the_callers_thread() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/minilm-l6.json");
+        let manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
+        let tokenizer = TextTokenizer::open(&manifest).unwrap();
+        let texts: Vec<String> = (0..64).map(|i| format!("text number {i} about cats and windowsills")).collect();
+        assert_eq!(tokenizer.encode(&texts).unwrap().len(), 64);
+        assert!(!tokenizers::utils::parallelism::has_parallelism_been_used(), "a batch went to rayon's pool");
     }
 
     #[test]
