@@ -183,6 +183,11 @@ impl State {
         self.last_grant.get(tenant).copied().unwrap_or(0)
     }
 
+    /// Whether the only free permit is kept for a tenant other than `tenant`.
+    fn kept_from(&self, tenant: &Arc<str>, capacity: usize) -> bool {
+        self.kept.as_ref().is_some_and(|(keeper, _)| keeper != tenant && capacity - self.total <= 1)
+    }
+
     fn take(&mut self, tenant: &Arc<str>) {
         if self.kept.as_ref().is_some_and(|(keeper, _)| keeper == tenant) {
             self.kept = None;
@@ -214,11 +219,10 @@ impl State {
     /// and waiting), so the woken threads must not take its CPU (see [`QuietWake`]).
     fn hand_over(&mut self, capacity: usize, limit: Option<usize>, releasing: bool) {
         while self.total < capacity {
-            let kept_from = |state: &State, tenant: &Arc<str>| state.kept.as_ref().is_some_and(|(keeper, _)| keeper != tenant && capacity - state.total <= 1);
             let next = self
                 .waiting
                 .iter()
-                .filter(|(_, w)| !w.granted && limit.is_none_or(|limit| self.held(&w.tenant) < limit) && !kept_from(self, &w.tenant))
+                .filter(|(_, w)| !w.granted && limit.is_none_or(|limit| self.held(&w.tenant) < limit) && !self.kept_from(&w.tenant, capacity))
                 .min_by_key(|(ticket, w)| (self.held(&w.tenant), self.last_grant(&w.tenant), **ticket))
                 .map(|(ticket, _)| *ticket);
             let Some(ticket) = next else { return };
@@ -302,8 +306,7 @@ impl FairShare {
         if state.held(tenant) == 0 && state.kept.as_ref().is_some_and(|(keeper, _)| keeper != tenant) {
             state.kept = None;
         }
-        let kept_from = state.kept.as_ref().is_some_and(|(keeper, _)| keeper != tenant && self.capacity - state.total <= 1);
-        if state.total < self.capacity && state.waiting.is_empty() && under_limit && !kept_from {
+        if state.total < self.capacity && state.waiting.is_empty() && under_limit && !state.kept_from(tenant, self.capacity) {
             state.take(tenant);
             return Ok(());
         }
