@@ -11,7 +11,7 @@
 use super::ModelError;
 use super::manifest::ModelManifest;
 use super::watchdog::Watched;
-use crate::capacity::{Caller, Deadline, Expired, FairShare};
+use crate::capacity::{Caller, Deadline, Expired, FairShare, Permit};
 use anyhow::anyhow;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
@@ -131,10 +131,17 @@ struct Job {
     deadline: Deadline,
     /// When it was queued, for the queue-delay figures.
     queued: Instant,
+    /// Whether the caller waits for this job alone (a request of one part), and so can take
+    /// over the run's compute slot when it hears back.
+    whole: bool,
     reply: Reply,
 }
 
-type Reply = mpsc::SyncSender<Result<Output, ModelError>>;
+/// A job's result, with the run's compute permit when it is handed on to the job's caller.
+type Answer = (Result<Output, ModelError>, Option<Permit>);
+type Reply = mpsc::SyncSender<Answer>;
+/// Jobs' replies and their results, to send once a run's lane is given back.
+type Replies = Vec<(Reply, Result<Output, ModelError>)>;
 
 /// One lane: a session pair, run by a worker for queued jobs or by a lone caller itself.
 struct Lane {
@@ -198,6 +205,24 @@ struct Claimed {
 impl Claimed {
     fn lane(&self) -> MutexGuard<'_, Lane> {
         self.shared.lanes[self.lane].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Add queued jobs to `batch` as a worker takes them for a run, counting this run in for
+    /// the tenants it adds.
+    fn top_up(&mut self, batch: &mut Vec<Job>) {
+        let shared = self.shared.clone();
+        let (max_batch, per_tenant, by_length) = (shared.manifest.batch.max_batch, shared.per_tenant(), shared.lanes.len() > 1);
+        let mut queue = shared.lock();
+        let Queue { jobs, running, .. } = &mut *queue;
+        let before = batch.len();
+        let ours = &self.tenants;
+        jobs.fill(batch, max_batch, by_length, |tenant| !ours.iter().any(|t| &**t == tenant) && at_lane_limit(running, tenant, per_tenant));
+        for job in &batch[before..] {
+            if !self.tenants.contains(&job.tenant) {
+                *running.entry(job.tenant.clone()).or_default() += 1;
+                self.tenants.push(job.tenant.clone());
+            }
+        }
     }
 }
 
@@ -293,11 +318,13 @@ impl Batcher {
         if let Some(meter) = self.compute.meter() {
             meter.admit(&caller.tenant)?;
         }
+        // A run on this thread would hold the slot that the tenant's waiting calls need to
+        // queue their inputs for the same run.
+        let computing = caller.slot.as_ref().is_some_and(|slot| slot.is_held()) && !self.compute.is_waited_for_by(&caller.tenant);
         let mut queue = self.shared.lock();
         if queue.closed {
             return Err(ModelError::Runtime(anyhow!("the model's workers have stopped")));
         }
-        let computing = caller.slot.as_ref().is_some_and(|slot| slot.is_held());
         let lone = computing && parts.len() == 1 && queue.jobs.is_empty() && !at_lane_limit(&queue.running, &caller.tenant, self.shared.per_tenant());
         if lone && let Some(claimed) = self.shared.claim(&mut queue, vec![caller.tenant.clone()]) {
             drop(queue);
@@ -307,25 +334,32 @@ impl Batcher {
             return run(&mut claimed.lane(), &self.shared.manifest, stats, &[&inputs], output, caller.deadline);
         }
         let mut answers = Vec::with_capacity(parts.len());
+        let whole = parts.len() == 1;
         for inputs in parts {
             let (reply, answer) = mpsc::sync_channel(1);
             let tenant = caller.tenant.clone();
-            queue.jobs.push(Job { inputs, output: output.to_string(), tenant, deadline: caller.deadline, queued: Instant::now(), reply });
+            queue.jobs.push(Job { inputs, output: output.to_string(), tenant, deadline: caller.deadline, queued: Instant::now(), whole, reply });
             answers.push(answer);
         }
         drop(queue);
         self.shared.changed.notify_all();
-        let wait = |answers: Vec<mpsc::Receiver<_>>| {
-            answers
+        let wait = |answers: Vec<mpsc::Receiver<Answer>>| {
+            let mut handed = None;
+            let results = answers
                 .into_iter()
                 .map(|answer| match caller.deadline.remaining() {
                     None => answer.recv().map_err(|_| false),
                     Some(left) => answer.recv_timeout(left).map_err(|e| matches!(e, mpsc::RecvTimeoutError::Timeout)),
                 })
-                .collect::<Vec<_>>()
+                .map(|answer| answer.map(|(result, permit)| {
+                    handed = handed.take().or(permit);
+                    result
+                }))
+                .collect::<Vec<_>>();
+            (results, handed)
         };
         caller
-            .waiting(|| wait(answers))?
+            .waiting_until(|| wait(answers))?
             .into_iter()
             .map(|answer| match answer {
                 Ok(result) => result,
@@ -379,18 +413,25 @@ impl FairQueue {
     /// texts of a similar length, so a short query is never held in a long text's run while
     /// another lane could run it.
     fn next_batch(&mut self, max_batch: usize, by_length: bool, busy: impl Fn(&str) -> bool) -> Vec<Job> {
+        let mut batch = Vec::new();
+        self.fill(&mut batch, max_batch, by_length, busy);
+        batch
+    }
+
+    /// [`FairQueue::next_batch`], adding to the jobs already in `batch`.
+    fn fill(&mut self, batch: &mut Vec<Job>, max_batch: usize, by_length: bool, busy: impl Fn(&str) -> bool) {
         for queue in self.pending.values_mut() {
             queue.retain(|job| {
                 let gone = job.deadline.expired();
                 if gone {
-                    let _ = job.reply.send(Err(ModelError::Expired(Expired("a wait for a model run".into()))));
+                    let _ = job.reply.send((Err(ModelError::Expired(Expired("a wait for a model run".into()))), None));
                 }
                 !gone
             });
         }
         self.pending.retain(|_, queue| !queue.is_empty());
-        let mut batch: Vec<Job> = Vec::new();
-        let (mut rows, mut longest) = (0, 0);
+        let mut rows: usize = batch.iter().map(|j| j.inputs.len()).sum();
+        let mut longest = batch.iter().map(|j| j.inputs.longest()).max().unwrap_or(0);
         'fill: loop {
             let mut took = false;
             for tenant in self.tenant_order() {
@@ -428,7 +469,6 @@ impl FairQueue {
             }
         }
         self.pending.retain(|_, queue| !queue.is_empty());
-        batch
     }
 }
 
@@ -439,7 +479,7 @@ impl Worker {
         let (per_tenant, by_length) = (self.shared.per_tenant(), self.shared.lanes.len() > 1);
         loop {
             let mut queue = self.shared.lock();
-            let (batch, claimed) = loop {
+            let (batch, mut claimed) = loop {
                 if queue.closed && queue.jobs.is_empty() {
                     return;
                 }
@@ -470,23 +510,25 @@ impl Worker {
                 queue = self.shared.changed.wait(queue).unwrap_or_else(PoisonError::into_inner);
             };
             drop(queue);
-            let replies = self.run_batch(&claimed, batch);
+            let (replies, pass) = self.run_batch(&mut claimed, batch);
             // Counted out before the callers hear back, so a caller's next request finds the
             // lane idle.
             drop(claimed);
-            for (reply, result) in replies {
-                let _ = reply.send(result);
+            // The run's slot goes on to the leading caller, unless another tenant is owed it:
+            // queueing for it again put the caller behind its own tenant's next run.
+            let (to, mut permit) = pass.map_or((None, None), |(to, permit)| (Some(to), permit.to_pass_on()));
+            for (n, (reply, result)) in replies.into_iter().enumerate() {
+                let handed = if to == Some(n) { permit.take() } else { None };
+                let _ = reply.send((result, handed));
             }
         }
     }
 
-    /// Run `batch` in `claimed`'s lane; each job's reply and result.
-    fn run_batch(&self, claimed: &Claimed, batch: Vec<Job>) -> Vec<(Reply, Result<Output, ModelError>)> {
-        // Parts queued before a tenant's budget ran out do not run after it.
+    /// The jobs whose tenants may compute more; the others are answered in `replies`. Parts
+    /// queued before a tenant's budget ran out do not run after it.
+    fn admitted(&self, jobs: Vec<Job>, replies: &mut Replies) -> Vec<Job> {
         let meter = self.compute.meter();
-        let mut replies = Vec::new();
-        let batch: Vec<Job> = batch
-            .into_iter()
+        jobs.into_iter()
             .filter_map(|job| match meter.map_or(Ok(()), |m| m.admit(&job.tenant)) {
                 Ok(()) => Some(job),
                 Err(refused) => {
@@ -494,25 +536,40 @@ impl Worker {
                     None
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// Run `batch` in `claimed`'s lane; each job's reply and result, and the run's compute
+    /// permit with the reply of the leading job (its tenant's), when that job's run succeeded.
+    fn run_batch(&self, claimed: &mut Claimed, batch: Vec<Job>) -> (Replies, Option<(usize, Permit)>) {
+        let mut replies = Vec::new();
+        let mut batch = self.admitted(batch, &mut replies);
         if batch.is_empty() {
-            return replies;
+            return (replies, None);
         }
+        // The callers released their slots while they wait: the run computes in one taken as
+        // the leading job's tenant, for as long as any caller still waits.
+        let waiting = batch.iter().map(|j| j.deadline).reduce(Deadline::latest).unwrap_or(Deadline::NONE);
+        let slot = match self.compute.acquire_unmetered(&batch[0].tenant, waiting) {
+            Ok(slot) => slot,
+            Err(e) => {
+                replies.extend(batch.into_iter().map(|job| (job.reply, Err(ModelError::Runtime(anyhow!("{e}"))))));
+                return (replies, None);
+            }
+        };
+        // Jobs queued while the run waited for its slot join it: in a tenant's turn on a busy
+        // host those are its calls that took the slot first, and they would wait a run more.
+        let before = batch.len();
+        claimed.top_up(&mut batch);
+        let added = batch.split_off(before);
+        batch.extend(self.admitted(added, &mut replies));
         let stats = &self.shared.stats;
         for job in &batch {
             stats.waited_jobs.fetch_add(1, Ordering::Relaxed);
             stats.waited_micros.fetch_add(job.queued.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        // The callers released their slots while they wait: the run computes in one taken as
-        // the leading job's tenant, for as long as any caller still waits.
         let deadline = batch.iter().map(|j| j.deadline).reduce(Deadline::latest).unwrap_or(Deadline::NONE);
-        let _slot = match self.compute.acquire_unmetered(&batch[0].tenant, deadline) {
-            Ok(slot) => slot,
-            Err(e) => {
-                replies.extend(batch.into_iter().map(|job| (job.reply, Err(ModelError::Runtime(anyhow!("{e}"))))));
-                return replies;
-            }
-        };
+        let meter = self.compute.meter();
         let manifest = &self.shared.manifest;
         let mut lane = claimed.lane();
         let inputs: Vec<&Inputs> = batch.iter().map(|j| &j.inputs).collect();
@@ -522,8 +579,13 @@ impl Worker {
         if let Some(meter) = meter {
             meter.apportion(started.elapsed(), batch.iter().map(|j| (&j.tenant, j.inputs.len())));
         }
+        let mut pass = None;
         match ran {
-            Ok(outputs) => replies.extend(batch.into_iter().zip(outputs).map(|(job, output)| (job.reply, Ok(output)))),
+            Ok(outputs) => {
+                let lead = &batch[0].tenant;
+                pass = batch.iter().position(|job| job.whole && job.tenant == *lead).map(|n| (replies.len() + n, slot));
+                replies.extend(batch.into_iter().zip(outputs).map(|(job, output)| (job.reply, Ok(output))));
+            }
             // One caller's bad input must not fail the others: run each alone.
             Err(ModelError::Runtime(_)) if batch.len() > 1 => {
                 for job in batch {
@@ -542,7 +604,7 @@ impl Worker {
                 replies.extend(batch.map(|job| (job.reply, Err(ModelError::Runtime(anyhow!("{message}"))))));
             }
         }
-        replies
+        (replies, pass)
     }
 }
 
@@ -722,10 +784,10 @@ mod tests {
         assert!(waited > Duration::ZERO);
     }
 
-    fn job(tenant: &str, rows: usize, deadline: Deadline) -> (Job, mpsc::Receiver<Result<Output, ModelError>>) {
+    fn job(tenant: &str, rows: usize, deadline: Deadline) -> (Job, mpsc::Receiver<Answer>) {
         let (reply, answer) = mpsc::sync_channel(1);
         let inputs = Inputs::Vectors { dim: 1, rows: vec![vec![0.0]; rows] };
-        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, queued: Instant::now(), reply }, answer)
+        (Job { inputs, output: "out".into(), tenant: Arc::from(tenant), deadline, queued: Instant::now(), whole: true, reply }, answer)
     }
 
     #[test]
@@ -795,6 +857,42 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_calls_waiting_for_its_slot_join_one_run() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/minilm-l6.json");
+        let manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
+        let session = Session::builder(super::super::environment().unwrap()).unwrap().commit_from_file(&manifest.files.model).unwrap();
+        let share = FairShare::compute(1);
+        let batcher = Batcher::start(vec![(session, None)], &manifest, share.clone()).unwrap();
+        let row = || TextRow { ids: vec![101, 2023, 102], mask: vec![1; 3], ..Default::default() };
+        let quiet: Arc<str> = Arc::from("quiet");
+        let call = || {
+            let slot = Slot::new(share.acquire(&quiet, Deadline::after(Duration::from_secs(10))).unwrap());
+            let caller = Caller { tenant: quiet.clone(), deadline: Deadline::after(Duration::from_secs(10)), slot: Some(slot) };
+            batcher.run(Inputs::Text(vec![row()]), "last_hidden_state", &caller).unwrap().shape[0]
+        };
+        let first = Slot::new(share.acquire(&quiet, Deadline::NONE).unwrap());
+        std::thread::scope(|scope| {
+            // Two more calls of the tenant wait for its only slot.
+            let others = [scope.spawn(call), scope.spawn(call)];
+            while !share.is_waited_for_by("quiet") {
+                std::thread::yield_now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let caller = Caller { tenant: quiet.clone(), deadline: Deadline::after(Duration::from_secs(10)), slot: Some(first.clone()) };
+            assert_eq!(batcher.run(Inputs::Text(vec![row()]), "last_hidden_state", &caller).unwrap().shape[0], 1);
+            first.release();
+            for other in others {
+                assert_eq!(other.join().unwrap(), 1);
+            }
+        });
+        // Run alone on the first call's thread, each query would have kept the others waiting
+        // for a run of its own; queued, they wait for one run, which takes them all.
+        assert_eq!(batcher.stats(), (1, 3), "(runs, inputs)");
+        drop(first);
+        assert_eq!(share.held("quiet"), 0, "every permit came back");
+    }
+
+    #[test]
     fn a_tenants_long_runs_leave_a_lane_for_another_tenants_short_query() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/minilm-l6.json");
         let manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
@@ -852,7 +950,7 @@ mod tests {
         queue.push(job("b", 1, Deadline::NONE).0);
         let batch = queue.next_batch(8, false, |_| false);
         assert_eq!(batch.len(), 1);
-        assert!(matches!(answer.try_recv(), Ok(Err(ModelError::Expired(_)))));
+        assert!(matches!(answer.try_recv(), Ok((Err(ModelError::Expired(_)), None))));
     }
 
     #[test]
