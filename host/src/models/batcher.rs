@@ -6,7 +6,8 @@
 //! A lone request that finds a lane idle and nothing queued runs on its caller's thread, in the
 //! caller's compute slot: handing it to a worker and back cost two thread wake-ups a call, and
 //! on a busy host each wake-up could queue the thread behind another tenant's guest code for
-//! a scheduler slice (milliseconds).
+//! a scheduler slice (milliseconds). While other calls of the caller's tenant wait for a slot
+//! it queues instead, so that they join its run rather than each wait for a run of its own.
 
 use super::ModelError;
 use super::manifest::ModelManifest;
@@ -302,9 +303,10 @@ impl Batcher {
     /// Run `inputs` (alone or with other callers' inputs) and return this request's rows of
     /// `output`. It stops waiting at its deadline (a run still going then is terminated once no
     /// caller of it is left). A caller holding a compute slot whose request can run at once (one
-    /// part, nothing queued, a lane idle and not at its tenant's limit) runs it on its own
-    /// thread, in that slot. Otherwise the request queues and the slot is released while it
-    /// waits, so a caller queued behind others holds no slot idle.
+    /// part, nothing queued, a lane idle and not at its tenant's limit, no other call of its
+    /// tenant waiting for a slot) runs it on its own thread, in that slot. Otherwise the request
+    /// queues and the slot is released while it waits, so a caller queued behind others holds
+    /// no slot idle; the slot of a worker's run may come back with the answer.
     #[cfg(test)]
     pub fn run(&self, inputs: Inputs, output: &str, caller: &Caller) -> Result<Output, ModelError> {
         Ok(self.run_parts(vec![inputs], output, caller)?.pop().expect("one part in, one out"))
