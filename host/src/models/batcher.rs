@@ -825,14 +825,22 @@ mod tests {
         assert_eq!(tenants(&queue.next_batch(32, false, |_| false)), [("big".to_string(), 2)]);
     }
 
-    #[test]
-    fn a_lone_callers_slot_goes_to_its_run_not_to_a_waiting_tenant() {
+    /// MiniLM in one lane, computing in `share`'s slots.
+    fn minilm_sharing(share: &Arc<FairShare>) -> Batcher {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/minilm-l6.json");
         let manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
         let session = Session::builder(super::super::environment().unwrap()).unwrap().commit_from_file(&manifest.files.model).unwrap();
+        Batcher::start(vec![(session, None)], &manifest, share.clone()).unwrap()
+    }
+
+    fn query_row() -> TextRow {
+        TextRow { ids: vec![101, 2023, 102], mask: vec![1; 3], ..Default::default() }
+    }
+
+    #[test]
+    fn a_lone_callers_slot_goes_to_its_run_not_to_a_waiting_tenant() {
         let share = FairShare::compute(1);
-        let batcher = Batcher::start(vec![(session, None)], &manifest, share.clone()).unwrap();
-        let row = || TextRow { ids: vec![101, 2023, 102], mask: vec![1; 3], ..Default::default() };
+        let batcher = minilm_sharing(&share);
         let quiet: Arc<str> = Arc::from("quiet");
         let caller = Caller { tenant: quiet.clone(), deadline: Deadline::after(Duration::from_secs(10)), slot: Some(Slot::new(share.acquire(&quiet, Deadline::NONE).unwrap())) };
         let taken = std::sync::atomic::AtomicBool::new(false);
@@ -845,7 +853,7 @@ mod tests {
             });
             std::thread::sleep(Duration::from_millis(50));
             let started = Instant::now();
-            let out = batcher.run(Inputs::Text(vec![row()]), "last_hidden_state", &caller).unwrap();
+            let out = batcher.run(Inputs::Text(vec![query_row()]), "last_hidden_state", &caller).unwrap();
             assert_eq!(out.shape[0], 1);
             // Had the caller released its slot, the waiting tenant would have taken it and the
             // run would have waited its 300 ms.
@@ -860,17 +868,13 @@ mod tests {
 
     #[test]
     fn a_tenants_calls_waiting_for_its_slot_join_one_run() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/minilm-l6.json");
-        let manifest = ModelManifest::load(&path).expect("run scripts/setup.sh to install the MiniLM model");
-        let session = Session::builder(super::super::environment().unwrap()).unwrap().commit_from_file(&manifest.files.model).unwrap();
         let share = FairShare::compute(1);
-        let batcher = Batcher::start(vec![(session, None)], &manifest, share.clone()).unwrap();
-        let row = || TextRow { ids: vec![101, 2023, 102], mask: vec![1; 3], ..Default::default() };
+        let batcher = minilm_sharing(&share);
         let quiet: Arc<str> = Arc::from("quiet");
         let call = || {
             let slot = Slot::new(share.acquire(&quiet, Deadline::after(Duration::from_secs(10))).unwrap());
             let caller = Caller { tenant: quiet.clone(), deadline: Deadline::after(Duration::from_secs(10)), slot: Some(slot) };
-            batcher.run(Inputs::Text(vec![row()]), "last_hidden_state", &caller).unwrap().shape[0]
+            batcher.run(Inputs::Text(vec![query_row()]), "last_hidden_state", &caller).unwrap().shape[0]
         };
         let first = Slot::new(share.acquire(&quiet, Deadline::NONE).unwrap());
         std::thread::scope(|scope| {
@@ -881,7 +885,7 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(50));
             let caller = Caller { tenant: quiet.clone(), deadline: Deadline::after(Duration::from_secs(10)), slot: Some(first.clone()) };
-            assert_eq!(batcher.run(Inputs::Text(vec![row()]), "last_hidden_state", &caller).unwrap().shape[0], 1);
+            assert_eq!(batcher.run(Inputs::Text(vec![query_row()]), "last_hidden_state", &caller).unwrap().shape[0], 1);
             first.release();
             for other in others {
                 assert_eq!(other.join().unwrap(), 1);
