@@ -564,10 +564,7 @@ impl Slot {
 
     /// Run `wait` without holding the slot, then take it back before `deadline`.
     pub fn released<T>(&self, deadline: Deadline, wait: impl FnOnce() -> T) -> Result<T, Expired> {
-        self.with(Permit::release);
-        let out = wait();
-        self.with(|p| p.reacquire(deadline)).unwrap_or(Ok(()))?;
-        Ok(out)
+        self.released_until(deadline, || (wait(), None))
     }
 
     /// [`Slot::released`] for a wait that may end with a permit handed on by the thread it
@@ -615,10 +612,7 @@ impl Caller {
 
     /// Run `wait` with the caller's slot released.
     pub fn waiting<T>(&self, wait: impl FnOnce() -> T) -> Result<T, Expired> {
-        match &self.slot {
-            Some(slot) => slot.released(self.deadline, wait),
-            None => Ok(wait()),
-        }
+        self.waiting_until(|| (wait(), None))
     }
 
     /// [`Caller::waiting`] for a wait that may end with a permit handed on (see

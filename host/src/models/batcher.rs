@@ -187,12 +187,11 @@ impl Shared {
     }
 
     /// Take an idle lane for a run holding `tenants`' jobs.
-    fn claim(self: &Arc<Self>, queue: &mut Queue, tenants: Vec<Arc<str>>) -> Option<Claimed> {
+    fn claim<'a>(self: &Arc<Self>, queue: &mut Queue, tenants: impl IntoIterator<Item = &'a Arc<str>>) -> Option<Claimed> {
         let lane = queue.idle.pop()?;
-        for tenant in &tenants {
-            *queue.running.entry(tenant.clone()).or_default() += 1;
-        }
-        Some(Claimed { shared: self.clone(), lane, tenants })
+        let mut claimed = Claimed { shared: self.clone(), lane, tenants: Vec::new() };
+        claimed.count_in(&mut queue.running, tenants);
+        Some(claimed)
     }
 }
 
@@ -218,10 +217,15 @@ impl Claimed {
         let before = batch.len();
         let ours = &self.tenants;
         jobs.fill(batch, max_batch, by_length, |tenant| !ours.iter().any(|t| &**t == tenant) && at_lane_limit(running, tenant, per_tenant));
-        for job in &batch[before..] {
-            if !self.tenants.contains(&job.tenant) {
-                *running.entry(job.tenant.clone()).or_default() += 1;
-                self.tenants.push(job.tenant.clone());
+        self.count_in(running, batch[before..].iter().map(|job| &job.tenant));
+    }
+
+    /// Count this run in for each of `tenants` it does not hold jobs of yet.
+    fn count_in<'a>(&mut self, running: &mut HashMap<Arc<str>, usize>, tenants: impl IntoIterator<Item = &'a Arc<str>>) {
+        for tenant in tenants {
+            if !self.tenants.contains(tenant) {
+                *running.entry(tenant.clone()).or_default() += 1;
+                self.tenants.push(tenant.clone());
             }
         }
     }
@@ -328,7 +332,7 @@ impl Batcher {
             return Err(ModelError::Runtime(anyhow!("the model's workers have stopped")));
         }
         let lone = computing && parts.len() == 1 && queue.jobs.is_empty() && !at_lane_limit(&queue.running, &caller.tenant, self.shared.per_tenant());
-        if lone && let Some(claimed) = self.shared.claim(&mut queue, vec![caller.tenant.clone()]) {
+        if lone && let Some(claimed) = self.shared.claim(&mut queue, [&caller.tenant]) {
             drop(queue);
             let stats = &self.shared.stats;
             stats.waited_jobs.fetch_add(1, Ordering::Relaxed);
@@ -501,10 +505,7 @@ impl Worker {
                         false => jobs.next_batch(max_batch, by_length, |tenant| at_lane_limit(running, tenant, per_tenant)),
                     };
                     if !batch.is_empty() {
-                        let mut tenants: Vec<Arc<str>> = batch.iter().map(|j| j.tenant.clone()).collect();
-                        tenants.sort();
-                        tenants.dedup();
-                        let claimed = self.shared.claim(&mut queue, tenants).expect("a lane was idle under this lock");
+                        let claimed = self.shared.claim(&mut queue, batch.iter().map(|job| &job.tenant)).expect("a lane was idle under this lock");
                         break (batch, claimed);
                     }
                 }
