@@ -1,6 +1,7 @@
 //! Dense search over HTTP (`quarry serve`, driven by `wrk`) next to the same searches made
 //! in-process, at concurrency 1, 16 and 64; then one tenant's latency alone and while another
-//! tenant floods the server with requests and heavy plugin calls.
+//! tenant floods the server with requests and heavy plugin calls, at two compute quotas, next
+//! to its latency while a thread outside the server takes the CPU time the flood computed.
 //!
 //! `cargo bench -p quarry-tests --bench serve_http` (needs `wrk`: `bash scripts/setup.sh --bench`).
 //! Set QUARRY_BENCH_SECONDS to change how long each run lasts (default 8; the isolation part's
@@ -16,7 +17,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 const QUERY: &str = "a kitten napping in the sun";
-/// Paired alone/flooded rounds of the isolation part.
+/// Paired rounds (alone, then beside a load) of the isolation part.
 const ROUNDS: usize = 5;
 
 /// Requests per second, p50 and p99 in milliseconds.
@@ -99,6 +100,37 @@ fn wrk(url: &str, key: &str, body: &Value, concurrency: usize, secs: u64) -> Run
     Run { rps: field("Requests/sec:").parse().unwrap(), p50: ms(field("50%")), p99: ms(field("99%")) }
 }
 
+/// `ROUNDS` pairs of `measure` alone, then again while the threads `load` starts run (from a
+/// second before), so drift in the machine's speed moves both halves of each pair.
+fn paired_rounds(load: impl Fn() -> Vec<std::thread::JoinHandle<()>>, measure: impl Fn() -> Run) -> Vec<(Run, Run)> {
+    (0..ROUNDS)
+        .map(|_| {
+            let alone = measure();
+            let threads = load();
+            std::thread::sleep(Duration::from_secs(1));
+            let loaded = measure();
+            for thread in threads {
+                thread.join().unwrap();
+            }
+            (alone, loaded)
+        })
+        .collect()
+}
+
+/// Keep one core busy `share` of the time, in 10 ms bursts, for `secs` seconds.
+fn spin(share: f64, secs: u64) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let busy = Duration::from_millis(10);
+    let rest = busy.mul_f64((1.0 - share.clamp(0.01, 1.0)) / share.clamp(0.01, 1.0));
+    while Instant::now() < until {
+        let burst = Instant::now() + busy;
+        while Instant::now() < burst {
+            std::hint::spin_loop();
+        }
+        std::thread::sleep(rest);
+    }
+}
+
 fn main() {
     if Command::new("wrk").arg("--version").output().is_err() {
         eprintln!("serve_http: `wrk` is not installed; run `bash scripts/setup.sh --bench`");
@@ -176,64 +208,66 @@ fn main() {
         let lines: Vec<Value> = quarry_cli::DEMO_SENTENCES.iter().map(|(id, text)| json!({"id": id, "text": text})).collect();
         let (status, out, _) = call("POST", &server.url("/v1/collections/docs/items"), Some(&quiet), Some(("application/json", json!({"items": lines}).to_string().into_bytes())));
         assert_eq!(status, 200, "{out}");
-        let noisy = tenant("noisy", json!({"requests_per_second": 20, "burst": 20, "concurrent_calls": 4, "compute_per_second": 0.2, "compute_burst_seconds": 1}));
-        setup(&noisy, "quarry-test-hostile", "hostile@0.1.0");
         let quiet_body = json!({"text": "what does a cat do", "k": 5});
         let search = server.url("/v1/collections/docs/search");
         let heavy = json!({"text": "embed-huge", "params": {"model": "minilm-l6", "n": 256}});
-        // Paired rounds, each quiet alone then flooded, so drift in the machine's speed over
-        // the run moves both halves of a ratio; the median of the rounds' ratios is the result.
         let window = seconds().div_ceil(2).max(2);
-        let rounds: Vec<(Run, Run)> = (0..ROUNDS)
-            .map(|_| {
-                let alone = wrk(&search, &quiet, &quiet_body, 4, window);
-                let floods: Vec<_> = [(json!({"text": "ping"}), 32), (heavy.clone(), 16)]
+        let metric = |prefix: &str| -> f64 {
+            let (_, metrics, _) = call("GET", &server.url("/metrics"), Some(ADMIN_KEY), None);
+            metrics.as_str().unwrap_or_default().lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        };
+        println!();
+        println!("tenant `quiet` (4 connections) alone, then beside a load, in {ROUNDS} paired rounds of {window} s (the median ratio counts)");
+        println!("noisy: a tenant flooding with 48 connections of searches and 256-text embeds under its compute quota (and a burst of 5 s of it)");
+        println!("outside: one thread outside the server busy as many cores as noisy computed");
+        println!("{:>17} | {:>5} | {:>24} | {:>24} | {:>9}", "load", "round", "alone req/s p50 p99", "loaded req/s p50 p99", "p99 ratio");
+        let mut summary = Vec::new();
+        for quota in [0.1, 0.2] {
+            let name = format!("noisy-{}", quota * 10.0);
+            let noisy = tenant(&name, json!({"requests_per_second": 20, "burst": 20, "concurrent_calls": 4, "compute_per_second": quota, "compute_burst_seconds": quota * 5.0}));
+            setup(&noisy, "quarry-test-hostile", "hostile@0.1.0");
+            let computed = format!("quarry_compute_seconds_total{{tenant=\"{name}\"}}");
+            let before = metric(&computed);
+            let flooded = paired_rounds(|| {
+                [(json!({"text": "ping"}), 32), (heavy.clone(), 16)]
                     .into_iter()
                     .map(|(body, c)| {
                         let (url, key) = (search.clone(), noisy.clone());
-                        std::thread::spawn(move || wrk(&url, &key, &body, c, window + 2))
+                        std::thread::spawn(move || {
+                            wrk(&url, &key, &body, c, window + 2);
+                        })
                     })
-                    .collect();
-                std::thread::sleep(Duration::from_secs(1));
-                let flooded = wrk(&search, &quiet, &quiet_body, 4, window);
-                for flood in floods {
-                    flood.join().unwrap();
+                    .collect()
+            }, || wrk(&search, &quiet, &quiet_body, 4, window));
+            let cores = (metric(&computed) - before) / (ROUNDS as u64 * (window + 2)) as f64;
+            let outside = paired_rounds(|| vec![std::thread::spawn(move || spin(cores, window + 2))], || wrk(&search, &quiet, &quiet_body, 4, window));
+            let refused = metric(&format!("quarry_quota_rejections_total{{tenant=\"{name}\""));
+            let mut medians = Vec::new();
+            for (load, rounds) in [(format!("noisy at {quota} s/s"), &flooded), (format!("outside {cores:.2} cores"), &outside)] {
+                let mut ratios = Vec::new();
+                for (n, (alone, loaded)) in rounds.iter().enumerate() {
+                    ratios.push(loaded.p99 / alone.p99);
+                    println!(
+                        "{load:>17} | {:>5} | {:>9.0} {:>6.2} {:>7.2} | {:>9.0} {:>6.2} {:>7.2} | {:>8.2}x",
+                        n + 1,
+                        alone.rps,
+                        alone.p50,
+                        alone.p99,
+                        loaded.rps,
+                        loaded.p50,
+                        loaded.p99,
+                        loaded.p99 / alone.p99
+                    );
                 }
-                (alone, flooded)
-            })
-            .collect();
-        let (_, metrics, _) = call("GET", &server.url("/metrics"), Some(ADMIN_KEY), None);
-        let refused: f64 = metrics
-            .as_str()
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with("quarry_quota_rejections_total{tenant=\"noisy\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        println!();
-        println!("tenant `quiet` (4 connections) alone, then while `noisy` floods (48 connections, searches and 256-text embeds); {ROUNDS} rounds of {window} s each");
-        println!("{:>6} | {:>24} | {:>24} | {:>9}", "round", "alone req/s p50 p99", "flooded req/s p50 p99", "p99 ratio");
-        let mut ratios = Vec::new();
-        for (n, (alone, flooded)) in rounds.iter().enumerate() {
-            ratios.push(flooded.p99 / alone.p99);
+                ratios.sort_by(f64::total_cmp);
+                medians.push(percentile(&ratios, 0.5));
+            }
+            summary.push((quota, cores, medians[0], medians[1], refused));
+        }
+        for (quota, cores, noisy, outside, refused) in summary {
             println!(
-                "{:>6} | {:>9.0} {:>6.2} {:>7.2} | {:>9.0} {:>6.2} {:>7.2} | {:>8.2}x",
-                n + 1,
-                alone.rps,
-                alone.p50,
-                alone.p99,
-                flooded.rps,
-                flooded.p50,
-                flooded.p99,
-                flooded.p99 / alone.p99
+                "quiet p99 loaded / alone, beside noisy at {quota} s/s: {noisy:.2}x (goal: at most 1.2; {refused:.0} requests refused with 429); beside the same {cores:.2} cores taken outside the server: {outside:.2}x"
             );
         }
-        ratios.sort_by(f64::total_cmp);
-        println!(
-            "quiet p99 flooded / alone: {:.2}x, the median of {ROUNDS} rounds ({:.2}-{:.2}; goal: at most 1.2); noisy refused with 429: {refused:.0} times",
-            percentile(&ratios, 0.5),
-            ratios[0],
-            ratios[ratios.len() - 1]
-        );
     }
 }
