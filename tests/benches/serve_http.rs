@@ -121,7 +121,9 @@ fn paired_rounds(load: impl Fn() -> Vec<std::thread::JoinHandle<()>>, measure: i
 fn spin(share: f64, secs: u64) {
     let until = Instant::now() + Duration::from_secs(secs);
     let busy = Duration::from_millis(10);
-    let rest = busy.mul_f64((1.0 - share.clamp(0.01, 1.0)) / share.clamp(0.01, 1.0));
+    // A metric that reads NaN or nothing spins least, never forever.
+    let share = if share.is_nan() { 0.01 } else { share.clamp(0.01, 1.0) };
+    let rest = busy.mul_f64((1.0 - share) / share);
     while Instant::now() < until {
         let burst = Instant::now() + busy;
         while Instant::now() < burst {
