@@ -248,17 +248,17 @@ fn main() {
             for (load, rounds) in [(format!("noisy at {quota} s/s"), &flooded), (format!("outside {cores:.2} cores"), &outside)] {
                 let mut ratios = Vec::new();
                 for (n, (alone, loaded)) in rounds.iter().enumerate() {
-                    ratios.push(loaded.p99 / alone.p99);
+                    let ratio = loaded.p99 / alone.p99;
+                    ratios.push(ratio);
                     println!(
-                        "{load:>17} | {:>5} | {:>9.0} {:>6.2} {:>7.2} | {:>9.0} {:>6.2} {:>7.2} | {:>8.2}x",
+                        "{load:>17} | {:>5} | {:>9.0} {:>6.2} {:>7.2} | {:>9.0} {:>6.2} {:>7.2} | {ratio:>8.2}x",
                         n + 1,
                         alone.rps,
                         alone.p50,
                         alone.p99,
                         loaded.rps,
                         loaded.p50,
-                        loaded.p99,
-                        loaded.p99 / alone.p99
+                        loaded.p99
                     );
                 }
                 ratios.sort_by(f64::total_cmp);
