@@ -1,12 +1,14 @@
 //! Dense search over HTTP (`quarry serve`, driven by `wrk`) next to the same searches made
 //! in-process, at concurrency 1, 16 and 64; then one tenant's latency alone and while another
-//! tenant floods the server with requests and heavy plugin calls, at two compute quotas, next
-//! to its latency while a thread outside the server takes the CPU time the flood computed.
+//! tenant floods the server with requests and heavy plugin calls, at three compute quotas, next
+//! to its latency while a thread outside the server takes the CPU time the flood computed, spinning
+//! or running the same model as the flood's embeds.
 //!
 //! `cargo bench -p quarry-tests --bench serve_http` (needs `wrk`: `bash scripts/setup.sh --bench`).
 //! Set QUARRY_BENCH_SECONDS to change how long each run lasts (default 8; the isolation part's
 //! rounds last half that each).
 
+use quarry_host::capacity::Caller;
 use quarry_host::plugins::registry::Owner;
 use quarry_host::{NewItem, SearchRequest};
 use quarry_tests::server::{ADMIN_KEY, Server, call};
@@ -17,6 +19,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 const QUERY: &str = "a kitten napping in the sun";
+/// The text `tests/plugins/hostile`'s `embed-huge` repeats 40 times (256 tokens, MiniLM's limit).
+const LONG_TEXT: &str = "the quick brown fox jumps over the lazy dog ";
 /// Paired rounds (alone, then beside a load) of the isolation part.
 const ROUNDS: usize = 5;
 
@@ -133,6 +137,24 @@ fn spin(share: f64, secs: u64) {
     }
 }
 
+/// Run MiniLM on `host` in this process, on one thread, `share` of the time for `secs` seconds:
+/// runs of two 256-token texts, as noisy's embeds make, each followed by a rest in proportion to
+/// its wall time.
+fn embed_outside(host: &quarry_host::Quarry, share: f64, secs: u64) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    // A metric that reads NaN or nothing runs least, and no rest outlasts the window.
+    let share = if share.is_nan() { 0.01 } else { share.clamp(0.01, 1.0) };
+    while Instant::now() < until {
+        let started = Instant::now();
+        embed_long_texts(host);
+        std::thread::sleep(started.elapsed().mul_f64((1.0 - share) / share).min(until.saturating_duration_since(Instant::now())));
+    }
+}
+
+fn embed_long_texts(host: &quarry_host::Quarry) {
+    host.models().embed_texts("minilm-l6", &[LONG_TEXT.repeat(40), LONG_TEXT.repeat(40)], &Caller::host()).expect("MiniLM embeds in-process");
+}
+
 fn main() {
     if Command::new("wrk").arg("--version").output().is_err() {
         eprintln!("serve_http: `wrk` is not installed; run `bash scripts/setup.sh --bench`");
@@ -221,11 +243,16 @@ fn main() {
         println!();
         println!("tenant `quiet` (4 connections) alone, then beside a load, in {ROUNDS} paired rounds of {window} s (the median ratio counts)");
         println!("noisy: a tenant flooding with 48 connections of searches and 256-text embeds under its compute quota (and a burst of 5 s of it)");
-        println!("outside: one thread outside the server busy as many cores as noisy computed");
+        println!("spin outside: one thread outside the server busy as many cores as noisy computed");
+        println!("embed outside: MiniLM in this process, on one thread, running as noisy's embeds do for as many cores");
+        let peer = Arc::new(quarry_tests::host(&dir.path().join("peer")));
+        add_model(&peer, "minilm-l6");
+        // A session's first run sizes its buffers.
+        embed_long_texts(&peer);
         println!("{:>17} | {:>5} | {:>24} | {:>24} | {:>9}", "load", "round", "alone req/s p50 p99", "loaded req/s p50 p99", "p99 ratio");
         let mut summary = Vec::new();
-        for quota in [0.1, 0.2] {
-            let name = format!("noisy-{}", quota * 10.0);
+        for quota in [0.05, 0.1, 0.2] {
+            let name = format!("noisy-{}", (quota * 100.0f64).round());
             let noisy = tenant(&name, json!({"requests_per_second": 20, "burst": 20, "concurrent_calls": 4, "compute_per_second": quota, "compute_burst_seconds": quota * 5.0}));
             setup(&noisy, "quarry-test-hostile", "hostile@0.1.0");
             let computed = format!("quarry_compute_seconds_total{{tenant=\"{name}\"}}");
@@ -242,10 +269,14 @@ fn main() {
                     .collect()
             }, || wrk(&search, &quiet, &quiet_body, 4, window));
             let cores = (metric(&computed) - before) / (ROUNDS as u64 * (window + 2)) as f64;
-            let outside = paired_rounds(|| vec![std::thread::spawn(move || spin(cores, window + 2))], || wrk(&search, &quiet, &quiet_body, 4, window));
+            let spun = paired_rounds(|| vec![std::thread::spawn(move || spin(cores, window + 2))], || wrk(&search, &quiet, &quiet_body, 4, window));
+            let embedded = paired_rounds(|| {
+                let peer = peer.clone();
+                vec![std::thread::spawn(move || embed_outside(&peer, cores, window + 2))]
+            }, || wrk(&search, &quiet, &quiet_body, 4, window));
             let refused = metric(&format!("quarry_quota_rejections_total{{tenant=\"{name}\""));
             let mut medians = Vec::new();
-            for (load, rounds) in [(format!("noisy at {quota} s/s"), &flooded), (format!("outside {cores:.2} cores"), &outside)] {
+            for (load, rounds) in [(format!("noisy at {quota} s/s"), &flooded), (format!("spin {cores:.2} cores"), &spun), (format!("embed {cores:.2} cores"), &embedded)] {
                 let mut ratios = Vec::new();
                 for (n, (alone, loaded)) in rounds.iter().enumerate() {
                     let ratio = loaded.p99 / alone.p99;
@@ -264,11 +295,12 @@ fn main() {
                 ratios.sort_by(f64::total_cmp);
                 medians.push(percentile(&ratios, 0.5));
             }
-            summary.push((quota, cores, medians[0], medians[1], refused));
+            summary.push((quota, cores, medians, refused));
         }
-        for (quota, cores, noisy, outside, refused) in summary {
+        for (quota, cores, medians, refused) in summary {
             println!(
-                "quiet p99 loaded / alone, beside noisy at {quota} s/s: {noisy:.2}x (goal: at most 1.2; {refused:.0} requests refused with 429); beside the same {cores:.2} cores taken outside the server: {outside:.2}x"
+                "quiet p99 loaded / alone, beside noisy at {quota} s/s: {:.2}x (goal: at most 1.2; {refused:.0} requests refused with 429); beside the same {cores:.2} cores outside the server: {:.2}x spinning, {:.2}x embedding",
+                medians[0], medians[1], medians[2]
             );
         }
     }
