@@ -121,36 +121,28 @@ fn paired_rounds(load: impl Fn() -> Vec<std::thread::JoinHandle<()>>, measure: i
         .collect()
 }
 
-/// Keep one core busy `share` of the time, in 10 ms bursts, for `secs` seconds.
-fn spin(share: f64, secs: u64) {
+/// Do `work` over and over on this thread for `secs` seconds, resting after each in proportion to
+/// its wall time so that it is busy `share` of the time.
+fn busy_share(share: f64, secs: u64, mut work: impl FnMut()) {
     let until = Instant::now() + Duration::from_secs(secs);
-    let busy = Duration::from_millis(10);
-    // A metric that reads NaN or nothing spins least, never forever.
-    let share = if share.is_nan() { 0.01 } else { share.clamp(0.01, 1.0) };
-    let rest = busy.mul_f64((1.0 - share) / share);
-    while Instant::now() < until {
-        let burst = Instant::now() + busy;
-        while Instant::now() < burst {
-            std::hint::spin_loop();
-        }
-        std::thread::sleep(rest);
-    }
-}
-
-/// Run MiniLM on `host` in this process, on one thread, `share` of the time for `secs` seconds:
-/// runs of two 256-token texts, as noisy's embeds make, each followed by a rest in proportion to
-/// its wall time.
-fn embed_outside(host: &quarry_host::Quarry, share: f64, secs: u64) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    // A metric that reads NaN or nothing runs least, and no rest outlasts the window.
+    // A metric that reads NaN or nothing keeps it busy least, and no rest outlasts the window.
     let share = if share.is_nan() { 0.01 } else { share.clamp(0.01, 1.0) };
     while Instant::now() < until {
         let started = Instant::now();
-        embed_long_texts(host);
+        work();
         std::thread::sleep(started.elapsed().mul_f64((1.0 - share) / share).min(until.saturating_duration_since(Instant::now())));
     }
 }
 
+/// Spin for 10 ms.
+fn spin() {
+    let until = Instant::now() + Duration::from_millis(10);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+/// Run MiniLM on `host` in this process over two 256-token texts, as noisy's embeds do.
 fn embed_long_texts(host: &quarry_host::Quarry) {
     host.models().embed_texts("minilm-l6", &[LONG_TEXT.repeat(40), LONG_TEXT.repeat(40)], &Caller::host()).expect("MiniLM embeds in-process");
 }
@@ -236,6 +228,7 @@ fn main() {
         let search = server.url("/v1/collections/docs/search");
         let heavy = json!({"text": "embed-huge", "params": {"model": "minilm-l6", "n": 256}});
         let window = seconds().div_ceil(2).max(2);
+        let measure_quiet = &|| wrk(&search, &quiet, &quiet_body, 4, window);
         let metric = |prefix: &str| -> f64 {
             let (_, metrics, _) = call("GET", &server.url("/metrics"), Some(ADMIN_KEY), None);
             metrics.as_str().unwrap_or_default().lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
@@ -267,13 +260,13 @@ fn main() {
                         })
                     })
                     .collect()
-            }, || wrk(&search, &quiet, &quiet_body, 4, window));
+            }, measure_quiet);
             let cores = (metric(&computed) - before) / (ROUNDS as u64 * (window + 2)) as f64;
-            let spun = paired_rounds(|| vec![std::thread::spawn(move || spin(cores, window + 2))], || wrk(&search, &quiet, &quiet_body, 4, window));
+            let spun = paired_rounds(|| vec![std::thread::spawn(move || busy_share(cores, window + 2, spin))], measure_quiet);
             let embedded = paired_rounds(|| {
                 let peer = peer.clone();
-                vec![std::thread::spawn(move || embed_outside(&peer, cores, window + 2))]
-            }, || wrk(&search, &quiet, &quiet_body, 4, window));
+                vec![std::thread::spawn(move || busy_share(cores, window + 2, || embed_long_texts(&peer)))]
+            }, measure_quiet);
             let refused = metric(&format!("quarry_quota_rejections_total{{tenant=\"{name}\""));
             let mut medians = Vec::new();
             for (load, rounds) in [(format!("noisy at {quota} s/s"), &flooded), (format!("spin {cores:.2} cores"), &spun), (format!("embed {cores:.2} cores"), &embedded)] {
